@@ -199,10 +199,10 @@ pub fn transition(current: UpdateState, report: &Report) -> Result<UpdateState, 
         return Err(Refusal::Finished(current));
     }
     let target = report.target();
-    if let Report::Reached { state, .. } = report {
-        if state.is_final() {
-            return Err(Refusal::NotAProgressState(*state));
-        }
+    if let Report::Reached { state, .. } = report
+        && state.is_final()
+    {
+        return Err(Refusal::NotAProgressState(*state));
     }
     if target < current {
         return Err(Refusal::Backwards {

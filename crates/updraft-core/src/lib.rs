@@ -8,8 +8,13 @@ pub mod model;
 pub mod names;
 pub mod resolve;
 
-pub use action::{Failure, FailureCode, Plan, Progress, Refusal, Report, UpdateState};
+pub use action::{
+    ActiveAction, Failure, FailureCode, KindStatus, Plan, Progress, Refusal, Release, Report,
+    UpdateState, plan, transition,
+};
 pub use checksum::{ChecksumAlgorithm, Checksums, MultiHasher};
-pub use model::{ArtifactKind, Role, Scope};
+pub use model::{
+    ActionKey, ArtifactKey, ArtifactKind, DeviceKey, ProfileKey, ProjectKey, Role, Scope, TenantKey,
+};
 pub use names::{DeviceId, Filename, Name, NameError, Title, Version};
 pub use resolve::{Candidate, DeviceTarget, Resolved, resolve};

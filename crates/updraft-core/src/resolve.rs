@@ -36,7 +36,7 @@ pub struct Resolved {
 pub fn resolve(device: &DeviceTarget, candidates: &[Candidate]) -> Option<Resolved> {
     let mut best: Option<Resolved> = None;
     for candidate in candidates {
-        if !applies(device, candidate.scope) || !compatible(device, candidate) {
+        if !candidate.scope.covers(device) || !compatible(device, candidate) {
             continue;
         }
         let beats_best = match best {
@@ -53,15 +53,18 @@ pub fn resolve(device: &DeviceTarget, candidates: &[Candidate]) -> Option<Resolv
     best
 }
 
-fn applies(device: &DeviceTarget, scope: Scope) -> bool {
-    match scope {
-        Scope::Device(key) => key == device.device,
-        Scope::ProjectProfile(project, profile) => {
-            device.project == Some(project) && device.profile == Some(profile)
+impl Scope {
+    /// Whether an assignment with this scope is about `device` (compatibility aside).
+    pub fn covers(self, device: &DeviceTarget) -> bool {
+        match self {
+            Scope::Device(key) => key == device.device,
+            Scope::ProjectProfile(project, profile) => {
+                device.project == Some(project) && device.profile == Some(profile)
+            }
+            Scope::Project(project) => device.project == Some(project),
+            Scope::Profile(profile) => device.profile == Some(profile),
+            Scope::Tenant => true,
         }
-        Scope::Project(project) => device.project == Some(project),
-        Scope::Profile(profile) => device.profile == Some(profile),
-        Scope::Tenant => true,
     }
 }
 
@@ -150,7 +153,7 @@ mod tests {
         let project_key = cand(Scope::ProjectProfile(lotus, sht), 200);
         let for_node = cand(Scope::Device(node.device), 300);
 
-        check(&node, &[org_key.clone()], Some(100));
+        check(&node, std::slice::from_ref(&org_key), Some(100));
         check(&node, &[org_key.clone(), project_key.clone()], Some(200));
         check(
             &node,

@@ -1,0 +1,150 @@
+//! Updraft's storage. [`Store`] is the one narrow interface to the fleet and artifact metadata,
+//! implemented by [`SqlStore`] over SQLite (the embedded default) and PostgreSQL (scale-out); one
+//! conformance suite (`tests/it`) runs against both. [`BlobStore`] keeps artifact bytes,
+//! content-addressed by SHA-256; [`LocalBlobStore`] keeps them on disk.
+//!
+//! Invariants kept here, whatever the caller: every query is scoped by tenant; a device has at
+//! most one active update action (a unique index says so too); an action's state only moves
+//! forward and every change, applied or refused, is a history event.
+
+mod blob;
+mod error;
+mod migrations;
+mod rows;
+mod sql;
+
+pub use blob::{BlobReader, BlobStore, BlobWriter, GcReport, LocalBlobStore, collect_garbage};
+pub use error::{StoreError, StoreResult};
+pub use rows::*;
+pub use sql::SqlStore;
+
+use async_trait::async_trait;
+use std::collections::HashSet;
+use updraft_core::{
+    ActionKey, ArtifactKey, ArtifactKind, DeviceId, Name, Report, Scope, TenantKey,
+};
+
+/// Everything Updraft persists except artifact bytes. Methods taking a `TenantKey` never see or
+/// change another tenant's rows: a row of another tenant is simply not found.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // Tenants.
+    async fn create_tenant(&self, name: &Name) -> StoreResult<Tenant>;
+    /// Case-insensitive, as hawkBit matches tenant names.
+    async fn tenant_by_name(&self, name: &str) -> StoreResult<Option<Tenant>>;
+    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>>;
+
+    // Projects and profiles.
+    async fn create_project(&self, tenant: TenantKey, name: &Name) -> StoreResult<Project>;
+    async fn project_by_name(&self, tenant: TenantKey, name: &Name)
+    -> StoreResult<Option<Project>>;
+    async fn list_projects(&self, tenant: TenantKey) -> StoreResult<Vec<Project>>;
+    async fn create_profile(
+        &self,
+        tenant: TenantKey,
+        name: &Name,
+        description: &str,
+    ) -> StoreResult<Profile>;
+    async fn profile_by_name(&self, tenant: TenantKey, name: &Name)
+    -> StoreResult<Option<Profile>>;
+    async fn list_profiles(&self, tenant: TenantKey) -> StoreResult<Vec<Profile>>;
+
+    // Devices.
+    /// Creates the device with its first credential and queues its update if an assignment
+    /// already covers it.
+    async fn create_device(
+        &self,
+        tenant: TenantKey,
+        new: &NewDevice,
+        credential: &NewCredential,
+    ) -> StoreResult<Device>;
+    async fn device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<Option<Device>>;
+    async fn list_devices(&self, tenant: TenantKey, page: Page) -> StoreResult<Paged<Device>>;
+    async fn delete_device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<bool>;
+    /// The device a credential belongs to, whatever the protocol asking.
+    async fn device_by_credential(
+        &self,
+        kind: CredentialKind,
+        secret_hash: &str,
+    ) -> StoreResult<Option<Device>>;
+
+    // Artifacts.
+    /// Fails with [`StoreError::Conflict`] when the title + version exists in the tenant.
+    async fn insert_artifact(&self, tenant: TenantKey, new: &NewArtifact) -> StoreResult<Artifact>;
+    async fn artifact(&self, tenant: TenantKey, key: ArtifactKey) -> StoreResult<Option<Artifact>>;
+    async fn artifact_by_release(
+        &self,
+        tenant: TenantKey,
+        title: &str,
+        version: &str,
+    ) -> StoreResult<Option<Artifact>>;
+    async fn list_artifacts(
+        &self,
+        tenant: TenantKey,
+        filter: &ArtifactFilter,
+        page: Page,
+    ) -> StoreResult<Paged<Artifact>>;
+    /// Deletes an artifact that nothing is assigned to and no active action installs. Says
+    /// whether its blob is now referenced by no artifact at all (so the caller may delete it).
+    async fn delete_artifact(
+        &self,
+        tenant: TenantKey,
+        key: ArtifactKey,
+    ) -> StoreResult<DeletedArtifact>;
+    /// The SHA-256 of every blob an artifact refers to, in every tenant.
+    async fn blob_references(&self) -> StoreResult<HashSet<String>>;
+
+    // Assignments.
+    /// Assigns (or reassigns) `artifact` at `scope`, then supersedes or queues the update
+    /// actions of every device the scope covers.
+    async fn assign(
+        &self,
+        tenant: TenantKey,
+        scope: Scope,
+        artifact: ArtifactKey,
+        by: &str,
+    ) -> StoreResult<Assignment>;
+    async fn unassign(
+        &self,
+        tenant: TenantKey,
+        scope: Scope,
+        kind: ArtifactKind,
+        by: &str,
+    ) -> StoreResult<bool>;
+    async fn list_assignments(&self, tenant: TenantKey) -> StoreResult<Vec<Assignment>>;
+
+    // Update actions.
+    /// The device with what it should run and its active action.
+    async fn device_status(
+        &self,
+        tenant: TenantKey,
+        id: &DeviceId,
+    ) -> StoreResult<Option<DeviceStatus>>;
+    async fn action(&self, tenant: TenantKey, key: ActionKey) -> StoreResult<Option<Action>>;
+    async fn actions_for_device(
+        &self,
+        tenant: TenantKey,
+        id: &DeviceId,
+    ) -> StoreResult<Vec<Action>>;
+    async fn action_history(
+        &self,
+        tenant: TenantKey,
+        key: ActionKey,
+    ) -> StoreResult<Vec<ActionEvent>>;
+    /// Applies a report to an action, or records why it was refused. On success the device's
+    /// running release becomes the action's and its next update, if any, is queued.
+    async fn report(
+        &self,
+        tenant: TenantKey,
+        key: ActionKey,
+        report: &Report,
+        source: &str,
+    ) -> StoreResult<ReportOutcome>;
+    async fn fleet_summary(&self, tenant: TenantKey) -> StoreResult<FleetSummary>;
+
+    // API keys.
+    async fn create_api_key(&self, tenant: TenantKey, new: &NewApiKey) -> StoreResult<ApiKey>;
+    async fn api_key_by_hash(&self, secret_hash: &str) -> StoreResult<Option<ApiKey>>;
+    async fn list_api_keys(&self, tenant: TenantKey) -> StoreResult<Vec<ApiKey>>;
+    async fn delete_api_key(&self, tenant: TenantKey, id: i64) -> StoreResult<bool>;
+}

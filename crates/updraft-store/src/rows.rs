@@ -1,0 +1,254 @@
+//! The rows the store hands out and takes in. Plain data: no serde, protocol and API modules
+//! convert explicitly.
+
+use std::collections::BTreeMap;
+
+use updraft_core::{
+    ActionKey, ArtifactKey, ArtifactKind, Checksums, DeviceId, DeviceKey, FailureCode, Name,
+    ProfileKey, Progress, ProjectKey, Role, Scope, TenantKey, UpdateState,
+};
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub key: TenantKey,
+    pub name: Name,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub key: ProjectKey,
+    pub name: Name,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub key: ProfileKey,
+    pub name: Name,
+    pub description: String,
+    pub created_at: Millis,
+}
+
+/// A release as a device reports running it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub title: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub key: DeviceKey,
+    pub tenant: TenantKey,
+    pub id: DeviceId,
+    pub project: Option<(ProjectKey, Name)>,
+    pub profile: Option<(ProfileKey, Name)>,
+    pub tags: Vec<String>,
+    pub attributes: BTreeMap<String, String>,
+    pub firmware: Option<Running>,
+    pub software: Option<Running>,
+    pub last_seen: Option<Millis>,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDevice {
+    pub id: DeviceId,
+    pub project: Option<ProjectKey>,
+    pub profile: Option<ProfileKey>,
+    pub tags: Vec<String>,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// The kinds of device credential. Every protocol adapter looks devices up by one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CredentialKind {
+    /// ThingsBoard access token, DDI target token, Drogue/AWS password.
+    AccessToken,
+}
+
+impl CredentialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::AccessToken => "access_token",
+        }
+    }
+}
+
+/// A credential to store: only its hash is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCredential {
+    pub kind: CredentialKind,
+    pub secret_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    pub key: ArtifactKey,
+    pub tenant: TenantKey,
+    pub title: String,
+    pub version: String,
+    pub kind: ArtifactKind,
+    pub profiles: Vec<(ProfileKey, Name)>,
+    pub size: u64,
+    pub filename: String,
+    pub checksums: Checksums,
+    pub signature: Option<String>,
+    pub description: String,
+    pub uploaded_by: String,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewArtifact {
+    pub title: String,
+    pub version: String,
+    pub kind: ArtifactKind,
+    pub profiles: Vec<ProfileKey>,
+    pub size: u64,
+    pub filename: String,
+    pub checksums: Checksums,
+    pub signature: Option<String>,
+    pub description: String,
+    pub uploaded_by: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArtifactFilter {
+    pub title: Option<String>,
+    pub version: Option<String>,
+    pub kind: Option<ArtifactKind>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedArtifact {
+    pub sha256: String,
+    /// No artifact of any tenant refers to the blob any more.
+    pub blob_unreferenced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub id: i64,
+    pub scope: Scope,
+    pub kind: ArtifactKind,
+    pub artifact: ArtifactKey,
+    pub artifact_title: String,
+    pub artifact_version: String,
+    pub created_by: String,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    pub code: FailureCode,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    pub key: ActionKey,
+    pub device: DeviceKey,
+    pub device_id: DeviceId,
+    /// `None` once the artifact has been deleted; title and version stay for the history.
+    pub artifact: Option<ArtifactKey>,
+    pub artifact_title: String,
+    pub artifact_version: String,
+    pub kind: ArtifactKind,
+    pub state: UpdateState,
+    pub progress: Option<Progress>,
+    pub failure: Option<Failed>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// One entry of an action's history: a transition, or a report that was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionEvent {
+    pub at: Millis,
+    pub from: Option<UpdateState>,
+    pub to: UpdateState,
+    /// Who said so: `user:<key name>`, `server`, a protocol name.
+    pub source: String,
+    pub detail: String,
+    /// The report was not applied; `detail` says why.
+    pub refused: bool,
+    pub progress: Option<Progress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportOutcome {
+    Applied(Action),
+    Refused { action: Action, reason: String },
+}
+
+/// What a device runs, should run, and is doing about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceStatus {
+    pub device: Device,
+    pub desired_firmware: Option<Desired>,
+    pub desired_software: Option<Desired>,
+    pub active: Option<Action>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub artifact: ArtifactKey,
+    pub title: String,
+    pub version: String,
+    pub scope: Scope,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FleetSummary {
+    pub devices: u64,
+    pub artifacts: u64,
+    /// Devices whose latest action is in each state; devices that never had one are not counted.
+    pub latest_action_states: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: i64,
+    pub tenant: TenantKey,
+    pub tenant_name: Name,
+    pub name: String,
+    pub role: Role,
+    /// May manage tenants and act on every tenant's keys.
+    pub server_admin: bool,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewApiKey {
+    pub name: String,
+    pub role: Role,
+    pub server_admin: bool,
+    pub secret_hash: String,
+}
+
+/// Offset pagination, as hawkBit's management API does it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub offset: u64,
+    pub limit: u64,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Page {
+            offset: 0,
+            limit: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub total: u64,
+}

@@ -1,0 +1,71 @@
+//! The store's integration tests: one conformance suite run against SQLite and PostgreSQL, and
+//! the local blob store's tests.
+
+// Tests may unwrap: a panic is how they fail.
+#![allow(clippy::unwrap_used)]
+
+mod blobs;
+mod conformance;
+
+use updraft_store::SqlStore;
+
+/// Runs each named conformance test against both backends.
+macro_rules! backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = updraft_store::SqlStore::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+                    crate::conformance::$name(&store, &crate::Reopen::Sqlite(dir.path().join("t.db"))).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(url) = updraft_test_support::postgres::fresh_database().await else { return };
+                    let store = updraft_store::SqlStore::open(&url).await.unwrap();
+                    crate::conformance::$name(&store, &crate::Reopen::Url(url)).await;
+                }
+            )*
+        }
+    };
+}
+
+/// How a test opens the same database again.
+pub enum Reopen {
+    Sqlite(std::path::PathBuf),
+    Url(String),
+}
+
+impl Reopen {
+    pub async fn open(&self) -> SqlStore {
+        match self {
+            Reopen::Sqlite(path) => SqlStore::open_sqlite(path).await.unwrap(),
+            Reopen::Url(url) => SqlStore::open(url).await.unwrap(),
+        }
+    }
+}
+
+backends!(
+    reopening_migrates_nothing_twice_and_keeps_data,
+    tenant_names_are_unique_case_insensitively,
+    title_and_version_are_unique_per_tenant,
+    tenants_never_see_each_other,
+    device_assignment_overrides_profile_assignment,
+    frugal_node_beats_project_key_beats_org_key,
+    device_reports_walk_the_state_machine_with_history,
+    steps_backwards_and_reports_on_finished_actions_are_refused_and_recorded,
+    new_desired_artifact_supersedes_the_active_action,
+    unassigning_cancels_the_active_action,
+    failed_update_is_retried_only_when_assigned_again,
+    firmware_goes_before_software,
+    incompatible_assignments_are_refused,
+    artifacts_in_use_cannot_be_deleted_and_shared_blobs_survive,
+    devices_are_found_by_credential_and_paged,
+    api_keys_are_found_by_hash_and_scoped_to_their_tenant,
+    fleet_summary_counts_latest_action_states,
+);
