@@ -135,6 +135,10 @@ pub struct DeletedArtifact {
 pub struct Assignment {
     pub id: i64,
     pub scope: Scope,
+    /// The names the scope's keys stand for, for people.
+    pub device_id: Option<DeviceId>,
+    pub project_name: Option<Name>,
+    pub profile_name: Option<Name>,
     pub kind: ArtifactKind,
     pub artifact: ArtifactKey,
     pub artifact_title: String,

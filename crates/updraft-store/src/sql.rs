@@ -1196,17 +1196,13 @@ impl Store for SqlStore {
             Retry::Only(artifact),
         )
         .await?;
+        let row = sqlx::query(&format!("{ASSIGNMENT_SELECT} WHERE s.id = $1"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let assignment = assignment_from(&row)?;
         tx.commit().await?;
-        Ok(Assignment {
-            id,
-            scope,
-            kind,
-            artifact,
-            artifact_title: title,
-            artifact_version: version,
-            created_by: by.to_owned(),
-            created_at: now,
-        })
+        Ok(assignment)
     }
 
     async fn unassign(
@@ -1234,32 +1230,13 @@ impl Store for SqlStore {
     }
 
     async fn list_assignments(&self, tenant: TenantKey) -> StoreResult<Vec<Assignment>> {
-        let rows = sqlx::query(
-            "SELECT s.id, s.kind, s.device_pk, s.project_id, s.profile_id, s.artifact_id, s.created_by, s.created_at, \
-             a.title, a.version FROM assignments s JOIN artifacts a ON a.id = s.artifact_id \
-             WHERE s.tenant_id = $1 ORDER BY s.id",
-        )
+        let rows = sqlx::query(&format!(
+            "{ASSIGNMENT_SELECT} WHERE s.tenant_id = $1 ORDER BY s.id"
+        ))
         .bind(tenant.0)
         .fetch_all(&self.read)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Assignment {
-                    id: row.try_get("id")?,
-                    scope: scope_from_columns(
-                        row.try_get("device_pk")?,
-                        row.try_get("project_id")?,
-                        row.try_get("profile_id")?,
-                    ),
-                    kind: kind_of(&row.try_get::<String, _>("kind")?)?,
-                    artifact: ArtifactKey(row.try_get("artifact_id")?),
-                    artifact_title: row.try_get("title")?,
-                    artifact_version: row.try_get("version")?,
-                    created_by: row.try_get("created_by")?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(assignment_from).collect()
     }
 
     async fn device_status(
@@ -1557,6 +1534,39 @@ impl Store for SqlStore {
             .await?;
         Ok(done.rows_affected() > 0)
     }
+}
+
+const ASSIGNMENT_SELECT: &str = "SELECT s.id, s.kind, s.device_pk, s.project_id, s.profile_id, s.artifact_id, \
+     s.created_by, s.created_at, a.title, a.version, d.device_id, p.name AS project_name, f.name AS profile_name \
+     FROM assignments s JOIN artifacts a ON a.id = s.artifact_id LEFT JOIN devices d ON d.id = s.device_pk \
+     LEFT JOIN projects p ON p.id = s.project_id LEFT JOIN profiles f ON f.id = s.profile_id";
+
+fn assignment_from(row: &AnyRow) -> StoreResult<Assignment> {
+    let optional_name = |column: &str| -> StoreResult<Option<Name>> {
+        row.try_get::<Option<String>, _>(column)?
+            .map(parse_name)
+            .transpose()
+    };
+    Ok(Assignment {
+        id: row.try_get("id")?,
+        scope: scope_from_columns(
+            row.try_get("device_pk")?,
+            row.try_get("project_id")?,
+            row.try_get("profile_id")?,
+        ),
+        device_id: row
+            .try_get::<Option<String>, _>("device_id")?
+            .map(|id| DeviceId::parse(&id).map_err(corrupt))
+            .transpose()?,
+        project_name: optional_name("project_name")?,
+        profile_name: optional_name("profile_name")?,
+        kind: kind_of(&row.try_get::<String, _>("kind")?)?,
+        artifact: ArtifactKey(row.try_get("artifact_id")?),
+        artifact_title: row.try_get("title")?,
+        artifact_version: row.try_get("version")?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+    })
 }
 
 const API_KEY_SELECT: &str = "SELECT k.id, k.tenant_id, t.name AS tenant_name, k.name, k.role, k.server_admin, \

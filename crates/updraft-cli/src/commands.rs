@@ -1,0 +1,802 @@
+//! The subcommands and what each does.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::client::Client;
+use crate::config::{self, FileConfig};
+use crate::table;
+
+#[derive(Parser)]
+#[command(
+    name = "updraft",
+    version,
+    about = "Over-the-air updates for IoT fleets: server and client"
+)]
+pub struct Cli {
+    /// Server URL.
+    #[arg(
+        long,
+        global = true,
+        env = "UPDRAFT_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+    /// API key; read from ./updraft-data/admin.token when absent.
+    #[arg(long, global = true, env = "UPDRAFT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (embedded defaults: SQLite and blobs in ./updraft-data, HTTP on 127.0.0.1:8080).
+    Serve(ServeArgs),
+    /// Upload, list, show, download and delete artifacts.
+    #[command(subcommand)]
+    Artifact(ArtifactCommand),
+    /// Device profiles (hardware types).
+    #[command(subcommand)]
+    Profile(NamedCommand),
+    /// Projects (groups of devices).
+    #[command(subcommand)]
+    Project(NamedCommand),
+    /// Devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Assign an artifact to a device, profile, project or the whole tenant.
+    Assign(AssignArgs),
+    /// Remove an assignment.
+    Unassign(UnassignArgs),
+    /// Fleet summary.
+    Status,
+    /// Tenants (server admin only).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Where the SQLite database, blobs and admin key live.
+    #[arg(long, env = "UPDRAFT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTP listen address (port 0 picks a free port).
+    #[arg(long, env = "UPDRAFT_HTTP")]
+    http: Option<SocketAddr>,
+    /// postgres://… to keep the fleet in PostgreSQL instead of SQLite.
+    #[arg(long, env = "UPDRAFT_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Largest artifact accepted, in bytes.
+    #[arg(long, env = "UPDRAFT_MAX_UPLOAD_BYTES")]
+    max_upload_bytes: Option<u64>,
+    /// Base URL written into links (default: from --http).
+    #[arg(long, env = "UPDRAFT_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// A TOML file with the same keys as these flags (data-dir, http, …); flags and env win.
+    #[arg(long, env = "UPDRAFT_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ArtifactCommand {
+    /// Upload a file (streams it; shows progress on a terminal).
+    Upload {
+        file: PathBuf,
+        #[arg(long)]
+        title: String,
+        #[arg(long)]
+        version: String,
+        /// firmware or software.
+        #[arg(long = "type", default_value = "firmware")]
+        kind: String,
+        /// A profile it runs on (repeat for several; none means any).
+        #[arg(long = "profile")]
+        profiles: Vec<String>,
+        #[arg(long, requires = "checksum")]
+        checksum_algorithm: Option<String>,
+        /// The checksum the server must find, or it refuses the upload.
+        #[arg(long)]
+        checksum: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Name devices download it as (default: TITLE-VERSION.bin).
+        #[arg(long)]
+        filename: Option<String>,
+    },
+    List,
+    /// Show one artifact, TITLE@VERSION.
+    Show {
+        release: String,
+    },
+    /// Download TITLE@VERSION to a file; its SHA-256 is checked.
+    Download {
+        release: String,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    Delete {
+        release: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NamedCommand {
+    Create {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Create a device; prints its access token once.
+    Create {
+        id: String,
+        #[arg(long)]
+        profile: Option<String>,
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Use this access token instead of a generated one.
+        #[arg(long = "device-token")]
+        device_token: Option<String>,
+    },
+    List {
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+    /// What the device runs, should run, and its active update.
+    Show {
+        id: String,
+    },
+    /// Every update of the device with its history.
+    History {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Args)]
+#[group(id = "scope", required = true, multiple = true)]
+struct ScopeArgs {
+    #[arg(long, group = "scope", conflicts_with_all = ["project", "profile", "tenant_default"])]
+    device: Option<String>,
+    #[arg(long, group = "scope")]
+    project: Option<String>,
+    #[arg(long, group = "scope")]
+    profile: Option<String>,
+    /// Every compatible device of the tenant.
+    #[arg(long, group = "scope", conflicts_with_all = ["project", "profile"])]
+    tenant_default: bool,
+}
+
+impl ScopeArgs {
+    fn to_json(&self) -> Value {
+        json!({
+            "device": self.device,
+            "project": self.project,
+            "profile": self.profile,
+            "tenant_default": self.tenant_default,
+        })
+    }
+}
+
+#[derive(Args)]
+struct AssignArgs {
+    #[command(flatten)]
+    scope: ScopeArgs,
+    /// TITLE@VERSION.
+    #[arg(long)]
+    artifact: String,
+}
+
+#[derive(Args)]
+struct UnassignArgs {
+    #[command(flatten)]
+    scope: ScopeArgs,
+    #[arg(long = "type", default_value = "firmware")]
+    kind: String,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    Create { name: String },
+    List,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create an API key; prints it once.
+    Create {
+        name: String,
+        /// admin, maintainer or viewer.
+        #[arg(long)]
+        role: String,
+        /// Create it in this tenant (server admin only); default: the caller's tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    List,
+    Delete {
+        id: i64,
+    },
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    if let Command::Serve(args) = cli.command {
+        return serve(args).await;
+    }
+    let token = match cli.token {
+        Some(token) => token,
+        None => {
+            let path = Path::new(config::DEFAULT_DATA_DIR).join("admin.token");
+            std::fs::read_to_string(&path)
+                .map(|t| t.trim().to_owned())
+                .with_context(|| {
+                    format!(
+                        "no API key: pass --token or UPDRAFT_TOKEN (or run where {} exists)",
+                        path.display()
+                    )
+                })?
+        }
+    };
+    let client = Client::new(&cli.server, token)?;
+    let out = Output { json: cli.json };
+    match cli.command {
+        Command::Serve(_) => Ok(()),
+        Command::Artifact(command) => artifact(&client, &out, command).await,
+        Command::Profile(command) => named(&client, &out, "profiles", command).await,
+        Command::Project(command) => named(&client, &out, "projects", command).await,
+        Command::Device(command) => device(&client, &out, command).await,
+        Command::Assign(args) => {
+            let mut body = args.scope.to_json();
+            body["artifact"] = json!(args.artifact);
+            let assignment = client.post("/api/v1/assignments", &body).await?;
+            out.show(&assignment, || {
+                println!(
+                    "assigned {}@{} at {} level",
+                    text(&assignment["title"]),
+                    text(&assignment["version"]),
+                    text(&assignment["level"])
+                )
+            });
+            Ok(())
+        }
+        Command::Unassign(args) => {
+            let scope = args.scope.to_json();
+            let mut query: Vec<(&str, String)> = vec![("type", args.kind.clone())];
+            for key in ["device", "project", "profile"] {
+                if let Some(value) = scope[key].as_str() {
+                    query.push((key, value.to_owned()));
+                }
+            }
+            if args.scope.tenant_default {
+                query.push(("tenant_default", "true".to_owned()));
+            }
+            client
+                .json(
+                    client
+                        .request(Method::DELETE, "/api/v1/assignments")
+                        .query(&query),
+                )
+                .await?;
+            out.show(&json!({"unassigned": true}), || println!("unassigned"));
+            Ok(())
+        }
+        Command::Status => {
+            let status = client.get("/api/v1/status").await?;
+            out.show(&status, || {
+                println!("tenant     {}", text(&status["tenant"]));
+                println!("devices    {}", text(&status["devices"]));
+                println!("artifacts  {}", text(&status["artifacts"]));
+                if let Some(actions) = status["actions"].as_object() {
+                    let rows: Vec<Vec<String>> = actions
+                        .iter()
+                        .map(|(state, n)| vec![state.clone(), text(n)])
+                        .collect();
+                    if !rows.is_empty() {
+                        println!();
+                        table::print(&["latest update", "devices"], &rows);
+                    }
+                }
+            });
+            Ok(())
+        }
+        Command::Tenant(TenantCommand::Create { name }) => {
+            let tenant = client
+                .post("/api/v1/tenants", &json!({"name": name}))
+                .await?;
+            out.show(&tenant, || {
+                println!("created tenant {}", text(&tenant["name"]))
+            });
+            Ok(())
+        }
+        Command::Tenant(TenantCommand::List) => {
+            let tenants = client.get("/api/v1/tenants").await?;
+            out.show(&tenants, || {
+                table::print(&["name"], &rows(&tenants, &["name"]))
+            });
+            Ok(())
+        }
+        Command::Key(command) => key(&client, &out, command).await,
+    }
+}
+
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn show(&self, value: &Value, human: impl FnOnce()) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        } else {
+            human();
+        }
+    }
+}
+
+/// A JSON value as a table cell.
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+fn rows(list: &Value, columns: &[&str]) -> Vec<Vec<String>> {
+    let items = list.get("items").unwrap_or(list);
+    items
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|item| columns.iter().map(|c| text(&item[*c])).collect())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("UPDRAFT_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let config = config::merge(
+        args.data_dir,
+        args.http,
+        args.database_url,
+        args.max_upload_bytes,
+        args.public_url,
+        file,
+    )?;
+    updraft_server::run(config, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing open requests");
+}
+
+fn progress_bar(len: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    let style =
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
+}
+
+async fn artifact(client: &Client, out: &Output, command: ArtifactCommand) -> Result<()> {
+    match command {
+        ArtifactCommand::Upload {
+            file,
+            title,
+            version,
+            kind,
+            profiles,
+            checksum_algorithm,
+            checksum,
+            description,
+            filename,
+        } => {
+            let handle = tokio::fs::File::open(&file)
+                .await
+                .with_context(|| format!("opening {}", file.display()))?;
+            let len = handle.metadata().await?.len();
+            let default_name = file.file_name().and_then(|n| n.to_str()).map(str::to_owned);
+            let mut query: Vec<(&str, String)> =
+                vec![("title", title), ("version", version), ("type", kind)];
+            if !profiles.is_empty() {
+                query.push(("profiles", profiles.join(",")));
+            }
+            let optional = [
+                ("checksum_algorithm", checksum_algorithm),
+                ("checksum", checksum),
+                ("description", description),
+                ("filename", filename.or(default_name)),
+            ];
+            for (key, value) in optional {
+                if let Some(value) = value {
+                    query.push((key, value));
+                }
+            }
+            let bar = progress_bar(len);
+            let counted = bar.clone();
+            let stream = tokio_util::io::ReaderStream::with_capacity(handle, 256 * 1024).inspect(
+                move |chunk| {
+                    if let Ok(bytes) = chunk {
+                        counted.inc(bytes.len() as u64);
+                    }
+                },
+            );
+            let request = client
+                .request(Method::POST, "/api/v1/artifacts")
+                .query(&query)
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .body(reqwest::Body::wrap_stream(stream));
+            let result = client.json(request).await;
+            bar.finish_and_clear();
+            let artifact = result?;
+            out.show(&artifact, || {
+                println!(
+                    "uploaded {}@{} (id {}, {} bytes, sha256 {})",
+                    text(&artifact["title"]),
+                    text(&artifact["version"]),
+                    text(&artifact["id"]),
+                    text(&artifact["size"]),
+                    text(&artifact["checksums"]["sha256"])
+                )
+            });
+            Ok(())
+        }
+        ArtifactCommand::List => {
+            let mut all = Vec::new();
+            let mut offset = 0u64;
+            loop {
+                let page = client
+                    .json(
+                        client
+                            .request(Method::GET, "/api/v1/artifacts")
+                            .query(&[("offset", offset), ("limit", 500)]),
+                    )
+                    .await?;
+                let items = page["items"].as_array().cloned().unwrap_or_default();
+                offset += items.len() as u64;
+                let done = items.is_empty() || offset >= page["total"].as_u64().unwrap_or(0);
+                all.extend(items);
+                if done {
+                    break;
+                }
+            }
+            let list = Value::Array(all);
+            out.show(&list, || {
+                table::print(
+                    &["id", "title", "version", "type", "size", "profiles"],
+                    &rows(
+                        &list,
+                        &["id", "title", "version", "type", "size", "profiles"],
+                    ),
+                )
+            });
+            Ok(())
+        }
+        ArtifactCommand::Show { release } => {
+            let artifact = client.artifact(&release).await?;
+            out.show(&artifact, || {
+                for key in [
+                    "id",
+                    "title",
+                    "version",
+                    "type",
+                    "size",
+                    "filename",
+                    "profiles",
+                    "description",
+                    "uploaded_by",
+                    "download_url",
+                ] {
+                    println!("{key:<12} {}", text(&artifact[key]));
+                }
+                if let Some(sums) = artifact["checksums"].as_object() {
+                    for (alg, value) in sums {
+                        println!("{alg:<12} {}", text(value));
+                    }
+                }
+            });
+            Ok(())
+        }
+        ArtifactCommand::Download { release, output } => {
+            let artifact = client.artifact(&release).await?;
+            let id = artifact["id"]
+                .as_i64()
+                .ok_or_else(|| anyhow!("the server gave no artifact id"))?;
+            let expected = text(&artifact["checksums"]["sha256"]);
+            let response = client
+                .send(client.request(Method::GET, &format!("/api/v1/artifacts/{id}/download")))
+                .await?;
+            let bar = progress_bar(response.content_length().unwrap_or(0));
+            let partial = output.with_extension("part");
+            let mut file = tokio::fs::File::create(&partial)
+                .await
+                .with_context(|| format!("creating {}", partial.display()))?;
+            let mut hasher = Sha256::new();
+            let mut body = response.bytes_stream();
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.context("the download broke off")?;
+                hasher.update(&chunk);
+                file.write_all(&chunk).await?;
+                bar.inc(chunk.len() as u64);
+            }
+            file.sync_all().await?;
+            bar.finish_and_clear();
+            let got = hex::encode(hasher.finalize());
+            if got != expected {
+                let _ = tokio::fs::remove_file(&partial).await;
+                bail!("the download's sha256 is {got}, not {expected}: nothing was written");
+            }
+            tokio::fs::rename(&partial, &output).await?;
+            out.show(&json!({"path": output, "sha256": got}), || {
+                println!("wrote {} (sha256 {got})", output.display())
+            });
+            Ok(())
+        }
+        ArtifactCommand::Delete { release } => {
+            let artifact = client.artifact(&release).await?;
+            client
+                .delete(&format!("/api/v1/artifacts/{}", text(&artifact["id"])))
+                .await?;
+            out.show(&json!({"deleted": release}), || {
+                println!("deleted {release}")
+            });
+            Ok(())
+        }
+    }
+}
+
+async fn named(
+    client: &Client,
+    out: &Output,
+    collection: &str,
+    command: NamedCommand,
+) -> Result<()> {
+    match command {
+        NamedCommand::Create { name, description } => {
+            let created = client
+                .post(
+                    &format!("/api/v1/{collection}"),
+                    &json!({"name": name, "description": description}),
+                )
+                .await?;
+            out.show(&created, || println!("created {}", text(&created["name"])));
+        }
+        NamedCommand::List => {
+            let list = client.get(&format!("/api/v1/{collection}")).await?;
+            out.show(&list, || {
+                table::print(
+                    &["name", "description"],
+                    &rows(&list, &["name", "description"]),
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn device(client: &Client, out: &Output, command: DeviceCommand) -> Result<()> {
+    match command {
+        DeviceCommand::Create {
+            id,
+            profile,
+            project,
+            tags,
+            device_token,
+        } => {
+            let body = json!({"id": id, "profile": profile, "project": project, "tags": tags, "token": device_token});
+            let created = client.post("/api/v1/devices", &body).await?;
+            out.show(&created, || {
+                println!("created device {}", text(&created["id"]));
+                println!("access token (shown once): {}", text(&created["token"]));
+            });
+        }
+        DeviceCommand::List { offset, limit } => {
+            let list = client
+                .json(
+                    client
+                        .request(Method::GET, "/api/v1/devices")
+                        .query(&[("offset", offset), ("limit", limit)]),
+                )
+                .await?;
+            out.show(&list, || {
+                let rows: Vec<Vec<String>> = list["items"]
+                    .as_array()
+                    .map(|items| {
+                        items
+                            .iter()
+                            .map(|d| {
+                                let running = match d["firmware"].as_object() {
+                                    Some(fw) => {
+                                        format!("{}@{}", text(&fw["title"]), text(&fw["version"]))
+                                    }
+                                    None => "-".to_owned(),
+                                };
+                                vec![
+                                    text(&d["id"]),
+                                    text(&d["profile"]),
+                                    text(&d["project"]),
+                                    running,
+                                    text(&d["tags"]),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table::print(&["id", "profile", "project", "firmware", "tags"], &rows);
+            });
+        }
+        DeviceCommand::Show { id } => {
+            let device = client.get(&format!("/api/v1/devices/{id}")).await?;
+            out.show(&device, || {
+                let release = |v: &Value| match v.as_object() {
+                    Some(r) => format!("{}@{}", text(&r["title"]), text(&r["version"])),
+                    None => "-".to_owned(),
+                };
+                println!("id                {}", text(&device["id"]));
+                println!("profile           {}", text(&device["profile"]));
+                println!("project           {}", text(&device["project"]));
+                println!("running firmware  {}", release(&device["firmware"]));
+                let desired = &device["desired_firmware"];
+                let level = if desired.is_null() {
+                    String::new()
+                } else {
+                    format!(" ({} level)", text(&desired["level"]))
+                };
+                println!("desired firmware  {}{level}", release(desired));
+                println!("running software  {}", release(&device["software"]));
+                println!("desired software  {}", release(&device["desired_software"]));
+                let action = &device["active_action"];
+                if action.is_null() {
+                    println!("active update     -");
+                } else {
+                    println!(
+                        "active update     #{} {}@{} {}",
+                        text(&action["id"]),
+                        text(&action["title"]),
+                        text(&action["version"]),
+                        text(&action["state"])
+                    );
+                }
+            });
+        }
+        DeviceCommand::History { id } => {
+            let history = client.get(&format!("/api/v1/devices/{id}/history")).await?;
+            out.show(&history, || {
+                let mut rows = Vec::new();
+                for action in history.as_array().into_iter().flatten() {
+                    for event in action["history"].as_array().into_iter().flatten() {
+                        let refused = if event["refused"].as_bool() == Some(true) {
+                            "refused: "
+                        } else {
+                            ""
+                        };
+                        rows.push(vec![
+                            text(&action["id"]),
+                            format!("{}@{}", text(&action["title"]), text(&action["version"])),
+                            text(&event["at"]),
+                            format!(
+                                "{refused}{} -> {}",
+                                text(&event["from"]),
+                                text(&event["to"])
+                            ),
+                            text(&event["source"]),
+                            text(&event["detail"]),
+                        ]);
+                    }
+                }
+                table::print(
+                    &["action", "artifact", "at", "transition", "source", "detail"],
+                    &rows,
+                );
+            });
+        }
+        DeviceCommand::Delete { id } => {
+            client.delete(&format!("/api/v1/devices/{id}")).await?;
+            out.show(&json!({"deleted": id}), || println!("deleted device {id}"));
+        }
+    }
+    Ok(())
+}
+
+async fn key(client: &Client, out: &Output, command: KeyCommand) -> Result<()> {
+    match command {
+        KeyCommand::Create { name, role, tenant } => {
+            let path = match tenant {
+                Some(tenant) => format!("/api/v1/tenants/{tenant}/api-keys"),
+                None => "/api/v1/api-keys".to_owned(),
+            };
+            let created = client
+                .post(&path, &json!({"name": name, "role": role}))
+                .await?;
+            out.show(&created, || {
+                println!(
+                    "created {} key {} in tenant {}",
+                    text(&created["role"]),
+                    text(&created["name"]),
+                    text(&created["tenant"])
+                );
+                println!("key (shown once): {}", text(&created["token"]));
+            });
+        }
+        KeyCommand::List => {
+            let list = client.get("/api/v1/api-keys").await?;
+            out.show(&list, || {
+                table::print(
+                    &["id", "name", "role", "server_admin"],
+                    &rows(&list, &["id", "name", "role", "server_admin"]),
+                )
+            });
+        }
+        KeyCommand::Delete { id } => {
+            client.delete(&format!("/api/v1/api-keys/{id}")).await?;
+            out.show(&json!({"deleted": id}), || println!("deleted key {id}"));
+        }
+    }
+    Ok(())
+}

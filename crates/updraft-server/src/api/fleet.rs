@@ -1,0 +1,512 @@
+//! Management endpoints for the fleet: tenants, API keys, projects, profiles, devices,
+//! assignments and the fleet summary.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use updraft_core::{
+    ArtifactKey, ArtifactKind, DeviceId, Name, ProfileKey, ProjectKey, Role, Scope, TenantKey,
+};
+use updraft_store::{CredentialKind, NewApiKey, NewCredential, NewDevice};
+
+use super::wire::*;
+use super::{ApiJson, ApiPath, ApiQuery};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::secret;
+use crate::state::AppState;
+
+/// The profile named `name` in the tenant, or 422 `unknown_profile`.
+pub async fn profile_key(state: &AppState, tenant: TenantKey, name: &str) -> ApiResult<ProfileKey> {
+    let parsed = Name::parse(name)?;
+    match state.store.profile_by_name(tenant, &parsed).await? {
+        Some(profile) => Ok(profile.key),
+        None => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_profile",
+            format!("no profile named {name:?}: create it first (updraft profile create {name})"),
+        )),
+    }
+}
+
+/// The project named `name` in the tenant, or 422 `unknown_project`.
+pub async fn project_key(state: &AppState, tenant: TenantKey, name: &str) -> ApiResult<ProjectKey> {
+    let parsed = Name::parse(name)?;
+    match state.store.project_by_name(tenant, &parsed).await? {
+        Some(project) => Ok(project.key),
+        None => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_project",
+            format!("no project named {name:?}: create it first"),
+        )),
+    }
+}
+
+fn device_not_found(id: &str) -> ApiError {
+    ApiError::not_found(
+        "device_not_found",
+        format!("no device {id:?} in this tenant"),
+    )
+}
+
+#[utoipa::path(get, path = "/api/v1/tenants", tag = "tenants",
+    responses((status = 200, body = Vec<TenantOut>), (status = 403, body = ErrorBody)))]
+pub async fn list_tenants(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<TenantOut>>> {
+    caller.require_server_admin()?;
+    let tenants = state.store.list_tenants().await?;
+    Ok(Json(tenants.iter().map(TenantOut::from).collect()))
+}
+
+#[utoipa::path(post, path = "/api/v1/tenants", tag = "tenants", request_body = NameIn,
+    responses((status = 201, body = TenantOut), (status = 409, body = ErrorBody)))]
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NameIn>,
+) -> ApiResult<(StatusCode, Json<TenantOut>)> {
+    caller.require_server_admin()?;
+    let tenant = state.store.create_tenant(&Name::parse(&body.name)?).await?;
+    Ok((StatusCode::CREATED, Json(TenantOut::from(&tenant))))
+}
+
+fn parse_role(role: &str) -> ApiResult<Role> {
+    role.parse()
+        .map_err(|e: String| ApiError::bad_request("invalid_request", e))
+}
+
+async fn new_key(state: &AppState, tenant: TenantKey, body: &ApiKeyIn) -> ApiResult<ApiKeyCreated> {
+    let role = parse_role(&body.role)?;
+    if body.name.trim().is_empty() || body.name.len() > 64 {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "give the key a name of 1 to 64 characters",
+        ));
+    }
+    let token = secret::generate("updraft_", 24).map_err(ApiError::internal)?;
+    let new = NewApiKey {
+        name: body.name.clone(),
+        role,
+        server_admin: false,
+        secret_hash: secret::hash(&token),
+    };
+    let key = state.store.create_api_key(tenant, &new).await?;
+    Ok(ApiKeyCreated {
+        key: ApiKeyOut::from(&key),
+        token,
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/api-keys", tag = "tenants", request_body = ApiKeyIn,
+    params(("tenant" = String, Path, description = "tenant name")),
+    responses((status = 201, body = ApiKeyCreated), (status = 404, body = ErrorBody)))]
+pub async fn create_tenant_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(tenant): ApiPath<String>,
+    ApiJson(body): ApiJson<ApiKeyIn>,
+) -> ApiResult<(StatusCode, Json<ApiKeyCreated>)> {
+    caller.require_server_admin()?;
+    let tenant =
+        state.store.tenant_by_name(&tenant).await?.ok_or_else(|| {
+            ApiError::not_found("tenant_not_found", format!("no tenant {tenant:?}"))
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(new_key(&state, tenant.key, &body).await?),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/api-keys", tag = "api-keys", responses((status = 200, body = Vec<ApiKeyOut>)))]
+pub async fn list_api_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<ApiKeyOut>>> {
+    caller.require(Role::Admin)?;
+    let keys = state.store.list_api_keys(caller.tenant()).await?;
+    Ok(Json(keys.iter().map(ApiKeyOut::from).collect()))
+}
+
+#[utoipa::path(post, path = "/api/v1/api-keys", tag = "api-keys", request_body = ApiKeyIn,
+    responses((status = 201, body = ApiKeyCreated), (status = 403, body = ErrorBody)))]
+pub async fn create_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<ApiKeyIn>,
+) -> ApiResult<(StatusCode, Json<ApiKeyCreated>)> {
+    caller.require(Role::Admin)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(new_key(&state, caller.tenant(), &body).await?),
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/v1/api-keys/{id}", tag = "api-keys",
+    params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Admin)?;
+    if state.store.delete_api_key(caller.tenant(), id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(
+            "api_key_not_found",
+            format!("no API key {id} in this tenant"),
+        ))
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/projects", tag = "projects", responses((status = 200, body = Vec<ProjectOut>)))]
+pub async fn list_projects(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<ProjectOut>>> {
+    let projects = state.store.list_projects(caller.tenant()).await?;
+    Ok(Json(projects.iter().map(ProjectOut::from).collect()))
+}
+
+#[utoipa::path(post, path = "/api/v1/projects", tag = "projects", request_body = NameIn,
+    responses((status = 201, body = ProjectOut), (status = 409, body = ErrorBody)))]
+pub async fn create_project(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NameIn>,
+) -> ApiResult<(StatusCode, Json<ProjectOut>)> {
+    caller.require(Role::Maintainer)?;
+    let project = state
+        .store
+        .create_project(caller.tenant(), &Name::parse(&body.name)?)
+        .await?;
+    Ok((StatusCode::CREATED, Json(ProjectOut::from(&project))))
+}
+
+#[utoipa::path(get, path = "/api/v1/profiles", tag = "profiles", responses((status = 200, body = Vec<ProfileOut>)))]
+pub async fn list_profiles(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<ProfileOut>>> {
+    let profiles = state.store.list_profiles(caller.tenant()).await?;
+    Ok(Json(profiles.iter().map(ProfileOut::from).collect()))
+}
+
+#[utoipa::path(post, path = "/api/v1/profiles", tag = "profiles", request_body = NameIn,
+    responses((status = 201, body = ProfileOut), (status = 409, body = ErrorBody)))]
+pub async fn create_profile(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NameIn>,
+) -> ApiResult<(StatusCode, Json<ProfileOut>)> {
+    caller.require(Role::Maintainer)?;
+    let profile = state
+        .store
+        .create_profile(
+            caller.tenant(),
+            &Name::parse(&body.name)?,
+            &body.description,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(ProfileOut::from(&profile))))
+}
+
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices", params(PageQuery),
+    responses((status = 200, body = DevicePage)))]
+pub async fn list_devices(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> ApiResult<Json<DevicePage>> {
+    let page = query.page();
+    let devices = state.store.list_devices(caller.tenant(), page).await?;
+    Ok(Json(DevicePage {
+        items: devices.items.iter().map(DeviceOut::from).collect(),
+        total: devices.total,
+        offset: page.offset,
+        limit: page.limit,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/devices", tag = "devices", request_body = DeviceIn,
+    responses((status = 201, body = DeviceCreated), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<DeviceIn>,
+) -> ApiResult<(StatusCode, Json<DeviceCreated>)> {
+    caller.require(Role::Maintainer)?;
+    let tenant = caller.tenant();
+    let id = DeviceId::parse(&body.id)?;
+    let profile = match &body.profile {
+        Some(name) => Some(profile_key(&state, tenant, name).await?),
+        None => None,
+    };
+    let project = match &body.project {
+        Some(name) => Some(project_key(&state, tenant, name).await?),
+        None => None,
+    };
+    let token = match body.token {
+        Some(token)
+            if token.len() >= 16
+                && token.len() <= 256
+                && token.chars().all(|c| c.is_ascii_graphic()) =>
+        {
+            token
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "a device token needs 16 to 256 printable ASCII characters without spaces",
+            ));
+        }
+        None => secret::generate("", 16).map_err(ApiError::internal)?,
+    };
+    let new = NewDevice {
+        id,
+        project,
+        profile,
+        tags: body.tags,
+        attributes: body.attributes,
+    };
+    let credential = NewCredential {
+        kind: CredentialKind::AccessToken,
+        secret_hash: secret::hash(&token),
+    };
+    let device = state.store.create_device(tenant, &new, &credential).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(DeviceCreated {
+            device: DeviceOut::from(&device),
+            token,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = String, Path)),
+    responses((status = 200, body = DeviceDetail), (status = 404, body = ErrorBody)))]
+pub async fn show_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<DeviceDetail>> {
+    let device_id = DeviceId::parse(&id).map_err(|_| device_not_found(&id))?;
+    let status = state
+        .store
+        .device_status(caller.tenant(), &device_id)
+        .await?
+        .ok_or_else(|| device_not_found(&id))?;
+    Ok(Json(DeviceDetail::from(&status)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Admin)?;
+    let device_id = DeviceId::parse(&id).map_err(|_| device_not_found(&id))?;
+    if state
+        .store
+        .delete_device(caller.tenant(), &device_id)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(device_not_found(&id))
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/devices/{id}/history", tag = "devices", params(("id" = String, Path)),
+    responses((status = 200, body = Vec<ActionHistory>), (status = 404, body = ErrorBody)))]
+pub async fn device_history(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Vec<ActionHistory>>> {
+    let device_id = DeviceId::parse(&id).map_err(|_| device_not_found(&id))?;
+    let tenant = caller.tenant();
+    if state.store.device(tenant, &device_id).await?.is_none() {
+        return Err(device_not_found(&id));
+    }
+    let mut out = Vec::new();
+    for action in state.store.actions_for_device(tenant, &device_id).await? {
+        let history = state.store.action_history(tenant, action.key).await?;
+        out.push(ActionHistory {
+            action: ActionOut::from(&action),
+            history: history.iter().map(EventOut::from).collect(),
+        });
+    }
+    Ok(Json(out))
+}
+
+/// Turns the request's scope fields into a [`Scope`] of the caller's tenant.
+async fn scope_of(state: &AppState, tenant: TenantKey, scope: &ScopeIn) -> ApiResult<Scope> {
+    let say_where = || {
+        ApiError::bad_request(
+            "invalid_request",
+            "say where to assign: device; project and/or profile; or tenant_default: true (one of them)",
+        )
+    };
+    match (
+        &scope.device,
+        &scope.project,
+        &scope.profile,
+        scope.tenant_default,
+    ) {
+        (Some(id), None, None, false) => {
+            let device_id = DeviceId::parse(id)?;
+            let device = state
+                .store
+                .device(tenant, &device_id)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "unknown_device",
+                        format!("no device {id:?} in this tenant"),
+                    )
+                })?;
+            Ok(Scope::Device(device.key))
+        }
+        (None, Some(project), Some(profile), false) => Ok(Scope::ProjectProfile(
+            project_key(state, tenant, project).await?,
+            profile_key(state, tenant, profile).await?,
+        )),
+        (None, Some(project), None, false) => {
+            Ok(Scope::Project(project_key(state, tenant, project).await?))
+        }
+        (None, None, Some(profile), false) => {
+            Ok(Scope::Profile(profile_key(state, tenant, profile).await?))
+        }
+        (None, None, None, true) => Ok(Scope::Tenant),
+        _ => Err(say_where()),
+    }
+}
+
+/// Finds the artifact a request names as `TITLE@VERSION` or by id.
+pub async fn artifact_named(
+    state: &AppState,
+    tenant: TenantKey,
+    release: Option<&str>,
+    id: Option<i64>,
+) -> ApiResult<updraft_store::Artifact> {
+    let unknown =
+        |what: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_artifact", what);
+    match (release, id) {
+        (Some(release), None) => {
+            let (title, version) = release.rsplit_once('@').ok_or_else(|| {
+                ApiError::bad_request("invalid_request", "name the artifact as TITLE@VERSION")
+            })?;
+            state
+                .store
+                .artifact_by_release(tenant, title, version)
+                .await?
+                .ok_or_else(|| {
+                    unknown(format!(
+                        "no artifact {release} in this tenant: upload it first"
+                    ))
+                })
+        }
+        (None, Some(id)) => state
+            .store
+            .artifact(tenant, ArtifactKey(id))
+            .await?
+            .ok_or_else(|| unknown(format!("no artifact {id} in this tenant"))),
+        _ => Err(ApiError::bad_request(
+            "invalid_request",
+            "give either artifact (TITLE@VERSION) or artifact_id",
+        )),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/assignments", tag = "assignments", responses((status = 200, body = Vec<AssignmentOut>)))]
+pub async fn list_assignments(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<AssignmentOut>>> {
+    let assignments = state.store.list_assignments(caller.tenant()).await?;
+    Ok(Json(assignments.iter().map(AssignmentOut::from).collect()))
+}
+
+#[utoipa::path(post, path = "/api/v1/assignments", tag = "assignments", request_body = AssignmentIn,
+    responses((status = 201, body = AssignmentOut), (status = 422, body = ErrorBody)))]
+pub async fn assign(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<AssignmentIn>,
+) -> ApiResult<(StatusCode, Json<AssignmentOut>)> {
+    caller.require(Role::Maintainer)?;
+    let tenant = caller.tenant();
+    let artifact =
+        artifact_named(&state, tenant, body.artifact.as_deref(), body.artifact_id).await?;
+    let scope = scope_of(&state, tenant, &body.scope).await?;
+    let assignment = state
+        .store
+        .assign(tenant, scope, artifact.key, &caller.source())
+        .await?;
+    Ok((StatusCode::CREATED, Json(AssignmentOut::from(&assignment))))
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+pub struct UnassignQuery {
+    pub device: Option<String>,
+    pub project: Option<String>,
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub tenant_default: bool,
+    /// firmware (default) or software.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+#[utoipa::path(delete, path = "/api/v1/assignments", tag = "assignments", params(UnassignQuery),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn unassign(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<UnassignQuery>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Maintainer)?;
+    let tenant = caller.tenant();
+    let kind = match &query.kind {
+        Some(kind) => kind
+            .parse::<ArtifactKind>()
+            .map_err(|e| ApiError::bad_request("invalid_request", e))?,
+        None => ArtifactKind::Firmware,
+    };
+    let scope_in = ScopeIn {
+        device: query.device.clone(),
+        project: query.project.clone(),
+        profile: query.profile.clone(),
+        tenant_default: query.tenant_default,
+    };
+    let scope = scope_of(&state, tenant, &scope_in).await?;
+    if state
+        .store
+        .unassign(tenant, scope, kind, &caller.source())
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(
+            "assignment_not_found",
+            "nothing of that type is assigned there",
+        ))
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/status", tag = "status", responses((status = 200, body = StatusOut)))]
+pub async fn status(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<StatusOut>> {
+    let summary = state.store.fleet_summary(caller.tenant()).await?;
+    Ok(Json(StatusOut {
+        tenant: caller.key.tenant_name.to_string(),
+        devices: summary.devices,
+        artifacts: summary.artifacts,
+        actions: summary.latest_action_states,
+    }))
+}

@@ -1,0 +1,164 @@
+//! The management REST API under `/api/v1/`, its OpenAPI document, and the service endpoints
+//! (`/healthz`, `/readyz`, `/metrics`).
+
+pub mod artifacts;
+pub mod fleet;
+pub mod wire;
+
+use axum::Json;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use axum::{Router, middleware};
+use utoipa::OpenApi;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+
+/// A JSON body whose rejections are [`ApiError`]s.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// A query string whose rejections are [`ApiError`]s.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// Path parameters whose rejections are [`ApiError`]s.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Updraft management API",
+        description = "Fleet, artifacts, assignments and update status. \
+        Authenticate with `Authorization: Bearer <api key>`. Errors are `{\"code\", \"message\"}` with stable codes."
+    ),
+    paths(
+        fleet::list_tenants,
+        fleet::create_tenant,
+        fleet::create_tenant_api_key,
+        fleet::list_api_keys,
+        fleet::create_api_key,
+        fleet::delete_api_key,
+        fleet::list_projects,
+        fleet::create_project,
+        fleet::list_profiles,
+        fleet::create_profile,
+        fleet::list_devices,
+        fleet::create_device,
+        fleet::show_device,
+        fleet::delete_device,
+        fleet::device_history,
+        fleet::list_assignments,
+        fleet::assign,
+        fleet::unassign,
+        fleet::status,
+        artifacts::upload,
+        artifacts::list,
+        artifacts::show,
+        artifacts::download,
+        artifacts::delete,
+    ),
+    components(schemas(ErrorBody))
+)]
+pub struct ApiDoc;
+
+/// The whole HTTP surface of the server.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route(
+            "/tenants",
+            get(fleet::list_tenants).post(fleet::create_tenant),
+        )
+        .route(
+            "/tenants/{tenant}/api-keys",
+            post(fleet::create_tenant_api_key),
+        )
+        .route(
+            "/api-keys",
+            get(fleet::list_api_keys).post(fleet::create_api_key),
+        )
+        .route("/api-keys/{id}", delete(fleet::delete_api_key))
+        .route(
+            "/projects",
+            get(fleet::list_projects).post(fleet::create_project),
+        )
+        .route(
+            "/profiles",
+            get(fleet::list_profiles).post(fleet::create_profile),
+        )
+        .route(
+            "/devices",
+            get(fleet::list_devices).post(fleet::create_device),
+        )
+        .route(
+            "/devices/{id}",
+            get(fleet::show_device).delete(fleet::delete_device),
+        )
+        .route("/devices/{id}/history", get(fleet::device_history))
+        .route(
+            "/assignments",
+            get(fleet::list_assignments)
+                .post(fleet::assign)
+                .delete(fleet::unassign),
+        )
+        .route("/status", get(fleet::status))
+        .route(
+            "/artifacts",
+            get(artifacts::list)
+                // The upload streams and enforces its own limit (--max-upload-bytes).
+                .post(artifacts::upload)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/artifacts/{id}",
+            get(artifacts::show).delete(artifacts::delete),
+        )
+        .route("/artifacts/{id}/download", get(artifacts::download))
+        .route("/openapi.json", get(openapi));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
+        .with_state(state)
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    match state.store.tenant_by_name("default").await {
+        Ok(_) => Ok("ready"),
+        Err(err) => {
+            tracing::warn!(error = %err, "not ready");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the store does not answer",
+            ))
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such endpoint: see /api/v1/openapi.json")
+}

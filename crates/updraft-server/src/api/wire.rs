@@ -1,0 +1,469 @@
+//! The management API's JSON shapes and the explicit conversions from store rows. Changing a
+//! shape here changes the API: it is a decision, not an accident.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use updraft_core::Scope;
+use updraft_store as store;
+use utoipa::ToSchema;
+
+#[derive(Serialize, ToSchema)]
+pub struct TenantOut {
+    pub name: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+impl From<&store::Tenant> for TenantOut {
+    fn from(t: &store::Tenant) -> Self {
+        Self {
+            name: t.name.to_string(),
+            created_at: t.created_at,
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct NameIn {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ProjectOut {
+    pub name: String,
+    pub created_at: i64,
+}
+
+impl From<&store::Project> for ProjectOut {
+    fn from(p: &store::Project) -> Self {
+        Self {
+            name: p.name.to_string(),
+            created_at: p.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ProfileOut {
+    pub name: String,
+    pub description: String,
+    pub created_at: i64,
+}
+
+impl From<&store::Profile> for ProfileOut {
+    fn from(p: &store::Profile) -> Self {
+        Self {
+            name: p.name.to_string(),
+            description: p.description.clone(),
+            created_at: p.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReleaseOut {
+    pub title: String,
+    pub version: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeviceOut {
+    pub id: String,
+    pub project: Option<String>,
+    pub profile: Option<String>,
+    pub tags: Vec<String>,
+    pub attributes: BTreeMap<String, String>,
+    /// Firmware the device last reported running.
+    pub firmware: Option<ReleaseOut>,
+    /// Software package the device last reported running.
+    pub software: Option<ReleaseOut>,
+    pub last_seen: Option<i64>,
+    pub created_at: i64,
+}
+
+impl From<&store::Device> for DeviceOut {
+    fn from(d: &store::Device) -> Self {
+        let release = |r: &Option<store::Running>| {
+            r.as_ref().map(|r| ReleaseOut {
+                title: r.title.clone(),
+                version: r.version.clone(),
+            })
+        };
+        Self {
+            id: d.id.to_string(),
+            project: d.project.as_ref().map(|(_, name)| name.to_string()),
+            profile: d.profile.as_ref().map(|(_, name)| name.to_string()),
+            tags: d.tags.clone(),
+            attributes: d.attributes.clone(),
+            firmware: release(&d.firmware),
+            software: release(&d.software),
+            last_seen: d.last_seen,
+            created_at: d.created_at,
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct DeviceIn {
+    pub id: String,
+    pub profile: Option<String>,
+    pub project: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// The device's access token; generated when absent. At least 16 characters.
+    pub token: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeviceCreated {
+    #[serde(flatten)]
+    pub device: DeviceOut,
+    /// The device's access token. Shown once: only its hash is stored.
+    pub token: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DesiredOut {
+    pub artifact_id: i64,
+    pub title: String,
+    pub version: String,
+    /// Which assignment level decided: device, project_profile, project, profile or tenant.
+    pub level: String,
+}
+
+impl From<&store::Desired> for DesiredOut {
+    fn from(d: &store::Desired) -> Self {
+        Self {
+            artifact_id: d.artifact.0,
+            title: d.title.clone(),
+            version: d.version.clone(),
+            level: level(d.scope).to_owned(),
+        }
+    }
+}
+
+pub fn level(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Device(_) => "device",
+        Scope::ProjectProfile(..) => "project_profile",
+        Scope::Project(_) => "project",
+        Scope::Profile(_) => "profile",
+        Scope::Tenant => "tenant",
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeviceDetail {
+    #[serde(flatten)]
+    pub device: DeviceOut,
+    pub desired_firmware: Option<DesiredOut>,
+    pub desired_software: Option<DesiredOut>,
+    pub active_action: Option<ActionOut>,
+}
+
+impl From<&store::DeviceStatus> for DeviceDetail {
+    fn from(s: &store::DeviceStatus) -> Self {
+        Self {
+            device: DeviceOut::from(&s.device),
+            desired_firmware: s.desired_firmware.as_ref().map(DesiredOut::from),
+            desired_software: s.desired_software.as_ref().map(DesiredOut::from),
+            active_action: s.active.as_ref().map(ActionOut::from),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ProgressOut {
+    pub done: u64,
+    pub total: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FailureOut {
+    /// One of LwM2M's result codes by name, e.g. `integrity_check_failed`.
+    pub code: String,
+    pub reason: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ActionOut {
+    pub id: i64,
+    pub device: String,
+    pub artifact_id: Option<i64>,
+    pub title: String,
+    pub version: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// QUEUED, INITIATED, DOWNLOADING, DOWNLOADED, VERIFIED, UPDATING, UPDATED, FAILED or CANCELED.
+    pub state: String,
+    pub progress: Option<ProgressOut>,
+    pub failure: Option<FailureOut>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl From<&store::Action> for ActionOut {
+    fn from(a: &store::Action) -> Self {
+        Self {
+            id: a.key.0,
+            device: a.device_id.to_string(),
+            artifact_id: a.artifact.map(|k| k.0),
+            title: a.artifact_title.clone(),
+            version: a.artifact_version.clone(),
+            kind: a.kind.as_str().to_owned(),
+            state: a.state.as_str().to_owned(),
+            progress: a.progress.map(|p| ProgressOut {
+                done: p.done,
+                total: p.total,
+            }),
+            failure: a.failure.as_ref().map(|f| FailureOut {
+                code: f.code.as_str().to_owned(),
+                reason: f.reason.clone(),
+            }),
+            created_at: a.created_at,
+            updated_at: a.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventOut {
+    pub at: i64,
+    pub from: Option<String>,
+    pub to: String,
+    /// `user:<key name>`, `server`, or the protocol that reported.
+    pub source: String,
+    pub detail: String,
+    /// The report was not applied (a step backwards, or the action had ended).
+    pub refused: bool,
+    pub progress: Option<ProgressOut>,
+}
+
+impl From<&store::ActionEvent> for EventOut {
+    fn from(e: &store::ActionEvent) -> Self {
+        Self {
+            at: e.at,
+            from: e.from.map(|s| s.as_str().to_owned()),
+            to: e.to.as_str().to_owned(),
+            source: e.source.clone(),
+            detail: e.detail.clone(),
+            refused: e.refused,
+            progress: e.progress.map(|p| ProgressOut {
+                done: p.done,
+                total: p.total,
+            }),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ActionHistory {
+    #[serde(flatten)]
+    pub action: ActionOut,
+    pub history: Vec<EventOut>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ChecksumsOut {
+    pub md5: String,
+    pub sha1: String,
+    pub sha256: String,
+    pub sha384: String,
+    pub sha512: String,
+    /// Little-endian hex of the CRC32, as ThingsBoard prints it.
+    pub crc32: String,
+    pub murmur3_32: String,
+    pub murmur3_128: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ArtifactOut {
+    pub id: i64,
+    pub title: String,
+    pub version: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Profiles it runs on; empty means any.
+    pub profiles: Vec<String>,
+    pub size: u64,
+    pub filename: String,
+    pub checksums: ChecksumsOut,
+    pub signature: Option<String>,
+    pub description: String,
+    pub uploaded_by: String,
+    pub created_at: i64,
+    pub download_url: String,
+}
+
+impl ArtifactOut {
+    pub fn new(a: &store::Artifact, public_url: &str) -> Self {
+        let c = &a.checksums;
+        Self {
+            id: a.key.0,
+            title: a.title.clone(),
+            version: a.version.clone(),
+            kind: a.kind.as_str().to_owned(),
+            profiles: a
+                .profiles
+                .iter()
+                .map(|(_, name)| name.to_string())
+                .collect(),
+            size: a.size,
+            filename: a.filename.clone(),
+            checksums: ChecksumsOut {
+                md5: c.md5.clone(),
+                sha1: c.sha1.clone(),
+                sha256: c.sha256.clone(),
+                sha384: c.sha384.clone(),
+                sha512: c.sha512.clone(),
+                crc32: c.crc32.clone(),
+                murmur3_32: c.murmur3_32.clone(),
+                murmur3_128: c.murmur3_128.clone(),
+            },
+            signature: a.signature.clone(),
+            description: a.description.clone(),
+            uploaded_by: a.uploaded_by.clone(),
+            created_at: a.created_at,
+            download_url: format!("{public_url}/api/v1/artifacts/{}/download", a.key.0),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ArtifactPage {
+    pub items: Vec<ArtifactOut>,
+    pub total: u64,
+    pub offset: u64,
+    pub limit: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DevicePage {
+    pub items: Vec<DeviceOut>,
+    pub total: u64,
+    pub offset: u64,
+    pub limit: u64,
+}
+
+/// Where an assignment applies. Exactly one of: `device`; `project` and/or `profile`;
+/// `tenant_default: true`.
+#[derive(Deserialize, Serialize, ToSchema, Default, Clone)]
+pub struct ScopeIn {
+    pub device: Option<String>,
+    pub project: Option<String>,
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub tenant_default: bool,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct AssignmentIn {
+    #[serde(flatten)]
+    pub scope: ScopeIn,
+    /// The artifact as `TITLE@VERSION`; or give `artifact_id`.
+    pub artifact: Option<String>,
+    pub artifact_id: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AssignmentOut {
+    pub id: i64,
+    /// device, project_profile, project, profile or tenant.
+    pub level: String,
+    pub device: Option<String>,
+    pub project: Option<String>,
+    pub profile: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub artifact_id: i64,
+    pub title: String,
+    pub version: String,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+impl From<&store::Assignment> for AssignmentOut {
+    fn from(a: &store::Assignment) -> Self {
+        Self {
+            id: a.id,
+            level: level(a.scope).to_owned(),
+            device: a.device_id.as_ref().map(ToString::to_string),
+            project: a.project_name.as_ref().map(ToString::to_string),
+            profile: a.profile_name.as_ref().map(ToString::to_string),
+            kind: a.kind.as_str().to_owned(),
+            artifact_id: a.artifact.0,
+            title: a.artifact_title.clone(),
+            version: a.artifact_version.clone(),
+            created_by: a.created_by.clone(),
+            created_at: a.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StatusOut {
+    pub tenant: String,
+    pub devices: u64,
+    pub artifacts: u64,
+    /// Devices by the state of their latest update action.
+    pub actions: BTreeMap<String, u64>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct ApiKeyIn {
+    pub name: String,
+    /// admin, maintainer or viewer.
+    pub role: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ApiKeyOut {
+    pub id: i64,
+    pub tenant: String,
+    pub name: String,
+    pub role: String,
+    pub server_admin: bool,
+    pub created_at: i64,
+}
+
+impl From<&store::ApiKey> for ApiKeyOut {
+    fn from(k: &store::ApiKey) -> Self {
+        Self {
+            id: k.id,
+            tenant: k.tenant_name.to_string(),
+            name: k.name.clone(),
+            role: k.role.as_str().to_owned(),
+            server_admin: k.server_admin,
+            created_at: k.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ApiKeyCreated {
+    #[serde(flatten)]
+    pub key: ApiKeyOut,
+    /// The key itself. Shown once: only its hash is stored.
+    pub token: String,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct PageQuery {
+    pub offset: Option<u64>,
+    /// At most 500; 50 when absent.
+    pub limit: Option<u64>,
+}
+
+impl PageQuery {
+    pub fn page(&self) -> store::Page {
+        store::Page {
+            offset: self.offset.unwrap_or(0),
+            limit: self.limit.unwrap_or(50).clamp(1, 500),
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Prometheus metrics: a handful of counters kept in memory and rendered in the text format at
+//! `/metrics`. Counters restart from zero with the process, as Prometheus expects.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::state::AppState;
+
+#[derive(Default)]
+pub struct Metrics {
+    // (method, route, status) → count
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    pub upload_bytes: AtomicU64,
+    pub artifacts_uploaded: AtomicU64,
+    pub uploads_refused: AtomicU64,
+    pub download_bytes: AtomicU64,
+}
+
+impl Metrics {
+    fn record(&self, method: &str, route: &str, status: u16) {
+        if let Ok(mut requests) = self.requests.lock() {
+            *requests
+                .entry((method.to_owned(), route.to_owned(), status))
+                .or_default() += 1;
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "# HELP updraft_http_requests_total HTTP requests by method, route and status.\n",
+        );
+        out.push_str("# TYPE updraft_http_requests_total counter\n");
+        if let Ok(requests) = self.requests.lock() {
+            for ((method, route, status), count) in requests.iter() {
+                let _ = writeln!(
+                    out,
+                    "updraft_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {count}"
+                );
+            }
+        }
+        let counters = [
+            (
+                "updraft_upload_bytes_total",
+                "Artifact bytes received.",
+                &self.upload_bytes,
+            ),
+            (
+                "updraft_artifacts_uploaded_total",
+                "Artifacts stored.",
+                &self.artifacts_uploaded,
+            ),
+            (
+                "updraft_uploads_refused_total",
+                "Uploads refused (bad checksum, too large, cut off).",
+                &self.uploads_refused,
+            ),
+            (
+                "updraft_download_bytes_total",
+                "Artifact bytes sent.",
+                &self.download_bytes,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}
+
+/// Middleware counting every request by its route template (not its raw path, which would let
+/// devices blow up the label set).
+pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    state
+        .metrics
+        .record(&method, &route, response.status().as_u16());
+    response
+}

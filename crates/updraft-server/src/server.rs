@@ -1,0 +1,139 @@
+//! What `updraft serve` does: open the data directory's store and blobs (or PostgreSQL), collect
+//! garbage left by a crash, make sure the `default` tenant and a server admin key exist, then
+//! serve HTTP until asked to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use updraft_core::{Name, Role};
+use updraft_store::{LocalBlobStore, NewApiKey, SqlStore, Store, collect_garbage};
+
+use crate::metrics::Metrics;
+use crate::secret;
+use crate::state::{AppConfig, AppState};
+
+/// Everything `updraft serve` needs to know.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub http: SocketAddr,
+    /// `postgres://…` to use PostgreSQL; SQLite in the data directory otherwise.
+    pub database_url: Option<String>,
+    pub max_upload_bytes: u64,
+    /// Base URL for links; derived from `http` when absent.
+    pub public_url: Option<String>,
+}
+
+/// The name of the tenant that keys and devices belong to unless told otherwise.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// The file, in the data directory, that holds the server admin key.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Opens everything and returns the state to serve with.
+pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<AppState> {
+    tokio::fs::create_dir_all(&config.data_dir)
+        .await
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let store = match &config.database_url {
+        Some(url) => SqlStore::open(url).await.context("opening the database")?,
+        None => SqlStore::open_sqlite(&config.data_dir.join("updraft.db"))
+            .await
+            .context("opening the SQLite store")?,
+    };
+    let blobs = LocalBlobStore::open(config.data_dir.join("blobs"))
+        .await
+        .context("opening the blob directory")?;
+    let gc = collect_garbage(&store, &blobs)
+        .await
+        .context("collecting garbage")?;
+    if gc.staging_removed + gc.orphans_removed > 0 {
+        tracing::info!(
+            staging = gc.staging_removed,
+            orphans = gc.orphans_removed,
+            "removed what an interrupted upload left"
+        );
+    }
+    bootstrap(&store, &config.data_dir).await?;
+    Ok(AppState {
+        store: Arc::new(store),
+        blobs: Arc::new(blobs),
+        config: Arc::new(AppConfig {
+            max_upload_bytes: config.max_upload_bytes,
+            public_url,
+        }),
+        metrics: Arc::new(Metrics::default()),
+        blob_lock: Arc::new(tokio::sync::Mutex::new(())),
+    })
+}
+
+/// Creates the `default` tenant and, unless `admin.token` exists, a server admin key written there.
+async fn bootstrap(store: &SqlStore, data_dir: &Path) -> Result<()> {
+    let tenant = match store.tenant_by_name(DEFAULT_TENANT).await? {
+        Some(tenant) => tenant,
+        None => store.create_tenant(&Name::parse(DEFAULT_TENANT)?).await?,
+    };
+    let token_path = data_dir.join(ADMIN_TOKEN_FILE);
+    if tokio::fs::try_exists(&token_path).await? {
+        return Ok(());
+    }
+    let token = secret::generate("updraft_", 24)?;
+    let name = format!("admin-{}", &secret::hash(&token)[..8]);
+    let new = NewApiKey {
+        name,
+        role: Role::Admin,
+        server_admin: true,
+        secret_hash: secret::hash(&token),
+    };
+    store.create_api_key(tenant.key, &new).await?;
+    write_private(&token_path, &token).await?;
+    println!(
+        "created the server admin key; it is in {}",
+        token_path.display()
+    );
+    Ok(())
+}
+
+async fn write_private(path: &Path, content: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options
+        .open(&tmp)
+        .await
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    tokio::io::AsyncWriteExt::write_all(&mut file, format!("{content}\n").as_bytes()).await?;
+    file.sync_all().await?;
+    tokio::fs::rename(&tmp, path).await?;
+    Ok(())
+}
+
+/// Runs the server until `shutdown` completes, then drains open requests.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let listener = TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("listening on {}", config.http))?;
+    let addr = listener.local_addr()?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let state = prepare(&config, public_url).await?;
+    let app = crate::api::router(state);
+    // Tests and scripts read this line to learn the port.
+    println!("updraft listening on http://{addr}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")?;
+    Ok(())
+}
