@@ -1,0 +1,137 @@
+//! The server's integration tests: the management API in-process through `Router::oneshot`,
+//! over a real SQLite store and blob directory in a temporary data directory.
+
+// Tests may unwrap: a panic is how they fail.
+#![allow(clippy::unwrap_used)]
+
+mod api;
+mod artifacts;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+use updraft_server::server::{ServerConfig, prepare};
+use updraft_server::state::AppState;
+
+pub struct TestApp {
+    pub router: Router,
+    pub state: AppState,
+    pub admin: String,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The stable error code of an error answer.
+    pub fn code(&self) -> String {
+        self.json()["code"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+impl TestApp {
+    pub async fn new() -> TestApp {
+        Self::with_limit(64 * 1024 * 1024).await
+    }
+
+    pub async fn with_limit(max_upload_bytes: u64) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServerConfig {
+            data_dir: dir.path().to_path_buf(),
+            http: "127.0.0.1:0".parse().unwrap(),
+            database_url: None,
+            max_upload_bytes,
+            public_url: None,
+        };
+        let state = prepare(&config, "http://updraft.test".to_owned())
+            .await
+            .unwrap();
+        let admin = std::fs::read_to_string(dir.path().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        TestApp {
+            router: updraft_server::router(state.clone()),
+            state,
+            admin,
+            dir,
+        }
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> Answer {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        json: Option<Value>,
+    ) -> Answer {
+        let mut request = Request::builder().method(method).uri(path);
+        if !token.is_empty() {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let body = match json {
+            Some(json) => {
+                request = request.header("content-type", "application/json");
+                Body::from(json.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(request.body(body).unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, path, &self.admin.clone(), None)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, json: Value) -> Answer {
+        self.call(Method::POST, path, &self.admin.clone(), Some(json))
+            .await
+    }
+
+    /// Uploads `data` raw with the given query string, as the admin.
+    pub async fn upload(&self, query: &str, data: &[u8]) -> Answer {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("/api/v1/artifacts?{query}"))
+            .header("authorization", format!("Bearer {}", self.admin))
+            .header("content-type", "application/octet-stream")
+            .header("content-length", data.len())
+            .body(Body::from(data.to_vec()))
+            .unwrap();
+        self.send(request).await
+    }
+
+    /// Files in the blob store's staging directory and committed blobs.
+    pub async fn blob_files(&self) -> (usize, usize) {
+        let staging = std::fs::read_dir(self.dir.path().join("blobs/staging"))
+            .unwrap()
+            .count();
+        let committed = self.state.blobs.list().await.unwrap().len();
+        (staging, committed)
+    }
+}
