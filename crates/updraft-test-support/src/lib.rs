@@ -3,6 +3,7 @@
 //! Absence of a required tool is loud; under `CI=true` it fails the test instead of skipping.
 
 pub mod postgres;
+pub mod server;
 
 /// Whether we run under CI, where a missing tool is a failure and never a skip.
 pub fn under_ci() -> bool {

@@ -1,0 +1,201 @@
+//! End-to-end tests of the `updraft` binary: a real `updraft serve` process and the CLI as a
+//! user runs it.
+
+// Tests may unwrap: a panic is how they fail.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use updraft_test_support::server::ServerProcess;
+
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_updraft"))
+}
+
+struct Cli<'a> {
+    server: &'a ServerProcess,
+    token: String,
+    cwd: PathBuf,
+}
+
+impl Cli<'_> {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .args(args)
+            .current_dir(&self.cwd)
+            .env("UPDRAFT_SERVER", &self.server.url)
+            .env("UPDRAFT_TOKEN", &self.token)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs and expects success; returns standard output.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "updraft {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        serde_json::from_str(&self.ok(&with_json)).unwrap()
+    }
+}
+
+fn firmware(len: usize) -> Vec<u8> {
+    let mut state = 0x2545_f491_u32;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        })
+        .collect()
+}
+
+fn round_trip(extra: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&binary(), &dir.path().join("data"), extra).unwrap();
+    let cli = Cli { server: &server, token: server.admin_token().unwrap(), cwd: dir.path().to_path_buf() };
+    let data = firmware(1_500_000);
+    let file = dir.path().join("fw.bin");
+    std::fs::write(&file, &data).unwrap();
+    let sha = hex::encode(Sha256::digest(&data));
+
+    cli.ok(&["profile", "create", "esp32"]);
+    let uploaded = cli.json(&[
+        "artifact", "upload", file.to_str().unwrap(), "--title", "fw", "--version", "1.0", "--profile", "esp32",
+        "--checksum-algorithm", "SHA256", "--checksum", &sha,
+    ]);
+    assert_eq!(uploaded["checksums"]["sha256"], sha);
+    assert_eq!(uploaded["size"], data.len());
+    assert_eq!(uploaded["filename"], "fw.bin");
+
+    let refused = cli.run(&["artifact", "upload", file.to_str().unwrap(), "--title", "fw", "--version", "1.1", "--checksum", "00"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8(refused.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains("checksum_mismatch"), "{stderr}");
+
+    let listed = cli.json(&["artifact", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert!(cli.ok(&["artifact", "list"]).contains("fw     1.0"));
+
+    let out = dir.path().join("out.bin");
+    cli.ok(&["artifact", "download", "fw@1.0", "-o", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+
+    let device = cli.json(&["device", "create", "dev-1", "--profile", "esp32"]);
+    assert_eq!(device["id"], "dev-1");
+    assert_eq!(device["token"].as_str().unwrap().len(), 32);
+    cli.ok(&["assign", "--device", "dev-1", "--artifact", "fw@1.0"]);
+    let shown = cli.json(&["device", "show", "dev-1"]);
+    assert_eq!(shown["desired_firmware"]["title"], "fw");
+    assert_eq!(shown["desired_firmware"]["version"], "1.0");
+    assert_eq!(shown["desired_firmware"]["level"], "device");
+    assert!(cli.ok(&["device", "show", "dev-1"]).contains("desired firmware  fw@1.0 (device level)"));
+    let status = cli.json(&["status"]);
+    assert_eq!((status["devices"].as_u64(), status["artifacts"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(status["actions"]["QUEUED"], 1);
+
+    let missing = cli.run(&["device", "show", "nosuch"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("device_not_found"));
+
+    let exit = server.terminate().unwrap();
+    assert!(exit.success(), "graceful shutdown exits cleanly: {exit}");
+}
+
+#[test]
+fn cli_round_trip_against_a_real_server_on_sqlite() {
+    round_trip(&[]);
+}
+
+#[test]
+fn cli_round_trip_against_a_real_server_on_postgres() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(url) = runtime.block_on(updraft_test_support::postgres::fresh_database()) else { return };
+    round_trip(&["--database-url", &url]);
+}
+
+fn count_files(dir: &Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            n += count_files(&entry.path());
+        } else {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn a_server_killed_during_an_upload_restarts_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = ServerProcess::start(&binary(), &data_dir, &[]).unwrap();
+    let token = server.admin_token().unwrap();
+    let cli = Cli { server: &server, token: token.clone(), cwd: dir.path().to_path_buf() };
+    let kept = dir.path().join("kept.bin");
+    std::fs::write(&kept, firmware(10_000)).unwrap();
+    cli.ok(&["artifact", "upload", kept.to_str().unwrap(), "--title", "kept", "--version", "1"]);
+
+    // An upload that announces 50 MB and sends 2 MB of them, then the server dies.
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    write!(
+        stream,
+        "POST /api/v1/artifacts?title=partial&version=1 HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 50000000\r\n\r\n",
+        server.addr()
+    )
+    .unwrap();
+    stream.write_all(&firmware(2_000_000)).unwrap();
+    stream.flush().unwrap();
+    server.kill().unwrap();
+    drop(stream);
+
+    // What a crash between "blob committed" and "artifact row written" would leave, too.
+    let blobs = data_dir.join("blobs");
+    let orphan = "ab".repeat(32);
+    std::fs::create_dir_all(blobs.join("sha256/ab")).unwrap();
+    std::fs::write(blobs.join("sha256/ab").join(&orphan), b"orphan").unwrap();
+    std::fs::write(blobs.join("staging/interrupted"), b"half").unwrap();
+
+    let server = ServerProcess::start(&binary(), &data_dir, &[]).unwrap();
+    let cli = Cli { server: &server, token, cwd: dir.path().to_path_buf() };
+    let listed = cli.json(&["artifact", "list"]);
+    let titles: Vec<&str> = listed.as_array().unwrap().iter().map(|a| a["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, ["kept"], "no partial artifact is visible");
+    assert_eq!(count_files(&blobs.join("staging")), 0, "staging is empty after the cleanup pass");
+    assert_eq!(count_files(&blobs.join("sha256")), 1, "only the kept artifact's blob is left");
+    let out = dir.path().join("out.bin");
+    cli.ok(&["artifact", "download", "kept@1", "-o", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&kept).unwrap());
+}
+
+#[test]
+fn errors_are_one_line_and_exit_non_zero_without_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(binary())
+        .args(["status"])
+        .current_dir(dir.path())
+        .env("UPDRAFT_SERVER", "http://127.0.0.1:9")
+        .env("UPDRAFT_TOKEN", "x")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot reach the server"), "{stderr}");
+    let no_token = Command::new(binary()).args(["status"]).current_dir(dir.path()).env_remove("UPDRAFT_TOKEN").output().unwrap();
+    assert!(String::from_utf8_lossy(&no_token.stderr).contains("no API key"));
+}

@@ -1,0 +1,79 @@
+//! A real `updraft serve` process for end-to-end tests, on a free port (it binds port 0 and
+//! announces the address on standard output, which is awaited, never slept for).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+pub struct ServerProcess {
+    child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `binary serve --data-dir DIR --http 127.0.0.1:0 EXTRA…` and waits until it listens.
+    pub fn start(binary: &Path, data_dir: &Path, extra: &[&str]) -> Result<Self> {
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--http", "127.0.0.1:0"])
+            .args(extra)
+            .env("UPDRAFT_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let Some(line) = lines.next() else {
+                let status = child.wait()?;
+                bail!("the server exited ({status}) before it listened");
+            };
+            let line = line?;
+            if let Some(url) = line.strip_prefix("updraft listening on ") {
+                break url.trim().to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self { child, url, data_dir: data_dir.to_path_buf() })
+    }
+
+    /// The server admin key from the data directory.
+    pub fn admin_token(&self) -> Result<String> {
+        let token = std::fs::read_to_string(self.data_dir.join("admin.token")).context("reading admin.token")?;
+        Ok(token.trim().to_owned())
+    }
+
+    /// `host:port` of the HTTP listener.
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash or power loss.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the process to exit by itself.
+    pub fn terminate(mut self) -> Result<ExitStatus> {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
