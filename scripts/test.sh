@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs (idempotently) and runs every check CI runs: formatting,
+# clippy with warnings as errors, and the whole suite against SQLite and a real PostgreSQL
+# (started by the tests from the system's binaries, or the one DATABASE_URL names).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup.sh
+
+# PostgreSQL's server binaries (initdb, postgres) and setpriv to run them as `postgres` under root.
+need=()
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  need+=(postgresql)
+fi
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+[ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+cargo test --workspace --all-features
