@@ -129,6 +129,12 @@ async fn migrate_first(pool: &AnyPool, dialect: Dialect) -> StoreResult<()> {
     crate::migrations::migrate(pool, dialect).await
 }
 
+/// Runs a `SELECT COUNT(*) AS n … WHERE … = $1` query.
+async fn count(conn: &mut AnyConnection, sql: &str, key: i64) -> StoreResult<i64> {
+    let row = sqlx::query(sql).bind(key).fetch_one(&mut *conn).await?;
+    Ok(row.try_get("n")?)
+}
+
 fn conflict(err: sqlx::Error, code: &'static str, message: String) -> StoreError {
     let unique = err
         .as_database_error()
@@ -881,11 +887,13 @@ impl Store for SqlStore {
         .bind(to_i64(page.offset))
         .fetch_all(&self.read)
         .await?;
-        let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM devices WHERE tenant_id = $1")
-            .bind(tenant.0)
-            .fetch_one(&self.read)
-            .await?
-            .try_get("n")?;
+        let mut conn = self.read.acquire().await?;
+        let total = count(
+            &mut conn,
+            "SELECT COUNT(*) AS n FROM devices WHERE tenant_id = $1",
+            tenant.0,
+        )
+        .await?;
         Ok(Paged {
             items: rows.iter().map(device_from).collect::<StoreResult<_>>()?,
             total: to_u64(total),
@@ -1066,19 +1074,18 @@ impl Store for SqlStore {
             row.try_get::<String, _>("title")?,
             row.try_get::<String, _>("version")?
         );
-        let assigned: i64 =
-            sqlx::query("SELECT COUNT(*) AS n FROM assignments WHERE artifact_id = $1")
-                .bind(key.0)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("n")?;
-        let active: i64 = sqlx::query(&format!(
-            "SELECT COUNT(*) AS n FROM actions WHERE artifact_id = $1 AND state NOT IN {FINAL_STATES}"
-        ))
-        .bind(key.0)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("n")?;
+        let assigned = count(
+            &mut tx,
+            "SELECT COUNT(*) AS n FROM assignments WHERE artifact_id = $1",
+            key.0,
+        )
+        .await?;
+        let active = count(
+            &mut tx,
+            &format!("SELECT COUNT(*) AS n FROM actions WHERE artifact_id = $1 AND state NOT IN {FINAL_STATES}"),
+            key.0,
+        )
+        .await?;
         if assigned > 0 || active > 0 {
             return Err(StoreError::Invalid {
                 code: "artifact_in_use",
@@ -1449,27 +1456,29 @@ impl Store for SqlStore {
     }
 
     async fn fleet_summary(&self, tenant: TenantKey) -> StoreResult<FleetSummary> {
-        let count = |table: &'static str| {
-            let read = self.read.clone();
-            async move {
-                let n: i64 = sqlx::query(&format!(
-                    "SELECT COUNT(*) AS n FROM {table} WHERE tenant_id = $1"
-                ))
-                .bind(tenant.0)
-                .fetch_one(&read)
-                .await?
-                .try_get("n")?;
-                Ok::<u64, StoreError>(to_u64(n))
-            }
-        };
-        let devices = count("devices").await?;
-        let artifacts = count("artifacts").await?;
+        let mut conn = self.read.acquire().await?;
+        let devices = to_u64(
+            count(
+                &mut conn,
+                "SELECT COUNT(*) AS n FROM devices WHERE tenant_id = $1",
+                tenant.0,
+            )
+            .await?,
+        );
+        let artifacts = to_u64(
+            count(
+                &mut conn,
+                "SELECT COUNT(*) AS n FROM artifacts WHERE tenant_id = $1",
+                tenant.0,
+            )
+            .await?,
+        );
         let rows = sqlx::query(
             "SELECT state, COUNT(*) AS n FROM actions WHERE id IN \
              (SELECT MAX(id) FROM actions WHERE tenant_id = $1 GROUP BY device_pk) GROUP BY state",
         )
         .bind(tenant.0)
-        .fetch_all(&self.read)
+        .fetch_all(&mut *conn)
         .await?;
         let mut latest_action_states = BTreeMap::new();
         for row in &rows {

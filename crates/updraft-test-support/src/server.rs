@@ -40,12 +40,17 @@ impl ServerProcess {
             }
         };
         std::thread::spawn(move || for _ in lines {});
-        Ok(Self { child, url, data_dir: data_dir.to_path_buf() })
+        Ok(Self {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+        })
     }
 
     /// The server admin key from the data directory.
     pub fn admin_token(&self) -> Result<String> {
-        let token = std::fs::read_to_string(self.data_dir.join("admin.token")).context("reading admin.token")?;
+        let token = std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .context("reading admin.token")?;
         Ok(token.trim().to_owned())
     }
 
@@ -63,7 +68,9 @@ impl ServerProcess {
 
     /// SIGTERM, then waits for the process to exit by itself.
     pub fn terminate(mut self) -> Result<ExitStatus> {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
         if !status.success() {
             bail!("kill -TERM failed");
         }

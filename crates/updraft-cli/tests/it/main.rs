@@ -37,7 +37,11 @@ impl Cli<'_> {
     /// Runs and expects success; returns standard output.
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "updraft {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "updraft {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -63,7 +67,21 @@ fn firmware(len: usize) -> Vec<u8> {
 fn round_trip(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&binary(), &dir.path().join("data"), extra).unwrap();
-    let cli = Cli { server: &server, token: server.admin_token().unwrap(), cwd: dir.path().to_path_buf() };
+    let token_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("data/admin.token"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(
+        token_mode & 0o777,
+        0o600,
+        "the admin key is readable by its owner only"
+    );
+    let cli = Cli {
+        server: &server,
+        token: server.admin_token().unwrap(),
+        cwd: dir.path().to_path_buf(),
+    };
     let data = firmware(1_500_000);
     let file = dir.path().join("fw.bin");
     std::fs::write(&file, &data).unwrap();
@@ -71,25 +89,55 @@ fn round_trip(extra: &[&str]) {
 
     cli.ok(&["profile", "create", "esp32"]);
     let uploaded = cli.json(&[
-        "artifact", "upload", file.to_str().unwrap(), "--title", "fw", "--version", "1.0", "--profile", "esp32",
-        "--checksum-algorithm", "SHA256", "--checksum", &sha,
+        "artifact",
+        "upload",
+        file.to_str().unwrap(),
+        "--title",
+        "fw",
+        "--version",
+        "1.0",
+        "--profile",
+        "esp32",
+        "--checksum-algorithm",
+        "SHA256",
+        "--checksum",
+        &sha,
     ]);
     assert_eq!(uploaded["checksums"]["sha256"], sha);
     assert_eq!(uploaded["size"], data.len());
     assert_eq!(uploaded["filename"], "fw.bin");
 
-    let refused = cli.run(&["artifact", "upload", file.to_str().unwrap(), "--title", "fw", "--version", "1.1", "--checksum", "00"]);
+    let refused = cli.run(&[
+        "artifact",
+        "upload",
+        file.to_str().unwrap(),
+        "--title",
+        "fw",
+        "--version",
+        "1.1",
+        "--checksum",
+        "00",
+    ]);
     assert!(!refused.status.success());
     let stderr = String::from_utf8(refused.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("error: ") && stderr.contains("checksum_mismatch"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("checksum_mismatch"),
+        "{stderr}"
+    );
 
     let listed = cli.json(&["artifact", "list"]);
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert!(cli.ok(&["artifact", "list"]).contains("fw     1.0"));
 
     let out = dir.path().join("out.bin");
-    cli.ok(&["artifact", "download", "fw@1.0", "-o", out.to_str().unwrap()]);
+    cli.ok(&[
+        "artifact",
+        "download",
+        "fw@1.0",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(std::fs::read(&out).unwrap(), data);
 
     let device = cli.json(&["device", "create", "dev-1", "--profile", "esp32"]);
@@ -100,9 +148,15 @@ fn round_trip(extra: &[&str]) {
     assert_eq!(shown["desired_firmware"]["title"], "fw");
     assert_eq!(shown["desired_firmware"]["version"], "1.0");
     assert_eq!(shown["desired_firmware"]["level"], "device");
-    assert!(cli.ok(&["device", "show", "dev-1"]).contains("desired firmware  fw@1.0 (device level)"));
+    assert!(
+        cli.ok(&["device", "show", "dev-1"])
+            .contains("desired firmware  fw@1.0 (device level)")
+    );
     let status = cli.json(&["status"]);
-    assert_eq!((status["devices"].as_u64(), status["artifacts"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (status["devices"].as_u64(), status["artifacts"].as_u64()),
+        (Some(1), Some(1))
+    );
     assert_eq!(status["actions"]["QUEUED"], 1);
 
     let missing = cli.run(&["device", "show", "nosuch"]);
@@ -121,7 +175,9 @@ fn cli_round_trip_against_a_real_server_on_sqlite() {
 #[test]
 fn cli_round_trip_against_a_real_server_on_postgres() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let Some(url) = runtime.block_on(updraft_test_support::postgres::fresh_database()) else { return };
+    let Some(url) = runtime.block_on(updraft_test_support::postgres::fresh_database()) else {
+        return;
+    };
     round_trip(&["--database-url", &url]);
 }
 
@@ -144,10 +200,22 @@ fn a_server_killed_during_an_upload_restarts_clean() {
     let data_dir = dir.path().join("data");
     let server = ServerProcess::start(&binary(), &data_dir, &[]).unwrap();
     let token = server.admin_token().unwrap();
-    let cli = Cli { server: &server, token: token.clone(), cwd: dir.path().to_path_buf() };
+    let cli = Cli {
+        server: &server,
+        token: token.clone(),
+        cwd: dir.path().to_path_buf(),
+    };
     let kept = dir.path().join("kept.bin");
     std::fs::write(&kept, firmware(10_000)).unwrap();
-    cli.ok(&["artifact", "upload", kept.to_str().unwrap(), "--title", "kept", "--version", "1"]);
+    cli.ok(&[
+        "artifact",
+        "upload",
+        kept.to_str().unwrap(),
+        "--title",
+        "kept",
+        "--version",
+        "1",
+    ]);
 
     // An upload that announces 50 MB and sends 2 MB of them, then the server dies.
     let mut stream = TcpStream::connect(server.addr()).unwrap();
@@ -171,14 +239,37 @@ fn a_server_killed_during_an_upload_restarts_clean() {
     std::fs::write(blobs.join("staging/interrupted"), b"half").unwrap();
 
     let server = ServerProcess::start(&binary(), &data_dir, &[]).unwrap();
-    let cli = Cli { server: &server, token, cwd: dir.path().to_path_buf() };
+    let cli = Cli {
+        server: &server,
+        token,
+        cwd: dir.path().to_path_buf(),
+    };
     let listed = cli.json(&["artifact", "list"]);
-    let titles: Vec<&str> = listed.as_array().unwrap().iter().map(|a| a["title"].as_str().unwrap()).collect();
+    let titles: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["title"].as_str().unwrap())
+        .collect();
     assert_eq!(titles, ["kept"], "no partial artifact is visible");
-    assert_eq!(count_files(&blobs.join("staging")), 0, "staging is empty after the cleanup pass");
-    assert_eq!(count_files(&blobs.join("sha256")), 1, "only the kept artifact's blob is left");
+    assert_eq!(
+        count_files(&blobs.join("staging")),
+        0,
+        "staging is empty after the cleanup pass"
+    );
+    assert_eq!(
+        count_files(&blobs.join("sha256")),
+        1,
+        "only the kept artifact's blob is left"
+    );
     let out = dir.path().join("out.bin");
-    cli.ok(&["artifact", "download", "kept@1", "-o", out.to_str().unwrap()]);
+    cli.ok(&[
+        "artifact",
+        "download",
+        "kept@1",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&kept).unwrap());
 }
 
@@ -196,6 +287,11 @@ fn errors_are_one_line_and_exit_non_zero_without_a_server() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("cannot reach the server"), "{stderr}");
-    let no_token = Command::new(binary()).args(["status"]).current_dir(dir.path()).env_remove("UPDRAFT_TOKEN").output().unwrap();
+    let no_token = Command::new(binary())
+        .args(["status"])
+        .current_dir(dir.path())
+        .env_remove("UPDRAFT_TOKEN")
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&no_token.stderr).contains("no API key"));
 }
