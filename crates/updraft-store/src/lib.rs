@@ -21,7 +21,7 @@ pub use sql::SqlStore;
 use async_trait::async_trait;
 use std::collections::HashSet;
 use updraft_core::{
-    ActionKey, ArtifactKey, ArtifactKind, DeviceId, Name, Report, Scope, TenantKey,
+    ActionKey, ArtifactKey, ArtifactKind, DeviceId, DeviceKey, Name, Report, Scope, TenantKey,
 };
 
 /// Everything Updraft persists except artifact bytes. Methods taking a `TenantKey` never see or
@@ -33,6 +33,18 @@ pub trait Store: Send + Sync + 'static {
     /// Case-insensitive, as hawkBit matches tenant names.
     async fn tenant_by_name(&self, name: &str) -> StoreResult<Option<Tenant>>;
     async fn list_tenants(&self) -> StoreResult<Vec<Tenant>>;
+    async fn update_tenant_settings(
+        &self,
+        tenant: TenantKey,
+        settings: TenantSettings,
+    ) -> StoreResult<()>;
+    /// Sets (or, with `None`, revokes) the tenant's gateway token hash.
+    async fn set_gateway_token(
+        &self,
+        tenant: TenantKey,
+        secret_hash: Option<&str>,
+    ) -> StoreResult<()>;
+    async fn tenant_by_gateway_token(&self, secret_hash: &str) -> StoreResult<Option<Tenant>>;
 
     // Projects and profiles.
     async fn create_project(&self, tenant: TenantKey, name: &Name) -> StoreResult<Project>;
@@ -50,14 +62,23 @@ pub trait Store: Send + Sync + 'static {
     async fn list_profiles(&self, tenant: TenantKey) -> StoreResult<Vec<Profile>>;
 
     // Devices.
-    /// Creates the device with its first credential and queues its update if an assignment
-    /// already covers it.
+    /// Creates the device with its first credential, if any, and queues its update if an
+    /// assignment already covers it.
     async fn create_device(
         &self,
         tenant: TenantKey,
         new: &NewDevice,
-        credential: &NewCredential,
+        credential: Option<&NewCredential>,
     ) -> StoreResult<Device>;
+    /// Records that the device was heard from now.
+    async fn touch_device(&self, device: DeviceKey) -> StoreResult<()>;
+    /// Changes the device's attributes as the device reported them.
+    async fn update_attributes(
+        &self,
+        device: DeviceKey,
+        mode: AttributeMode,
+        data: &std::collections::BTreeMap<String, String>,
+    ) -> StoreResult<()>;
     async fn device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<Option<Device>>;
     async fn list_devices(&self, tenant: TenantKey, page: Page) -> StoreResult<Paged<Device>>;
     async fn delete_device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<bool>;
@@ -141,6 +162,17 @@ pub trait Store: Send + Sync + 'static {
         source: &str,
     ) -> StoreResult<ReportOutcome>;
     async fn fleet_summary(&self, tenant: TenantKey) -> StoreResult<FleetSummary>;
+    /// The newest canceled action of the device that the device was told about and has not
+    /// confirmed canceling.
+    async fn pending_cancel(&self, device: DeviceKey) -> StoreResult<Option<Action>>;
+    /// Records the device's answer to a cancellation; false if none was pending.
+    async fn acknowledge_cancel(
+        &self,
+        tenant: TenantKey,
+        key: ActionKey,
+        accepted: bool,
+        source: &str,
+    ) -> StoreResult<bool>;
 
     // API keys.
     async fn create_api_key(&self, tenant: TenantKey, new: &NewApiKey) -> StoreResult<ApiKey>;

@@ -8,7 +8,10 @@ use crate::error::StoreResult;
 use crate::sql::Dialect;
 
 /// (version, SQL). Append only: a released migration never changes.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_initial.sql")),
+    (2, include_str!("../migrations/0002_ddi.sql")),
+];
 
 /// Applies every migration newer than the database's version, each in its own transaction.
 pub(crate) async fn migrate(pool: &AnyPool, dialect: Dialect) -> StoreResult<()> {

@@ -15,7 +15,37 @@ pub type Millis = i64;
 pub struct Tenant {
     pub key: TenantKey,
     pub name: Name,
+    pub settings: TenantSettings,
     pub created_at: Millis,
+}
+
+/// What a tenant's devices are told and allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantSettings {
+    /// How long devices should wait between polls.
+    pub poll_interval_secs: u32,
+    /// Whether an unknown device presenting the tenant's gateway token is registered.
+    pub auto_register: bool,
+}
+
+impl Default for TenantSettings {
+    fn default() -> Self {
+        Self {
+            poll_interval_secs: 300,
+            auto_register: false,
+        }
+    }
+}
+
+/// How reported attributes combine with the stored ones (hawkBit's configData modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttributeMode {
+    /// Add and overwrite keys.
+    Merge,
+    /// Replace all attributes.
+    Replace,
+    /// Remove the given keys.
+    Remove,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

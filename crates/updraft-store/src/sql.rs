@@ -337,10 +337,18 @@ fn api_key_from(row: &AnyRow) -> StoreResult<ApiKey> {
     })
 }
 
+const TENANT_SELECT: &str =
+    "SELECT id, name, created_at, poll_interval_secs, auto_register FROM tenants";
+
 fn tenant_from(row: &AnyRow) -> StoreResult<Tenant> {
     Ok(Tenant {
         key: TenantKey(row.try_get("id")?),
         name: parse_name(row.try_get("name")?)?,
+        settings: TenantSettings {
+            poll_interval_secs: u32::try_from(row.try_get::<i64, _>("poll_interval_secs")?)
+                .unwrap_or(u32::MAX),
+            auto_register: row.try_get::<i64, _>("auto_register")? != 0,
+        },
         created_at: row.try_get("created_at")?,
     })
 }
@@ -616,7 +624,10 @@ async fn reconcile(
         };
         if let Some(cancel) = cancel {
             let from = current.map(|(_, _, state)| state);
-            sqlx::query("UPDATE actions SET state = 'CANCELED', updated_at = $1 WHERE id = $2")
+            // A device that was told about the action must confirm that it stopped.
+            let told = from.is_some_and(|state| state >= UpdateState::Initiated);
+            sqlx::query("UPDATE actions SET state = 'CANCELED', cancel_pending = $1, updated_at = $2 WHERE id = $3")
+                .bind(i64::from(told))
                 .bind(now_millis())
                 .bind(cancel.0)
                 .execute(&mut *conn)
@@ -687,12 +698,13 @@ impl Store for SqlStore {
         Ok(Tenant {
             key: TenantKey(row.try_get("id")?),
             name: name.clone(),
+            settings: TenantSettings::default(),
             created_at: now,
         })
     }
 
     async fn tenant_by_name(&self, name: &str) -> StoreResult<Option<Tenant>> {
-        let row = sqlx::query("SELECT id, name, created_at FROM tenants WHERE name_lower = $1")
+        let row = sqlx::query(&format!("{TENANT_SELECT} WHERE name_lower = $1"))
             .bind(name.to_ascii_lowercase())
             .fetch_optional(&self.read)
             .await?;
@@ -700,7 +712,7 @@ impl Store for SqlStore {
     }
 
     async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
-        let rows = sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY name")
+        let rows = sqlx::query(&format!("{TENANT_SELECT} ORDER BY name"))
             .fetch_all(&self.read)
             .await?;
         rows.iter().map(tenant_from).collect()
@@ -820,7 +832,7 @@ impl Store for SqlStore {
         &self,
         tenant: TenantKey,
         new: &NewDevice,
-        credential: &NewCredential,
+        credential: Option<&NewCredential>,
     ) -> StoreResult<Device> {
         let mut tx = self.write.begin().await?;
         let now = now_millis();
@@ -841,7 +853,10 @@ impl Store for SqlStore {
         .await
         .map_err(|e| conflict(e, "device_exists", format!("device {} exists already", new.id)))?;
         let key = DeviceKey(row.try_get("id")?);
-        sqlx::query("INSERT INTO device_credentials (device_pk, kind, secret_hash, created_at) VALUES ($1, $2, $3, $4)")
+        if let Some(credential) = credential {
+            sqlx::query(
+                "INSERT INTO device_credentials (device_pk, kind, secret_hash, created_at) VALUES ($1, $2, $3, $4)",
+            )
             .bind(key.0)
             .bind(credential.kind.as_str())
             .bind(&credential.secret_hash)
@@ -849,6 +864,7 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| conflict(e, "credential_exists", "that credential belongs to another device".to_owned()))?;
+        }
         reconcile(
             &mut tx,
             self.dialect,
@@ -1492,6 +1508,126 @@ impl Store for SqlStore {
             artifacts,
             latest_action_states,
         })
+    }
+
+    async fn update_tenant_settings(
+        &self,
+        tenant: TenantKey,
+        settings: TenantSettings,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE tenants SET poll_interval_secs = $1, auto_register = $2 WHERE id = $3")
+            .bind(i64::from(settings.poll_interval_secs))
+            .bind(i64::from(settings.auto_register))
+            .bind(tenant.0)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_gateway_token(
+        &self,
+        tenant: TenantKey,
+        secret_hash: Option<&str>,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE tenants SET gateway_token_hash = $1 WHERE id = $2")
+            .bind(secret_hash)
+            .bind(tenant.0)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn tenant_by_gateway_token(&self, secret_hash: &str) -> StoreResult<Option<Tenant>> {
+        let row = sqlx::query(&format!("{TENANT_SELECT} WHERE gateway_token_hash = $1"))
+            .bind(secret_hash)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(tenant_from).transpose()
+    }
+
+    async fn touch_device(&self, device: DeviceKey) -> StoreResult<()> {
+        sqlx::query("UPDATE devices SET last_seen = $1 WHERE id = $2")
+            .bind(now_millis())
+            .bind(device.0)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn update_attributes(
+        &self,
+        device: DeviceKey,
+        mode: AttributeMode,
+        data: &BTreeMap<String, String>,
+    ) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query("SELECT attributes FROM devices WHERE id = $1")
+            .bind(device.0)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound { what: "device" })?;
+        let mut attributes: BTreeMap<String, String> =
+            serde_json::from_str(&row.try_get::<String, _>("attributes")?).map_err(corrupt)?;
+        match mode {
+            AttributeMode::Merge => attributes.extend(data.clone()),
+            AttributeMode::Replace => attributes = data.clone(),
+            AttributeMode::Remove => attributes.retain(|key, _| !data.contains_key(key)),
+        }
+        sqlx::query("UPDATE devices SET attributes = $1 WHERE id = $2")
+            .bind(serde_json::to_string(&attributes).map_err(corrupt)?)
+            .bind(device.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn pending_cancel(&self, device: DeviceKey) -> StoreResult<Option<Action>> {
+        let row = sqlx::query(&format!(
+            "{ACTION_SELECT} WHERE a.device_pk = $1 AND a.cancel_pending = 1 ORDER BY a.id DESC LIMIT 1"
+        ))
+        .bind(device.0)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(action_from).transpose()
+    }
+
+    async fn acknowledge_cancel(
+        &self,
+        tenant: TenantKey,
+        key: ActionKey,
+        accepted: bool,
+        source: &str,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write.begin().await?;
+        let done = sqlx::query("UPDATE actions SET cancel_pending = 0 WHERE tenant_id = $1 AND id = $2 AND cancel_pending = 1")
+            .bind(tenant.0)
+            .bind(key.0)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let detail = if accepted {
+            "the device confirmed the cancellation"
+        } else {
+            "the device could not cancel"
+        };
+        insert_event(
+            &mut tx,
+            Event {
+                action: key,
+                from: Some(UpdateState::Canceled),
+                to: UpdateState::Canceled,
+                source,
+                detail,
+                refused: false,
+                progress: None,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn create_api_key(&self, tenant: TenantKey, new: &NewApiKey) -> StoreResult<ApiKey> {

@@ -275,7 +275,10 @@ pub async fn create_device(
         kind: CredentialKind::AccessToken,
         secret_hash: secret::hash(&token),
     };
-    let device = state.store.create_device(tenant, &new, &credential).await?;
+    let device = state
+        .store
+        .create_device(tenant, &new, Some(&credential))
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(DeviceCreated {

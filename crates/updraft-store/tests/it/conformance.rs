@@ -76,10 +76,10 @@ async fn device(
                 tags: vec!["lab".into()],
                 attributes: [("hw".to_owned(), "rev2".to_owned())].into(),
             },
-            &NewCredential {
+            Some(&NewCredential {
                 kind: CredentialKind::AccessToken,
                 secret_hash: format!("hash-of-{}-{device_id}", f.tenant.name),
-            },
+            }),
         )
         .await
         .unwrap()
@@ -777,10 +777,10 @@ pub async fn devices_are_found_by_credential_and_paged(store: &SqlStore, _: &Reo
                 tags: vec![],
                 attributes: Default::default(),
             },
-            &NewCredential {
+            Some(&NewCredential {
                 kind: CredentialKind::AccessToken,
                 secret_hash: "fresh".into(),
-            },
+            }),
         )
         .await
         .unwrap_err();
@@ -853,4 +853,154 @@ pub async fn fleet_summary_counts_latest_action_states(store: &SqlStore, _: &Reo
     assert_eq!(summary.artifacts, 1);
     assert_eq!(summary.latest_action_states.get("QUEUED"), Some(&2));
     assert_eq!(summary.latest_action_states.get("UPDATED"), Some(&1));
+}
+
+pub async fn tenant_settings_and_gateway_tokens_round_trip(store: &SqlStore, _: &Reopen) {
+    let f = fixture(store, "t").await;
+    assert_eq!(f.tenant.settings, TenantSettings::default());
+    let settings = TenantSettings {
+        poll_interval_secs: 42,
+        auto_register: true,
+    };
+    store
+        .update_tenant_settings(f.tenant.key, settings)
+        .await
+        .unwrap();
+    let again = store.tenant_by_name("T").await.unwrap().unwrap();
+    assert_eq!(again.settings, settings);
+    store
+        .set_gateway_token(f.tenant.key, Some("gw-hash"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .tenant_by_gateway_token("gw-hash")
+            .await
+            .unwrap()
+            .map(|t| t.key),
+        Some(f.tenant.key)
+    );
+    store.set_gateway_token(f.tenant.key, None).await.unwrap();
+    assert!(
+        store
+            .tenant_by_gateway_token("gw-hash")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+pub async fn reported_attributes_merge_replace_and_remove(store: &SqlStore, _: &Reopen) {
+    let f = fixture(store, "t").await;
+    let dev = device(store, &f, "d", None, None).await;
+    let data = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let attributes = || async {
+        store
+            .device(f.tenant.key, &id("d"))
+            .await
+            .unwrap()
+            .unwrap()
+            .attributes
+    };
+    store
+        .update_attributes(
+            dev.key,
+            AttributeMode::Merge,
+            &data(&[("mac", "ff"), ("hw", "rev3")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(attributes().await, data(&[("hw", "rev3"), ("mac", "ff")]));
+    store
+        .update_attributes(dev.key, AttributeMode::Remove, &data(&[("mac", "")]))
+        .await
+        .unwrap();
+    assert_eq!(attributes().await, data(&[("hw", "rev3")]));
+    store
+        .update_attributes(dev.key, AttributeMode::Replace, &data(&[("a", "1")]))
+        .await
+        .unwrap();
+    assert_eq!(attributes().await, data(&[("a", "1")]));
+    assert!(
+        store
+            .device(f.tenant.key, &id("d"))
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seen
+            .is_none()
+    );
+    store.touch_device(dev.key).await.unwrap();
+    assert!(
+        store
+            .device(f.tenant.key, &id("d"))
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seen
+            .is_some()
+    );
+}
+
+pub async fn superseding_an_action_the_device_knew_asks_it_to_confirm(
+    store: &SqlStore,
+    _: &Reopen,
+) {
+    let f = fixture(store, "t").await;
+    let dev = device(store, &f, "d", None, None).await;
+    let v1 = artifact(store, &f, "fw", "1", ArtifactKind::Firmware, &[]).await;
+    let v2 = artifact(store, &f, "fw", "2", ArtifactKind::Firmware, &[]).await;
+    let v3 = artifact(store, &f, "fw", "3", ArtifactKind::Firmware, &[]).await;
+    store
+        .assign(f.tenant.key, Scope::Device(dev.key), v1.key, "u")
+        .await
+        .unwrap();
+    // Still QUEUED: the device never heard of it, so nothing to confirm.
+    store
+        .assign(f.tenant.key, Scope::Device(dev.key), v2.key, "u")
+        .await
+        .unwrap();
+    assert!(store.pending_cancel(dev.key).await.unwrap().is_none());
+    let second = active(store, &f, "d").await.unwrap();
+    store
+        .report(
+            f.tenant.key,
+            second.key,
+            &reached(UpdateState::Initiated),
+            "ddi",
+        )
+        .await
+        .unwrap();
+    store
+        .assign(f.tenant.key, Scope::Device(dev.key), v3.key, "u")
+        .await
+        .unwrap();
+    let pending = store.pending_cancel(dev.key).await.unwrap().unwrap();
+    assert_eq!(pending.key, second.key);
+    assert!(
+        store
+            .acknowledge_cancel(f.tenant.key, second.key, true, "ddi")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .acknowledge_cancel(f.tenant.key, second.key, true, "ddi")
+            .await
+            .unwrap()
+    );
+    assert!(store.pending_cancel(dev.key).await.unwrap().is_none());
+    let history = store
+        .action_history(f.tenant.key, second.key)
+        .await
+        .unwrap();
+    assert_eq!(
+        history.last().unwrap().detail,
+        "the device confirmed the cancellation"
+    );
 }
