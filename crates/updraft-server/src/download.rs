@@ -1,13 +1,16 @@
-//! Serving blob bytes over HTTP: `Content-Length`, `ETag` (the SHA-256), `Accept-Ranges`, single
-//! byte ranges with `206`/`416`, and `If-Range`. Bytes stream from the blob store in constant
-//! memory.
+//! Serving blob bytes over HTTP: `Content-Length`, `ETag` (the SHA-256), `Last-Modified`,
+//! `Accept-Ranges`, byte ranges with `206` (several as `multipart/byteranges`) and `416`, and
+//! `If-Range`. Bytes stream from the blob store in constant memory.
 
 use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt, future, stream};
 use tokio_util::io::ReaderStream;
 
 use crate::error::ApiError;
@@ -27,7 +30,7 @@ pub enum RangeRequest {
     Whole,
     /// One satisfiable range.
     Single(ByteRange),
-    /// Several ranges; the first is served (multipart/byteranges is left to the DDI adapter).
+    /// Several ranges, served as `multipart/byteranges`.
     Many(Vec<ByteRange>),
     /// No range overlaps the blob.
     Unsatisfiable,
@@ -93,6 +96,8 @@ pub struct BlobResponse<'a> {
     pub size: u64,
     pub filename: &'a str,
     pub content_type: &'static str,
+    /// Milliseconds since the Unix epoch.
+    pub modified_at: i64,
 }
 
 /// Streams the blob (or the requested range of it).
@@ -126,14 +131,14 @@ pub async fn serve_blob(
     {
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(blob.content_type),
-    );
+    let modified = UNIX_EPOCH + Duration::from_millis(u64::try_from(blob.modified_at).unwrap_or(0));
+    if let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
+        headers.insert(header::LAST_MODIFIED, value);
+    }
     let (status, range) = match request {
         RangeRequest::Whole => (StatusCode::OK, None),
         RangeRequest::Single(range) => (StatusCode::PARTIAL_CONTENT, Some(range)),
-        RangeRequest::Many(ranges) => (StatusCode::PARTIAL_CONTENT, ranges.first().copied()),
+        RangeRequest::Many(ranges) => return serve_ranges(state, &blob, headers, &ranges),
         RangeRequest::Unsatisfiable => {
             if let Ok(value) = HeaderValue::from_str(&format!("bytes */{}", blob.size)) {
                 headers.insert(header::CONTENT_RANGE, value);
@@ -153,6 +158,8 @@ pub async fn serve_blob(
         }
         None => (0, blob.size),
     };
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(blob.content_type));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(blob.content_type));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     let reader = state
         .blobs
@@ -168,6 +175,53 @@ pub async fn serve_blob(
         }
     });
     Ok((status, headers, Body::from_stream(stream)).into_response())
+}
+
+/// Several ranges as one `multipart/byteranges` body, each part streamed from the blob store.
+fn serve_ranges(
+    state: &AppState,
+    blob: &BlobResponse<'_>,
+    mut headers: HeaderMap,
+    ranges: &[ByteRange],
+) -> Result<Response, ApiError> {
+    let boundary = format!("updraft-{}", &blob.sha256[..16.min(blob.sha256.len())]);
+    let mut parts = Vec::with_capacity(ranges.len());
+    let mut total = 0u64;
+    for range in ranges {
+        let head = format!(
+            "\r\n--{boundary}\r\nContent-Type: {}\r\nContent-Range: bytes {}-{}/{}\r\n\r\n",
+            blob.content_type, range.start, range.end, blob.size
+        );
+        total += head.len() as u64 + (range.end - range.start + 1);
+        parts.push((head, *range));
+    }
+    let tail = format!("\r\n--{boundary}--\r\n");
+    total += tail.len() as u64;
+    if let Ok(value) = HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}")) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    let blobs = state.blobs.clone();
+    let sha256 = blob.sha256.to_owned();
+    let metrics = state.metrics.clone();
+    let body = stream::iter(parts)
+        .then(move |(head, range)| {
+            let blobs = blobs.clone();
+            let sha256 = sha256.clone();
+            async move {
+                let reader = blobs.open(&sha256, range.start, Some(range.end - range.start + 1)).await?;
+                let head = stream::once(future::ready(Ok(Bytes::from(head))));
+                Ok::<_, std::io::Error>(head.chain(ReaderStream::with_capacity(reader, 64 * 1024)))
+            }
+        })
+        .try_flatten()
+        .chain(stream::once(future::ready(Ok(Bytes::from(tail)))))
+        .inspect(move |chunk| {
+            if let Ok(bytes) = chunk {
+                metrics.download_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+        });
+    Ok((StatusCode::PARTIAL_CONTENT, headers, Body::from_stream(body)).into_response())
 }
 
 #[cfg(test)]

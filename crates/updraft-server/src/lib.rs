@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod ddi;
 pub mod download;
 pub mod error;
 pub mod metrics;

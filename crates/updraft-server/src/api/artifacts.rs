@@ -444,6 +444,7 @@ pub async fn download(
         size: artifact.size,
         filename: &artifact.filename,
         content_type: "application/octet-stream",
+        modified_at: artifact.created_at,
     };
     serve_blob(&state, blob, &headers).await
 }

@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Router, middleware};
 use utoipa::OpenApi;
 
@@ -79,6 +79,12 @@ pub fn router(state: AppState) -> Router {
             "/tenants/{tenant}/api-keys",
             post(fleet::create_tenant_api_key),
         )
+        .route("/tenant", get(fleet::show_tenant))
+        .route("/tenant/settings", put(fleet::update_tenant))
+        .route(
+            "/tenant/gateway-token",
+            post(fleet::rotate_gateway_token).delete(fleet::revoke_gateway_token),
+        )
         .route(
             "/api-keys",
             get(fleet::list_api_keys).post(fleet::create_api_key),
@@ -126,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .merge(crate::ddi::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),

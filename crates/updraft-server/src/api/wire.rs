@@ -467,3 +467,24 @@ impl PageQuery {
         }
     }
 }
+
+#[derive(Serialize, ToSchema)]
+pub struct TenantSettingsOut {
+    pub name: String,
+    /// Seconds devices wait between polls (DDI `config.polling.sleep`).
+    pub poll_interval_secs: u32,
+    /// Unknown controllers presenting the gateway token are registered.
+    pub auto_register: bool,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct TenantSettingsIn {
+    pub poll_interval_secs: Option<u32>,
+    pub auto_register: Option<bool>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GatewayTokenOut {
+    /// The tenant's gateway token (DDI `Authorization: GatewayToken …`). Shown once.
+    pub token: String,
+}

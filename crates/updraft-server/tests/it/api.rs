@@ -455,6 +455,9 @@ async fn the_openapi_document_describes_every_route() {
     let expected = [
         ("/api/v1/tenants", &["get", "post"][..]),
         ("/api/v1/tenants/{tenant}/api-keys", &["post"]),
+        ("/api/v1/tenant", &["get"]),
+        ("/api/v1/tenant/settings", &["put"]),
+        ("/api/v1/tenant/gateway-token", &["post", "delete"]),
         ("/api/v1/api-keys", &["get", "post"]),
         ("/api/v1/api-keys/{id}", &["delete"]),
         ("/api/v1/projects", &["get", "post"]),
