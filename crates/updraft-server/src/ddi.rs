@@ -19,7 +19,9 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use updraft_core::{ArtifactKey, DeviceId, Failure, FailureCode, Progress, Report, UpdateState};
-use updraft_store::{Action, Artifact, AttributeMode, CredentialKind, Device, NewDevice, ReportOutcome};
+use updraft_store::{
+    Action, Artifact, AttributeMode, CredentialKind, Device, NewDevice, ReportOutcome,
+};
 
 use crate::api::{ApiPath, ApiQuery};
 use crate::download::{BlobResponse, serve_blob};
@@ -33,13 +35,31 @@ const BASE: &str = "/{tenant}/controller/v1/{controller}";
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route(BASE, get(poll))
-        .route(&format!("{BASE}/deploymentBase/{{action}}"), get(deployment_base))
-        .route(&format!("{BASE}/deploymentBase/{{action}}/feedback"), post(feedback))
-        .route(&format!("{BASE}/cancelAction/{{action}}"), get(cancel_action))
-        .route(&format!("{BASE}/cancelAction/{{action}}/feedback"), post(cancel_feedback))
+        .route(
+            &format!("{BASE}/deploymentBase/{{action}}"),
+            get(deployment_base),
+        )
+        .route(
+            &format!("{BASE}/deploymentBase/{{action}}/feedback"),
+            post(feedback),
+        )
+        .route(
+            &format!("{BASE}/cancelAction/{{action}}"),
+            get(cancel_action),
+        )
+        .route(
+            &format!("{BASE}/cancelAction/{{action}}/feedback"),
+            post(cancel_feedback),
+        )
         .route(&format!("{BASE}/configData"), put(config_data))
-        .route(&format!("{BASE}/installedBase/{{action}}"), get(installed_base))
-        .route(&format!("{BASE}/softwaremodules/{{module}}/artifacts/{{filename}}"), get(download))
+        .route(
+            &format!("{BASE}/installedBase/{{action}}"),
+            get(installed_base),
+        )
+        .route(
+            &format!("{BASE}/softwaremodules/{{module}}/artifacts/{{filename}}"),
+            get(download),
+        )
 }
 
 fn unauthorized() -> ApiError {
@@ -53,8 +73,16 @@ fn unauthorized() -> ApiError {
 /// The device a request speaks for: its TargetToken must belong to that controller of that
 /// tenant, or a GatewayToken to that tenant (which may register an unknown controller when the
 /// tenant allows it). Anything else is 401, with nothing said about what exists.
-async fn authenticate(state: &AppState, headers: &HeaderMap, tenant: &str, controller: &str) -> ApiResult<Device> {
-    let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(unauthorized)?;
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    tenant: &str,
+    controller: &str,
+) -> ApiResult<Device> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(unauthorized)?;
     let (scheme, token) = value.trim().split_once(' ').ok_or_else(unauthorized)?;
     let token = token.trim();
     if scheme.eq_ignore_ascii_case("TargetToken") {
@@ -74,7 +102,11 @@ async fn authenticate(state: &AppState, headers: &HeaderMap, tenant: &str, contr
         return Ok(device);
     }
     if scheme.eq_ignore_ascii_case("GatewayToken") {
-        let owner = state.store.tenant_by_gateway_token(&secret::hash(token)).await?.ok_or_else(unauthorized)?;
+        let owner = state
+            .store
+            .tenant_by_gateway_token(&secret::hash(token))
+            .await?
+            .ok_or_else(unauthorized)?;
         if !owner.name.as_str().eq_ignore_ascii_case(tenant) {
             return Err(unauthorized());
         }
@@ -85,10 +117,18 @@ async fn authenticate(state: &AppState, headers: &HeaderMap, tenant: &str, contr
         if !owner.settings.auto_register {
             return Err(ApiError::not_found(
                 "device_not_found",
-                format!("no controller {controller:?}: create it, or allow auto-registration for the tenant"),
+                format!(
+                    "no controller {controller:?}: create it, or allow auto-registration for the tenant"
+                ),
             ));
         }
-        let new = NewDevice { id, project: None, profile: None, tags: vec![], attributes: BTreeMap::new() };
+        let new = NewDevice {
+            id,
+            project: None,
+            profile: None,
+            tags: vec![],
+            attributes: BTreeMap::new(),
+        };
         return Ok(state.store.create_device(owner.key, &new, None).await?);
     }
     Err(unauthorized())
@@ -96,11 +136,18 @@ async fn authenticate(state: &AppState, headers: &HeaderMap, tenant: &str, contr
 
 /// Absolute base URL for links, from the request as the device sent it (proxy headers first).
 fn base_url(state: &AppState, headers: &HeaderMap) -> String {
-    let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let header_text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     let host = header_text("x-forwarded-host").or_else(|| header_text("host"));
     match host {
         Some(host) if !host.is_empty() && !host.contains('/') => {
-            let scheme = header_text("x-forwarded-proto").filter(|p| *p == "https").unwrap_or("http");
+            let scheme = header_text("x-forwarded-proto")
+                .filter(|p| *p == "https")
+                .unwrap_or("http");
             format!("{scheme}://{host}")
         }
         _ => state.config.public_url.clone(),
@@ -108,17 +155,29 @@ fn base_url(state: &AppState, headers: &HeaderMap) -> String {
 }
 
 fn hal(body: Value) -> Response {
-    ([(header::CONTENT_TYPE, "application/hal+json;charset=UTF-8")], axum::Json(body)).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/hal+json;charset=UTF-8")],
+        axum::Json(body),
+    )
+        .into_response()
 }
 
 /// `HH:MM:SS`, as hawkBit writes the polling sleep.
 pub fn sleep_text(secs: u32) -> String {
-    format!("{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60)
+    format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
 }
 
 /// A value that changes when the action changes, for the `c` cache-busting parameter.
 fn cache_key(action: &Action) -> String {
-    let digest = secret::hash(&format!("{}:{:?}:{}", action.key, action.artifact, action.artifact_version));
+    let digest = secret::hash(&format!(
+        "{}:{:?}:{}",
+        action.key, action.artifact, action.artifact_version
+    ));
     digest[..8].to_owned()
 }
 
@@ -128,32 +187,55 @@ async fn poll(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let device = authenticate(&state, &headers, &tenant, &controller).await?;
-    let settings = state.store.tenant_by_name(&tenant).await?.map(|t| t.settings).unwrap_or_default();
+    let settings = state
+        .store
+        .tenant_by_name(&tenant)
+        .await?
+        .map(|t| t.settings)
+        .unwrap_or_default();
     // last_seen at most every 30 s, so that polling fleets do not turn into a stream of writes.
     let now = crate::server::now_millis();
     if device.last_seen.is_none_or(|seen| now - seen > 30_000) {
         state.store.touch_device(device.key).await?;
     }
-    let base = format!("{}/{tenant}/controller/v1/{controller}", base_url(&state, &headers));
+    let base = format!(
+        "{}/{tenant}/controller/v1/{controller}",
+        base_url(&state, &headers)
+    );
     let mut links = serde_json::Map::new();
     if let Some(cancel) = state.store.pending_cancel(device.key).await? {
-        links.insert("cancelAction".into(), json!({"href": format!("{base}/cancelAction/{}", cancel.key)}));
+        links.insert(
+            "cancelAction".into(),
+            json!({"href": format!("{base}/cancelAction/{}", cancel.key)}),
+        );
     } else if let Some(status) = state.store.device_status(device.tenant, &device.id).await?
         && let Some(active) = status.active
     {
         if active.state == UpdateState::Queued {
-            let initiated = Report::Reached { state: UpdateState::Initiated, progress: None };
-            state.store.report(device.tenant, active.key, &initiated, "ddi").await?;
+            let initiated = Report::Reached {
+                state: UpdateState::Initiated,
+                progress: None,
+            };
+            state
+                .store
+                .report(device.tenant, active.key, &initiated, "ddi")
+                .await?;
         }
         links.insert(
             "deploymentBase".into(),
             json!({"href": format!("{base}/deploymentBase/{}?c={}", active.key, cache_key(&active))}),
         );
     } else if let Some(done) = last_updated(&state, &device).await? {
-        links.insert("installedBase".into(), json!({"href": format!("{base}/installedBase/{}", done.key)}));
+        links.insert(
+            "installedBase".into(),
+            json!({"href": format!("{base}/installedBase/{}", done.key)}),
+        );
     }
     if device.attributes.is_empty() {
-        links.insert("configData".into(), json!({"href": format!("{base}/configData")}));
+        links.insert(
+            "configData".into(),
+            json!({"href": format!("{base}/configData")}),
+        );
     }
     Ok(hal(json!({
         "config": {"polling": {"sleep": sleep_text(settings.poll_interval_secs)}},
@@ -162,18 +244,31 @@ async fn poll(
 }
 
 async fn last_updated(state: &AppState, device: &Device) -> ApiResult<Option<Action>> {
-    let actions = state.store.actions_for_device(device.tenant, &device.id).await?;
-    Ok(actions.into_iter().find(|a| a.state == UpdateState::Updated))
+    let actions = state
+        .store
+        .actions_for_device(device.tenant, &device.id)
+        .await?;
+    Ok(actions
+        .into_iter()
+        .find(|a| a.state == UpdateState::Updated))
 }
 
 fn action_not_found(action: i64) -> ApiError {
-    ApiError::not_found("action_not_found", format!("no action {action} for this controller"))
+    ApiError::not_found(
+        "action_not_found",
+        format!("no action {action} for this controller"),
+    )
 }
 
 /// The device's own action `action`.
 async fn own_action(state: &AppState, device: &Device, action: i64) -> ApiResult<Action> {
-    let found = state.store.action(device.tenant, updraft_core::ActionKey(action)).await?;
-    found.filter(|a| a.device == device.key).ok_or_else(|| action_not_found(action))
+    let found = state
+        .store
+        .action(device.tenant, updraft_core::ActionKey(action))
+        .await?;
+    found
+        .filter(|a| a.device == device.key)
+        .ok_or_else(|| action_not_found(action))
 }
 
 #[derive(Deserialize, Default)]
@@ -190,7 +285,15 @@ async fn deployment_base(
 ) -> ApiResult<Response> {
     let device = authenticate(&state, &headers, &tenant, &controller).await?;
     let action = own_action(&state, &device, action).await?;
-    let body = deployment_json(&state, &headers, &tenant, &controller, &action, query.action_history).await?;
+    let body = deployment_json(
+        &state,
+        &headers,
+        &tenant,
+        &controller,
+        &action,
+        query.action_history,
+    )
+    .await?;
     Ok(hal(body))
 }
 
@@ -205,7 +308,15 @@ async fn installed_base(
     if action.state != UpdateState::Updated {
         return Err(action_not_found(action.key.0));
     }
-    let body = deployment_json(&state, &headers, &tenant, &controller, &action, query.action_history).await?;
+    let body = deployment_json(
+        &state,
+        &headers,
+        &tenant,
+        &controller,
+        &action,
+        query.action_history,
+    )
+    .await?;
     Ok(hal(body))
 }
 
@@ -218,14 +329,31 @@ async fn deployment_json(
     history: Option<i64>,
 ) -> ApiResult<Value> {
     let artifact = match action.artifact {
-        Some(key) => state.store.artifact(action_tenant(state, tenant).await?, key).await?,
+        Some(key) => {
+            state
+                .store
+                .artifact(action_tenant(state, tenant).await?, key)
+                .await?
+        }
         None => None,
     };
-    let artifact = artifact
-        .ok_or_else(|| ApiError::not_found("artifact_not_found", "the artifact of this action was deleted"))?;
-    let base = format!("{}/{tenant}/controller/v1/{controller}", base_url(state, headers));
-    let file = format!("{base}/softwaremodules/{}/artifacts/{}", artifact.key, artifact.filename);
-    let https = file.replacen("http://", "https://", 1);
+    let artifact = artifact.ok_or_else(|| {
+        ApiError::not_found(
+            "artifact_not_found",
+            "the artifact of this action was deleted",
+        )
+    })?;
+    let base = format!(
+        "{}/{tenant}/controller/v1/{controller}",
+        base_url(state, headers)
+    );
+    // `download` uses the scheme the device reached us with: clients such as the `hawkbit` crate
+    // prefer it over `download-http`, so an https link on a plain-HTTP server breaks them.
+    let file = format!(
+        "{base}/softwaremodules/{}/artifacts/{}",
+        artifact.key, artifact.filename
+    );
+    let plain = file.replacen("https://", "http://", 1);
     let part = match artifact.kind {
         updraft_core::ArtifactKind::Firmware => "os",
         updraft_core::ArtifactKind::Software => "bApp",
@@ -248,23 +376,34 @@ async fn deployment_json(
                     },
                     "size": artifact.size,
                     "_links": {
-                        "download": {"href": https},
-                        "download-http": {"href": file},
-                        "md5sum": {"href": format!("{https}.MD5SUM")},
-                        "md5sum-http": {"href": format!("{file}.MD5SUM")},
+                        "download": {"href": file},
+                        "download-http": {"href": plain},
+                        "md5sum": {"href": format!("{file}.MD5SUM")},
+                        "md5sum-http": {"href": format!("{plain}.MD5SUM")},
                     },
                 }],
             }],
         },
     });
     if let Some(count) = history {
-        let events = state.store.action_history(artifact.tenant, action.key).await?;
-        let take = if count < 0 { events.len() } else { usize::try_from(count).unwrap_or(0).min(events.len()) };
+        let events = state
+            .store
+            .action_history(artifact.tenant, action.key)
+            .await?;
+        let take = if count < 0 {
+            events.len()
+        } else {
+            usize::try_from(count).unwrap_or(0).min(events.len())
+        };
         let messages: Vec<String> = events[events.len() - take..]
             .iter()
             .map(|e| format!("{} {}: {}", e.at, e.to, e.detail))
             .collect();
-        let status = if action.state.is_final() { "FINISHED" } else { "RUNNING" };
+        let status = if action.state.is_final() {
+            "FINISHED"
+        } else {
+            "RUNNING"
+        };
         body["actionHistory"] = json!({"status": status, "messages": messages});
     }
     Ok(body)
@@ -303,14 +442,26 @@ struct FeedbackProgress {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_json", format!("the feedback is not valid: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("the feedback is not valid: {e}"))
+    })
 }
 
 /// The failure code that a device's failure text points to.
 pub fn failure_code(details: &str) -> FailureCode {
     let text = details.to_ascii_lowercase();
     let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
-    if has(&["integrity", "checksum", "hash", "signature", "verif", "mismatch", "sha256", "md5", "corrupt"]) {
+    if has(&[
+        "integrity",
+        "checksum",
+        "hash",
+        "signature",
+        "verif",
+        "mismatch",
+        "sha256",
+        "md5",
+        "corrupt",
+    ]) {
         FailureCode::IntegrityCheckFailed
     } else if has(&["no space", "storage", "disk full", "not enough space"]) {
         FailureCode::NotEnoughStorage
@@ -335,11 +486,24 @@ pub fn report_of(
 ) -> ApiResult<Report> {
     let text = details.join("; ");
     let failed = |default: &str| {
-        let reason = if text.is_empty() { default.to_owned() } else { text.clone() };
-        Report::Failed(Failure { code: failure_code(&reason), reason })
+        let reason = if text.is_empty() {
+            default.to_owned()
+        } else {
+            text.clone()
+        };
+        Report::Failed(Failure {
+            code: failure_code(&reason),
+            reason,
+        })
     };
-    let at_least = |state: UpdateState| Report::Reached { state: state.max(current).min(UpdateState::Updating), progress };
-    let first = details.first().map(|d| d.trim().to_ascii_lowercase()).unwrap_or_default();
+    let at_least = |state: UpdateState| Report::Reached {
+        state: state.max(current).min(UpdateState::Updating),
+        progress,
+    };
+    let first = details
+        .first()
+        .map(|d| d.trim().to_ascii_lowercase())
+        .unwrap_or_default();
     let named_state = if first.starts_with("verified") {
         Some(UpdateState::Verified)
     } else if first.starts_with("installing") || first.starts_with("updating") {
@@ -359,7 +523,11 @@ pub fn report_of(
         "canceled" => Report::Canceled,
         "rejected" => Report::Failed(Failure {
             code: FailureCode::UnsupportedPackage,
-            reason: if text.is_empty() { "rejected by the device".to_owned() } else { format!("rejected: {text}") },
+            reason: if text.is_empty() {
+                "rejected by the device".to_owned()
+            } else {
+                format!("rejected: {text}")
+            },
         }),
         "download" => at_least(UpdateState::Downloading),
         "downloaded" => at_least(UpdateState::Downloaded),
@@ -386,20 +554,35 @@ async fn feedback(
     let action = own_action(&state, &device, action).await?;
     let body: FeedbackIn = parse_json(&body)?;
     let result = body.status.result.as_ref();
-    let progress = result.and_then(|r| r.progress.as_ref()).and_then(|p| match (p.cnt, p.of) {
-        (Some(done), Some(total)) => Some(Progress { done, total }),
-        (Some(done), None) => Some(Progress { done, total: 0 }),
-        _ => None,
-    });
+    let progress = result
+        .and_then(|r| r.progress.as_ref())
+        .and_then(|p| match (p.cnt, p.of) {
+            (Some(done), Some(total)) => Some(Progress { done, total }),
+            (Some(done), None) => Some(Progress { done, total: 0 }),
+            _ => None,
+        });
     let finished = result.and_then(|r| r.finished.as_deref());
     let details = body.status.details.unwrap_or_default();
-    let report = report_of(&body.status.execution, finished, progress, &details, action.state)?;
-    match state.store.report(device.tenant, action.key, &report, "ddi").await? {
+    let report = report_of(
+        &body.status.execution,
+        finished,
+        progress,
+        &details,
+        action.state,
+    )?;
+    match state
+        .store
+        .report(device.tenant, action.key, &report, "ddi")
+        .await?
+    {
         ReportOutcome::Applied(_) => Ok(StatusCode::OK),
         ReportOutcome::Refused { action, reason } if action.state.is_final() => Err(ApiError::new(
             StatusCode::GONE,
             "action_closed",
-            format!("action {} is {} already: {reason}", action.key, action.state),
+            format!(
+                "action {} is {} already: {reason}",
+                action.key, action.state
+            ),
         )),
         // A step backwards is recorded and otherwise ignored, as hawkBit ignores stale feedback.
         ReportOutcome::Refused { .. } => Ok(StatusCode::OK),
@@ -432,14 +615,22 @@ async fn cancel_feedback(
     let action = own_action(&state, &device, action).await?;
     let body: FeedbackIn = parse_json(&body)?;
     let execution = body.status.execution.to_ascii_lowercase();
-    let finished = body.status.result.and_then(|r| r.finished).unwrap_or_default().to_ascii_lowercase();
+    let finished = body
+        .status
+        .result
+        .and_then(|r| r.finished)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let answer = match (execution.as_str(), finished.as_str()) {
         ("closed", "success") | ("canceled", _) => Some(true),
         ("rejected", _) | ("closed", "failure") => Some(false),
         _ => None,
     };
     if let Some(accepted) = answer {
-        state.store.acknowledge_cancel(device.tenant, action.key, accepted, "ddi").await?;
+        state
+            .store
+            .acknowledge_cancel(device.tenant, action.key, accepted, "ddi")
+            .await?;
     }
     Ok(StatusCode::OK)
 }
@@ -464,7 +655,10 @@ async fn config_data(
         Some("replace") => AttributeMode::Replace,
         Some("remove") => AttributeMode::Remove,
         Some(other) => {
-            return Err(ApiError::bad_request("invalid_request", format!("unknown mode {other:?}: use merge, replace or remove")));
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!("unknown mode {other:?}: use merge, replace or remove"),
+            ));
         }
     };
     let data: BTreeMap<String, String> = body
@@ -478,7 +672,10 @@ async fn config_data(
             (key, text)
         })
         .collect();
-    state.store.update_attributes(device.key, mode, &data).await?;
+    state
+        .store
+        .update_attributes(device.key, mode, &data)
+        .await?;
     Ok(StatusCode::OK)
 }
 
@@ -488,17 +685,34 @@ async fn download(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let device = authenticate(&state, &headers, &tenant, &controller).await?;
-    let not_found = || ApiError::not_found("artifact_not_found", format!("no artifact {filename:?} in module {module}"));
+    let not_found = || {
+        ApiError::not_found(
+            "artifact_not_found",
+            format!("no artifact {filename:?} in module {module}"),
+        )
+    };
     // Only artifacts this device was sent: one device's token opens no other firmware.
-    let actions = state.store.actions_for_device(device.tenant, &device.id).await?;
-    if !actions.iter().any(|a| a.artifact == Some(ArtifactKey(module))) {
+    let actions = state
+        .store
+        .actions_for_device(device.tenant, &device.id)
+        .await?;
+    if !actions
+        .iter()
+        .any(|a| a.artifact == Some(ArtifactKey(module)))
+    {
         return Err(not_found());
     }
-    let artifact: Artifact = state.store.artifact(device.tenant, ArtifactKey(module)).await?.ok_or_else(not_found)?;
+    let artifact: Artifact = state
+        .store
+        .artifact(device.tenant, ArtifactKey(module))
+        .await?
+        .ok_or_else(not_found)?;
     if filename == format!("{}.MD5SUM", artifact.filename) {
         let body = format!("{}  {}\n", artifact.checksums.md5, artifact.filename);
         let mut response = body.into_response();
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         return Ok(response);
     }
     if filename != artifact.filename {
@@ -519,46 +733,131 @@ mod tests {
     use super::*;
     use UpdateState::*;
 
-    fn check(execution: &str, finished: Option<&str>, details: &[&str], current: UpdateState, expected: Report) {
+    fn check(
+        execution: &str,
+        finished: Option<&str>,
+        details: &[&str],
+        current: UpdateState,
+        expected: Report,
+    ) {
         let details: Vec<String> = details.iter().map(|d| d.to_string()).collect();
-        let got = report_of(execution, finished, None, &details, current).unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(got, expected, "{execution}/{finished:?} {details:?} at {current}");
+        let got = report_of(execution, finished, None, &details, current)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            got, expected,
+            "{execution}/{finished:?} {details:?} at {current}"
+        );
     }
 
     fn reached(state: UpdateState) -> Report {
-        Report::Reached { state, progress: None }
+        Report::Reached {
+            state,
+            progress: None,
+        }
     }
 
     #[test]
     fn feedback_maps_onto_the_shared_states() {
         check("closed", Some("success"), &[], Initiated, Report::Succeeded);
-        check("proceeding", Some("none"), &["Downloading 40%"], Initiated, reached(Downloading));
+        check(
+            "proceeding",
+            Some("none"),
+            &["Downloading 40%"],
+            Initiated,
+            reached(Downloading),
+        );
         check("proceeding", None, &[], Verified, reached(Verified));
-        check("download", Some("none"), &[], Initiated, reached(Downloading));
-        check("downloaded", Some("none"), &[], Downloading, reached(Downloaded));
-        check("proceeding", Some("none"), &["Verified sha256"], Downloaded, reached(Verified));
-        check("proceeding", Some("none"), &["Installing: /dev/mmcblk0p2"], Verified, reached(Updating));
+        check(
+            "download",
+            Some("none"),
+            &[],
+            Initiated,
+            reached(Downloading),
+        );
+        check(
+            "downloaded",
+            Some("none"),
+            &[],
+            Downloading,
+            reached(Downloaded),
+        );
+        check(
+            "proceeding",
+            Some("none"),
+            &["Verified sha256"],
+            Downloaded,
+            reached(Verified),
+        );
+        check(
+            "proceeding",
+            Some("none"),
+            &["Installing: /dev/mmcblk0p2"],
+            Verified,
+            reached(Updating),
+        );
         check("scheduled", Some("none"), &[], Queued, reached(Initiated));
-        check("resumed", Some("none"), &[], Initiated, reached(Downloading));
-        check("canceled", Some("success"), &[], Downloading, Report::Canceled);
-        let integrity = Report::Failed(Failure { code: FailureCode::IntegrityCheckFailed, reason: "sha256 mismatch".into() });
-        check("closed", Some("failure"), &["sha256 mismatch"], Downloading, integrity);
-        let generic = Report::Failed(Failure { code: FailureCode::UpdateFailed, reason: "the device reported a failure".into() });
+        check(
+            "resumed",
+            Some("none"),
+            &[],
+            Initiated,
+            reached(Downloading),
+        );
+        check(
+            "canceled",
+            Some("success"),
+            &[],
+            Downloading,
+            Report::Canceled,
+        );
+        let integrity = Report::Failed(Failure {
+            code: FailureCode::IntegrityCheckFailed,
+            reason: "sha256 mismatch".into(),
+        });
+        check(
+            "closed",
+            Some("failure"),
+            &["sha256 mismatch"],
+            Downloading,
+            integrity,
+        );
+        let generic = Report::Failed(Failure {
+            code: FailureCode::UpdateFailed,
+            reason: "the device reported a failure".into(),
+        });
         check("proceeding", Some("failure"), &[], Downloading, generic);
-        let rejected = Report::Failed(Failure { code: FailureCode::UnsupportedPackage, reason: "rejected: wrong board".into() });
-        check("rejected", Some("none"), &["wrong board"], Initiated, rejected);
+        let rejected = Report::Failed(Failure {
+            code: FailureCode::UnsupportedPackage,
+            reason: "rejected: wrong board".into(),
+        });
+        check(
+            "rejected",
+            Some("none"),
+            &["wrong board"],
+            Initiated,
+            rejected,
+        );
         assert!(report_of("exploded", None, None, &[], Initiated).is_err());
     }
 
     #[test]
     fn failure_texts_map_to_codes() {
         for (text, code) in [
-            ("integrity check failed: sha256 differs", FailureCode::IntegrityCheckFailed),
-            ("Signature verification failed", FailureCode::IntegrityCheckFailed),
+            (
+                "integrity check failed: sha256 differs",
+                FailureCode::IntegrityCheckFailed,
+            ),
+            (
+                "Signature verification failed",
+                FailureCode::IntegrityCheckFailed,
+            ),
             ("No space left on device", FailureCode::NotEnoughStorage),
             ("out of memory", FailureCode::OutOfMemory),
             ("connection reset by peer", FailureCode::ConnectionLost),
-            ("rolled back after 3 failed boots", FailureCode::UpdateFailed),
+            (
+                "rolled back after 3 failed boots",
+                FailureCode::UpdateFailed,
+            ),
         ] {
             assert_eq!(failure_code(text), code, "{text}");
         }

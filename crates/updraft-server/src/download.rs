@@ -158,8 +158,14 @@ pub async fn serve_blob(
         }
         None => (0, blob.size),
     };
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(blob.content_type));
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(blob.content_type));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(blob.content_type),
+    );
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(blob.content_type),
+    );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     let reader = state
         .blobs
@@ -197,7 +203,8 @@ fn serve_ranges(
     }
     let tail = format!("\r\n--{boundary}--\r\n");
     total += tail.len() as u64;
-    if let Ok(value) = HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}")) {
+    if let Ok(value) = HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}"))
+    {
         headers.insert(header::CONTENT_TYPE, value);
     }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
@@ -209,7 +216,9 @@ fn serve_ranges(
             let blobs = blobs.clone();
             let sha256 = sha256.clone();
             async move {
-                let reader = blobs.open(&sha256, range.start, Some(range.end - range.start + 1)).await?;
+                let reader = blobs
+                    .open(&sha256, range.start, Some(range.end - range.start + 1))
+                    .await?;
                 let head = stream::once(future::ready(Ok(Bytes::from(head))));
                 Ok::<_, std::io::Error>(head.chain(ReaderStream::with_capacity(reader, 64 * 1024)))
             }
@@ -218,10 +227,17 @@ fn serve_ranges(
         .chain(stream::once(future::ready(Ok(Bytes::from(tail)))))
         .inspect(move |chunk| {
             if let Ok(bytes) = chunk {
-                metrics.download_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                metrics
+                    .download_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             }
         });
-    Ok((StatusCode::PARTIAL_CONTENT, headers, Body::from_stream(body)).into_response())
+    Ok((
+        StatusCode::PARTIAL_CONTENT,
+        headers,
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 #[cfg(test)]

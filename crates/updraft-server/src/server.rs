@@ -116,7 +116,9 @@ async fn write_private(path: &Path, content: &str) -> Result<()> {
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_millis() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 

@@ -531,7 +531,10 @@ fn settings_out(tenant: &updraft_store::Tenant) -> TenantSettingsOut {
 }
 
 #[utoipa::path(get, path = "/api/v1/tenant", tag = "tenants", responses((status = 200, body = TenantSettingsOut)))]
-pub async fn show_tenant(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<TenantSettingsOut>> {
+pub async fn show_tenant(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<TenantSettingsOut>> {
     Ok(Json(settings_out(&own_tenant(&state, &caller).await?)))
 }
 
@@ -546,28 +549,43 @@ pub async fn update_tenant(
     let mut tenant = own_tenant(&state, &caller).await?;
     if let Some(secs) = body.poll_interval_secs {
         if !(1..=86_400).contains(&secs) {
-            return Err(ApiError::bad_request("invalid_request", "poll_interval_secs must be 1 to 86400"));
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "poll_interval_secs must be 1 to 86400",
+            ));
         }
         tenant.settings.poll_interval_secs = secs;
     }
     if let Some(auto_register) = body.auto_register {
         tenant.settings.auto_register = auto_register;
     }
-    state.store.update_tenant_settings(tenant.key, tenant.settings).await?;
+    state
+        .store
+        .update_tenant_settings(tenant.key, tenant.settings)
+        .await?;
     Ok(Json(settings_out(&tenant)))
 }
 
 #[utoipa::path(post, path = "/api/v1/tenant/gateway-token", tag = "tenants",
     responses((status = 201, body = GatewayTokenOut), (status = 403, body = ErrorBody)))]
-pub async fn rotate_gateway_token(State(state): State<AppState>, caller: Caller) -> ApiResult<(StatusCode, Json<GatewayTokenOut>)> {
+pub async fn rotate_gateway_token(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<(StatusCode, Json<GatewayTokenOut>)> {
     caller.require(Role::Admin)?;
     let token = secret::generate("gw_", 24).map_err(ApiError::internal)?;
-    state.store.set_gateway_token(caller.tenant(), Some(&secret::hash(&token))).await?;
+    state
+        .store
+        .set_gateway_token(caller.tenant(), Some(&secret::hash(&token)))
+        .await?;
     Ok((StatusCode::CREATED, Json(GatewayTokenOut { token })))
 }
 
 #[utoipa::path(delete, path = "/api/v1/tenant/gateway-token", tag = "tenants", responses((status = 204), (status = 403, body = ErrorBody)))]
-pub async fn revoke_gateway_token(State(state): State<AppState>, caller: Caller) -> ApiResult<StatusCode> {
+pub async fn revoke_gateway_token(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<StatusCode> {
     caller.require(Role::Admin)?;
     state.store.set_gateway_token(caller.tenant(), None).await?;
     Ok(StatusCode::NO_CONTENT)

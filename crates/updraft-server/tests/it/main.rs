@@ -6,6 +6,7 @@
 
 mod api;
 mod artifacts;
+mod ddi;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -124,6 +125,24 @@ impl TestApp {
             .body(Body::from(data.to_vec()))
             .unwrap();
         self.send(request).await
+    }
+
+    /// Serves the app on a real loopback socket (port 0); returns its base URL.
+    pub async fn listen(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = self.router.clone();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{addr}")
+    }
+
+    /// Creates a device and returns its access token.
+    pub async fn device(&self, id: &str) -> String {
+        let created = self
+            .post("/api/v1/devices", serde_json::json!({"id": id}))
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.json());
+        created.json()["token"].as_str().unwrap().to_owned()
     }
 
     /// Files in the blob store's staging directory and committed blobs.
