@@ -224,8 +224,27 @@ struct UnassignArgs {
 
 #[derive(Subcommand)]
 enum TenantCommand {
+    /// Create a tenant (server admin).
     Create { name: String },
+    /// List tenants (server admin).
     List,
+    /// The caller's tenant and its device-API settings.
+    Show,
+    /// Change the caller's tenant's device-API settings.
+    Set {
+        /// Seconds devices wait between polls.
+        #[arg(long)]
+        poll_interval: Option<u32>,
+        /// Register unknown controllers that present the gateway token.
+        #[arg(long)]
+        auto_register: Option<bool>,
+    },
+    /// Create (or replace) the tenant's DDI gateway token; prints it once.
+    GatewayToken {
+        /// Revoke it instead.
+        #[arg(long)]
+        revoke: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -339,6 +358,53 @@ pub async fn run(cli: Cli) -> Result<()> {
             let tenants = client.get("/api/v1/tenants").await?;
             out.show(&tenants, || {
                 table::print(&["name"], &rows(&tenants, &["name"]))
+            });
+            Ok(())
+        }
+        Command::Tenant(TenantCommand::Show) => {
+            let tenant = client.get("/api/v1/tenant").await?;
+            out.show(&tenant, || {
+                for key in ["name", "poll_interval_secs", "auto_register"] {
+                    println!("{key:<20} {}", text(&tenant[key]));
+                }
+            });
+            Ok(())
+        }
+        Command::Tenant(TenantCommand::Set {
+            poll_interval,
+            auto_register,
+        }) => {
+            let body = json!({"poll_interval_secs": poll_interval, "auto_register": auto_register});
+            let tenant = client
+                .json(
+                    client
+                        .request(Method::PUT, "/api/v1/tenant/settings")
+                        .json(&body),
+                )
+                .await?;
+            out.show(&tenant, || {
+                println!(
+                    "tenant {}: poll every {} s, auto-register {}",
+                    text(&tenant["name"]),
+                    text(&tenant["poll_interval_secs"]),
+                    text(&tenant["auto_register"])
+                )
+            });
+            Ok(())
+        }
+        Command::Tenant(TenantCommand::GatewayToken { revoke: true }) => {
+            client.delete("/api/v1/tenant/gateway-token").await?;
+            out.show(&json!({"revoked": true}), || {
+                println!("gateway token revoked")
+            });
+            Ok(())
+        }
+        Command::Tenant(TenantCommand::GatewayToken { revoke: false }) => {
+            let token = client
+                .post("/api/v1/tenant/gateway-token", &json!({}))
+                .await?;
+            out.show(&token, || {
+                println!("gateway token (shown once): {}", text(&token["token"]))
             });
             Ok(())
         }

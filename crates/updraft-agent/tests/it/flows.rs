@@ -288,3 +288,59 @@ async fn a_new_image_that_fails_its_health_check_is_rolled_back() {
         "a failed update is not retried by itself"
     );
 }
+
+#[tokio::test]
+async fn the_agent_binary_updates_a_simulated_device_and_runs_its_hooks() {
+    let server = Server::start().await;
+    let token = server.device("dev01").await;
+    let new = image(150_000, 7);
+    server.upload("fw", "2", &new).await;
+    server.assign("dev01", "fw@2").await;
+    let slots = tempfile::tempdir().unwrap();
+    factory_device(slots.path(), &image(1000, 1));
+    let installed = slots.path().join("installed.img");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_updraft-agent"))
+        .args([
+            "run",
+            "--server",
+            &server.url,
+            "--device",
+            "dev01",
+            "--token",
+            &token,
+            "--factory-release",
+            "fw@1",
+            "--once",
+        ])
+        .arg("--slots")
+        .arg(slots.path())
+        .args(["--health-hook", "true"])
+        .arg("--install-hook")
+        .arg(format!("cp \"$UPDRAFT_IMAGE\" '{}'", installed.display()))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("rebooting"), "{stdout}");
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        new,
+        "the install hook got the new image"
+    );
+    assert_eq!(std::fs::read(slots.path().join("slot-b.img")).unwrap(), new);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(slots.path().join("state.json")).unwrap()).unwrap();
+    assert_eq!(
+        (state["format"].as_u64(), state["active"].as_str()),
+        (Some(1), Some("B"))
+    );
+    assert_eq!(
+        server.get("/api/v1/devices/dev01").await["firmware"]["version"],
+        "2"
+    );
+}

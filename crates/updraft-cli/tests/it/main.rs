@@ -159,6 +159,25 @@ fn round_trip(extra: &[&str]) {
     );
     assert_eq!(status["actions"]["QUEUED"], 1);
 
+    let settings = cli.json(&[
+        "tenant",
+        "set",
+        "--poll-interval",
+        "60",
+        "--auto-register",
+        "true",
+    ]);
+    assert_eq!(
+        (
+            settings["poll_interval_secs"].as_u64(),
+            settings["auto_register"].as_bool()
+        ),
+        (Some(60), Some(true))
+    );
+    let gateway = cli.json(&["tenant", "gateway-token"]);
+    assert!(gateway["token"].as_str().unwrap().starts_with("gw_"));
+    assert_eq!(cli.json(&["tenant", "show"])["poll_interval_secs"], 60);
+
     let missing = cli.run(&["device", "show", "nosuch"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("device_not_found"));
