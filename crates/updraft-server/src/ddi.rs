@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use updraft_core::{ArtifactKey, DeviceId, Failure, FailureCode, Progress, Report, UpdateState};
 use updraft_store::{
     Action, Artifact, AttributeMode, CredentialKind, Device, NewDevice, ReportOutcome,
+    TenantSettings,
 };
 
 use crate::api::{ApiPath, ApiQuery};
@@ -79,6 +80,20 @@ async fn authenticate(
     tenant: &str,
     controller: &str,
 ) -> ApiResult<Device> {
+    Ok(
+        authenticate_with_settings(state, headers, tenant, controller)
+            .await?
+            .0,
+    )
+}
+
+/// [`authenticate`], with the tenant's device-API settings.
+async fn authenticate_with_settings(
+    state: &AppState,
+    headers: &HeaderMap,
+    tenant: &str,
+    controller: &str,
+) -> ApiResult<(Device, TenantSettings)> {
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -91,15 +106,15 @@ async fn authenticate(
             .device_by_credential(CredentialKind::AccessToken, &secret::hash(token))
             .await?
             .ok_or_else(unauthorized)?;
-        let tenant_matches = state
+        let owner = state
             .store
             .tenant_by_name(tenant)
             .await?
-            .is_some_and(|t| t.key == device.tenant);
-        if !tenant_matches || device.id.as_str() != controller {
-            return Err(unauthorized());
+            .filter(|t| t.key == device.tenant);
+        match owner {
+            Some(owner) if device.id.as_str() == controller => return Ok((device, owner.settings)),
+            _ => return Err(unauthorized()),
         }
-        return Ok(device);
     }
     if scheme.eq_ignore_ascii_case("GatewayToken") {
         let owner = state
@@ -112,7 +127,7 @@ async fn authenticate(
         }
         let id = DeviceId::parse(controller)?;
         if let Some(device) = state.store.device(owner.key, &id).await? {
-            return Ok(device);
+            return Ok((device, owner.settings));
         }
         if !owner.settings.auto_register {
             return Err(ApiError::not_found(
@@ -129,7 +144,8 @@ async fn authenticate(
             tags: vec![],
             attributes: BTreeMap::new(),
         };
-        return Ok(state.store.create_device(owner.key, &new, None).await?);
+        let device = state.store.create_device(owner.key, &new, None).await?;
+        return Ok((device, owner.settings));
     }
     Err(unauthorized())
 }
@@ -186,13 +202,8 @@ async fn poll(
     ApiPath((tenant, controller)): ApiPath<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let device = authenticate(&state, &headers, &tenant, &controller).await?;
-    let settings = state
-        .store
-        .tenant_by_name(&tenant)
-        .await?
-        .map(|t| t.settings)
-        .unwrap_or_default();
+    let (device, settings) =
+        authenticate_with_settings(&state, &headers, &tenant, &controller).await?;
     // last_seen at most every 30 s, so that polling fleets do not turn into a stream of writes.
     let now = crate::server::now_millis();
     if device.last_seen.is_none_or(|seen| now - seen > 30_000) {
@@ -203,14 +214,13 @@ async fn poll(
         base_url(&state, &headers)
     );
     let mut links = serde_json::Map::new();
-    if let Some(cancel) = state.store.pending_cancel(device.key).await? {
+    let view = state.store.poll_view(device.key).await?;
+    if let Some(cancel) = view.pending_cancel {
         links.insert(
             "cancelAction".into(),
             json!({"href": format!("{base}/cancelAction/{}", cancel.key)}),
         );
-    } else if let Some(status) = state.store.device_status(device.tenant, &device.id).await?
-        && let Some(active) = status.active
-    {
+    } else if let Some(active) = view.active {
         if active.state == UpdateState::Queued {
             let initiated = Report::Reached {
                 state: UpdateState::Initiated,
@@ -225,7 +235,7 @@ async fn poll(
             "deploymentBase".into(),
             json!({"href": format!("{base}/deploymentBase/{}?c={}", active.key, cache_key(&active))}),
         );
-    } else if let Some(done) = last_updated(&state, &device).await? {
+    } else if let Some(done) = view.last_updated {
         links.insert(
             "installedBase".into(),
             json!({"href": format!("{base}/installedBase/{}", done.key)}),
@@ -241,16 +251,6 @@ async fn poll(
         "config": {"polling": {"sleep": sleep_text(settings.poll_interval_secs)}},
         "_links": links,
     })))
-}
-
-async fn last_updated(state: &AppState, device: &Device) -> ApiResult<Option<Action>> {
-    let actions = state
-        .store
-        .actions_for_device(device.tenant, &device.id)
-        .await?;
-    Ok(actions
-        .into_iter()
-        .find(|a| a.state == UpdateState::Updated))
 }
 
 fn action_not_found(action: i64) -> ApiError {

@@ -162,6 +162,8 @@ pub trait Store: Send + Sync + 'static {
         source: &str,
     ) -> StoreResult<ReportOutcome>;
     async fn fleet_summary(&self, tenant: TenantKey) -> StoreResult<FleetSummary>;
+    /// The device's pending cancellation, active action and last success, in one query.
+    async fn poll_view(&self, device: DeviceKey) -> StoreResult<PollView>;
     /// The newest canceled action of the device that the device was told about and has not
     /// confirmed canceling.
     async fn pending_cancel(&self, device: DeviceKey) -> StoreResult<Option<Action>>;

@@ -196,8 +196,21 @@ pub struct Action {
     pub state: UpdateState,
     pub progress: Option<Progress>,
     pub failure: Option<Failed>,
+    /// Canceled, and the device (which had been told about it) has not confirmed yet.
+    pub cancel_pending: bool,
     pub created_at: Millis,
     pub updated_at: Millis,
+}
+
+/// What a polling device needs to know, from one query.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PollView {
+    /// The newest canceled action still awaiting the device's confirmation.
+    pub pending_cancel: Option<Action>,
+    /// The active action.
+    pub active: Option<Action>,
+    /// The newest action that ended UPDATED.
+    pub last_updated: Option<Action>,
 }
 
 /// One entry of an action's history: a transition, or a report that was refused.

@@ -289,7 +289,7 @@ fn artifact_from(row: &AnyRow, profiles: Vec<(ProfileKey, Name)>) -> StoreResult
 
 const ACTION_SELECT: &str = "SELECT a.id, a.device_pk, d.device_id, a.artifact_id, a.artifact_title, \
      a.artifact_version, a.kind, a.state, a.progress_done, a.progress_total, a.failure_code, \
-     a.failure_reason, a.created_at, a.updated_at FROM actions a JOIN devices d ON d.id = a.device_pk";
+     a.failure_reason, a.cancel_pending, a.created_at, a.updated_at FROM actions a JOIN devices d ON d.id = a.device_pk";
 
 fn action_from(row: &AnyRow) -> StoreResult<Action> {
     let failure = match row.try_get::<Option<String>, _>("failure_code")? {
@@ -317,6 +317,7 @@ fn action_from(row: &AnyRow) -> StoreResult<Action> {
             row.try_get("progress_total")?,
         ),
         failure,
+        cancel_pending: row.try_get::<i64, _>("cancel_pending")? != 0,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -1580,6 +1581,30 @@ impl Store for SqlStore {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn poll_view(&self, device: DeviceKey) -> StoreResult<PollView> {
+        let rows = sqlx::query(&format!(
+            "{ACTION_SELECT} WHERE a.device_pk = $1 AND (a.cancel_pending = 1 OR a.state = 'UPDATED' \
+             OR a.state NOT IN {FINAL_STATES}) ORDER BY a.id DESC"
+        ))
+        .bind(device.0)
+        .fetch_all(&self.read)
+        .await?;
+        let mut view = PollView::default();
+        for row in &rows {
+            let action = action_from(row)?;
+            if action.cancel_pending && view.pending_cancel.is_none() {
+                view.pending_cancel = Some(action.clone());
+            }
+            if !action.state.is_final() && view.active.is_none() {
+                view.active = Some(action.clone());
+            }
+            if action.state == UpdateState::Updated && view.last_updated.is_none() {
+                view.last_updated = Some(action);
+            }
+        }
+        Ok(view)
     }
 
     async fn pending_cancel(&self, device: DeviceKey) -> StoreResult<Option<Action>> {
