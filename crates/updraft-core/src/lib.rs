@@ -16,5 +16,5 @@ pub use checksum::{ChecksumAlgorithm, Checksums, MultiHasher};
 pub use model::{
     ActionKey, ArtifactKey, ArtifactKind, DeviceKey, ProfileKey, ProjectKey, Role, Scope, TenantKey,
 };
-pub use names::{DeviceId, Filename, Name, NameError, Title, Version};
+pub use names::{DeviceId, Filename, Name, NameError, Title, Version, compare_versions};
 pub use resolve::{Candidate, DeviceTarget, Resolved, resolve};

@@ -110,8 +110,49 @@ impl DeviceId {
         check("device id", s, 128, |c| {
             c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':' | '@')
         })?;
+        if s.starts_with('.') {
+            return Err(NameError::BadChar {
+                what: "device id",
+                ch: '.',
+            });
+        }
         Ok(Self(s.to_owned()))
     }
+}
+
+/// Compares two version strings part by part (split at `.`, `-`, `+` and `_`): numeric parts as
+/// numbers, others as text; a leading `v` is ignored. `None` when either has no numeric part, since
+/// then "older" means nothing.
+pub fn compare_versions(a: &str, b: &str) -> Option<std::cmp::Ordering> {
+    fn parts(v: &str) -> Vec<&str> {
+        let v = v.trim();
+        let v = v.strip_prefix(['v', 'V']).unwrap_or(v);
+        v.split(['.', '-', '+', '_'])
+            .filter(|p| !p.is_empty())
+            .collect()
+    }
+    let (pa, pb) = (parts(a), parts(b));
+    let numeric = |ps: &[&str]| {
+        ps.first()
+            .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()))
+    };
+    if !numeric(&pa) || !numeric(&pb) {
+        return None;
+    }
+    for i in 0..pa.len().max(pb.len()) {
+        let (x, y) = (
+            pa.get(i).copied().unwrap_or("0"),
+            pb.get(i).copied().unwrap_or("0"),
+        );
+        let order = match (x.parse::<u64>(), y.parse::<u64>()) {
+            (Ok(x), Ok(y)) => x.cmp(&y),
+            _ => x.cmp(y),
+        };
+        if order != std::cmp::Ordering::Equal {
+            return Some(order);
+        }
+    }
+    Some(std::cmp::Ordering::Equal)
 }
 
 fn printable(c: char) -> bool {
@@ -166,6 +207,23 @@ impl Filename {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cmp::Ordering::*;
+
+    #[test]
+    fn versions_compare_part_by_part() {
+        for (a, b, expected) in [
+            ("1.2.3", "1.2.3", Some(Equal)),
+            ("1.2.10", "1.2.9", Some(Greater)),
+            ("v1.2", "1.2.0", Some(Equal)),
+            ("1.2", "1.10", Some(Less)),
+            ("2.0.0-rc1", "2.0.0-rc2", Some(Less)),
+            ("0.9", "1", Some(Less)),
+            ("main", "1.0", None),
+            ("abc123", "abc124", None),
+        ] {
+            assert_eq!(compare_versions(a, b), expected, "{a} vs {b}");
+        }
+    }
 
     #[test]
     fn names_accept_what_devices_use() {
@@ -187,7 +245,7 @@ mod tests {
         for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(65)] {
             assert!(Name::parse(bad).is_err(), "{bad:?}");
         }
-        for bad in ["", "a/b", "a b", "x\u{0}"] {
+        for bad in ["", "a/b", "a b", "x\u{0}", "..", ".hidden"] {
             assert!(DeviceId::parse(bad).is_err(), "{bad:?}");
         }
         for bad in ["", "..", ".", "../../etc/passwd", "a\\b", "a\nb", "x/y.bin"] {

@@ -21,7 +21,8 @@ pub use sql::SqlStore;
 use async_trait::async_trait;
 use std::collections::HashSet;
 use updraft_core::{
-    ActionKey, ArtifactKey, ArtifactKind, DeviceId, DeviceKey, Name, Report, Scope, TenantKey,
+    ActionKey, ArtifactKey, ArtifactKind, DeviceId, DeviceKey, Name, ProfileKey, ProjectKey,
+    Report, Scope, TenantKey,
 };
 
 /// Everything Updraft persists except artifact bytes. Methods taking a `TenantKey` never see or
@@ -70,6 +71,15 @@ pub trait Store: Send + Sync + 'static {
         new: &NewDevice,
         credential: Option<&NewCredential>,
     ) -> StoreResult<Device>;
+    /// Moves the device to another project and/or profile (as a device reports them), then
+    /// brings its update in line with what it should run there.
+    async fn place_device(
+        &self,
+        tenant: TenantKey,
+        device: DeviceKey,
+        project: Option<ProjectKey>,
+        profile: Option<ProfileKey>,
+    ) -> StoreResult<()>;
     /// Records that the device was heard from now.
     async fn touch_device(&self, device: DeviceKey) -> StoreResult<()>;
     /// Changes the device's attributes as the device reported them.

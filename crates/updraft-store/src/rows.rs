@@ -26,6 +26,9 @@ pub struct TenantSettings {
     pub poll_interval_secs: u32,
     /// Whether an unknown device presenting the tenant's gateway token is registered.
     pub auto_register: bool,
+    /// Whether an unknown Frugal-IoT node is registered on its first check-in (ESP devices
+    /// carry no token, so this is on by default).
+    pub frugal_auto_register: bool,
 }
 
 impl Default for TenantSettings {
@@ -33,6 +36,7 @@ impl Default for TenantSettings {
         Self {
             poll_interval_secs: 300,
             auto_register: false,
+            frugal_auto_register: true,
         }
     }
 }

@@ -338,8 +338,7 @@ fn api_key_from(row: &AnyRow) -> StoreResult<ApiKey> {
     })
 }
 
-const TENANT_SELECT: &str =
-    "SELECT id, name, created_at, poll_interval_secs, auto_register FROM tenants";
+const TENANT_SELECT: &str = "SELECT id, name, created_at, poll_interval_secs, auto_register, frugal_auto_register FROM tenants";
 
 fn tenant_from(row: &AnyRow) -> StoreResult<Tenant> {
     Ok(Tenant {
@@ -349,6 +348,7 @@ fn tenant_from(row: &AnyRow) -> StoreResult<Tenant> {
             poll_interval_secs: u32::try_from(row.try_get::<i64, _>("poll_interval_secs")?)
                 .unwrap_or(u32::MAX),
             auto_register: row.try_get::<i64, _>("auto_register")? != 0,
+            frugal_auto_register: row.try_get::<i64, _>("frugal_auto_register")? != 0,
         },
         created_at: row.try_get("created_at")?,
     })
@@ -1516,10 +1516,13 @@ impl Store for SqlStore {
         tenant: TenantKey,
         settings: TenantSettings,
     ) -> StoreResult<()> {
-        sqlx::query("UPDATE tenants SET poll_interval_secs = $1, auto_register = $2 WHERE id = $3")
-            .bind(i64::from(settings.poll_interval_secs))
-            .bind(i64::from(settings.auto_register))
-            .bind(tenant.0)
+        sqlx::query(
+            "UPDATE tenants SET poll_interval_secs = $1, auto_register = $2, frugal_auto_register = $3 WHERE id = $4",
+        )
+        .bind(i64::from(settings.poll_interval_secs))
+        .bind(i64::from(settings.auto_register))
+        .bind(i64::from(settings.frugal_auto_register))
+        .bind(tenant.0)
             .execute(&self.write)
             .await?;
         Ok(())
@@ -1544,6 +1547,39 @@ impl Store for SqlStore {
             .fetch_optional(&self.read)
             .await?;
         row.as_ref().map(tenant_from).transpose()
+    }
+
+    async fn place_device(
+        &self,
+        tenant: TenantKey,
+        device: DeviceKey,
+        project: Option<ProjectKey>,
+        profile: Option<ProfileKey>,
+    ) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        let done = sqlx::query(
+            "UPDATE devices SET project_id = $1, profile_id = $2 WHERE tenant_id = $3 AND id = $4",
+        )
+        .bind(project.map(|p| p.0))
+        .bind(profile.map(|p| p.0))
+        .bind(tenant.0)
+        .bind(device.0)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: "device" });
+        }
+        reconcile(
+            &mut tx,
+            self.dialect,
+            tenant,
+            Some(Scope::Device(device)),
+            "server",
+            Retry::No,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn touch_device(&self, device: DeviceKey) -> StoreResult<()> {

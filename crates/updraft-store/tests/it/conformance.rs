@@ -861,6 +861,7 @@ pub async fn tenant_settings_and_gateway_tokens_round_trip(store: &SqlStore, _: 
     let settings = TenantSettings {
         poll_interval_secs: 42,
         auto_register: true,
+        frugal_auto_register: false,
     };
     store
         .update_tenant_settings(f.tenant.key, settings)
@@ -1002,5 +1003,62 @@ pub async fn superseding_an_action_the_device_knew_asks_it_to_confirm(
     assert_eq!(
         history.last().unwrap().detail,
         "the device confirmed the cancellation"
+    );
+}
+
+pub async fn placing_a_device_elsewhere_changes_what_it_should_run(store: &SqlStore, _: &Reopen) {
+    let f = fixture(store, "dev").await;
+    let lotus = store
+        .create_project(f.tenant.key, &name("lotus"))
+        .await
+        .unwrap();
+    let sht = store
+        .create_profile(f.tenant.key, &name("esp8266-sht"), "")
+        .await
+        .unwrap();
+    let dummy = store
+        .create_profile(f.tenant.key, &name("dummy"), "")
+        .await
+        .unwrap();
+    let node = device(store, &f, "esp8266-95a754", Some(&lotus), Some(&dummy)).await;
+    let fw = artifact(store, &f, "sht", "1", ArtifactKind::Firmware, &[]).await;
+    store
+        .assign(
+            f.tenant.key,
+            Scope::ProjectProfile(lotus.key, sht.key),
+            fw.key,
+            "u",
+        )
+        .await
+        .unwrap();
+    assert!(
+        active(store, &f, "esp8266-95a754").await.is_none(),
+        "a dummy OTA key finds nothing"
+    );
+    store
+        .place_device(f.tenant.key, node.key, Some(lotus.key), Some(sht.key))
+        .await
+        .unwrap();
+    assert_eq!(
+        active(store, &f, "esp8266-95a754").await.unwrap().artifact,
+        Some(fw.key)
+    );
+    let moved = store
+        .device(f.tenant.key, &id("esp8266-95a754"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        moved.profile.map(|(_, n)| n.to_string()).as_deref(),
+        Some("esp8266-sht")
+    );
+    let other = fixture(store, "other").await;
+    let err = store
+        .place_device(other.tenant.key, node.key, None, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { what: "device" }),
+        "{err:?}"
     );
 }

@@ -71,4 +71,5 @@ backends!(
     tenant_settings_and_gateway_tokens_round_trip,
     reported_attributes_merge_replace_and_remove,
     superseding_an_action_the_device_knew_asks_it_to_confirm,
+    placing_a_device_elsewhere_changes_what_it_should_run,
 );
