@@ -7,6 +7,7 @@ pub mod auth;
 pub mod ddi;
 pub mod download;
 pub mod error;
+pub mod frugal;
 pub mod metrics;
 pub mod secret;
 pub mod server;

@@ -73,7 +73,7 @@ impl UploadQuery {
 }
 
 /// Metadata checked before a byte is stored.
-struct Checked {
+pub(crate) struct Checked {
     title: Title,
     version: Version,
     kind: ArtifactKind,
@@ -84,7 +84,11 @@ struct Checked {
     signature: Option<String>,
 }
 
-async fn check(state: &AppState, tenant: TenantKey, meta: &UploadQuery) -> ApiResult<Checked> {
+pub(crate) async fn check(
+    state: &AppState,
+    tenant: TenantKey,
+    meta: &UploadQuery,
+) -> ApiResult<Checked> {
     let required = |value: &Option<String>, what: &str| {
         value
             .clone()
@@ -158,12 +162,12 @@ async fn check(state: &AppState, tenant: TenantKey, meta: &UploadQuery) -> ApiRe
 }
 
 /// Bytes received and staged, with their checksums.
-struct Received {
+pub(crate) struct Received {
     writer: Box<dyn BlobWriter>,
     hasher: MultiHasher,
 }
 
-async fn receive<S, E>(state: &AppState, stream: S) -> ApiResult<Received>
+pub(crate) async fn receive<S, E>(state: &AppState, stream: S) -> ApiResult<Received>
 where
     S: Stream<Item = Result<Bytes, E>>,
     E: std::fmt::Display,
@@ -207,7 +211,7 @@ fn too_large(max: u64) -> ApiError {
 }
 
 /// Verifies, commits the blob and writes the artifact row.
-async fn store_artifact(
+pub(crate) async fn store_artifact(
     state: &AppState,
     caller: &Caller,
     checked: Checked,

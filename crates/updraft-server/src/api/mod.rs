@@ -67,6 +67,8 @@ pub struct ApiPath<T>(pub T);
         artifacts::show,
         artifacts::download,
         artifacts::delete,
+        crate::frugal::push,
+        crate::frugal::promote,
     ),
     components(schemas(ErrorBody))
 )]
@@ -130,6 +132,8 @@ pub fn router(state: AppState) -> Router {
             get(artifacts::show).delete(artifacts::delete),
         )
         .route("/artifacts/{id}/download", get(artifacts::download))
+        .route("/frugal/push", post(crate::frugal::push))
+        .route("/frugal/promote", post(crate::frugal::promote))
         .route("/openapi.json", get(openapi));
     Router::new()
         .nest("/api/v1", api)
@@ -137,6 +141,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .merge(crate::ddi::routes())
+        .merge(crate::frugal::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),

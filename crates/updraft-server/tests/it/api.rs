@@ -470,6 +470,8 @@ async fn the_openapi_document_describes_every_route() {
         ("/api/v1/artifacts", &["get", "post"]),
         ("/api/v1/artifacts/{id}", &["get", "delete"]),
         ("/api/v1/artifacts/{id}/download", &["get"]),
+        ("/api/v1/frugal/push", &["post"]),
+        ("/api/v1/frugal/promote", &["post"]),
     ];
     assert_eq!(
         paths.len(),

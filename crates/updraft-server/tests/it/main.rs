@@ -7,6 +7,7 @@
 mod api;
 mod artifacts;
 mod ddi;
+mod frugal;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
