@@ -70,6 +70,39 @@ enum Command {
     /// API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Frugal-IoT developer workflow: push binaries for a node or an OTA key, promote them.
+    #[command(subcommand)]
+    Frugal(FrugalCommand),
+}
+
+#[derive(Subcommand)]
+enum FrugalCommand {
+    /// Upload a binary and assign it to one node or to an OTA key (in a project, or org-wide).
+    Push {
+        file: PathBuf,
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long, conflicts_with = "ota_key", required_unless_present = "ota_key")]
+        node: Option<String>,
+        #[arg(long)]
+        ota_key: Option<String>,
+        /// The binary's version (default: from its MD5).
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Move a node's own binary to its OTA key in the project: every matching node updates once.
+    Promote {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        ota_key: String,
+    },
 }
 
 #[derive(Args)]
@@ -238,6 +271,9 @@ enum TenantCommand {
         /// Register unknown controllers that present the gateway token.
         #[arg(long)]
         auto_register: Option<bool>,
+        /// Register unknown Frugal-IoT nodes on their first check-in.
+        #[arg(long)]
+        frugal_auto_register: Option<bool>,
     },
     /// Create (or replace) the tenant's DDI gateway token; prints it once.
     GatewayToken {
@@ -364,7 +400,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Tenant(TenantCommand::Show) => {
             let tenant = client.get("/api/v1/tenant").await?;
             out.show(&tenant, || {
-                for key in ["name", "poll_interval_secs", "auto_register"] {
+                for key in [
+                    "name",
+                    "poll_interval_secs",
+                    "auto_register",
+                    "frugal_auto_register",
+                ] {
                     println!("{key:<20} {}", text(&tenant[key]));
                 }
             });
@@ -373,8 +414,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Tenant(TenantCommand::Set {
             poll_interval,
             auto_register,
+            frugal_auto_register,
         }) => {
-            let body = json!({"poll_interval_secs": poll_interval, "auto_register": auto_register});
+            let body = json!({
+                "poll_interval_secs": poll_interval,
+                "auto_register": auto_register,
+                "frugal_auto_register": frugal_auto_register,
+            });
             let tenant = client
                 .json(
                     client
@@ -409,7 +455,81 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Key(command) => key(&client, &out, command).await,
+        Command::Frugal(command) => frugal(&client, &out, command).await,
     }
+}
+
+async fn frugal(client: &Client, out: &Output, command: FrugalCommand) -> Result<()> {
+    match command {
+        FrugalCommand::Push {
+            file,
+            org,
+            project,
+            node,
+            ota_key,
+            version,
+        } => {
+            let bytes = tokio::fs::read(&file)
+                .await
+                .with_context(|| format!("reading {}", file.display()))?;
+            let mut query: Vec<(&str, String)> = vec![("org", org)];
+            let optional = [
+                ("project", project),
+                ("node", node),
+                ("ota_key", ota_key),
+                ("version", version),
+            ];
+            for (key, value) in optional {
+                if let Some(value) = value {
+                    query.push((key, value));
+                }
+            }
+            let request = client
+                .request(Method::POST, "/api/v1/frugal/push")
+                .query(&query)
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(bytes);
+            let pushed = client.json(request).await?;
+            out.show(&pushed, || {
+                let assignment = &pushed["assignment"];
+                let target = match (
+                    assignment["device"].as_str(),
+                    assignment["project"].as_str(),
+                    assignment["profile"].as_str(),
+                ) {
+                    (Some(node), _, _) => format!("node {node}"),
+                    (None, Some(project), Some(key)) => {
+                        format!("OTA key {key} in project {project}")
+                    }
+                    (None, None, Some(key)) => format!("OTA key {key} in the whole org"),
+                    _ => "?".to_owned(),
+                };
+                println!(
+                    "pushed {}@{} (md5 {}) for {target}",
+                    text(&pushed["artifact"]["title"]),
+                    text(&pushed["artifact"]["version"]),
+                    text(&pushed["artifact"]["checksums"]["md5"])
+                );
+            });
+        }
+        FrugalCommand::Promote {
+            org,
+            project,
+            node,
+            ota_key,
+        } => {
+            let body = json!({"org": org, "project": project, "node": node, "ota_key": ota_key});
+            let promoted = client.post("/api/v1/frugal/promote", &body).await?;
+            out.show(&promoted, || {
+                println!(
+                    "promoted {}@{} from node {node} to OTA key {ota_key} in project {project}",
+                    text(&promoted["title"]),
+                    text(&promoted["version"])
+                )
+            });
+        }
+    }
+    Ok(())
 }
 
 struct Output {

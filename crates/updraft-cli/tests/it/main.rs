@@ -314,3 +314,113 @@ fn errors_are_one_line_and_exit_non_zero_without_a_server() {
         .unwrap();
     assert!(String::from_utf8_lossy(&no_token.stderr).contains("no API key"));
 }
+
+/// A check-in as an ESP8266 sends it; returns the status code and the `x-MD5` header.
+fn esp_check_in(server: &ServerProcess, path: &str, running_md5: &str) -> (u16, Option<String>) {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ESP8266-http-Update\r\nx-ESP8266-sketch-md5: {running_md5}\r\n\
+         x-ESP8266-free-space: 1000000\r\nx-ESP8266-mode: sketch\r\nConnection: close\r\n\r\n",
+        server.addr()
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let md5 = text.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("x-md5: ")
+            .map(|v| v.trim().to_owned())
+    });
+    (status, md5)
+}
+
+#[test]
+fn frugal_push_and_promote_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&binary(), &dir.path().join("data"), &[]).unwrap();
+    let admin = Cli {
+        server: &server,
+        token: server.admin_token().unwrap(),
+        cwd: dir.path().to_path_buf(),
+    };
+    admin.ok(&["tenant", "create", "dev"]);
+    admin.ok(&["tenant", "create", "other"]);
+    let key = admin.json(&[
+        "key",
+        "create",
+        "dev-ci",
+        "--role",
+        "maintainer",
+        "--tenant",
+        "dev",
+    ]);
+    let dev = Cli {
+        server: &server,
+        token: key["token"].as_str().unwrap().to_owned(),
+        cwd: dir.path().to_path_buf(),
+    };
+    let build = dir.path().join("build.bin");
+    std::fs::write(&build, firmware(300_000)).unwrap();
+    let md5 = {
+        let out = Command::new("md5sum").arg(&build).output().unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let node_a = "/ota_update/dev/lotus/esp8266-95a754/sonoff-r2";
+    let node_b = "/ota_update/dev/lotus/esp8266-000001/sonoff-r2";
+    assert_eq!(esp_check_in(&server, node_a, "0").0, 304);
+    assert_eq!(esp_check_in(&server, node_b, "0").0, 304);
+
+    let pushed = dev.ok(&[
+        "frugal",
+        "push",
+        build.to_str().unwrap(),
+        "--org",
+        "dev",
+        "--project",
+        "lotus",
+        "--node",
+        "esp8266-95a754",
+    ]);
+    assert!(pushed.contains("for node esp8266-95a754"), "{pushed}");
+    assert_eq!(esp_check_in(&server, node_a, "0"), (200, Some(md5.clone())));
+    assert_eq!(esp_check_in(&server, node_b, "0").0, 304, "only that node");
+
+    let refused = dev.run(&[
+        "frugal",
+        "push",
+        build.to_str().unwrap(),
+        "--org",
+        "other",
+        "--ota-key",
+        "sonoff-r2",
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("tenant_not_found"));
+
+    dev.ok(&[
+        "frugal",
+        "promote",
+        "--org",
+        "dev",
+        "--project",
+        "lotus",
+        "--node",
+        "esp8266-95a754",
+        "--ota-key",
+        "sonoff-r2",
+    ]);
+    assert_eq!(esp_check_in(&server, node_a, &md5).0, 304, "no update loop");
+    assert_eq!(esp_check_in(&server, node_b, "0"), (200, Some(md5.clone())));
+    assert_eq!(esp_check_in(&server, node_b, &md5).0, 304);
+    let history = dev.json(&["device", "history", "esp8266-000001"]);
+    assert_eq!(history[0]["state"], "UPDATED");
+}

@@ -527,6 +527,7 @@ fn settings_out(tenant: &updraft_store::Tenant) -> TenantSettingsOut {
         name: tenant.name.to_string(),
         poll_interval_secs: tenant.settings.poll_interval_secs,
         auto_register: tenant.settings.auto_register,
+        frugal_auto_register: tenant.settings.frugal_auto_register,
     }
 }
 
@@ -558,6 +559,9 @@ pub async fn update_tenant(
     }
     if let Some(auto_register) = body.auto_register {
         tenant.settings.auto_register = auto_register;
+    }
+    if let Some(frugal) = body.frugal_auto_register {
+        tenant.settings.frugal_auto_register = frugal;
     }
     state
         .store

@@ -475,12 +475,15 @@ pub struct TenantSettingsOut {
     pub poll_interval_secs: u32,
     /// Unknown controllers presenting the gateway token are registered.
     pub auto_register: bool,
+    /// Unknown Frugal-IoT nodes are registered on their first check-in.
+    pub frugal_auto_register: bool,
 }
 
 #[derive(Deserialize, ToSchema)]
 pub struct TenantSettingsIn {
     pub poll_interval_secs: Option<u32>,
     pub auto_register: Option<bool>,
+    pub frugal_auto_register: Option<bool>,
 }
 
 #[derive(Serialize, ToSchema)]
