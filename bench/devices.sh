@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# DDI poll throughput and ranged artifact downloads, Updraft side by side with nginx on the same
-# machine in the same run (nginx serving a static JSON of the same size, and the same file with
-# sendfile). Needs nginx and wrk (Debian: nginx-light, wrk).
-# Usage: bench/ddi.sh [SECONDS]   (default 10 per measurement). Prints a Markdown table.
+# Device check-ins and downloads, Updraft side by side with nginx on the same machine in the same
+# run: DDI polls (nginx: a static JSON of the same size), Frugal-IoT's 304 path (nginx: a static
+# 304), and ranged artifact downloads (nginx: the same file with sendfile).
+# Needs nginx and wrk (Debian: nginx-light, wrk).
+# Usage: bench/devices.sh [SECONDS]   (default 10 per measurement). Prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -44,6 +45,7 @@ http {
     listen 127.0.0.1:0;
     root $work/www;
     location = /poll { default_type application/hal+json; alias $work/www/poll.json; }
+    location = /ota304 { return 304; }
   }
 }
 CONF
@@ -90,6 +92,14 @@ read -r u_rps u_p99 _ < <(measure "$url/DEFAULT/controller/v1/dev01" "Authorizat
 read -r n_rps n_p99 _ < <(measure "http://127.0.0.1:$nport/poll" "X-Bench: 1")
 printf "| DDI poll, no update pending (%s B JSON), 64 connections | %s req/s, p99 %s | %s req/s, p99 %s | %.2f |\n" \
   "$(wc -c < "$work/poll.json")" "$u_rps" "$u_p99" "$n_rps" "$n_p99" "$(echo "$u_rps / $n_rps" | bc -l)"
+# Frugal-IoT: a registered node with nothing to do gets 304.
+esp=(-H "x-ESP8266-sketch-md5: 0123456789abcdef0123456789abcdef" -H "x-ESP8266-free-space: 1000000" -H "x-ESP8266-mode: sketch")
+frugal="$url/ota_update/default/lotus/esp8266-95a754/esp8266-sht"
+curl -s -o /dev/null "${esp[@]}" "$frugal"
+read -r u_rps u_p99 _ < <(measure "$frugal" "User-Agent: ESP8266-http-Update" "${esp[@]}")
+read -r n_rps n_p99 _ < <(measure "http://127.0.0.1:$nport/ota304" "User-Agent: ESP8266-http-Update")
+printf "| Frugal-IoT check-in, nothing to do (304), 64 connections | %s req/s, p99 %s | %s req/s, p99 %s | %.2f |\n" \
+  "$u_rps" "$u_p99" "$n_rps" "$n_p99" "$(echo "$u_rps / $n_rps" | bc -l)"
 for mb in 2 100; do
   id=$(module "$mb")
   size=$((mb * 1024 * 1024))
