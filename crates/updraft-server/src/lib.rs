@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod secret;
 pub mod server;
 pub mod state;
+pub mod thingsboard;
 
 pub use api::router;
 pub use server::{ServerConfig, run};

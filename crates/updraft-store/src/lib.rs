@@ -82,6 +82,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Records that the device was heard from now.
     async fn touch_device(&self, device: DeviceKey) -> StoreResult<()>;
+    /// Records what the device says it runs (title and version of one artifact kind), without
+    /// touching its update actions.
+    async fn set_running(
+        &self,
+        device: DeviceKey,
+        kind: ArtifactKind,
+        title: &str,
+        version: &str,
+    ) -> StoreResult<()>;
     /// Changes the device's attributes as the device reported them.
     async fn update_attributes(
         &self,

@@ -1582,6 +1582,30 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn set_running(
+        &self,
+        device: DeviceKey,
+        kind: ArtifactKind,
+        title: &str,
+        version: &str,
+    ) -> StoreResult<()> {
+        let sql = match kind {
+            ArtifactKind::Firmware => {
+                "UPDATE devices SET fw_title = $1, fw_version = $2 WHERE id = $3"
+            }
+            ArtifactKind::Software => {
+                "UPDATE devices SET sw_title = $1, sw_version = $2 WHERE id = $3"
+            }
+        };
+        sqlx::query(sql)
+            .bind(title)
+            .bind(version)
+            .bind(device.0)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
     async fn touch_device(&self, device: DeviceKey) -> StoreResult<()> {
         sqlx::query("UPDATE devices SET last_seen = $1 WHERE id = $2")
             .bind(now_millis())

@@ -134,7 +134,8 @@ pub fn router(state: AppState) -> Router {
         .route("/artifacts/{id}/download", get(artifacts::download))
         .route("/frugal/push", post(crate::frugal::push))
         .route("/frugal/promote", post(crate::frugal::promote))
-        .route("/openapi.json", get(openapi));
+        .route("/openapi.json", get(openapi))
+        .merge(crate::thingsboard::http::routes());
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(|| async { "ok" }))

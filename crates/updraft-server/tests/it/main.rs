@@ -8,6 +8,7 @@ mod api;
 mod artifacts;
 mod ddi;
 mod frugal;
+mod thingsboard;
 
 use axum::Router;
 use axum::body::{Body, Bytes};

@@ -937,6 +937,19 @@ pub async fn reported_attributes_merge_replace_and_remove(store: &SqlStore, _: &
             .is_none()
     );
     store.touch_device(dev.key).await.unwrap();
+    store
+        .set_running(dev.key, ArtifactKind::Software, "app", "3")
+        .await
+        .unwrap();
+    let running = store.device(f.tenant.key, &id("d")).await.unwrap().unwrap();
+    assert_eq!(
+        running.software,
+        Some(Running {
+            title: "app".into(),
+            version: "3".into()
+        })
+    );
+    assert_eq!(running.firmware, None);
     assert!(
         store
             .device(f.tenant.key, &id("d"))
