@@ -12,7 +12,16 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
   need+=(postgresql)
 fi
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
+
+# Real device clients from PyPI for the interop tests, in a venv beside the sources.
+if [ ! -x .venv-interop/bin/python ]; then
+  python3 -m venv .venv-interop
+fi
+.venv-interop/bin/python -c 'import tb_device_mqtt' 2>/dev/null \
+  || .venv-interop/bin/pip install -q 'tb-mqtt-client==1.13.14'
+export UPDRAFT_TEST_PYTHON="$PWD/.venv-interop/bin/python"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings

@@ -122,6 +122,12 @@ struct ServeArgs {
     /// Base URL written into links (default: from --http).
     #[arg(long, env = "UPDRAFT_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Device MQTT listener address, or `off` (default 127.0.0.1:1883).
+    #[arg(long, env = "UPDRAFT_MQTT")]
+    mqtt: Option<String>,
+    /// Devices told of a new firmware per second by the notification queue.
+    #[arg(long, env = "UPDRAFT_NOTIFY_PER_SECOND")]
+    notify_per_second: Option<u32>,
     /// A TOML file with the same keys as these flags (data-dir, http, …); flags and env win.
     #[arg(long, env = "UPDRAFT_CONFIG")]
     config: Option<PathBuf>,
@@ -584,14 +590,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    let config = config::merge(
-        args.data_dir,
-        args.http,
-        args.database_url,
-        args.max_upload_bytes,
-        args.public_url,
-        file,
-    )?;
+    let given = config::Given {
+        data_dir: args.data_dir,
+        http: args.http,
+        database_url: args.database_url,
+        max_upload_bytes: args.max_upload_bytes,
+        public_url: args.public_url,
+        mqtt: args.mqtt,
+        notify_per_second: args.notify_per_second,
+    };
+    let config = config::merge(given, file)?;
     updraft_server::run(config, shutdown_signal()).await
 }
 

@@ -17,6 +17,8 @@ pub struct FileConfig {
     pub database_url: Option<String>,
     pub max_upload_bytes: Option<u64>,
     pub public_url: Option<String>,
+    pub mqtt: Option<String>,
+    pub notify_per_second: Option<u32>,
 }
 
 impl FileConfig {
@@ -30,31 +32,59 @@ impl FileConfig {
 pub const DEFAULT_DATA_DIR: &str = "./updraft-data";
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_UPLOAD: u64 = 4 * 1024 * 1024 * 1024;
+pub const DEFAULT_MQTT: &str = "127.0.0.1:1883";
+pub const DEFAULT_NOTIFY_PER_SECOND: u32 = 5000;
 
-/// Flag/env values (`None` when neither was given) merged over the file and the defaults.
-pub fn merge(
-    data_dir: Option<PathBuf>,
-    http: Option<SocketAddr>,
-    database_url: Option<String>,
-    max_upload_bytes: Option<u64>,
-    public_url: Option<String>,
-    file: FileConfig,
-) -> Result<ServerConfig> {
+/// The values given on the command line or in the environment (`None`: not given).
+#[derive(Debug, Default)]
+pub struct Given {
+    pub data_dir: Option<PathBuf>,
+    pub http: Option<SocketAddr>,
+    pub database_url: Option<String>,
+    pub max_upload_bytes: Option<u64>,
+    pub public_url: Option<String>,
+    /// An address, or `off`.
+    pub mqtt: Option<String>,
+    pub notify_per_second: Option<u32>,
+}
+
+/// Flag/env values merged over the file and the defaults.
+pub fn merge(given: Given, file: FileConfig) -> Result<ServerConfig> {
     let default_http: SocketAddr = DEFAULT_HTTP.parse().context("default address")?;
+    let mqtt_text = given
+        .mqtt
+        .or(file.mqtt)
+        .unwrap_or_else(|| DEFAULT_MQTT.to_owned());
+    let mqtt = match mqtt_text.as_str() {
+        "off" | "" => None,
+        addr => Some(
+            addr.parse()
+                .with_context(|| format!("--mqtt {addr:?} is not an address (or off)"))?,
+        ),
+    };
     Ok(ServerConfig {
-        data_dir: data_dir
+        data_dir: given
+            .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-        http: http.or(file.http).unwrap_or(default_http),
-        database_url: database_url
+        http: given.http.or(file.http).unwrap_or(default_http),
+        database_url: given
+            .database_url
             .or(file.database_url)
             .filter(|url| !url.is_empty()),
-        max_upload_bytes: max_upload_bytes
+        max_upload_bytes: given
+            .max_upload_bytes
             .or(file.max_upload_bytes)
             .unwrap_or(DEFAULT_MAX_UPLOAD),
-        public_url: public_url
+        public_url: given
+            .public_url
             .or(file.public_url)
             .map(|url| url.trim_end_matches('/').to_owned()),
+        mqtt,
+        notify_per_second: given
+            .notify_per_second
+            .or(file.notify_per_second)
+            .unwrap_or(DEFAULT_NOTIFY_PER_SECOND),
     })
 }
 
@@ -68,24 +98,22 @@ mod tests {
             "http = \"0.0.0.0:9000\"\ndata-dir = \"/var/lib/updraft\"\nmax-upload-bytes = 10\n",
         )
         .unwrap_or_default();
-        let merged = merge(
-            None,
-            Some(
-                "127.0.0.1:1"
-                    .parse()
-                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 1))),
-            ),
-            None,
-            None,
-            None,
-            file,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let given = Given {
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 1))),
+            mqtt: Some("off".into()),
+            ..Given::default()
+        };
+        let merged = merge(given, file).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(merged.mqtt, None);
         assert_eq!(merged.http.port(), 1);
         assert_eq!(merged.data_dir, PathBuf::from("/var/lib/updraft"));
         assert_eq!(merged.max_upload_bytes, 10);
-        let defaults = merge(None, None, None, None, None, FileConfig::default())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let defaults =
+            merge(Given::default(), FileConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            defaults.mqtt.map(|a| a.to_string()).as_deref(),
+            Some(DEFAULT_MQTT)
+        );
         assert_eq!(defaults.http.to_string(), DEFAULT_HTTP);
         assert_eq!(defaults.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert!(defaults.database_url.is_none());

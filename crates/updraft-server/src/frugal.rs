@@ -444,6 +444,7 @@ pub async fn push(
             &caller.source(),
         )
         .await?;
+    state.wake.notify_one();
     Ok((
         StatusCode::CREATED,
         Json(PushOut {
@@ -503,6 +504,7 @@ pub async fn promote(
             &source,
         )
         .await?;
+    state.wake.notify_one();
     state
         .store
         .unassign(

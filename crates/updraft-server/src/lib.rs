@@ -9,6 +9,7 @@ pub mod download;
 pub mod error;
 pub mod frugal;
 pub mod metrics;
+pub mod mqtt;
 pub mod secret;
 pub mod server;
 pub mod state;

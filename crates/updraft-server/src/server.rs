@@ -26,6 +26,10 @@ pub struct ServerConfig {
     pub max_upload_bytes: u64,
     /// Base URL for links; derived from `http` when absent.
     pub public_url: Option<String>,
+    /// The device MQTT listener; `None` turns it off.
+    pub mqtt: Option<SocketAddr>,
+    /// Devices the notification queue tells of a new firmware per second.
+    pub notify_per_second: u32,
 }
 
 /// The name of the tenant that keys and devices belong to unless told otherwise.
@@ -68,6 +72,8 @@ pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<AppSta
         }),
         metrics: Arc::new(Metrics::default()),
         blob_lock: Arc::new(tokio::sync::Mutex::new(())),
+        mqtt: Arc::new(crate::mqtt::Registry::default()),
+        wake: Arc::new(tokio::sync::Notify::new()),
     })
 }
 
@@ -136,8 +142,20 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
     let state = prepare(&config, public_url).await?;
+    if let Some(mqtt) = config.mqtt {
+        let listener = TcpListener::bind(mqtt)
+            .await
+            .with_context(|| format!("listening for MQTT on {mqtt}"))?;
+        println!("updraft mqtt on {}", listener.local_addr()?);
+        tokio::spawn(crate::mqtt::serve(listener, state.clone()));
+        tokio::spawn(crate::mqtt::notifier(
+            state.clone(),
+            config.notify_per_second,
+            state.wake.clone(),
+        ));
+    }
     let app = crate::api::router(state);
-    // Tests and scripts read this line to learn the port.
+    // Tests and scripts read this line to learn the port; it comes last, when everything listens.
     println!("updraft listening on http://{addr}");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

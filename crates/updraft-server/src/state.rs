@@ -34,4 +34,8 @@ pub struct AppState {
     /// deleted and its blob removed, so that deleting the last reference to a blob never races
     /// an upload of the same bytes.
     pub blob_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Devices connected to the MQTT endpoint.
+    pub mqtt: Arc<crate::mqtt::Registry>,
+    /// Wakes the notification queue (an assignment changed).
+    pub wake: Arc<tokio::sync::Notify>,
 }

@@ -99,6 +99,8 @@ pub trait Store: Send + Sync + 'static {
         data: &std::collections::BTreeMap<String, String>,
     ) -> StoreResult<()>;
     async fn device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<Option<Device>>;
+    /// The device with this row key, whatever its tenant (for server-side workers).
+    async fn device_by_key(&self, key: DeviceKey) -> StoreResult<Option<Device>>;
     async fn list_devices(&self, tenant: TenantKey, page: Page) -> StoreResult<Paged<Device>>;
     async fn delete_device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<bool>;
     /// The device a credential belongs to, whatever the protocol asking.

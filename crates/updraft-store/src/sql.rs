@@ -895,6 +895,14 @@ impl Store for SqlStore {
         row.as_ref().map(device_from).transpose()
     }
 
+    async fn device_by_key(&self, key: DeviceKey) -> StoreResult<Option<Device>> {
+        let row = sqlx::query(&format!("{DEVICE_SELECT} WHERE d.id = $1"))
+            .bind(key.0)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(device_from).transpose()
+    }
+
     async fn list_devices(&self, tenant: TenantKey, page: Page) -> StoreResult<Paged<Device>> {
         let rows = sqlx::query(&format!(
             "{DEVICE_SELECT} WHERE d.tenant_id = $1 ORDER BY d.device_id LIMIT $2 OFFSET $3"

@@ -19,3 +19,23 @@ pub fn missing(what: &str, how_to_fix: &str) {
     }
     eprintln!("\n!!!!! SKIPPED: {message} !!!!!\n");
 }
+
+/// The Python with the interop clients (`scripts/test.sh` makes it: `UPDRAFT_TEST_PYTHON`, or
+/// `.venv-interop/bin/python` at the workspace root), or `None` after a loud warning (a failure
+/// under CI).
+pub fn interop_python() -> Option<std::path::PathBuf> {
+    let candidate = match std::env::var_os("UPDRAFT_TEST_PYTHON") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-interop/bin/python")
+        }
+    };
+    if candidate.exists() {
+        return Some(candidate);
+    }
+    missing(
+        "the Python interop clients",
+        "run scripts/test.sh, which creates .venv-interop with tb-mqtt-client",
+    );
+    None
+}

@@ -10,6 +10,8 @@ use anyhow::{Context, Result, bail};
 pub struct ServerProcess {
     child: Child,
     pub url: String,
+    /// `host:port` of the device MQTT listener.
+    pub mqtt: Option<String>,
     pub data_dir: PathBuf,
 }
 
@@ -20,7 +22,7 @@ impl ServerProcess {
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--http", "127.0.0.1:0"])
+            .args(["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
             .args(extra)
             .env("UPDRAFT_LOG", "warn")
             .stdout(Stdio::piped())
@@ -29,12 +31,16 @@ impl ServerProcess {
             .with_context(|| format!("starting {}", binary.display()))?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
+        let mut mqtt = None;
         let url = loop {
             let Some(line) = lines.next() else {
                 let status = child.wait()?;
                 bail!("the server exited ({status}) before it listened");
             };
             let line = line?;
+            if let Some(addr) = line.strip_prefix("updraft mqtt on ") {
+                mqtt = Some(addr.trim().to_owned());
+            }
             if let Some(url) = line.strip_prefix("updraft listening on ") {
                 break url.trim().to_owned();
             }
@@ -43,6 +49,7 @@ impl ServerProcess {
         Ok(Self {
             child,
             url,
+            mqtt,
             data_dir: data_dir.to_path_buf(),
         })
     }

@@ -33,6 +33,8 @@ impl Server {
             database_url: None,
             max_upload_bytes: 1 << 30,
             public_url: None,
+            mqtt: None,
+            notify_per_second: 1000,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

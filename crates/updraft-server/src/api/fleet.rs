@@ -452,6 +452,7 @@ pub async fn assign(
         .store
         .assign(tenant, scope, artifact.key, &caller.source())
         .await?;
+    state.wake.notify_one();
     Ok((StatusCode::CREATED, Json(AssignmentOut::from(&assignment))))
 }
 

@@ -8,6 +8,7 @@ mod api;
 mod artifacts;
 mod ddi;
 mod frugal;
+mod mqtt;
 mod thingsboard;
 
 use axum::Router;
@@ -57,6 +58,8 @@ impl TestApp {
             database_url: None,
             max_upload_bytes,
             public_url: None,
+            mqtt: None,
+            notify_per_second: 1000,
         };
         let state = prepare(&config, "http://updraft.test".to_owned())
             .await
@@ -136,6 +139,20 @@ impl TestApp {
         let router = self.router.clone();
         tokio::spawn(async move { axum::serve(listener, router).await });
         format!("http://{addr}")
+    }
+
+    /// Runs the device MQTT endpoint and its notification queue on a loopback port; returns
+    /// `(host, port)`.
+    pub async fn listen_mqtt(&self) -> (String, u16) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(updraft_server::mqtt::serve(listener, self.state.clone()));
+        tokio::spawn(updraft_server::mqtt::notifier(
+            self.state.clone(),
+            1000,
+            self.state.wake.clone(),
+        ));
+        ("127.0.0.1".to_owned(), port)
     }
 
     /// Creates a device and returns its access token.

@@ -1,0 +1,564 @@
+//! The built-in MQTT endpoint for device protocols (ThingsBoard's topics today). It terminates
+//! device connections itself, as ThingsBoard's MQTT transport does; it is not a general broker:
+//! devices talk to the server, never to each other.
+//!
+//! One task per connection; memory per connection is its read buffer and a small queue of
+//! pushes. Firmware chunks are streamed from the blob store into the socket, never held whole.
+
+pub mod codec;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use updraft_core::{ArtifactKind, DeviceKey};
+use updraft_store::Device;
+
+use self::codec::{CodecError, Inbound, Outbound, Version};
+use crate::state::AppState;
+use crate::thingsboard;
+
+/// Largest packet a device may send (a telemetry message, not a firmware: those only go out).
+pub const MAX_INBOUND_PACKET: usize = 256 * 1024;
+
+/// One connection's id and its queue of pushes.
+type Connection = (u64, mpsc::Sender<Outbound>);
+
+/// Connected devices, so that the server can push to them (attribute changes).
+#[derive(Default)]
+pub struct Registry {
+    // Several connections of one device are all told.
+    devices: Mutex<HashMap<DeviceKey, Vec<Connection>>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Registry {
+    fn add(&self, device: DeviceKey, sender: mpsc::Sender<Outbound>) -> u64 {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut devices) = self.devices.lock() {
+            devices.entry(device).or_default().push((id, sender));
+        }
+        id
+    }
+
+    fn remove(&self, device: DeviceKey, id: u64) {
+        if let Ok(mut devices) = self.devices.lock()
+            && let Some(senders) = devices.get_mut(&device)
+        {
+            senders.retain(|(other, _)| *other != id);
+            if senders.is_empty() {
+                devices.remove(&device);
+            }
+        }
+    }
+
+    /// Connected devices, for the notifier.
+    pub fn connected(&self) -> Vec<DeviceKey> {
+        self.devices
+            .lock()
+            .map(|d| d.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn count(&self) -> usize {
+        self.devices
+            .lock()
+            .map(|d| d.values().map(Vec::len).sum())
+            .unwrap_or(0)
+    }
+
+    /// Queues `packet` for every connection of `device`; a full queue drops it (the device reads
+    /// attributes again when it reconnects or asks).
+    pub fn push(&self, device: DeviceKey, packet: &Outbound) -> usize {
+        let senders: Vec<mpsc::Sender<Outbound>> = self
+            .devices
+            .lock()
+            .map(|d| {
+                d.get(&device)
+                    .map(|s| s.iter().map(|(_, tx)| tx.clone()).collect())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        senders
+            .iter()
+            .filter(|tx| tx.try_send(packet.clone()).is_ok())
+            .count()
+    }
+}
+
+/// Accepts device connections until the listener fails.
+pub async fn serve(listener: TcpListener, state: AppState) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = connection(stream, &state).await {
+                        tracing::debug!(error = %err, "mqtt connection ended");
+                    }
+                });
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "mqtt accept failed");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("{0}")]
+    Protocol(&'static str),
+}
+
+struct Session {
+    version: Version,
+    device: Device,
+    stream: TcpStream,
+    out: BytesMut,
+    subscriptions: Vec<String>,
+}
+
+impl Session {
+    async fn send(&mut self, packet: &Outbound) -> Result<(), ConnectionError> {
+        self.out.clear();
+        codec::write(self.version, packet, &mut self.out)?;
+        self.stream.write_all(&self.out).await?;
+        Ok(())
+    }
+
+    fn subscribed(&self, topic: &str) -> bool {
+        self.subscriptions
+            .iter()
+            .any(|filter| topic_matches(filter, topic))
+    }
+}
+
+/// MQTT topic filter matching (`+` one level, `#` the rest).
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    for part in filter.split('/') {
+        match part {
+            "#" => return true,
+            "+" => {
+                if levels.next().is_none() {
+                    return false;
+                }
+            }
+            literal => {
+                if levels.next() != Some(literal) {
+                    return false;
+                }
+            }
+        }
+    }
+    levels.next().is_none()
+}
+
+async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), ConnectionError> {
+    let mut buf = BytesMut::with_capacity(1024);
+    // CONNECT within ten seconds, or the connection goes.
+    let version = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(version) = codec::connect_version(&buf)? {
+                return Ok::<_, ConnectionError>(version);
+            }
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(ConnectionError::Protocol("closed before CONNECT"));
+            }
+        }
+    })
+    .await
+    .map_err(|_| ConnectionError::Protocol("no CONNECT in time"))??;
+    let (username, keep_alive) = loop {
+        match codec::read(version, &mut buf, MAX_INBOUND_PACKET)? {
+            Some(Inbound::Connect {
+                username,
+                keep_alive,
+            }) => break (username, keep_alive),
+            Some(_) => return Err(ConnectionError::Protocol("first packet is not CONNECT")),
+            None => {
+                if stream.read_buf(&mut buf).await? == 0 {
+                    return Err(ConnectionError::Protocol("closed in CONNECT"));
+                }
+            }
+        }
+    };
+    let device = match &username {
+        Some(token) => thingsboard::device_for_token(state, token).await.ok(),
+        None => None,
+    };
+    let mut out = BytesMut::new();
+    let Some(device) = device else {
+        codec::write(version, &Outbound::ConnAck { accepted: false }, &mut out)?;
+        stream.write_all(&out).await?;
+        return Err(ConnectionError::Protocol("not authorized"));
+    };
+    codec::write(version, &Outbound::ConnAck { accepted: true }, &mut out)?;
+    stream.write_all(&out).await?;
+    let _ = state.store.touch_device(device.key).await;
+
+    let (tx, mut rx) = mpsc::channel(16);
+    let registration = state.mqtt.add(device.key, tx);
+    let mut session = Session {
+        version,
+        device,
+        stream,
+        out,
+        subscriptions: Vec::new(),
+    };
+    // MQTT: the server may close a connection silent for one and a half keep-alive periods.
+    let idle_limit = match keep_alive {
+        0 => None,
+        secs => Some(Duration::from_millis(u64::from(secs) * 1500)),
+    };
+    let result = run(&mut session, &mut buf, &mut rx, state, idle_limit).await;
+    state.mqtt.remove(session.device.key, registration);
+    result
+}
+
+async fn run(
+    session: &mut Session,
+    buf: &mut BytesMut,
+    rx: &mut mpsc::Receiver<Outbound>,
+    state: &AppState,
+    idle_limit: Option<Duration>,
+) -> Result<(), ConnectionError> {
+    loop {
+        while let Some(packet) = codec::read(session.version, buf, MAX_INBOUND_PACKET)? {
+            if !handle(session, packet, state).await? {
+                return Ok(());
+            }
+        }
+        let idle = async {
+            match idle_limit {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            read = session.stream.read_buf(buf) => {
+                if read? == 0 {
+                    return Ok(());
+                }
+            }
+            Some(packet) = rx.recv() => {
+                let deliver = match &packet {
+                    Outbound::Publish { topic, .. } => session.subscribed(topic),
+                    _ => true,
+                };
+                if deliver {
+                    session.send(&packet).await?;
+                }
+            }
+            () = idle => return Err(ConnectionError::Protocol("keep-alive expired")),
+        }
+    }
+}
+
+/// Handles one packet; false ends the connection.
+async fn handle(
+    session: &mut Session,
+    packet: Inbound,
+    state: &AppState,
+) -> Result<bool, ConnectionError> {
+    match packet {
+        Inbound::Connect { .. } => return Err(ConnectionError::Protocol("a second CONNECT")),
+        Inbound::PingReq => session.send(&Outbound::PingResp).await?,
+        Inbound::Disconnect => return Ok(false),
+        Inbound::Subscribe { pkid, filters } => {
+            let granted = filters.iter().map(|(_, qos)| (*qos).min(1)).collect();
+            session
+                .subscriptions
+                .extend(filters.into_iter().map(|(filter, _)| filter));
+            session.send(&Outbound::SubAck { pkid, granted }).await?;
+        }
+        Inbound::Unsubscribe { pkid, count } => {
+            session.send(&Outbound::UnsubAck { pkid, count }).await?
+        }
+        Inbound::Publish {
+            topic,
+            payload,
+            qos,
+            pkid,
+        } => {
+            if let Err(err) = publish(session, &topic, payload, state).await {
+                // A bad message is the device's problem: log it, keep the connection.
+                tracing::debug!(device = %session.device.id, topic, error = %err.message, "refused device message");
+            }
+            // Acknowledged once handled, so a device that waits for its PUBACK knows the server
+            // has applied the message.
+            if qos > 0 {
+                session.send(&Outbound::PubAck { pkid }).await?;
+            }
+        }
+        Inbound::Ignored => {}
+    }
+    Ok(true)
+}
+
+/// A device's PUBLISH, by topic.
+async fn publish(
+    session: &mut Session,
+    topic: &str,
+    payload: Bytes,
+    state: &AppState,
+) -> Result<(), crate::error::ApiError> {
+    let bad = |what: &str| crate::error::ApiError::bad_request("invalid_request", what.to_owned());
+    let device = session.device.clone();
+    let json = || serde_json::from_slice::<Value>(&payload).map_err(|_| bad("payload is not JSON"));
+    if topic == "v1/devices/me/telemetry" {
+        return thingsboard::telemetry(state, &device, &json()?).await;
+    }
+    if topic == "v1/devices/me/attributes" {
+        let Value::Object(values) = json()? else {
+            return Err(bad("attributes are a JSON object"));
+        };
+        let data = values
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    v.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| v.to_string()),
+                )
+            })
+            .collect();
+        return state
+            .store
+            .update_attributes(device.key, updraft_store::AttributeMode::Merge, &data)
+            .await
+            .map_err(Into::into);
+    }
+    if let Some(id) = topic.strip_prefix("v1/devices/me/attributes/request/") {
+        let request = json().unwrap_or(Value::Null);
+        let shared_keys = request.get("sharedKeys").and_then(Value::as_str);
+        let client_keys = request.get("clientKeys").and_then(Value::as_str);
+        let mut answer = serde_json::Map::new();
+        let shared = thingsboard::shared_attributes(state, &device).await?;
+        if shared_keys.is_some() || client_keys.is_none() {
+            answer.insert(
+                "shared".into(),
+                Value::Object(thingsboard::select(shared, shared_keys)),
+            );
+        }
+        if client_keys.is_some() {
+            let fresh = state
+                .store
+                .device(device.tenant, &device.id)
+                .await?
+                .unwrap_or(device);
+            answer.insert(
+                "client".into(),
+                Value::Object(thingsboard::select(
+                    thingsboard::client_attributes(&fresh),
+                    client_keys,
+                )),
+            );
+        }
+        let response = Outbound::Publish {
+            topic: format!("v1/devices/me/attributes/response/{id}"),
+            payload: Bytes::from(Value::Object(answer).to_string()),
+        };
+        return session
+            .send(&response)
+            .await
+            .map_err(|e| crate::error::ApiError::internal(e.to_string()));
+    }
+    if let Some(id) = topic.strip_prefix("v1/devices/me/rpc/request/") {
+        let request = json()?;
+        let reply = match request.get("method").and_then(Value::as_str) {
+            Some("getSessionLimits") => json!({
+                "maxPayloadSize": MAX_INBOUND_PACKET,
+                "maxInflightMessages": 100,
+                "rateLimits": {"messages": "", "telemetryMessages": "", "telemetryDataPoints": ""},
+            }),
+            Some(other) => json!({"error": format!("unsupported method {other:?}")}),
+            None => json!({"error": "no method"}),
+        };
+        let response = Outbound::Publish {
+            topic: format!("v1/devices/me/rpc/response/{id}"),
+            payload: Bytes::from(reply.to_string()),
+        };
+        return session
+            .send(&response)
+            .await
+            .map_err(|e| crate::error::ApiError::internal(e.to_string()));
+    }
+    for (prefix, kind) in [
+        ("v2/fw/request/", ArtifactKind::Firmware),
+        ("v2/sw/request/", ArtifactKind::Software),
+    ] {
+        if let Some(rest) = topic.strip_prefix(prefix) {
+            let (request_id, chunk) = rest
+                .split_once("/chunk/")
+                .ok_or_else(|| bad("expected {requestId}/chunk/{index}"))?;
+            let index: u64 = chunk
+                .parse()
+                .map_err(|_| bad("the chunk index is not a number"))?;
+            let text = std::str::from_utf8(&payload)
+                .map_err(|_| bad("the chunk size is not text"))?
+                .trim();
+            let size: u64 = if text.is_empty() {
+                0
+            } else {
+                text.parse()
+                    .map_err(|_| bad("the chunk size is not a number"))?
+            };
+            let response_topic = format!(
+                "v2/{}/response/{request_id}/chunk/{index}",
+                thingsboard::prefix(kind)
+            );
+            // ThingsBoard delivers chunks whatever the device subscribed (`v2/fw/response/+`
+            // does not match these topics), and so do we.
+            return send_chunk(session, state, kind, size, index, &response_topic).await;
+        }
+    }
+    Err(bad("unknown topic"))
+}
+
+async fn send_chunk(
+    session: &mut Session,
+    state: &AppState,
+    kind: ArtifactKind,
+    size: u64,
+    index: u64,
+    topic: &str,
+) -> Result<(), crate::error::ApiError> {
+    let internal = |e: std::io::Error| crate::error::ApiError::internal(e);
+    let Some((_, _, artifact)) = thingsboard::desired(state, &session.device)
+        .await?
+        .into_iter()
+        .find(|(k, _, _)| *k == kind)
+    else {
+        let empty = Outbound::Publish {
+            topic: topic.to_owned(),
+            payload: Bytes::new(),
+        };
+        return session
+            .send(&empty)
+            .await
+            .map_err(|e| crate::error::ApiError::internal(e.to_string()));
+    };
+    let (offset, len) = if size == 0 {
+        (0, artifact.size)
+    } else {
+        (index.saturating_mul(size), size)
+    };
+    let len = if offset >= artifact.size {
+        0
+    } else {
+        len.min(artifact.size - offset)
+    };
+    let header = codec::publish_header(session.version, topic, len);
+    session.stream.write_all(&header).await.map_err(internal)?;
+    if len > 0 {
+        let mut reader = state
+            .blobs
+            .open(&artifact.checksums.sha256, offset, Some(len))
+            .await
+            .map_err(internal)?;
+        tokio::io::copy(&mut reader, &mut session.stream)
+            .await
+            .map_err(internal)?;
+    }
+    Ok(())
+}
+
+/// The notification queue: moves QUEUED actions of connected devices to INITIATED and pushes
+/// their shared attributes, at most `per_second` devices a second, woken early when an
+/// assignment changes.
+pub async fn notifier(state: AppState, per_second: u32, wake: Arc<tokio::sync::Notify>) {
+    let per_second = per_second.max(1);
+    let mut cursor = 0usize;
+    loop {
+        let connected = state.mqtt.connected();
+        let batch = usize::try_from(per_second)
+            .unwrap_or(usize::MAX)
+            .min(connected.len());
+        let mut notified = 0;
+        for i in 0..batch {
+            let device = connected[(cursor + i) % connected.len()];
+            match notify_device(&state, device).await {
+                Ok(true) => notified += 1,
+                Ok(false) => {}
+                Err(err) => tracing::warn!(error = %err.message, "notifying a device failed"),
+            }
+        }
+        cursor = if connected.is_empty() {
+            0
+        } else {
+            (cursor + batch) % connected.len()
+        };
+        if notified > 0 {
+            tracing::debug!(notified, "pushed new firmware attributes");
+        }
+        // A full second between batches keeps the rate; an assignment wakes the queue at once.
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = wake.notified() => {}
+        }
+    }
+}
+
+/// Pushes the device's attributes if its action is still QUEUED; true if it did.
+async fn notify_device(state: &AppState, key: DeviceKey) -> Result<bool, crate::error::ApiError> {
+    let view = state.store.poll_view(key).await?;
+    let queued = view
+        .active
+        .is_some_and(|a| a.state == updraft_core::UpdateState::Queued);
+    if !queued {
+        return Ok(false);
+    }
+    let Some(device) = state.store.device_by_key(key).await? else {
+        return Ok(false);
+    };
+    // Reading the shared attributes marks the action INITIATED.
+    let attributes = thingsboard::shared_attributes(state, &device).await?;
+    let push = Outbound::Publish {
+        topic: "v1/devices/me/attributes".into(),
+        payload: Bytes::from(Value::Object(attributes).to_string()),
+    };
+    state.mqtt.push(key, &push);
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_as_mqtt_says() {
+        for (filter, topic, expected) in [
+            ("v1/devices/me/attributes", "v1/devices/me/attributes", true),
+            (
+                "v1/devices/me/attributes/response/+",
+                "v1/devices/me/attributes/response/7",
+                true,
+            ),
+            ("v2/fw/response/+", "v2/fw/response/1/chunk/0", false),
+            ("v2/fw/response/#", "v2/fw/response/1/chunk/0", true),
+            ("#", "anything/at/all", true),
+            ("a/+/c", "a/b", false),
+        ] {
+            assert_eq!(
+                topic_matches(filter, topic),
+                expected,
+                "{filter} vs {topic}"
+            );
+        }
+    }
+}
