@@ -14,7 +14,7 @@ pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
 # Updraft on embedded defaults.
-./target/release/updraft serve --data-dir "$work/data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 > "$work/serve.out" 2>/dev/null &
+./target/release/updraft serve --data-dir "$work/data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --coap 127.0.0.1:0 > "$work/serve.out" 2>/dev/null &
 server=$!; pids+=("$server")
 until grep -q "listening on" "$work/serve.out" 2>/dev/null; do sleep 0.05; done
 url=$(sed -n 's/^updraft listening on //p' "$work/serve.out")

@@ -18,7 +18,7 @@ echo "|---|---|---|---|"
 for mb in "${sizes[@]}"; do
   # A fresh server per size, so that each peak RSS is that upload's alone.
   data="$work/data-$mb"
-  ./target/release/updraft serve --data-dir "$data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 > "$work/serve.out" 2>/dev/null &
+  ./target/release/updraft serve --data-dir "$data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --coap 127.0.0.1:0 > "$work/serve.out" 2>/dev/null &
   pid=$!
   until grep -q "listening on" "$work/serve.out" 2>/dev/null; do sleep 0.05; done
   url=$(sed -n 's/^updraft listening on //p' "$work/serve.out")

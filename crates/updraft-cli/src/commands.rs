@@ -125,6 +125,9 @@ struct ServeArgs {
     /// Device MQTT listener address, or `off` (default 127.0.0.1:1883).
     #[arg(long, env = "UPDRAFT_MQTT")]
     mqtt: Option<String>,
+    /// Device CoAP listener address (UDP), or `off` (default 127.0.0.1:5683).
+    #[arg(long, env = "UPDRAFT_COAP")]
+    coap: Option<String>,
     /// Devices told of a new firmware per second by the notification queue.
     #[arg(long, env = "UPDRAFT_NOTIFY_PER_SECOND")]
     notify_per_second: Option<u32>,
@@ -597,6 +600,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         max_upload_bytes: args.max_upload_bytes,
         public_url: args.public_url,
         mqtt: args.mqtt,
+        coap: args.coap,
         notify_per_second: args.notify_per_second,
     };
     let config = config::merge(given, file)?;

@@ -18,6 +18,7 @@ pub struct FileConfig {
     pub max_upload_bytes: Option<u64>,
     pub public_url: Option<String>,
     pub mqtt: Option<String>,
+    pub coap: Option<String>,
     pub notify_per_second: Option<u32>,
 }
 
@@ -33,6 +34,7 @@ pub const DEFAULT_DATA_DIR: &str = "./updraft-data";
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_UPLOAD: u64 = 4 * 1024 * 1024 * 1024;
 pub const DEFAULT_MQTT: &str = "127.0.0.1:1883";
+pub const DEFAULT_COAP: &str = "127.0.0.1:5683";
 pub const DEFAULT_NOTIFY_PER_SECOND: u32 = 5000;
 
 /// The values given on the command line or in the environment (`None`: not given).
@@ -45,23 +47,25 @@ pub struct Given {
     pub public_url: Option<String>,
     /// An address, or `off`.
     pub mqtt: Option<String>,
+    /// An address, or `off`.
+    pub coap: Option<String>,
     pub notify_per_second: Option<u32>,
 }
 
 /// Flag/env values merged over the file and the defaults.
 pub fn merge(given: Given, file: FileConfig) -> Result<ServerConfig> {
     let default_http: SocketAddr = DEFAULT_HTTP.parse().context("default address")?;
-    let mqtt_text = given
-        .mqtt
-        .or(file.mqtt)
-        .unwrap_or_else(|| DEFAULT_MQTT.to_owned());
-    let mqtt = match mqtt_text.as_str() {
-        "off" | "" => None,
-        addr => Some(
-            addr.parse()
-                .with_context(|| format!("--mqtt {addr:?} is not an address (or off)"))?,
-        ),
-    };
+    let listener =
+        |text: Option<String>, default: &str, flag: &str| -> Result<Option<SocketAddr>> {
+            match text.unwrap_or_else(|| default.to_owned()).as_str() {
+                "off" | "" => Ok(None),
+                addr => Ok(Some(addr.parse().with_context(|| {
+                    format!("--{flag} {addr:?} is not an address (or off)")
+                })?)),
+            }
+        };
+    let mqtt = listener(given.mqtt.or(file.mqtt), DEFAULT_MQTT, "mqtt")?;
+    let coap = listener(given.coap.or(file.coap), DEFAULT_COAP, "coap")?;
     Ok(ServerConfig {
         data_dir: given
             .data_dir
@@ -81,6 +85,7 @@ pub fn merge(given: Given, file: FileConfig) -> Result<ServerConfig> {
             .or(file.public_url)
             .map(|url| url.trim_end_matches('/').to_owned()),
         mqtt,
+        coap,
         notify_per_second: given
             .notify_per_second
             .or(file.notify_per_second)

@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// The device MQTT listener; `None` turns it off.
     pub mqtt: Option<SocketAddr>,
+    /// The CoAP listener (UDP); `None` turns it off.
+    pub coap: Option<SocketAddr>,
     /// Devices the notification queue tells of a new firmware per second.
     pub notify_per_second: u32,
 }
@@ -73,6 +75,7 @@ pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<AppSta
         metrics: Arc::new(Metrics::default()),
         blob_lock: Arc::new(tokio::sync::Mutex::new(())),
         mqtt: Arc::new(crate::mqtt::Registry::default()),
+        coap: Arc::new(crate::coap::Observers::default()),
         wake: Arc::new(tokio::sync::Notify::new()),
     })
 }
@@ -153,6 +156,13 @@ pub async fn run(
             config.notify_per_second,
             state.wake.clone(),
         ));
+    }
+    if let Some(coap) = config.coap {
+        let socket = tokio::net::UdpSocket::bind(coap)
+            .await
+            .with_context(|| format!("listening for CoAP on {coap}"))?;
+        println!("updraft coap on {}", socket.local_addr()?);
+        tokio::spawn(crate::coap::serve(socket, state.clone()));
     }
     let app = crate::api::router(state);
     // Tests and scripts read this line to learn the port; it comes last, when everything listens.

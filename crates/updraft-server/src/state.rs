@@ -36,6 +36,8 @@ pub struct AppState {
     pub blob_lock: Arc<tokio::sync::Mutex<()>>,
     /// Devices connected to the MQTT endpoint.
     pub mqtt: Arc<crate::mqtt::Registry>,
+    /// Devices observing their attributes over CoAP.
+    pub coap: Arc<crate::coap::Observers>,
     /// Wakes the notification queue (an assignment changed).
     pub wake: Arc<tokio::sync::Notify>,
 }

@@ -12,6 +12,8 @@ pub struct ServerProcess {
     pub url: String,
     /// `host:port` of the device MQTT listener.
     pub mqtt: Option<String>,
+    /// `host:port` of the CoAP listener.
+    pub coap: Option<String>,
     pub data_dir: PathBuf,
 }
 
@@ -22,7 +24,14 @@ impl ServerProcess {
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--mqtt",
+                "127.0.0.1:0",
+                "--coap",
+                "127.0.0.1:0",
+            ])
             .args(extra)
             .env("UPDRAFT_LOG", "warn")
             .stdout(Stdio::piped())
@@ -32,6 +41,7 @@ impl ServerProcess {
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let mut mqtt = None;
+        let mut coap = None;
         let url = loop {
             let Some(line) = lines.next() else {
                 let status = child.wait()?;
@@ -40,6 +50,9 @@ impl ServerProcess {
             let line = line?;
             if let Some(addr) = line.strip_prefix("updraft mqtt on ") {
                 mqtt = Some(addr.trim().to_owned());
+            }
+            if let Some(addr) = line.strip_prefix("updraft coap on ") {
+                coap = Some(addr.trim().to_owned());
             }
             if let Some(url) = line.strip_prefix("updraft listening on ") {
                 break url.trim().to_owned();
@@ -50,6 +63,7 @@ impl ServerProcess {
             child,
             url,
             mqtt,
+            coap,
             data_dir: data_dir.to_path_buf(),
         })
     }

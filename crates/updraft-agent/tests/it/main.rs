@@ -34,6 +34,7 @@ impl Server {
             max_upload_bytes: 1 << 30,
             public_url: None,
             mqtt: None,
+            coap: None,
             notify_per_second: 1000,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

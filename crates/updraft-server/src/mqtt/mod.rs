@@ -485,7 +485,10 @@ pub async fn notifier(state: AppState, per_second: u32, wake: Arc<tokio::sync::N
     let per_second = per_second.max(1);
     let mut cursor = 0usize;
     loop {
-        let connected = state.mqtt.connected();
+        let mut connected = state.mqtt.connected();
+        connected.extend(state.coap.devices());
+        connected.sort();
+        connected.dedup();
         let batch = usize::try_from(per_second)
             .unwrap_or(usize::MAX)
             .min(connected.len());
@@ -527,12 +530,13 @@ async fn notify_device(state: &AppState, key: DeviceKey) -> Result<bool, crate::
         return Ok(false);
     };
     // Reading the shared attributes marks the action INITIATED.
-    let attributes = thingsboard::shared_attributes(state, &device).await?;
+    let attributes = Value::Object(thingsboard::shared_attributes(state, &device).await?);
     let push = Outbound::Publish {
         topic: "v1/devices/me/attributes".into(),
-        payload: Bytes::from(Value::Object(attributes).to_string()),
+        payload: Bytes::from(attributes.to_string()),
     };
     state.mqtt.push(key, &push);
+    state.coap.notify(key, &attributes);
     Ok(true)
 }
 

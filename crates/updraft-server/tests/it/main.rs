@@ -6,6 +6,7 @@
 
 mod api;
 mod artifacts;
+mod coap;
 mod ddi;
 mod frugal;
 mod mqtt;
@@ -59,6 +60,7 @@ impl TestApp {
             max_upload_bytes,
             public_url: None,
             mqtt: None,
+            coap: None,
             notify_per_second: 1000,
         };
         let state = prepare(&config, "http://updraft.test".to_owned())
@@ -153,6 +155,19 @@ impl TestApp {
             self.state.wake.clone(),
         ));
         ("127.0.0.1".to_owned(), port)
+    }
+
+    /// Runs the CoAP transport (and the notification queue) on a loopback UDP port.
+    pub async fn listen_coap(&self) -> std::net::SocketAddr {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(updraft_server::coap::serve(socket, self.state.clone()));
+        tokio::spawn(updraft_server::mqtt::notifier(
+            self.state.clone(),
+            1000,
+            self.state.wake.clone(),
+        ));
+        addr
     }
 
     /// Creates a device and returns its access token.
