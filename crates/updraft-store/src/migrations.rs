@@ -12,6 +12,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_initial.sql")),
     (2, include_str!("../migrations/0002_ddi.sql")),
     (3, include_str!("../migrations/0003_frugal.sql")),
+    (4, include_str!("../migrations/0004_queue.sql")),
 ];
 
 /// Applies every migration newer than the database's version, each in its own transaction.

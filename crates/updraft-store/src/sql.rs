@@ -1651,6 +1651,26 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn queued_actions(
+        &self,
+        after: ActionKey,
+        limit: u64,
+    ) -> StoreResult<Vec<(DeviceKey, ActionKey)>> {
+        let rows = sqlx::query("SELECT id, device_pk FROM actions WHERE state = 'QUEUED' AND id > $1 ORDER BY id LIMIT $2")
+            .bind(after.0)
+            .bind(to_i64(limit))
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    DeviceKey(row.try_get("device_pk")?),
+                    ActionKey(row.try_get("id")?),
+                ))
+            })
+            .collect()
+    }
+
     async fn poll_view(&self, device: DeviceKey) -> StoreResult<PollView> {
         let rows = sqlx::query(&format!(
             "{ACTION_SELECT} WHERE a.device_pk = $1 AND (a.cancel_pending = 1 OR a.state = 'UPDATED' \

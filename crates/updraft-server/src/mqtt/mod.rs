@@ -38,7 +38,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    fn add(&self, device: DeviceKey, sender: mpsc::Sender<Outbound>) -> u64 {
+    /// Registers a connection of `device`; its pushes arrive on `sender`.
+    pub fn add(&self, device: DeviceKey, sender: mpsc::Sender<Outbound>) -> u64 {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -478,42 +479,76 @@ async fn send_chunk(
     Ok(())
 }
 
-/// The notification queue: moves QUEUED actions of connected devices to INITIATED and pushes
-/// their shared attributes, at most `per_second` devices a second, woken early when an
-/// assignment changes.
+/// The notification queue: moves QUEUED actions of connected devices (MQTT, or observing over
+/// CoAP) to INITIATED and pushes their shared attributes, at most `per_second` a second, woken at
+/// once when an assignment changes. Devices that are not connected learn of their update when
+/// they next ask.
 pub async fn notifier(state: AppState, per_second: u32, wake: Arc<tokio::sync::Notify>) {
-    let per_second = per_second.max(1);
-    let mut cursor = 0usize;
+    let mut queue = NotifyQueue::default();
     loop {
-        let mut connected = state.mqtt.connected();
-        connected.extend(state.coap.devices());
-        connected.sort();
-        connected.dedup();
-        let batch = usize::try_from(per_second)
-            .unwrap_or(usize::MAX)
-            .min(connected.len());
-        let mut notified = 0;
-        for i in 0..batch {
-            let device = connected[(cursor + i) % connected.len()];
-            match notify_device(&state, device).await {
-                Ok(true) => notified += 1,
-                Ok(false) => {}
-                Err(err) => tracing::warn!(error = %err.message, "notifying a device failed"),
-            }
-        }
-        cursor = if connected.is_empty() {
-            0
-        } else {
-            (cursor + batch) % connected.len()
-        };
+        let notified = queue.round(&state, u64::from(per_second.max(1))).await;
         if notified > 0 {
             tracing::debug!(notified, "pushed new firmware attributes");
         }
-        // A full second between batches keeps the rate; an assignment wakes the queue at once.
+        // A second between rounds keeps the rate; an assignment wakes the queue early.
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             () = wake.notified() => {}
         }
+    }
+}
+
+/// Where the notification queue stands: it walks the QUEUED actions in key order.
+#[derive(Debug)]
+pub struct NotifyQueue {
+    after: updraft_core::ActionKey,
+}
+
+impl Default for NotifyQueue {
+    fn default() -> Self {
+        Self {
+            after: updraft_core::ActionKey(0),
+        }
+    }
+}
+
+impl NotifyQueue {
+    /// One round: notifies up to `budget` connected devices with a QUEUED action; returns how
+    /// many. Skipped (unconnected) devices keep their place; the walk starts over when it ends.
+    pub async fn round(&mut self, state: &AppState, budget: u64) -> u64 {
+        let mut connected: std::collections::HashSet<DeviceKey> =
+            state.mqtt.connected().into_iter().collect();
+        connected.extend(state.coap.devices());
+        let mut notified = 0;
+        while notified < budget {
+            let page = match state.store.queued_actions(self.after, 1000).await {
+                Ok(page) => page,
+                Err(err) => {
+                    tracing::warn!(error = %err, "reading the notification queue failed");
+                    return notified;
+                }
+            };
+            let Some(&(_, last)) = page.last() else {
+                self.after = updraft_core::ActionKey(0);
+                return notified;
+            };
+            for (device, action) in page {
+                if notified >= budget {
+                    return notified;
+                }
+                self.after = action;
+                if !connected.contains(&device) {
+                    continue;
+                }
+                match notify_device(state, device).await {
+                    Ok(true) => notified += 1,
+                    Ok(false) => {}
+                    Err(err) => tracing::warn!(error = %err.message, "notifying a device failed"),
+                }
+            }
+            self.after = last;
+        }
+        notified
     }
 }
 

@@ -188,3 +188,14 @@ impl TestApp {
         (staging, committed)
     }
 }
+
+/// The `default` tenant's key.
+pub async fn default_tenant(app: &TestApp) -> updraft_core::TenantKey {
+    app.state
+        .store
+        .tenant_by_name("default")
+        .await
+        .unwrap()
+        .unwrap()
+        .key
+}

@@ -321,3 +321,54 @@ async fn the_thingsboard_python_sdk_updates_in_one_message() {
 async fn the_thingsboard_python_sdk_updates_in_16_kib_chunks() {
     tb_sdk_update(16 * 1024).await;
 }
+
+/// The queue tells connected devices at the configured rate, round by round, and leaves the
+/// others QUEUED. Rounds are driven directly: no timers, no sleeps.
+#[tokio::test]
+async fn the_notification_queue_tells_connected_devices_at_its_rate() {
+    let app = TestApp::new().await;
+    app.upload("title=fw&version=9", b"nine").await;
+    let mut receivers = Vec::new();
+    for n in 0..10 {
+        app.device(&format!("on-{n}")).await;
+        let device = app
+            .state
+            .store
+            .device(
+                crate::default_tenant(&app).await,
+                &updraft_core::DeviceId::parse(&format!("on-{n}")).unwrap(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        app.state.mqtt.add(device.key, tx);
+        receivers.push(rx);
+    }
+    for n in 0..5 {
+        app.device(&format!("off-{n}")).await;
+    }
+    app.post(
+        "/api/v1/assignments",
+        json!({"tenant_default": true, "artifact": "fw@9"}),
+    )
+    .await;
+    let mut queue = updraft_server::mqtt::NotifyQueue::default();
+    let rounds: Vec<u64> = {
+        let mut counts = Vec::new();
+        for _ in 0..4 {
+            counts.push(queue.round(&app.state, 4).await);
+        }
+        counts
+    };
+    assert_eq!(rounds, [4, 4, 2, 0]);
+    for rx in &mut receivers {
+        let pushed = rx.try_recv().expect("every connected device was told once");
+        assert!(
+            matches!(pushed, updraft_server::mqtt::codec::Outbound::Publish { ref topic, .. } if topic == "v1/devices/me/attributes")
+        );
+        assert!(rx.try_recv().is_err(), "and only once");
+    }
+    let status = app.get("/api/v1/status").await.json();
+    assert_eq!(status["actions"], json!({"INITIATED": 10, "QUEUED": 5}));
+}
