@@ -183,13 +183,11 @@ pub trait Store: Send + Sync + 'static {
         source: &str,
     ) -> StoreResult<ReportOutcome>;
     async fn fleet_summary(&self, tenant: TenantKey) -> StoreResult<FleetSummary>;
-    /// QUEUED actions (device, action) with keys above `after`, oldest first, at most `limit`,
-    /// in every tenant: the notification queue's work list.
-    async fn queued_actions(
-        &self,
-        after: ActionKey,
-        limit: u64,
-    ) -> StoreResult<Vec<(DeviceKey, ActionKey)>>;
+    /// QUEUED actions with keys above `after`, oldest first, at most `limit`, in every tenant:
+    /// the notification queue's work list.
+    async fn queued_actions(&self, after: ActionKey, limit: u64) -> StoreResult<Vec<Queued>>;
+    /// Moves the still-QUEUED ones of `actions` to INITIATED in one transaction; returns those.
+    async fn initiate(&self, actions: &[ActionKey], source: &str) -> StoreResult<Vec<ActionKey>>;
     /// The device's pending cancellation, active action and last success, in one query.
     async fn poll_view(&self, device: DeviceKey) -> StoreResult<PollView>;
     /// The newest canceled action of the device that the device was told about and has not

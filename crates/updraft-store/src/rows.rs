@@ -303,3 +303,13 @@ pub struct Paged<T> {
     pub items: Vec<T>,
     pub total: u64,
 }
+
+/// A QUEUED action as the notification queue sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queued {
+    pub action: ActionKey,
+    pub device: DeviceKey,
+    pub tenant: TenantKey,
+    pub artifact: Option<ArtifactKey>,
+    pub kind: ArtifactKind,
+}

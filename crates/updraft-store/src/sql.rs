@@ -1651,24 +1651,60 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn queued_actions(
-        &self,
-        after: ActionKey,
-        limit: u64,
-    ) -> StoreResult<Vec<(DeviceKey, ActionKey)>> {
-        let rows = sqlx::query("SELECT id, device_pk FROM actions WHERE state = 'QUEUED' AND id > $1 ORDER BY id LIMIT $2")
-            .bind(after.0)
-            .bind(to_i64(limit))
-            .fetch_all(&self.read)
-            .await?;
+    async fn queued_actions(&self, after: ActionKey, limit: u64) -> StoreResult<Vec<Queued>> {
+        let rows = sqlx::query(
+            "SELECT id, device_pk, tenant_id, artifact_id, kind FROM actions \
+             WHERE state = 'QUEUED' AND id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after.0)
+        .bind(to_i64(limit))
+        .fetch_all(&self.read)
+        .await?;
         rows.iter()
             .map(|row| {
-                Ok((
-                    DeviceKey(row.try_get("device_pk")?),
-                    ActionKey(row.try_get("id")?),
-                ))
+                Ok(Queued {
+                    action: ActionKey(row.try_get("id")?),
+                    device: DeviceKey(row.try_get("device_pk")?),
+                    tenant: TenantKey(row.try_get("tenant_id")?),
+                    artifact: row
+                        .try_get::<Option<i64>, _>("artifact_id")?
+                        .map(ArtifactKey),
+                    kind: kind_of(&row.try_get::<String, _>("kind")?)?,
+                })
             })
             .collect()
+    }
+
+    async fn initiate(&self, actions: &[ActionKey], source: &str) -> StoreResult<Vec<ActionKey>> {
+        let mut tx = self.write.begin().await?;
+        let now = now_millis();
+        let mut done = Vec::with_capacity(actions.len());
+        for action in actions {
+            let changed = sqlx::query("UPDATE actions SET state = 'INITIATED', updated_at = $1 WHERE id = $2 AND state = 'QUEUED'")
+                .bind(now)
+                .bind(action.0)
+                .execute(&mut *tx)
+                .await?;
+            if changed.rows_affected() == 0 {
+                continue;
+            }
+            insert_event(
+                &mut tx,
+                Event {
+                    action: *action,
+                    from: Some(UpdateState::Queued),
+                    to: UpdateState::Initiated,
+                    source,
+                    detail: "the device was told",
+                    refused: false,
+                    progress: None,
+                },
+            )
+            .await?;
+            done.push(*action);
+        }
+        tx.commit().await?;
+        Ok(done)
     }
 
     async fn poll_view(&self, device: DeviceKey) -> StoreResult<PollView> {

@@ -513,66 +513,90 @@ impl Default for NotifyQueue {
 }
 
 impl NotifyQueue {
-    /// One round: notifies up to `budget` connected devices with a QUEUED action; returns how
-    /// many. Skipped (unconnected) devices keep their place; the walk starts over when it ends.
+    /// One round: tells up to `budget` connected devices with a QUEUED action of their new
+    /// artifact (its `fw_*` or `sw_*` attributes) and marks those actions INITIATED in one
+    /// transaction; returns how many. Unconnected devices keep their place; the walk starts over
+    /// when it reaches the end.
     pub async fn round(&mut self, state: &AppState, budget: u64) -> u64 {
+        match self.try_round(state, budget).await {
+            Ok(told) => told,
+            Err(err) => {
+                tracing::warn!(error = %err.message, "notification round failed");
+                0
+            }
+        }
+    }
+
+    async fn try_round(
+        &mut self,
+        state: &AppState,
+        budget: u64,
+    ) -> Result<u64, crate::error::ApiError> {
         let mut connected: std::collections::HashSet<DeviceKey> =
             state.mqtt.connected().into_iter().collect();
         connected.extend(state.coap.devices());
-        let mut notified = 0;
-        while notified < budget {
-            let page = match state.store.queued_actions(self.after, 1000).await {
-                Ok(page) => page,
-                Err(err) => {
-                    tracing::warn!(error = %err, "reading the notification queue failed");
-                    return notified;
-                }
-            };
-            let Some(&(_, last)) = page.last() else {
+        let mut chosen = Vec::new();
+        while (chosen.len() as u64) < budget {
+            let page = state.store.queued_actions(self.after, 1000).await?;
+            let Some(last) = page.last().map(|q| q.action) else {
                 self.after = updraft_core::ActionKey(0);
-                return notified;
+                break;
             };
-            for (device, action) in page {
-                if notified >= budget {
-                    return notified;
+            for queued in page {
+                if chosen.len() as u64 >= budget {
+                    break;
                 }
-                self.after = action;
-                if !connected.contains(&device) {
-                    continue;
+                self.after = queued.action;
+                if connected.contains(&queued.device) {
+                    chosen.push(queued);
                 }
-                match notify_device(state, device).await {
-                    Ok(true) => notified += 1,
-                    Ok(false) => {}
-                    Err(err) => tracing::warn!(error = %err.message, "notifying a device failed"),
-                }
+            }
+            if chosen.len() as u64 >= budget {
+                break;
             }
             self.after = last;
         }
-        notified
+        if chosen.is_empty() {
+            return Ok(0);
+        }
+        let keys: Vec<updraft_core::ActionKey> = chosen.iter().map(|q| q.action).collect();
+        let initiated: std::collections::HashSet<updraft_core::ActionKey> = state
+            .store
+            .initiate(&keys, thingsboard::SOURCE)
+            .await?
+            .into_iter()
+            .collect();
+        let mut artifacts: HashMap<updraft_core::ArtifactKey, updraft_store::Artifact> =
+            HashMap::new();
+        let mut told = 0;
+        for queued in chosen.iter().filter(|q| initiated.contains(&q.action)) {
+            let Some(key) = queued.artifact else { continue };
+            if !artifacts.contains_key(&key)
+                && let Some(artifact) = state.store.artifact(queued.tenant, key).await?
+            {
+                artifacts.insert(key, artifact);
+            }
+            let Some(artifact) = artifacts.get(&key) else {
+                continue;
+            };
+            let p = thingsboard::prefix(queued.kind);
+            let attributes = json!({
+                format!("{p}_title"): artifact.title,
+                format!("{p}_version"): artifact.version,
+                format!("{p}_size"): artifact.size,
+                format!("{p}_checksum"): artifact.checksums.sha256,
+                format!("{p}_checksum_algorithm"): "SHA256",
+            });
+            let push = Outbound::Publish {
+                topic: "v1/devices/me/attributes".into(),
+                payload: Bytes::from(attributes.to_string()),
+            };
+            state.mqtt.push(queued.device, &push);
+            state.coap.notify(queued.device, &attributes);
+            told += 1;
+        }
+        Ok(told)
     }
-}
-
-/// Pushes the device's attributes if its action is still QUEUED; true if it did.
-async fn notify_device(state: &AppState, key: DeviceKey) -> Result<bool, crate::error::ApiError> {
-    let view = state.store.poll_view(key).await?;
-    let queued = view
-        .active
-        .is_some_and(|a| a.state == updraft_core::UpdateState::Queued);
-    if !queued {
-        return Ok(false);
-    }
-    let Some(device) = state.store.device_by_key(key).await? else {
-        return Ok(false);
-    };
-    // Reading the shared attributes marks the action INITIATED.
-    let attributes = Value::Object(thingsboard::shared_attributes(state, &device).await?);
-    let push = Outbound::Publish {
-        topic: "v1/devices/me/attributes".into(),
-        payload: Bytes::from(attributes.to_string()),
-    };
-    state.mqtt.push(key, &push);
-    state.coap.notify(key, &attributes);
-    Ok(true)
 }
 
 #[cfg(test)]
