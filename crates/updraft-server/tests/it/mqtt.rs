@@ -372,3 +372,37 @@ async fn the_notification_queue_tells_connected_devices_at_its_rate() {
     let status = app.get("/api/v1/status").await.json();
     assert_eq!(status["actions"], json!({"INITIATED": 10, "QUEUED": 5}));
 }
+
+/// A packet beyond the endpoint's limit closes that connection; the server carries on.
+#[tokio::test]
+async fn a_huge_packet_closes_only_its_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::new().await;
+    let token = app.device("big").await;
+    let (host, port) = app.listen_mqtt().await;
+    let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .unwrap();
+    let mut connect = rumqttc::mqttbytes::v4::Connect::new("big");
+    connect.set_login(token.clone(), "");
+    let mut buf = bytes::BytesMut::new();
+    rumqttc::mqttbytes::v4::Packet::Connect(connect)
+        .write(&mut buf, usize::MAX)
+        .unwrap();
+    stream.write_all(&buf).await.unwrap();
+    let mut answer = [0u8; 4];
+    stream.read_exact(&mut answer).await.unwrap();
+    assert_eq!(answer, [0x20, 2, 0, 0], "CONNACK accepted");
+    // A PUBLISH announcing 1 MiB of remaining length.
+    stream.write_all(&[0x30, 0x80, 0x80, 0x40]).await.unwrap();
+    stream.write_all(&vec![0u8; 4096]).await.unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(
+        stream.read_to_end(&mut rest).await.unwrap_or(0),
+        0,
+        "closed without an answer"
+    );
+    // Others connect as before.
+    let (_client, mut events) = client(&host, port, &token, "after");
+    connected(&mut events).await;
+}
