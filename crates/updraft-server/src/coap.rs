@@ -295,17 +295,7 @@ async fn handle(
                     "attributes are a JSON object",
                 ));
             };
-            let data = values
-                .into_iter()
-                .map(|(k, v)| {
-                    (
-                        k,
-                        v.as_str()
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| v.to_string()),
-                    )
-                })
-                .collect();
+            let data = crate::api::wire::attribute_strings(values);
             state
                 .store
                 .update_attributes(device.key, updraft_store::AttributeMode::Merge, &data)

@@ -661,17 +661,7 @@ async fn config_data(
             ));
         }
     };
-    let data: BTreeMap<String, String> = body
-        .data
-        .into_iter()
-        .map(|(key, value)| {
-            let text = match value {
-                Value::String(s) => s,
-                other => other.to_string(),
-            };
-            (key, text)
-        })
-        .collect();
+    let data = crate::api::wire::attribute_strings(body.data);
     state
         .store
         .update_attributes(device.key, mode, &data)

@@ -491,3 +491,20 @@ pub struct GatewayTokenOut {
     /// The tenant's gateway token (DDI `Authorization: GatewayToken …`). Shown once.
     pub token: String,
 }
+
+/// Attributes a device reported as a JSON object, as the text values the store keeps (strings as
+/// they are, anything else as its JSON).
+pub fn attribute_strings(
+    values: serde_json::Map<String, serde_json::Value>,
+) -> BTreeMap<String, String> {
+    values
+        .into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (key, text)
+        })
+        .collect()
+}

@@ -327,17 +327,7 @@ async fn publish(
         let Value::Object(values) = json()? else {
             return Err(bad("attributes are a JSON object"));
         };
-        let data = values
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    k,
-                    v.as_str()
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| v.to_string()),
-                )
-            })
-            .collect();
+        let data = crate::api::wire::attribute_strings(values);
         return state
             .store
             .update_attributes(device.key, updraft_store::AttributeMode::Merge, &data)

@@ -81,16 +81,7 @@ async fn client_attributes_in(
             "attributes are a JSON object",
         ));
     };
-    let data = values
-        .into_iter()
-        .map(|(k, v)| {
-            let text = match v {
-                Value::String(s) => s,
-                other => other.to_string(),
-            };
-            (k, text)
-        })
-        .collect();
+    let data = crate::api::wire::attribute_strings(values);
     state
         .store
         .update_attributes(device.key, updraft_store::AttributeMode::Merge, &data)
