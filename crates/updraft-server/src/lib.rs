@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod coap;
 pub mod ddi;
+pub mod dfu;
 pub mod download;
 pub mod error;
 pub mod frugal;

@@ -143,6 +143,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::ddi::routes())
         .merge(crate::frugal::routes())
+        .merge(crate::dfu::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),

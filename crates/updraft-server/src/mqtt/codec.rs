@@ -19,6 +19,7 @@ pub enum Version {
 pub enum Inbound {
     Connect {
         username: Option<String>,
+        password: Option<String>,
         keep_alive: u16,
     },
     Publish {
@@ -131,10 +132,17 @@ pub fn read(
 
 fn from_v4(packet: v4::Packet) -> Inbound {
     match packet {
-        v4::Packet::Connect(connect) => Inbound::Connect {
-            username: connect.login.map(|login| login.username),
-            keep_alive: connect.keep_alive,
-        },
+        v4::Packet::Connect(connect) => {
+            let (username, password) = match connect.login {
+                Some(login) => (Some(login.username), Some(login.password)),
+                None => (None, None),
+            };
+            Inbound::Connect {
+                username,
+                password,
+                keep_alive: connect.keep_alive,
+            }
+        }
         v4::Packet::Publish(publish) => Inbound::Publish {
             topic: publish.topic,
             payload: publish.payload,
@@ -161,10 +169,17 @@ fn from_v4(packet: v4::Packet) -> Inbound {
 
 fn from_v5(packet: v5::Packet) -> Inbound {
     match packet {
-        v5::Packet::Connect(connect, _, login) => Inbound::Connect {
-            username: login.map(|login| login.username),
-            keep_alive: connect.keep_alive,
-        },
+        v5::Packet::Connect(connect, _, login) => {
+            let (username, password) = match login {
+                Some(login) => (Some(login.username), Some(login.password)),
+                None => (None, None),
+            };
+            Inbound::Connect {
+                username,
+                password,
+                keep_alive: connect.keep_alive,
+            }
+        }
         v5::Packet::Publish(publish) => Inbound::Publish {
             topic: String::from_utf8_lossy(&publish.topic).into_owned(),
             payload: publish.payload,
@@ -348,6 +363,7 @@ mod tests {
             read_back,
             Some(Inbound::Connect {
                 username: Some("token".into()),
+                password: Some(String::new()),
                 keep_alive: 10
             })
         );

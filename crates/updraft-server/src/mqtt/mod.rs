@@ -125,6 +125,8 @@ enum ConnectionError {
 }
 
 struct Session {
+    /// Connected with Drogue's credentials: speaks DFU on `dfu`.
+    drogue: bool,
     version: Version,
     device: Device,
     stream: TcpStream,
@@ -183,12 +185,13 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Conne
     })
     .await
     .map_err(|_| ConnectionError::Protocol("no CONNECT in time"))??;
-    let (username, keep_alive) = loop {
+    let (username, password, keep_alive) = loop {
         match codec::read(version, &mut buf, MAX_INBOUND_PACKET)? {
             Some(Inbound::Connect {
                 username,
+                password,
                 keep_alive,
-            }) => break (username, keep_alive),
+            }) => break (username, password, keep_alive),
             Some(_) => return Err(ConnectionError::Protocol("first packet is not CONNECT")),
             None => {
                 if stream.read_buf(&mut buf).await? == 0 {
@@ -197,9 +200,18 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Conne
             }
         }
     };
-    let device = match &username {
-        Some(token) => thingsboard::device_for_token(state, token).await.ok(),
-        None => None,
+    // ThingsBoard devices put their token in the user name; Drogue devices send
+    // `{device}@{tenant}` and the token as the password.
+    let (device, drogue) = match (username.as_deref(), password.as_deref()) {
+        (Some(user), Some(token)) if !token.is_empty() => (
+            crate::dfu::authenticate(state, user, token).await.ok(),
+            true,
+        ),
+        (Some(token), _) => (
+            thingsboard::device_for_token(state, token).await.ok(),
+            false,
+        ),
+        _ => (None, false),
     };
     let mut out = BytesMut::new();
     let Some(device) = device else {
@@ -214,6 +226,7 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Conne
     let (tx, mut rx) = mpsc::channel(16);
     let registration = state.mqtt.add(device.key, tx);
     let mut session = Session {
+        drogue,
         version,
         device,
         stream,
@@ -320,6 +333,21 @@ async fn publish(
     let bad = |what: &str| crate::error::ApiError::bad_request("invalid_request", what.to_owned());
     let device = session.device.clone();
     let json = || serde_json::from_slice::<Value>(&payload).map_err(|_| bad("payload is not JSON"));
+    if session.drogue && topic == "dfu" {
+        let encoding = crate::dfu::wire::Encoding::of(None, &payload);
+        let status = crate::dfu::wire::decode(encoding, &payload)
+            .map_err(|e| crate::error::ApiError::bad_request("invalid_status", e.0))?;
+        let command = crate::dfu::answer(state, &device, &status).await?;
+        // Delivered whatever the device subscribed (`command/inbox//#` usually).
+        let response = Outbound::Publish {
+            topic: "command/inbox//dfu".into(),
+            payload: Bytes::from(crate::dfu::wire::encode(encoding, &command)),
+        };
+        return session
+            .send(&response)
+            .await
+            .map_err(|e| crate::error::ApiError::internal(e.to_string()));
+    }
     if topic == "v1/devices/me/telemetry" {
         return thingsboard::telemetry(state, &device, &json()?).await;
     }

@@ -1,0 +1,462 @@
+//! Drogue DFU messages on the wire: a Status in packed CBOR (integer keys), named CBOR (text
+//! keys) or JSON, and a Command back in packed CBOR or JSON. Hand-mapped over generic CBOR and
+//! JSON values, since one decoder serves all three forms.
+
+use base64::Engine;
+use ciborium::Value as Cbor;
+use serde_json::{Value as Json, json};
+
+/// What the device reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub version: Vec<u8>,
+    pub mtu: Option<u32>,
+    pub correlation_id: Option<u32>,
+    pub update: Option<UpdateStatus>,
+}
+
+/// The image the device is writing and the next offset it expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateStatus {
+    pub version: Vec<u8>,
+    pub offset: u32,
+}
+
+/// What the device is told to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Wait {
+        correlation_id: Option<u32>,
+        poll: Option<u32>,
+    },
+    Sync {
+        version: Vec<u8>,
+        correlation_id: Option<u32>,
+        poll: Option<u32>,
+    },
+    Write {
+        version: Vec<u8>,
+        correlation_id: Option<u32>,
+        offset: u32,
+        data: Vec<u8>,
+    },
+    Swap {
+        version: Vec<u8>,
+        correlation_id: Option<u32>,
+        checksum: Vec<u8>,
+    },
+}
+
+/// How a Status came, so that the Command goes back the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Cbor,
+    Json,
+}
+
+impl Encoding {
+    /// `application/json` or `application/cbor`; without a content type, the body decides.
+    pub fn of(content_type: Option<&str>, body: &[u8]) -> Encoding {
+        match content_type.map(|c| c.to_ascii_lowercase()) {
+            Some(c) if c.contains("json") => Encoding::Json,
+            Some(c) if c.contains("cbor") => Encoding::Cbor,
+            _ => {
+                let first = body.iter().find(|b| !b.is_ascii_whitespace());
+                if first == Some(&b'{') {
+                    Encoding::Json
+                } else {
+                    Encoding::Cbor
+                }
+            }
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Cbor => "application/cbor",
+            Encoding::Json => "application/json",
+        }
+    }
+}
+
+/// Why a Status could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(pub String);
+
+fn bad(what: impl Into<String>) -> DecodeError {
+    DecodeError(what.into())
+}
+
+/// Reads one Status.
+pub fn decode(encoding: Encoding, body: &[u8]) -> Result<Status, DecodeError> {
+    match encoding {
+        Encoding::Cbor => {
+            let value: Cbor =
+                ciborium::from_reader(body).map_err(|e| bad(format!("not CBOR: {e}")))?;
+            status_from_cbor(&value)
+        }
+        Encoding::Json => {
+            let value: Json =
+                serde_json::from_slice(body).map_err(|e| bad(format!("not JSON: {e}")))?;
+            status_from_json(&value)
+        }
+    }
+}
+
+/// A field of a packed (`index`) or named (`names`) CBOR map; `None` when absent or null.
+fn field<'a>(map: &'a [(Cbor, Cbor)], index: u8, names: &[&str]) -> Option<&'a Cbor> {
+    map.iter()
+        .find(|(key, _)| match key {
+            Cbor::Integer(i) => i128::from(*i) == i128::from(index),
+            Cbor::Text(text) => names.contains(&text.as_str()),
+            _ => false,
+        })
+        .map(|(_, value)| value)
+        .filter(|value| !value.is_null())
+}
+
+fn cbor_bytes(value: &Cbor, what: &str) -> Result<Vec<u8>, DecodeError> {
+    match value {
+        Cbor::Bytes(bytes) => Ok(bytes.clone()),
+        Cbor::Text(text) => Ok(text.as_bytes().to_vec()),
+        Cbor::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                Cbor::Integer(i) => {
+                    u8::try_from(i128::from(*i)).map_err(|_| bad(format!("{what} is not bytes")))
+                }
+                _ => Err(bad(format!("{what} is not bytes"))),
+            })
+            .collect(),
+        _ => Err(bad(format!("{what} is not bytes"))),
+    }
+}
+
+fn cbor_u32(value: &Cbor, what: &str) -> Result<u32, DecodeError> {
+    match value {
+        Cbor::Integer(i) => {
+            u32::try_from(i128::from(*i)).map_err(|_| bad(format!("{what} is out of range")))
+        }
+        _ => Err(bad(format!("{what} is not a number"))),
+    }
+}
+
+fn status_from_cbor(value: &Cbor) -> Result<Status, DecodeError> {
+    let Cbor::Map(map) = value else {
+        return Err(bad("a Status is a CBOR map"));
+    };
+    let version = field(map, 0, &["version"]).ok_or_else(|| bad("the Status has no version"))?;
+    let update = match field(map, 3, &["update", "status"]) {
+        Some(Cbor::Map(update)) => Some(UpdateStatus {
+            version: cbor_bytes(
+                field(update, 0, &["version"]).ok_or_else(|| bad("update has no version"))?,
+                "update.version",
+            )?,
+            offset: cbor_u32(
+                field(update, 1, &["offset"]).ok_or_else(|| bad("update has no offset"))?,
+                "update.offset",
+            )?,
+        }),
+        Some(_) => return Err(bad("update is not a map")),
+        None => None,
+    };
+    Ok(Status {
+        version: cbor_bytes(version, "version")?,
+        mtu: field(map, 1, &["mtu"])
+            .map(|v| cbor_u32(v, "mtu"))
+            .transpose()?,
+        correlation_id: field(map, 2, &["correlation_id"])
+            .map(|v| cbor_u32(v, "correlation_id"))
+            .transpose()?,
+        update,
+    })
+}
+
+fn json_bytes(value: &Json, what: &str) -> Result<Vec<u8>, DecodeError> {
+    match value {
+        Json::String(text) => Ok(text.as_bytes().to_vec()),
+        Json::Array(items) => items
+            .iter()
+            .map(|item| {
+                item.as_u64()
+                    .and_then(|n| u8::try_from(n).ok())
+                    .ok_or_else(|| bad(format!("{what} is not bytes")))
+            })
+            .collect(),
+        _ => Err(bad(format!("{what} is not a string or bytes"))),
+    }
+}
+
+fn json_u32(value: &Json, what: &str) -> Result<u32, DecodeError> {
+    value
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| bad(format!("{what} is not a 32-bit number")))
+}
+
+fn status_from_json(value: &Json) -> Result<Status, DecodeError> {
+    let object = value
+        .as_object()
+        .ok_or_else(|| bad("a Status is a JSON object"))?;
+    let get = |key: &str| object.get(key).filter(|v| !v.is_null());
+    let update = match get("update").or_else(|| get("status")) {
+        Some(Json::Object(update)) => Some(UpdateStatus {
+            version: json_bytes(
+                update
+                    .get("version")
+                    .ok_or_else(|| bad("update has no version"))?,
+                "update.version",
+            )?,
+            offset: json_u32(
+                update
+                    .get("offset")
+                    .ok_or_else(|| bad("update has no offset"))?,
+                "update.offset",
+            )?,
+        }),
+        Some(_) => return Err(bad("update is not an object")),
+        None => None,
+    };
+    Ok(Status {
+        version: json_bytes(
+            get("version").ok_or_else(|| bad("the Status has no version"))?,
+            "version",
+        )?,
+        mtu: get("mtu").map(|v| json_u32(v, "mtu")).transpose()?,
+        correlation_id: get("correlation_id")
+            .map(|v| json_u32(v, "correlation_id"))
+            .transpose()?,
+        update,
+    })
+}
+
+fn opt(value: Option<u32>) -> Cbor {
+    value.map(|v| Cbor::Integer(v.into())).unwrap_or(Cbor::Null)
+}
+
+fn key(i: u8) -> Cbor {
+    Cbor::Integer(i.into())
+}
+
+/// Writes one Command.
+pub fn encode(encoding: Encoding, command: &Command) -> Vec<u8> {
+    match encoding {
+        Encoding::Cbor => {
+            let (variant, fields) = match command {
+                Command::Wait {
+                    correlation_id,
+                    poll,
+                } => (0, vec![opt(*correlation_id), opt(*poll)]),
+                Command::Sync {
+                    version,
+                    correlation_id,
+                    poll,
+                } => (
+                    1,
+                    vec![
+                        Cbor::Bytes(version.clone()),
+                        opt(*correlation_id),
+                        opt(*poll),
+                    ],
+                ),
+                Command::Write {
+                    version,
+                    correlation_id,
+                    offset,
+                    data,
+                } => (
+                    2,
+                    vec![
+                        Cbor::Bytes(version.clone()),
+                        opt(*correlation_id),
+                        Cbor::Integer((*offset).into()),
+                        Cbor::Bytes(data.clone()),
+                    ],
+                ),
+                Command::Swap {
+                    version,
+                    correlation_id,
+                    checksum,
+                } => (
+                    3,
+                    vec![
+                        Cbor::Bytes(version.clone()),
+                        opt(*correlation_id),
+                        Cbor::Bytes(checksum.clone()),
+                    ],
+                ),
+            };
+            let body = fields
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| (key(u8::try_from(i).unwrap_or(0)), v))
+                .collect();
+            let value = Cbor::Map(vec![(key(variant), Cbor::Map(body))]);
+            let mut out = Vec::new();
+            // Writing to a Vec cannot fail.
+            let _ = ciborium::into_writer(&value, &mut out);
+            out
+        }
+        Encoding::Json => {
+            let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+            let value = match command {
+                Command::Wait {
+                    correlation_id,
+                    poll,
+                } => json!({"wait": {"correlation_id": correlation_id, "poll": poll}}),
+                Command::Sync {
+                    version,
+                    correlation_id,
+                    poll,
+                } => {
+                    json!({"sync": {"version": text(version), "correlation_id": correlation_id, "poll": poll}})
+                }
+                Command::Write {
+                    version,
+                    correlation_id,
+                    offset,
+                    data,
+                } => json!({"write": {
+                    "version": text(version), "correlation_id": correlation_id, "offset": offset,
+                    "data": base64::engine::general_purpose::STANDARD.encode(data),
+                }}),
+                Command::Swap {
+                    version,
+                    correlation_id,
+                    checksum,
+                } => {
+                    json!({"swap": {"version": text(version), "correlation_id": correlation_id, "checksum": hex::encode(checksum)}})
+                }
+            };
+            value.to_string().into_bytes()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(text: &str) -> Vec<u8> {
+        hex::decode(text.replace(' ', "")).unwrap_or_default()
+    }
+
+    /// The exact bytes of the reference (serde_cbor 0.11, packed).
+    #[test]
+    fn packed_cbor_matches_the_reference_bytes() {
+        let first = decode(
+            Encoding::Cbor,
+            &h("a4 00 45 312e302e30 01 19 0200 02 f6 03 f6"),
+        );
+        assert_eq!(
+            first,
+            Ok(Status {
+                version: b"1.0.0".to_vec(),
+                mtu: Some(512),
+                correlation_id: None,
+                update: None
+            })
+        );
+        let resumed = decode(
+            Encoding::Cbor,
+            &h("a4 00 45 312e302e30 01 19 0200 02 f6 03 a2 00 45 322e302e30 01 19 0200"),
+        );
+        assert_eq!(
+            resumed.map(|s| s.update),
+            Ok(Some(UpdateStatus {
+                version: b"2.0.0".to_vec(),
+                offset: 512
+            }))
+        );
+        let named = decode(
+            Encoding::Cbor,
+            &h(
+                "a4 67 76657273696f6e 45 312e302e30 63 6d7475 19 0200 6e 636f7272656c6174696f6e5f6964 f6 66 757064617465 f6",
+            ),
+        );
+        assert_eq!(named.map(|s| s.mtu), Ok(Some(512)));
+
+        let sync = Command::Sync {
+            version: b"2.0.0".to_vec(),
+            correlation_id: None,
+            poll: Some(300),
+        };
+        assert_eq!(
+            encode(Encoding::Cbor, &sync),
+            h("a1 01 a3 00 45 322e302e30 01 f6 02 19 012c")
+        );
+        let wait = Command::Wait {
+            correlation_id: None,
+            poll: Some(60),
+        };
+        assert_eq!(encode(Encoding::Cbor, &wait), h("a1 00 a2 00 f6 01 18 3c"));
+        let write = Command::Write {
+            version: b"2.0.0".to_vec(),
+            correlation_id: None,
+            offset: 0,
+            data: vec![7; 512],
+        };
+        let mut expected = h("a1 02 a4 00 45 322e302e30 01 f6 02 00 03 59 0200");
+        expected.extend_from_slice(&[7; 512]);
+        assert_eq!(encode(Encoding::Cbor, &write), expected);
+        let swap = Command::Swap {
+            version: b"2.0.0".to_vec(),
+            correlation_id: None,
+            checksum: vec![9; 32],
+        };
+        let mut expected = h("a1 03 a3 00 45 322e302e30 01 f6 02 58 20");
+        expected.extend_from_slice(&[9; 32]);
+        assert_eq!(encode(Encoding::Cbor, &swap), expected);
+    }
+
+    #[test]
+    fn json_statuses_take_strings_bytes_and_the_status_alias() {
+        let status = decode(
+            Encoding::Json,
+            br#"{"version":"1.0.0","mtu":512,"status":{"version":[50,46,48],"offset":64}}"#,
+        );
+        assert_eq!(
+            status,
+            Ok(Status {
+                version: b"1.0.0".to_vec(),
+                mtu: Some(512),
+                correlation_id: None,
+                update: Some(UpdateStatus {
+                    version: b"2.0".to_vec(),
+                    offset: 64
+                })
+            })
+        );
+        assert_eq!(Encoding::of(None, b"  {\"version\":\"1\"}"), Encoding::Json);
+        assert_eq!(Encoding::of(None, &[0xa4]), Encoding::Cbor);
+        assert_eq!(Encoding::of(Some("application/cbor"), b"{"), Encoding::Cbor);
+    }
+
+    #[test]
+    fn malformed_statuses_are_errors_not_panics() {
+        for body in [
+            &b""[..],
+            &[0xff],
+            &[0xa1, 0x00],
+            &[0xa1, 0x00, 0x18],
+            &h("a2 00 45 312e302e30 01 1b ffffffffffffffff")[..],
+            b"[1,2]",
+        ] {
+            assert!(decode(Encoding::Cbor, body).is_err(), "{body:?}");
+        }
+        for body in [
+            &b"{}"[..],
+            b"{\"version\":1}",
+            b"{\"version\":\"1\",\"mtu\":-1}",
+            b"{\"version\":\"1\",\"update\":{\"version\":\"2\"}}",
+            b"nope",
+        ] {
+            assert!(
+                decode(Encoding::Json, body).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}
