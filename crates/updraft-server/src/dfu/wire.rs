@@ -433,6 +433,45 @@ mod tests {
         assert_eq!(Encoding::of(Some("application/cbor"), b"{"), Encoding::Cbor);
     }
 
+    /// Every truncation and every single-bit flip of valid Statuses (packed, named, JSON) decodes
+    /// or fails cleanly: no panic, whatever a device sends.
+    #[test]
+    fn every_truncation_and_bit_flip_of_a_status_is_handled() {
+        let seeds = [
+            (
+                Encoding::Cbor,
+                h("a4 00 45 312e302e30 01 19 0200 02 f6 03 a2 00 45 322e302e30 01 19 0200"),
+            ),
+            (
+                Encoding::Cbor,
+                h(
+                    "a4 67 76657273696f6e 45 312e302e30 63 6d7475 19 0200 6e 636f7272656c6174696f6e5f6964 f6 66 757064617465 f6",
+                ),
+            ),
+            (
+                Encoding::Json,
+                br#"{"version":"1.0.0","mtu":512,"update":{"version":"2.0.0","offset":512}}"#
+                    .to_vec(),
+            ),
+        ];
+        let mut cases = 0;
+        for (encoding, seed) in seeds {
+            for len in 0..=seed.len() {
+                let _ = decode(encoding, &seed[..len]);
+                cases += 1;
+            }
+            for byte in 0..seed.len() {
+                for bit in 0..8 {
+                    let mut mutated = seed.clone();
+                    mutated[byte] ^= 1 << bit;
+                    let _ = decode(encoding, &mutated);
+                    cases += 1;
+                }
+            }
+        }
+        assert!(cases > 1000);
+    }
+
     #[test]
     fn malformed_statuses_are_errors_not_panics() {
         for body in [

@@ -8,6 +8,7 @@ mod api;
 mod artifacts;
 mod coap;
 mod ddi;
+mod dfu;
 mod frugal;
 mod mqtt;
 mod thingsboard;
