@@ -10,8 +10,8 @@ idle_n=${1:-19000}
 push_n=${2:-10000}
 ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p updraft-cli
-cargo build --release -q -p updraft-server --example mqtt_load
-load=./target/release/examples/mqtt_load
+cargo build --release -q -p updraft-server --example device_load
+load=./target/release/examples/device_load
 work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT

@@ -152,7 +152,11 @@ pub async fn answer(state: &AppState, device: &Device, status: &Status) -> ApiRe
         correlation_id,
         poll,
     };
-    state.store.touch_device(device.key).await?;
+    // last_seen at most every 30 s: a device writing an image sends a Status per block.
+    let now = crate::server::now_millis();
+    if device.last_seen.is_none_or(|seen| now - seen > 30_000) {
+        state.store.touch_device(device.key).await?;
+    }
 
     let Some(current) = state.store.device_status(device.tenant, &device.id).await? else {
         return Err(unauthorized());
@@ -174,10 +178,16 @@ pub async fn answer(state: &AppState, device: &Device, status: &Status) -> ApiRe
             .map(|f| f.title.clone())
             .unwrap_or_else(|| "firmware".to_owned()),
     };
-    state
-        .store
-        .set_running(device.key, ArtifactKind::Firmware, &title, &reported)
-        .await?;
+    let runs = device
+        .firmware
+        .as_ref()
+        .is_some_and(|f| f.title == title && f.version == reported);
+    if !runs {
+        state
+            .store
+            .set_running(device.key, ArtifactKind::Firmware, &title, &reported)
+            .await?;
+    }
     let Some(artifact) = desired else {
         return Ok(sync(Some(POLL_SECS)));
     };
@@ -293,7 +303,11 @@ pub async fn answer(state: &AppState, device: &Device, status: &Status) -> ApiRe
                 }),
             }
         };
-        if next.target() >= action.state {
+        // Progress is history: record the start, then every tenth of the image, not every block.
+        let last = action.progress.map(|p| p.done).unwrap_or(0);
+        let worth_it =
+            action.state < next.target() || offset.saturating_sub(last).saturating_mul(10) >= size;
+        if next.target() >= action.state && worth_it {
             report(state, device, action.key, next).await?;
         }
         let len = mtu.min(size - offset);

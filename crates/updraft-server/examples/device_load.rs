@@ -1,4 +1,4 @@
-//! Load generator for `bench/mqtt.sh`: holds many device MQTT connections to one server.
+//! Load generator for `bench/mqtt.sh` and `bench/dfu.sh`: many devices against one server.
 //!
 //! `mqtt_load idle ADDR TOKEN N` — opens N connections with one device token, waits for every
 //! CONNACK, prints `held N`, then holds them until standard input closes.
@@ -7,6 +7,11 @@
 //! connects each with its own token subscribed to `v1/devices/me/attributes`, assigns ARTIFACT
 //! (TITLE@VERSION) tenant-wide, and prints how long the assignment took and how long until every
 //! device had its new firmware attributes pushed.
+//!
+//! `device_load dfu API ADMIN_KEY N MTU ARTIFACT MODULE FILENAME` — creates N devices, assigns
+//! ARTIFACT to all, then runs N Drogue DFU devices at once (packed CBOR over HTTP, blocks of MTU
+//! bytes) until each has the whole image, and then the same N devices download the same image
+//! through hawkBit DDI (module MODULE, file FILENAME); prints MB/s for both.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -77,18 +82,29 @@ async fn idle(addr: String, token: String, n: usize) {
     let _ = tokio::io::stdin().read_to_string(&mut line).await;
 }
 
-async fn push(addr: String, api: String, admin: String, n: usize, artifact: String) {
-    let http = reqwest::Client::new();
+async fn create_devices(
+    http: &reqwest::Client,
+    api: &str,
+    admin: &str,
+    n: usize,
+    prefix: &str,
+) -> Vec<String> {
     let limit = Arc::new(Semaphore::new(32));
     let mut creations = Vec::new();
     for i in 0..n {
-        let (http, api, admin, limit) = (http.clone(), api.clone(), admin.clone(), limit.clone());
+        let (http, api, admin, limit, prefix) = (
+            http.clone(),
+            api.to_owned(),
+            admin.to_owned(),
+            limit.clone(),
+            prefix.to_owned(),
+        );
         creations.push(tokio::spawn(async move {
             let _permit = limit.acquire().await.unwrap();
             let created: serde_json::Value = http
                 .post(format!("{api}/api/v1/devices"))
                 .bearer_auth(admin)
-                .json(&serde_json::json!({"id": format!("load-{i}")}))
+                .json(&serde_json::json!({"id": format!("{prefix}-{i}")}))
                 .send()
                 .await
                 .unwrap()
@@ -102,6 +118,125 @@ async fn push(addr: String, api: String, admin: String, n: usize, artifact: Stri
     for task in creations {
         tokens.push(task.await.unwrap());
     }
+    tokens
+}
+
+/// One Drogue DFU device: writes the whole image through Status → Command exchanges.
+async fn dfu_device(
+    http: reqwest::Client,
+    api: String,
+    user: String,
+    token: String,
+    mtu: u32,
+) -> u64 {
+    let mut image: Vec<u8> = Vec::new();
+    let mut writing: Option<Vec<u8>> = None;
+    loop {
+        let status = match &writing {
+            Some(version) => {
+                embedded_update::Status::update(b"0", Some(mtu), image.len() as u32, version, None)
+            }
+            None => embedded_update::Status::first(b"0", Some(mtu), None),
+        };
+        let body = serde_cbor::ser::to_vec_packed(&status).unwrap();
+        let answer = http
+            .post(format!("{api}/v1/dfu"))
+            .basic_auth(&user, Some(&token))
+            .header("content-type", "application/cbor")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        match serde_cbor::from_slice::<embedded_update::Command>(&answer).unwrap() {
+            embedded_update::Command::Write { version, data, .. } => {
+                writing = Some(version.to_vec());
+                image.extend_from_slice(&data);
+            }
+            embedded_update::Command::Swap { .. } => return image.len() as u64,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn dfu(
+    api: String,
+    admin: String,
+    n: usize,
+    mtu: u32,
+    artifact: String,
+    module: String,
+    filename: String,
+) {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(n)
+        .build()
+        .unwrap();
+    let tokens = create_devices(&http, &api, &admin, n, &format!("dfu{mtu}")).await;
+    let assigned = http
+        .post(format!("{api}/api/v1/assignments"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"tenant_default": true, "artifact": artifact}))
+        .send()
+        .await
+        .unwrap();
+    assert!(assigned.status().is_success());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let user = format!("dfu{mtu}-{i}@default");
+        tasks.push(tokio::spawn(dfu_device(
+            http.clone(),
+            api.clone(),
+            user,
+            token.clone(),
+            mtu,
+        )));
+    }
+    let mut bytes = 0;
+    for task in tasks {
+        bytes += task.await.unwrap();
+    }
+    let dfu_secs = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let url = format!(
+            "{api}/DEFAULT/controller/v1/dfu{mtu}-{i}/softwaremodules/{module}/artifacts/{filename}"
+        );
+        let (http, token) = (http.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            http.get(url)
+                .header("authorization", format!("TargetToken {token}"))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .len() as u64
+        }));
+    }
+    let mut ddi_bytes = 0;
+    for task in tasks {
+        ddi_bytes += task.await.unwrap();
+    }
+    let ddi_secs = start.elapsed().as_secs_f64();
+    println!(
+        "dfu mtu {mtu}: {n} devices, {:.1} MB in {dfu_secs:.2} s = {:.1} MB/s; ddi: {:.1} MB in {ddi_secs:.2} s = {:.1} MB/s",
+        bytes as f64 / 1e6,
+        bytes as f64 / 1e6 / dfu_secs,
+        ddi_bytes as f64 / 1e6,
+        ddi_bytes as f64 / 1e6 / ddi_secs
+    );
+}
+
+async fn push(addr: String, api: String, admin: String, n: usize, artifact: String) {
+    let http = reqwest::Client::new();
+    let tokens = create_devices(&http, &api, &admin, n, "load").await;
     let told = Arc::new(AtomicUsize::new(0));
     let all_told = Arc::new(tokio::sync::Notify::new());
     let limit = Arc::new(Semaphore::new(256));
@@ -174,8 +309,20 @@ async fn main() {
             )
             .await
         }
+        Some("dfu") => {
+            dfu(
+                args[1].clone(),
+                args[2].clone(),
+                args[3].parse().unwrap(),
+                args[4].parse().unwrap(),
+                args[5].clone(),
+                args[6].clone(),
+                args[7].clone(),
+            )
+            .await
+        }
         _ => eprintln!(
-            "usage: mqtt_load idle ADDR TOKEN N | push ADDR API ADMIN_KEY N TITLE@VERSION"
+            "usage: device_load idle ADDR TOKEN N | push ADDR API ADMIN_KEY N TITLE@VERSION | dfu API ADMIN_KEY N MTU TITLE@VERSION MODULE FILENAME"
         ),
     }
 }
