@@ -111,14 +111,25 @@ impl DdiClient {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(network)?;
-        Ok(Self {
+        Ok(Self::with_http(http, server, tenant, device, token))
+    }
+
+    /// The same over a shared HTTP client (a simulator runs thousands of devices over one pool).
+    pub fn with_http(
+        http: reqwest::Client,
+        server: &str,
+        tenant: &str,
+        device: &str,
+        token: &str,
+    ) -> Self {
+        Self {
             http,
             base: format!(
                 "{}/{tenant}/controller/v1/{device}",
                 server.trim_end_matches('/')
             ),
             auth: format!("TargetToken {token}"),
-        })
+        }
     }
 
     async fn get_json(&self, url: &str) -> Result<Value, AgentError> {

@@ -70,6 +70,8 @@ enum Command {
     /// API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Simulate many devices against the server (DDI agents or Drogue DFU devices).
+    Sim(crate::sim::SimArgs),
     /// Frugal-IoT developer workflow: push binaries for a node or an OTA key, promote them.
     #[command(subcommand)]
     Frugal(FrugalCommand),
@@ -465,6 +467,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Key(command) => key(&client, &out, command).await,
         Command::Frugal(command) => frugal(&client, &out, command).await,
+        Command::Sim(args) => crate::sim::run(&client, args, out.json).await,
     }
 }
 

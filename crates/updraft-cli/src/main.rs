@@ -4,6 +4,7 @@
 mod client;
 mod commands;
 mod config;
+mod sim;
 mod table;
 
 use std::process::ExitCode;

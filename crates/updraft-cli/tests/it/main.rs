@@ -424,3 +424,65 @@ fn frugal_push_and_promote_from_the_cli() {
     let history = dev.json(&["device", "history", "esp8266-000001"]);
     assert_eq!(history[0]["state"], "UPDATED");
 }
+
+/// `updraft sim` drives a small campaign to its end over each protocol, with failures injected.
+#[test]
+fn the_simulator_runs_a_campaign_to_its_end() {
+    for (protocol, extra) in [
+        ("ddi", vec!["--drop-download", "0.3", "--corrupt", "0.2"]),
+        ("drogue", vec!["--fail-health", "0.3"]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&binary(), &dir.path().join("data"), &[]).unwrap();
+        let cli = Cli {
+            server: &server,
+            token: server.admin_token().unwrap(),
+            cwd: dir.path().to_path_buf(),
+        };
+        let file = dir.path().join("fw.bin");
+        std::fs::write(&file, firmware(20_000)).unwrap();
+        cli.ok(&[
+            "artifact",
+            "upload",
+            file.to_str().unwrap(),
+            "--title",
+            "fw",
+            "--version",
+            "2",
+        ]);
+        let mut args = vec![
+            "sim",
+            "--protocol",
+            protocol,
+            "--devices",
+            "12",
+            "--poll",
+            "0.05",
+            "--assign",
+            "fw@2",
+            "--until-done",
+            "--timeout",
+            "60",
+            "--seed",
+            "7",
+        ];
+        args.extend(extra.iter());
+        let summary = cli.json(&args);
+        let states = summary["final_states"].as_object().unwrap();
+        let total: u64 = states.values().map(|n| n.as_u64().unwrap()).sum();
+        assert_eq!(total, 12, "{protocol}: every device ended: {summary}");
+        let injected = &summary["injected"];
+        let failing =
+            injected["corrupt"].as_u64().unwrap() + injected["fail_health"].as_u64().unwrap();
+        assert_eq!(
+            states.get("FAILED").and_then(|n| n.as_u64()).unwrap_or(0),
+            failing,
+            "{protocol}: only the faulty ones fail: {summary}"
+        );
+        assert!(
+            summary["bytes"].as_u64().unwrap() >= 20_000 * (12 - failing),
+            "{summary}"
+        );
+        assert!(summary["poll_latency_ms"]["p99"].as_f64().is_some());
+    }
+}
