@@ -264,3 +264,69 @@ impl Flash for MemFlash {
         None
     }
 }
+
+/// A flash that keeps no image bytes, only each slot's length and running SHA-256: what a
+/// simulator of thousands of devices needs. Slots are written front to back (as the agent does,
+/// resuming where it stopped); rewriting the middle of a slot is refused.
+#[derive(Default)]
+pub struct HashFlash {
+    slots: [(u64, Sha256); 2],
+    state: Option<Vec<u8>>,
+}
+
+impl HashFlash {
+    fn slot(&mut self, slot: Slot) -> &mut (u64, Sha256) {
+        match slot {
+            Slot::A => &mut self.slots[0],
+            Slot::B => &mut self.slots[1],
+        }
+    }
+}
+
+impl Flash for HashFlash {
+    fn load_state(&mut self) -> Result<Option<Vec<u8>>, AgentError> {
+        Ok(self.state.clone())
+    }
+
+    fn store_state(&mut self, bytes: &[u8]) -> Result<(), AgentError> {
+        self.state = Some(bytes.to_vec());
+        Ok(())
+    }
+
+    fn slot_len(&mut self, slot: Slot) -> Result<u64, AgentError> {
+        Ok(self.slot(slot).0)
+    }
+
+    fn write_slot(&mut self, slot: Slot, offset: u64, data: &[u8]) -> Result<(), AgentError> {
+        let (len, hasher) = self.slot(slot);
+        if offset != *len {
+            return Err(AgentError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a hashing flash is written front to back",
+            )));
+        }
+        hasher.update(data);
+        *len += data.len() as u64;
+        Ok(())
+    }
+
+    fn truncate_slot(&mut self, slot: Slot) -> Result<(), AgentError> {
+        *self.slot(slot) = (0, Sha256::new());
+        Ok(())
+    }
+
+    fn slot_sha256(&mut self, slot: Slot, len: u64) -> Result<String, AgentError> {
+        let (written, hasher) = self.slot(slot);
+        if len != *written {
+            return Err(AgentError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "hash of a partial slot",
+            )));
+        }
+        Ok(hex::encode(hasher.clone().finalize()))
+    }
+
+    fn slot_path(&self, _slot: Slot) -> Option<PathBuf> {
+        None
+    }
+}

@@ -16,11 +16,12 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use updraft_agent::AgentError;
 use updraft_agent::agent::{Agent, AgentConfig, Hooks, Outcome};
-use updraft_agent::flash::{MemContents, MemFlash, PowerCut};
+use updraft_agent::flash::{Flash, HashFlash};
 use updraft_agent::server::{
     DdiClient, Delivery, Download, Feedback, Offer, PollAnswer, UpdateServer,
 };
 use updraft_agent::state::Release;
+use updraft_agent::state::Slot;
 
 use crate::client::Client;
 
@@ -220,14 +221,8 @@ async fn ddi_device(
     stats: Arc<Stats>,
     started: Instant,
 ) {
-    let power = PowerCut::never();
-    let flash = MemFlash::new(
-        MemContents {
-            slot_a: vec![0u8; 1024],
-            ..MemContents::default()
-        },
-        power,
-    );
+    // One flash for the device's whole life (hashes, not bytes), shared by its boots.
+    let flash = Arc::new(tokio::sync::Mutex::new(HashFlash::default()));
     let config = AgentConfig {
         factory_release: Some(Release {
             title: "factory".into(),
@@ -249,7 +244,7 @@ async fn ddi_device(
             ..Hooks::default()
         };
         let started_agent = Agent::start(
-            flash.clone(),
+            SharedFlash(flash.clone()),
             ArcServer(client.clone()),
             config.clone(),
             hooks,
@@ -290,6 +285,47 @@ async fn ddi_device(
                 }
             }
         }
+    }
+}
+
+/// A device's flash shared across its boots (the agent owns its flash while it runs).
+struct SharedFlash(Arc<tokio::sync::Mutex<HashFlash>>);
+
+impl SharedFlash {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut HashFlash) -> Result<T, AgentError>,
+    ) -> Result<T, AgentError> {
+        // Only this device's tasks use the lock, one at a time: it is never contended.
+        let mut flash = self
+            .0
+            .try_lock()
+            .map_err(|_| AgentError::State("flash busy".into()))?;
+        f(&mut flash)
+    }
+}
+
+impl Flash for SharedFlash {
+    fn load_state(&mut self) -> Result<Option<Vec<u8>>, AgentError> {
+        self.with(|f| f.load_state())
+    }
+    fn store_state(&mut self, bytes: &[u8]) -> Result<(), AgentError> {
+        self.with(|f| f.store_state(bytes))
+    }
+    fn slot_len(&mut self, slot: Slot) -> Result<u64, AgentError> {
+        self.with(|f| f.slot_len(slot))
+    }
+    fn write_slot(&mut self, slot: Slot, offset: u64, data: &[u8]) -> Result<(), AgentError> {
+        self.with(|f| f.write_slot(slot, offset, data))
+    }
+    fn truncate_slot(&mut self, slot: Slot) -> Result<(), AgentError> {
+        self.with(|f| f.truncate_slot(slot))
+    }
+    fn slot_sha256(&mut self, slot: Slot, len: u64) -> Result<String, AgentError> {
+        self.with(|f| f.slot_sha256(slot, len))
+    }
+    fn slot_path(&self, _slot: Slot) -> Option<std::path::PathBuf> {
+        None
     }
 }
 

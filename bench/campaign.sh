@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# A whole campaign: N simulated DDI devices (real updraft-agents in `updraft sim`), a 1 MB
+# artifact assigned to all, until every device is UPDATED — wall time, server CPU seconds and peak
+# RSS, on SQLite and on PostgreSQL (a throwaway cluster from the system's binaries).
+# Usage: bench/campaign.sh [DEVICES] [POLL_SECONDS]   (default 10000 5)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-10000}
+poll=${2:-5}
+ulimit -n "$(ulimit -Hn)"
+cargo build --release -q -p updraft-cli
+work=$(mktemp -d); chmod 755 "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/pg/data/postmaster.pid" ] && as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+as_pg() { if [ "$(id -u)" -eq 0 ]; then setpriv --reuid=postgres --regid=postgres --clear-groups -- "$@"; else "$@"; fi; }
+
+campaign() { # name database-url-or-empty
+  local name=$1 db=$2 data="$work/data-$1"
+  local extra=(); [ -n "$db" ] && extra=(--database-url "$db")
+  ./target/release/updraft serve --data-dir "$data" --http 127.0.0.1:0 --mqtt off --coap off "${extra[@]}" > "$work/serve-$name.out" 2>/dev/null &
+  local server=$!; pids+=("$server")
+  until grep -q "listening on" "$work/serve-$name.out" 2>/dev/null; do sleep 0.05; done
+  local url; url=$(sed -n 's/^updraft listening on //p' "$work/serve-$name.out")
+  export UPDRAFT_SERVER=$url UPDRAFT_TOKEN=$(cat "$data/admin.token")
+  head -c 1000000 /dev/urandom > "$work/fw.bin"
+  ./target/release/updraft artifact upload "$work/fw.bin" --title camp --version 1 > /dev/null
+  local summary; summary=$(./target/release/updraft sim --devices "$n" --poll "$poll" --assign camp@1 --until-done --timeout 1800 --json)
+  local ticks; ticks=$(getconf CLK_TCK)
+  local cpu; cpu=$(awk -v t="$ticks" '{printf "%.1f", ($14 + $15) / t}' "/proc/$server/stat")
+  local rss; rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$server/status")
+  local secs updated p50 p99
+  secs=$(python3 -c 'import json,sys; s=json.load(sys.stdin); print(round(s["campaign_seconds"],1), s["final_states"].get("UPDATED",0), round(s["poll_latency_ms"]["p50"] or 0,1), round(s["poll_latency_ms"]["p99"] or 0,1))' <<<"$summary")
+  read -r secs updated p50 p99 <<<"$secs"
+  echo "| $name | $n | $updated | $secs s | $cpu s | $rss MB | $p50 / $p99 ms |"
+  kill "$server"; wait "$server" 2>/dev/null || true
+}
+
+echo "| store | devices | UPDATED | campaign wall time | server CPU | server peak RSS | poll latency p50 / p99 |"
+echo "|---|---|---|---|---|---|---|"
+campaign sqlite ""
+if [ -n "$pgbin" ]; then
+  mkdir -p "$work/pg"; [ "$(id -u)" -eq 0 ] && chown postgres "$work/pg"
+  as_pg "$pgbin/initdb" -U postgres --auth=trust --no-sync -E UTF8 --locale=C -D "$work/pg/data" > /dev/null
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -o "-p $port -k $work/pg -c listen_addresses=127.0.0.1 -c max_connections=200" -w start > /dev/null
+  campaign postgresql "postgres://postgres@127.0.0.1:$port/postgres"
+fi
