@@ -27,3 +27,6 @@ export UPDRAFT_TEST_PYTHON="$PWD/.venv-interop/bin/python"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features
+
+# The benchmark scripts at tiny sizes, so that they do not rot (they write nothing).
+bench/run-all.sh --smoke

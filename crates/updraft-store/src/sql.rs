@@ -533,12 +533,25 @@ async fn reconcile(
     }
     let devices = query.fetch_all(&mut *conn).await?;
 
-    let active_rows = sqlx::query(&format!(
-        "SELECT id, device_pk, artifact_id, state FROM actions WHERE tenant_id = $1 AND state NOT IN {FINAL_STATES}"
-    ))
-    .bind(tenant.0)
-    .fetch_all(&mut *conn)
-    .await?;
+    // For one device, look at that device's actions only: a report must not cost a scan of the
+    // whole tenant's history.
+    let one_device = match only {
+        Some(Scope::Device(device)) => Some(device.0),
+        _ => None,
+    };
+    let device_filter = if one_device.is_some() {
+        " AND device_pk = $2"
+    } else {
+        ""
+    };
+    let active_sql = format!(
+        "SELECT id, device_pk, artifact_id, state FROM actions WHERE tenant_id = $1{device_filter} AND state NOT IN {FINAL_STATES}"
+    );
+    let mut query = sqlx::query(&active_sql).bind(tenant.0);
+    if let Some(device) = one_device {
+        query = query.bind(device);
+    }
+    let active_rows = query.fetch_all(&mut *conn).await?;
     let mut active_of: HashMap<i64, (ActionKey, Option<ArtifactKey>, UpdateState)> = HashMap::new();
     for row in &active_rows {
         active_of.insert(
@@ -552,13 +565,16 @@ async fn reconcile(
         );
     }
     // (device, artifact) pairs whose latest action failed.
-    let failed_rows = sqlx::query(
+    let failed_sql = format!(
         "SELECT device_pk, artifact_id FROM actions WHERE state = 'FAILED' AND id IN \
-         (SELECT MAX(id) FROM actions WHERE tenant_id = $1 AND artifact_id IS NOT NULL GROUP BY device_pk, artifact_id)",
-    )
-    .bind(tenant.0)
-    .fetch_all(&mut *conn)
-    .await?;
+         (SELECT MAX(id) FROM actions WHERE tenant_id = $1{device_filter} AND artifact_id IS NOT NULL \
+         GROUP BY device_pk, artifact_id)"
+    );
+    let mut query = sqlx::query(&failed_sql).bind(tenant.0);
+    if let Some(device) = one_device {
+        query = query.bind(device);
+    }
+    let failed_rows = query.fetch_all(&mut *conn).await?;
     let mut failed: HashSet<(i64, i64)> = HashSet::new();
     for row in &failed_rows {
         failed.insert((row.try_get("device_pk")?, row.try_get("artifact_id")?));

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Runs every benchmark on this machine and rewrites the tables of BENCHMARKS.md in place: the text
+# between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` becomes the fresh table, the command that
+# produced it, the machine and the date. The prose around the tables is kept.
+# Usage: bench/run-all.sh            full run, rewrites BENCHMARKS.md (tens of minutes)
+#        bench/run-all.sh --smoke    tiny sizes, writes nothing: checks that the scripts still run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+smoke=false; [ "${1:-}" = "--smoke" ] && smoke=true
+
+# The load tools, installed by this script rather than by hand.
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+command -v bc >/dev/null 2>&1 || need+=(bc)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -q && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+if $smoke; then
+  runs=(
+    "upload|bench/upload.sh 2"
+    "devices|bench/devices.sh 1"
+    "mqtt|bench/mqtt.sh 50 20"
+    "dfu|bench/dfu.sh 5 4"
+    "campaign|bench/campaign.sh 10 0.2"
+    "micro|cargo bench -q -p updraft-core -- --quick"
+  )
+else
+  runs=(
+    "upload|bench/upload.sh 20 200"
+    "devices|bench/devices.sh 10"
+    "mqtt|bench/mqtt.sh 19000 10000"
+    "dfu|bench/dfu.sh 1000 32"
+    "campaign|bench/campaign.sh 10000 5"
+    "micro|cargo bench -q -p updraft-core"
+  )
+fi
+machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM"
+today=$(date +%Y-%m-%d)
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+for run in "${runs[@]}"; do
+  name=${run%%|*}; command=${run#*|}
+  echo "== $name: $command" >&2
+  if [ "$name" = micro ]; then
+    # criterion's report lines as a table.
+    $command 2>/dev/null | awk '
+      /^[a-z]/ && !/time:/ {name=$0}
+      /time:/ {sub(/^ *time: */, ""); print "| " name " | " $0 " |"}
+      /thrpt:/ {sub(/^ *thrpt: */, ""); print "| " name " (throughput) | " $0 " |"}' > "$out/$name.rows"
+    { echo "| benchmark | time [low estimate high] |"; echo "|---|---|"; cat "$out/$name.rows"; } > "$out/$name.md"
+  else
+    $command > "$out/$name.md"
+  fi
+  grep -q '^|' "$out/$name.md" || { echo "bench $name printed no table" >&2; exit 1; }
+  { cat "$out/$name.md"; echo; echo "Command: \`$command\` — $machine, $today."; } > "$out/$name.section"
+done
+if $smoke; then
+  echo "smoke run: every benchmark script ran and printed its table" >&2
+  exit 0
+fi
+for run in "${runs[@]}"; do
+  name=${run%%|*}
+  python3 - "$name" "$out/$name.section" <<'PY'
+import re, sys
+name, section = sys.argv[1], open(sys.argv[2]).read().strip()
+text = open("BENCHMARKS.md").read()
+pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
+if not pattern.search(text):
+    sys.exit(f"BENCHMARKS.md has no markers for {name}")
+text = pattern.sub(lambda m: m.group(1) + section + m.group(2), text)
+open("BENCHMARKS.md", "w").write(text)
+PY
+done
+echo "BENCHMARKS.md rewritten" >&2
