@@ -25,7 +25,7 @@ if $smoke; then
     "mqtt|bench/mqtt.sh 50 20"
     "dfu|bench/dfu.sh 5 4"
     "campaign|bench/campaign.sh 10 0.2"
-    "micro|cargo bench -q -p updraft-core -- --quick"
+    "micro|cargo bench -q -p updraft-core --bench hot_paths -- --warm-up-time 0.1 --measurement-time 0.2 --sample-size 10"
   )
 else
   runs=(
@@ -34,7 +34,7 @@ else
     "mqtt|bench/mqtt.sh 19000 10000"
     "dfu|bench/dfu.sh 1000 32"
     "campaign|bench/campaign.sh 10000 5"
-    "micro|cargo bench -q -p updraft-core"
+    "micro|cargo bench -q -p updraft-core --bench hot_paths --"
   )
 fi
 machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM"
@@ -45,12 +45,9 @@ for run in "${runs[@]}"; do
   name=${run%%|*}; command=${run#*|}
   echo "== $name: $command" >&2
   if [ "$name" = micro ]; then
-    # criterion's report lines as a table.
-    $command 2>/dev/null | awk '
-      /^[a-z]/ && !/time:/ {name=$0}
-      /time:/ {sub(/^ *time: */, ""); print "| " name " | " $0 " |"}
-      /thrpt:/ {sub(/^ *thrpt: */, ""); print "| " name " (throughput) | " $0 " |"}' > "$out/$name.rows"
-    { echo "| benchmark | time [low estimate high] |"; echo "|---|---|"; cat "$out/$name.rows"; } > "$out/$name.md"
+    # criterion's bencher lines as a table.
+    $command --output-format bencher 2>/dev/null | sed -n 's/^test \(.*\) \.\.\. bench: *\([0-9,]*\) ns\/iter (+\/- \([0-9,]*\))$/| \1 | \2 ns | ± \3 ns |/p' > "$out/$name.rows"
+    { echo "| benchmark | time per iteration | spread |"; echo "|---|---|---|"; cat "$out/$name.rows"; } > "$out/$name.md"
   else
     $command > "$out/$name.md"
   fi
