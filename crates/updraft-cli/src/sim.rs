@@ -31,7 +31,7 @@ pub struct SimArgs {
     /// How many devices.
     #[arg(long, default_value_t = 50)]
     pub devices: usize,
-    /// ddi or drogue.
+    /// ddi, drogue or frugal.
     #[arg(long, default_value = "ddi")]
     pub protocol: String,
     /// Seconds between polls.
@@ -421,6 +421,92 @@ async fn drogue_device(
     }
 }
 
+/// A Frugal-IoT node: `GET /ota_update/default/sim/{node}/{ota_key}` with its sketch's MD5, as
+/// the Arduino `httpUpdate` client sends it; a 200 is "flashed" if its MD5 matches `x-MD5`.
+async fn frugal_device(
+    server: String,
+    http: reqwest::Client,
+    spec: DeviceSpec,
+    ota_key: String,
+    stats: Arc<Stats>,
+    started: Instant,
+) {
+    use sha2::Digest;
+    let mut running_md5 = "00000000000000000000000000000000".to_owned();
+    let url = format!("{server}/ota_update/default/sim/{}/{ota_key}", spec.id);
+    // httpUpdate has no way to report a failure: a bad download is simply retried at the next
+    // check-in, so over Frugal the faults strike once.
+    let (mut drop_once, mut corrupt_once) = (spec.faults.drop_download, spec.faults.corrupt);
+    loop {
+        let start = Instant::now();
+        let answer = http
+            .get(&url)
+            .header("user-agent", "ESP8266-http-Update")
+            .header("x-ESP8266-sketch-md5", &running_md5)
+            .header("x-ESP8266-free-space", "4000000")
+            .header("x-ESP8266-mode", "sketch")
+            .send()
+            .await;
+        let Ok(answer) = answer else {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(spec.sleep).await;
+            continue;
+        };
+        if let Ok(mut latencies) = stats.poll_latencies.lock() {
+            latencies.push(start.elapsed());
+        }
+        if answer.status() == reqwest::StatusCode::OK {
+            let expected = answer
+                .headers()
+                .get("x-md5")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let mut md5 = md5_state();
+            let mut body = answer.bytes_stream();
+            let mut broken = false;
+            let mut received = 0u64;
+            while let Some(chunk) = body.next().await {
+                let Ok(mut chunk) = chunk.map(|c| c.to_vec()) else {
+                    broken = true;
+                    break;
+                };
+                received += chunk.len() as u64;
+                if drop_once && received > 1024 {
+                    drop_once = false;
+                    broken = true;
+                    break;
+                }
+                if corrupt_once && let Some(first) = chunk.first_mut() {
+                    corrupt_once = false;
+                    *first ^= 0xff;
+                }
+                md5.update(&chunk);
+            }
+            stats.bytes.fetch_add(received, Ordering::Relaxed);
+            let got = hex_lower(&md5.finalize());
+            if !broken && got == expected {
+                running_md5 = got;
+                if let Ok(mut times) = stats.time_to_updated.lock() {
+                    times.push(started.elapsed());
+                }
+                // The node reboots into the new sketch and checks in at once.
+                continue;
+            }
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::time::sleep(spec.sleep).await;
+    }
+}
+
+fn md5_state() -> md5::Md5 {
+    <md5::Md5 as sha2::Digest>::new()
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn drogue_status(running: &[u8], writing: Option<&(Vec<u8>, Vec<u8>)>) -> Value {
     let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
     match writing {
@@ -464,8 +550,11 @@ const STATES: [&str; 9] = [
 
 /// Runs the simulation; prints a summary at the end.
 pub async fn run(client: &Client, args: SimArgs, json_output: bool) -> Result<()> {
-    if !matches!(args.protocol.as_str(), "ddi" | "drogue") {
-        bail!("unknown protocol {:?}: use ddi or drogue", args.protocol);
+    if !matches!(args.protocol.as_str(), "ddi" | "drogue" | "frugal") {
+        bail!(
+            "unknown protocol {:?}: use ddi, drogue or frugal",
+            args.protocol
+        );
     }
     let devices = ensure_devices(client, &args).await?;
     let stats = Arc::new(Stats::default());
@@ -499,6 +588,13 @@ pub async fn run(client: &Client, args: SimArgs, json_output: bool) -> Result<()
         let (server, http, stats) = (client.base.clone(), http.clone(), stats.clone());
         match args.protocol.as_str() {
             "drogue" => tokio::spawn(drogue_device(server, http, spec, stats, started)),
+            "frugal" => {
+                let ota_key = args
+                    .profile
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-key", args.prefix));
+                tokio::spawn(frugal_device(server, http, spec, ota_key, stats, started))
+            }
             _ => tokio::spawn(ddi_device(server, http, spec, stats, started)),
         };
     }
