@@ -5,6 +5,7 @@
 # Usage: bench/campaign.sh [DEVICES] [POLL_SECONDS]   (default 10000 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 n=${1:-10000}
 poll=${2:-5}
 ulimit -n "$(ulimit -Hn)"
@@ -23,14 +24,14 @@ as_pg() { if [ "$(id -u)" -eq 0 ]; then setpriv --reuid=postgres --regid=postgre
 campaign() { # name database-url-or-empty
   local name=$1 db=$2 data="$work/data-$1"
   local extra=(); [ -n "$db" ] && extra=(--database-url "$db")
-  ./target/release/updraft serve --data-dir "$data" --http 127.0.0.1:0 --mqtt off --coap off "${extra[@]}" > "$work/serve-$name.out" 2>/dev/null &
+  "$bin/updraft" serve --data-dir "$data" --http 127.0.0.1:0 --mqtt off --coap off "${extra[@]}" > "$work/serve-$name.out" 2>/dev/null &
   local server=$!; pids+=("$server")
-  until grep -q "listening on" "$work/serve-$name.out" 2>/dev/null; do sleep 0.05; done
+  wait_for "$work/serve-$name.out" "listening on" "$server"
   local url; url=$(sed -n 's/^updraft listening on //p' "$work/serve-$name.out")
   export UPDRAFT_SERVER=$url UPDRAFT_TOKEN=$(cat "$data/admin.token")
   head -c 1000000 /dev/urandom > "$work/fw.bin"
-  ./target/release/updraft artifact upload "$work/fw.bin" --title camp --version 1 > /dev/null
-  local summary; summary=$(./target/release/updraft sim --devices "$n" --poll "$poll" --assign camp@1 --until-done --timeout 1800 --json)
+  "$bin/updraft" artifact upload "$work/fw.bin" --title camp --version 1 > /dev/null
+  local summary; summary=$("$bin/updraft" sim --devices "$n" --poll "$poll" --assign camp@1 --until-done --timeout 1800 --json)
   local ticks; ticks=$(getconf CLK_TCK)
   local cpu; cpu=$(awk -v t="$ticks" '{printf "%.1f", ($14 + $15) / t}' "/proc/$server/stat")
   local rss; rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$server/status")

@@ -6,6 +6,7 @@
 # Usage: bench/devices.sh [SECONDS]   (default 10 per measurement). Prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 secs=${1:-10}
 command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "needs wrk and nginx (apt-get install wrk nginx-light)" >&2; exit 1; }
 cargo build --release -q -p updraft-cli
@@ -14,9 +15,9 @@ pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
 # Updraft on embedded defaults.
-./target/release/updraft serve --data-dir "$work/data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --coap 127.0.0.1:0 > "$work/serve.out" 2>/dev/null &
+"$bin/updraft" serve --data-dir "$work/data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --coap 127.0.0.1:0 > "$work/serve.out" 2>/dev/null &
 server=$!; pids+=("$server")
-until grep -q "listening on" "$work/serve.out" 2>/dev/null; do sleep 0.05; done
+wait_for "$work/serve.out" "listening on" "$server"
 url=$(sed -n 's/^updraft listening on //p' "$work/serve.out")
 admin=$(cat "$work/data/admin.token")
 api() { curl -sf -H "Authorization: Bearer $admin" "$@"; }
@@ -53,8 +54,11 @@ CONF
 nport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 sed -i "s/127.0.0.1:0/127.0.0.1:$nport/" "$work/nginx.conf"
 nginx -c "$work/nginx.conf" -g 'daemon off;' &
-pids+=("$!")
-until curl -sf "http://127.0.0.1:$nport/poll" > /dev/null; do sleep 0.05; done
+ngx=$!; pids+=("$ngx")
+until curl -sf "http://127.0.0.1:$nport/poll" > /dev/null; do
+  kill -0 "$ngx" 2>/dev/null || { echo "nginx did not start:" >&2; cat "$work/nginx-error.log" >&2; exit 1; }
+  sleep 0.05
+done
 
 # Downloads need the device to hold an action for the artifact: assign, then poll once.
 for mb in 2 100; do

@@ -5,6 +5,7 @@
 # Usage: bench/dfu.sh [DEVICES] [IMAGE_KB]   (default 1000 32)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 n=${1:-1000}
 kb=${2:-32}
 ulimit -n "$(ulimit -Hn)"
@@ -13,9 +14,9 @@ cargo build --release -q -p updraft-server --example device_load
 work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
-./target/release/updraft serve --data-dir "$work/data" --http 127.0.0.1:0 --mqtt off --coap off > "$work/serve.out" 2>/dev/null &
-pids+=("$!")
-until grep -q "listening on" "$work/serve.out" 2>/dev/null; do sleep 0.05; done
+"$bin/updraft" serve --data-dir "$work/data" --http 127.0.0.1:0 --mqtt off --coap off > "$work/serve.out" 2>/dev/null &
+server=$!; pids+=("$server")
+wait_for "$work/serve.out" "listening on" "$server"
 url=$(sed -n 's/^updraft listening on //p' "$work/serve.out")
 admin=$(cat "$work/data/admin.token")
 head -c $((kb * 1024)) /dev/urandom > "$work/image.bin"
@@ -24,7 +25,7 @@ module=$(curl -sf -X POST -T "$work/image.bin" -H "Authorization: Bearer $admin"
 echo "| $n devices at once, $kb KiB image | Drogue DFU | hawkBit DDI download |"
 echo "|---|---|---|"
 for mtu in 512 4096; do
-  line=$(./target/release/examples/device_load dfu "$url" "$admin" "$n" "$mtu" dfu@1 "$module" image.bin)
+  line=$("$bin/examples/device_load" dfu "$url" "$admin" "$n" "$mtu" dfu@1 "$module" image.bin)
   dfu=$(sed -n 's/.*= \([0-9.]*\) MB\/s; ddi.*/\1/p' <<<"$line")
   ddi=$(sed -n 's/.*ddi: .* = \([0-9.]*\) MB\/s$/\1/p' <<<"$line")
   echo "| MTU $mtu | $dfu MB/s | $ddi MB/s |"

@@ -6,20 +6,21 @@
 # This workplace caps open files at 20,000 per process (hard limit), which caps the idle count.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 idle_n=${1:-19000}
 push_n=${2:-10000}
 ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p updraft-cli
 cargo build --release -q -p updraft-server --example device_load
-load=./target/release/examples/device_load
+load="$bin/examples/device_load"
 work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
-./target/release/updraft serve --data-dir "$work/data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --coap off \
+"$bin/updraft" serve --data-dir "$work/data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --coap off \
   --notify-per-second 1000000 > "$work/serve.out" 2>/dev/null &
 server=$!; pids+=("$server")
-until grep -q "listening on" "$work/serve.out" 2>/dev/null; do sleep 0.05; done
+wait_for "$work/serve.out" "listening on" "$server"
 url=$(sed -n 's/^updraft listening on //p' "$work/serve.out")
 mqtt=$(sed -n 's/^updraft mqtt on //p' "$work/serve.out")
 admin=$(cat "$work/data/admin.token")
@@ -32,7 +33,7 @@ mkfifo "$work/hold"
 "$load" idle "$mqtt" "$token" "$idle_n" < "$work/hold" > "$work/idle.out" &
 gen=$!; pids+=("$gen")
 exec 3> "$work/hold"
-until grep -q "^held" "$work/idle.out" 2>/dev/null; do sleep 0.1; done
+wait_for "$work/idle.out" "^held" "$gen"
 after=$(rss)
 exec 3>&-
 wait "$gen" || true

@@ -6,6 +6,7 @@
 # Prints a Markdown table on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(20 200)
 cargo build --release -q -p updraft-cli
 work=$(mktemp -d)
@@ -18,9 +19,9 @@ echo "|---|---|---|---|"
 for mb in "${sizes[@]}"; do
   # A fresh server per size, so that each peak RSS is that upload's alone.
   data="$work/data-$mb"
-  ./target/release/updraft serve --data-dir "$data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --coap 127.0.0.1:0 > "$work/serve.out" 2>/dev/null &
+  "$bin/updraft" serve --data-dir "$data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --coap 127.0.0.1:0 > "$work/serve.out" 2>/dev/null &
   pid=$!
-  until grep -q "listening on" "$work/serve.out" 2>/dev/null; do sleep 0.05; done
+  wait_for "$work/serve.out" "listening on" "$pid"
   url=$(sed -n 's/^updraft listening on //p' "$work/serve.out")
   token=$(cat "$data/admin.token")
   sha=$(sha256sum "$work/fw-$mb.bin" | cut -d' ' -f1)

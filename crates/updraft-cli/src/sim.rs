@@ -31,9 +31,13 @@ pub struct SimArgs {
     /// How many devices.
     #[arg(long, default_value_t = 50)]
     pub devices: usize,
-    /// ddi, drogue or frugal.
+    /// ddi, drogue, frugal or thingsboard (MQTT).
     #[arg(long, default_value = "ddi")]
     pub protocol: String,
+    /// The server's device MQTT address, for --protocol thingsboard (default: the server's host,
+    /// port 1883).
+    #[arg(long)]
+    pub mqtt: Option<String>,
     /// Seconds between polls.
     #[arg(long, default_value_t = 5.0)]
     pub poll: f64,
@@ -421,6 +425,145 @@ async fn drogue_device(
     }
 }
 
+/// A ThingsBoard device as its SDK behaves: connects with its token, asks for its `fw_*`
+/// attributes (and hears pushed ones), downloads in 16 KiB chunks, checks the SHA-256 and reports
+/// every `fw_state`.
+async fn thingsboard_device(mqtt: String, spec: DeviceSpec, stats: Arc<Stats>, started: Instant) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use sha2::Digest;
+    let (host, port) = mqtt.rsplit_once(':').unwrap_or((mqtt.as_str(), "1883"));
+    let mut options = MqttOptions::new(spec.id.clone(), host, port.parse().unwrap_or(1883));
+    options.set_credentials(spec.token.clone(), "");
+    options.set_keep_alive(Duration::from_secs(60));
+    options.set_max_packet_size(64 * 1024 * 1024, 64 * 1024 * 1024);
+    let (client, mut events) = AsyncClient::new(options, 64);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Bytes)>(64);
+    let poll_stats = stats.clone();
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if tx.send((publish.topic, publish.payload)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    poll_stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    let publish = |topic: String, payload: Value| {
+        let client = client.clone();
+        async move {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload.to_string())
+                .await
+        }
+    };
+    let _ = client
+        .subscribe("v1/devices/me/attributes", QoS::AtLeastOnce)
+        .await;
+    let _ = client
+        .subscribe("v1/devices/me/attributes/response/+", QoS::AtLeastOnce)
+        .await;
+    let _ = client.subscribe("v2/fw/response/+", QoS::AtLeastOnce).await;
+    let mut current = ("factory".to_owned(), "0".to_owned());
+    let mut request = 0u64;
+    let _ = publish(
+        "v1/devices/me/telemetry".into(),
+        json!({"current_fw_title": current.0, "current_fw_version": current.1, "fw_state": "IDLE"}),
+    )
+    .await;
+    loop {
+        request += 1;
+        let asked = Instant::now();
+        let keys =
+            json!({"sharedKeys": "fw_checksum,fw_checksum_algorithm,fw_size,fw_title,fw_version"});
+        let _ = publish(format!("v1/devices/me/attributes/request/{request}"), keys).await;
+        // The answer, or a push; then act on whatever it says.
+        let wait = tokio::time::timeout(spec.sleep.max(Duration::from_millis(50)), rx.recv()).await;
+        let Ok(Some((topic, payload))) = wait else {
+            continue;
+        };
+        if topic.starts_with("v1/devices/me/attributes/response/")
+            && let Ok(mut latencies) = stats.poll_latencies.lock()
+        {
+            latencies.push(asked.elapsed());
+        }
+        let Ok(attributes) = serde_json::from_slice::<Value>(&payload) else {
+            continue;
+        };
+        let info = attributes.get("shared").unwrap_or(&attributes);
+        let (Some(title), Some(version)) = (info["fw_title"].as_str(), info["fw_version"].as_str())
+        else {
+            tokio::time::sleep(spec.sleep).await;
+            continue;
+        };
+        if (title, version) == (current.0.as_str(), current.1.as_str()) {
+            tokio::time::sleep(spec.sleep).await;
+            continue;
+        }
+        let size = info["fw_size"].as_u64().unwrap_or(0);
+        let checksum = info["fw_checksum"].as_str().unwrap_or_default().to_owned();
+        let _ = publish(
+            "v1/devices/me/telemetry".into(),
+            json!({"fw_state": "DOWNLOADING"}),
+        )
+        .await;
+        let mut hasher = sha2::Sha256::new();
+        let mut chunk = 0u64;
+        let mut received = 0u64;
+        while received < size {
+            let topic = format!("v2/fw/request/{request}/chunk/{chunk}");
+            let _ = client
+                .publish(topic, QoS::AtLeastOnce, false, "16384")
+                .await;
+            let Ok(Some((_, data))) =
+                tokio::time::timeout(Duration::from_secs(30), rx.recv()).await
+            else {
+                break;
+            };
+            if data.is_empty() {
+                break;
+            }
+            received += data.len() as u64;
+            hasher.update(&data);
+            chunk += 1;
+        }
+        stats.bytes.fetch_add(received, Ordering::Relaxed);
+        let mut digest = hex_lower(&hasher.finalize());
+        if spec.faults.corrupt {
+            digest = "corrupted".to_owned();
+        }
+        if digest != checksum {
+            let failed = json!({"fw_state": "FAILED", "fw_error": "Checksum verification failed!"});
+            let _ = publish("v1/devices/me/telemetry".into(), failed).await;
+            // Like the SDK, ask again; the server will not offer a failed update again.
+            tokio::time::sleep(spec.sleep).await;
+            continue;
+        }
+        for state in ["DOWNLOADED", "VERIFIED", "UPDATING"] {
+            let _ = publish("v1/devices/me/telemetry".into(), json!({"fw_state": state})).await;
+        }
+        if spec.faults.fail_health {
+            let failed = json!({"fw_state": "FAILED", "fw_error": "the new firmware failed its health check"});
+            let _ = publish("v1/devices/me/telemetry".into(), failed).await;
+            tokio::time::sleep(spec.sleep).await;
+            continue;
+        }
+        current = (title.to_owned(), version.to_owned());
+        let done = json!({"current_fw_title": current.0, "current_fw_version": current.1, "fw_state": "UPDATED"});
+        let _ = publish("v1/devices/me/telemetry".into(), done).await;
+        if let Ok(mut times) = stats.time_to_updated.lock() {
+            times.push(started.elapsed());
+        }
+        tokio::time::sleep(spec.sleep).await;
+    }
+}
+
 /// A Frugal-IoT node: `GET /ota_update/default/sim/{node}/{ota_key}` with its sketch's MD5, as
 /// the Arduino `httpUpdate` client sends it; a 200 is "flashed" if its MD5 matches `x-MD5`.
 async fn frugal_device(
@@ -550,12 +693,26 @@ const STATES: [&str; 9] = [
 
 /// Runs the simulation; prints a summary at the end.
 pub async fn run(client: &Client, args: SimArgs, json_output: bool) -> Result<()> {
-    if !matches!(args.protocol.as_str(), "ddi" | "drogue" | "frugal") {
+    if !matches!(
+        args.protocol.as_str(),
+        "ddi" | "drogue" | "frugal" | "thingsboard"
+    ) {
         bail!(
-            "unknown protocol {:?}: use ddi, drogue or frugal",
+            "unknown protocol {:?}: use ddi, drogue, frugal or thingsboard",
             args.protocol
         );
     }
+    let mqtt = match &args.mqtt {
+        Some(addr) => addr.clone(),
+        None => {
+            let host = client
+                .base
+                .trim_start_matches("http://")
+                .trim_start_matches("https://");
+            let host = host.split(['/', ':']).next().unwrap_or("127.0.0.1");
+            format!("{host}:1883")
+        }
+    };
     let devices = ensure_devices(client, &args).await?;
     let stats = Arc::new(Stats::default());
     // Spread the seed's bits so that small seeds do not start from small states.
@@ -588,6 +745,7 @@ pub async fn run(client: &Client, args: SimArgs, json_output: bool) -> Result<()
         let (server, http, stats) = (client.base.clone(), http.clone(), stats.clone());
         match args.protocol.as_str() {
             "drogue" => tokio::spawn(drogue_device(server, http, spec, stats, started)),
+            "thingsboard" => tokio::spawn(thingsboard_device(mqtt.clone(), spec, stats, started)),
             "frugal" => {
                 let ota_key = args
                     .profile
