@@ -80,8 +80,11 @@ impl SqlStore {
         let (read, write) = match dialect {
             Dialect::Sqlite => {
                 let pool = |max| {
+                    // A local file cannot drop a connection: no ping round trip to SQLite's
+                    // worker thread before every query (profiled as a large share of a poll).
                     AnyPoolOptions::new()
                         .max_connections(max)
+                        .test_before_acquire(false)
                         .after_connect(|conn, _| {
                             Box::pin(async move {
                                 conn.execute(
