@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use tokio::io::AsyncReadExt;
 use updraft_core::{ArtifactKind, Failure, Report, UpdateState};
-use updraft_store::{Artifact, CredentialKind, Desired, Device};
+use updraft_store::{Artifact, CredentialKind, Desired, Device, DeviceStatus};
 
 use crate::error::{ApiError, ApiResult};
 use crate::secret;
@@ -48,13 +48,21 @@ pub async fn desired(
     state: &AppState,
     device: &Device,
 ) -> ApiResult<Vec<(ArtifactKind, Desired, Artifact)>> {
-    let Some(status) = state.store.device_status(device.tenant, &device.id).await? else {
-        return Ok(Vec::new());
-    };
+    match state.store.device_status(device.tenant, &device.id).await? {
+        Some(status) => desired_of(state, device, &status).await,
+        None => Ok(Vec::new()),
+    }
+}
+
+async fn desired_of(
+    state: &AppState,
+    device: &Device,
+    status: &DeviceStatus,
+) -> ApiResult<Vec<(ArtifactKind, Desired, Artifact)>> {
     let mut out = Vec::new();
     for (kind, desired) in [
-        (ArtifactKind::Firmware, status.desired_firmware),
-        (ArtifactKind::Software, status.desired_software),
+        (ArtifactKind::Firmware, &status.desired_firmware),
+        (ArtifactKind::Software, &status.desired_software),
     ] {
         if let Some(desired) = desired
             && let Some(artifact) = state
@@ -62,7 +70,7 @@ pub async fn desired(
                 .artifact(device.tenant, desired.artifact)
                 .await?
         {
-            out.push((kind, desired, artifact));
+            out.push((kind, desired.clone(), artifact));
         }
     }
     Ok(out)
@@ -73,7 +81,10 @@ pub async fn desired(
 /// is how the device learns of its update, so a QUEUED action becomes INITIATED here.
 pub async fn shared_attributes(state: &AppState, device: &Device) -> ApiResult<Map<String, Value>> {
     let mut shared = Map::new();
-    for (kind, _, artifact) in desired(state, device).await? {
+    let Some(status) = state.store.device_status(device.tenant, &device.id).await? else {
+        return Ok(shared);
+    };
+    for (kind, _, artifact) in desired_of(state, device, &status).await? {
         let p = prefix(kind);
         shared.insert(format!("{p}_title"), json!(artifact.title));
         shared.insert(format!("{p}_version"), json!(artifact.version));
@@ -81,16 +92,8 @@ pub async fn shared_attributes(state: &AppState, device: &Device) -> ApiResult<M
         shared.insert(format!("{p}_checksum"), json!(artifact.checksums.sha256));
         shared.insert(format!("{p}_checksum_algorithm"), json!("SHA256"));
     }
-    mark_initiated(state, device).await?;
-    Ok(shared)
-}
-
-/// The device has been told: its QUEUED action becomes INITIATED.
-pub async fn mark_initiated(state: &AppState, device: &Device) -> ApiResult<()> {
-    if let Some(status) = state.store.device_status(device.tenant, &device.id).await?
-        && let Some(active) = status.active
-        && active.state == UpdateState::Queued
-    {
+    // The device has been told: its QUEUED action becomes INITIATED.
+    if let Some(active) = status.active.filter(|a| a.state == UpdateState::Queued) {
         let initiated = Report::Reached {
             state: UpdateState::Initiated,
             progress: None,
@@ -100,7 +103,7 @@ pub async fn mark_initiated(state: &AppState, device: &Device) -> ApiResult<()> 
             .report(device.tenant, active.key, &initiated, SOURCE)
             .await?;
     }
-    Ok(())
+    Ok(shared)
 }
 
 /// Picks the keys asked for (`None`: all).
