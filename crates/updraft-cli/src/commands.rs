@@ -51,7 +51,7 @@ enum Command {
     Artifact(ArtifactCommand),
     /// Device profiles (hardware types).
     #[command(subcommand)]
-    Profile(NamedCommand),
+    Profile(ProfileCommand),
     /// Projects (groups of devices).
     #[command(subcommand)]
     Project(NamedCommand),
@@ -191,6 +191,26 @@ enum NamedCommand {
 }
 
 #[derive(Subcommand)]
+enum ProfileCommand {
+    Create {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// The profile's devices speak Drogue DFU (versions of at most 16 bytes).
+        #[arg(long)]
+        drogue_dfu: bool,
+    },
+    List,
+    /// Change what the profile's devices speak.
+    Set {
+        name: String,
+        /// true when the profile's devices speak Drogue DFU.
+        #[arg(long, action = clap::ArgAction::Set)]
+        drogue_dfu: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum DeviceCommand {
     /// Create a device; prints its access token once.
     Create {
@@ -204,6 +224,9 @@ enum DeviceCommand {
         /// Use this access token instead of a generated one.
         #[arg(long = "device-token")]
         device_token: Option<String>,
+        /// The token is a gateway's: it may speak for the tenant's other devices (Drogue DFU).
+        #[arg(long)]
+        gateway: bool,
     },
     List {
         #[arg(long, default_value_t = 0)]
@@ -335,7 +358,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(_) => Ok(()),
         Command::Artifact(command) => artifact(&client, &out, command).await,
-        Command::Profile(command) => named(&client, &out, "profiles", command).await,
+        Command::Profile(command) => profile(&client, &out, command).await,
         Command::Project(command) => named(&client, &out, "projects", command).await,
         Command::Device(command) => device(&client, &out, command).await,
         Command::Assign(args) => {
@@ -841,6 +864,46 @@ async fn named(
     Ok(())
 }
 
+async fn profile(client: &Client, out: &Output, command: ProfileCommand) -> Result<()> {
+    let show = |profile: &Value| {
+        let dfu = if profile["drogue_dfu"] == true {
+            " (Drogue DFU)"
+        } else {
+            ""
+        };
+        format!("{}{dfu}", text(&profile["name"]))
+    };
+    match command {
+        ProfileCommand::Create {
+            name,
+            description,
+            drogue_dfu,
+        } => {
+            let body = json!({"name": name, "description": description, "drogue_dfu": drogue_dfu});
+            let created = client.post("/api/v1/profiles", &body).await?;
+            out.show(&created, || println!("created {}", show(&created)));
+        }
+        ProfileCommand::List => {
+            let list = client.get("/api/v1/profiles").await?;
+            out.show(&list, || {
+                table::print(
+                    &["name", "description", "drogue_dfu"],
+                    &rows(&list, &["name", "description", "drogue_dfu"]),
+                )
+            });
+        }
+        ProfileCommand::Set { name, drogue_dfu } => {
+            let path = format!("/api/v1/profiles/{name}");
+            let body = json!({"drogue_dfu": drogue_dfu});
+            let profile = client
+                .json(client.request(Method::PUT, &path).json(&body))
+                .await?;
+            out.show(&profile, || println!("profile {}", show(&profile)));
+        }
+    }
+    Ok(())
+}
+
 async fn device(client: &Client, out: &Output, command: DeviceCommand) -> Result<()> {
     match command {
         DeviceCommand::Create {
@@ -849,8 +912,10 @@ async fn device(client: &Client, out: &Output, command: DeviceCommand) -> Result
             project,
             tags,
             device_token,
+            gateway,
         } => {
-            let body = json!({"id": id, "profile": profile, "project": project, "tags": tags, "token": device_token});
+            let body = json!({"id": id, "profile": profile, "project": project, "tags": tags,
+                "token": device_token, "gateway": gateway});
             let created = client.post("/api/v1/devices", &body).await?;
             out.show(&created, || {
                 println!("created device {}", text(&created["id"]));

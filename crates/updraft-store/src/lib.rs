@@ -61,6 +61,13 @@ pub trait Store: Send + Sync + 'static {
     async fn profile_by_name(&self, tenant: TenantKey, name: &Name)
     -> StoreResult<Option<Profile>>;
     async fn list_profiles(&self, tenant: TenantKey) -> StoreResult<Vec<Profile>>;
+    /// Replaces the profile's settings; false when the tenant has no such profile.
+    async fn set_profile_settings(
+        &self,
+        tenant: TenantKey,
+        profile: ProfileKey,
+        settings: ProfileSettings,
+    ) -> StoreResult<bool>;
 
     // Devices.
     /// Creates the device with its first credential, if any, and queues its update if an
@@ -105,6 +112,12 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<bool>;
     /// The device a credential belongs to, whatever the protocol asking.
     async fn device_by_credential(
+        &self,
+        kind: CredentialKind,
+        secret_hash: &str,
+    ) -> StoreResult<Option<Device>>;
+    /// The device a credential belongs to when that credential is marked as a gateway's.
+    async fn gateway_by_credential(
         &self,
         kind: CredentialKind,
         secret_hash: &str,

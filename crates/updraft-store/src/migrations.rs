@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_ddi.sql")),
     (3, include_str!("../migrations/0003_frugal.sql")),
     (4, include_str!("../migrations/0004_queue.sql")),
+    (5, include_str!("../migrations/0005_profiles_gateways.sql")),
 ];
 
 /// Applies every migration newer than the database's version, each in its own transaction.

@@ -64,7 +64,16 @@ pub struct Profile {
     pub key: ProfileKey,
     pub name: Name,
     pub description: String,
+    pub settings: ProfileSettings,
     pub created_at: Millis,
+}
+
+/// What the devices of a profile speak, where it constrains what may be assigned to them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProfileSettings {
+    /// The profile's devices speak Drogue DFU (`embedded-update`), whose versions hold at most
+    /// 16 bytes: longer versions are refused when assigned.
+    pub drogue_dfu: bool,
 }
 
 /// A release as a device reports running it.
@@ -118,6 +127,8 @@ impl CredentialKind {
 pub struct NewCredential {
     pub kind: CredentialKind,
     pub secret_hash: String,
+    /// The device may speak for the other devices of its tenant (Drogue DFU gateways).
+    pub gateway: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

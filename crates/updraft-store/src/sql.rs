@@ -823,6 +823,7 @@ impl Store for SqlStore {
             key: ProfileKey(row.try_get("id")?),
             name: name.clone(),
             description: description.to_owned(),
+            settings: ProfileSettings::default(),
             created_at: now,
         })
     }
@@ -832,7 +833,7 @@ impl Store for SqlStore {
         tenant: TenantKey,
         name: &Name,
     ) -> StoreResult<Option<Profile>> {
-        let row = sqlx::query("SELECT id, name, description, created_at FROM profiles WHERE tenant_id = $1 AND name = $2")
+        let row = sqlx::query("SELECT id, name, description, drogue_dfu, created_at FROM profiles WHERE tenant_id = $1 AND name = $2")
             .bind(tenant.0)
             .bind(name.as_str())
             .fetch_optional(&self.read)
@@ -841,11 +842,27 @@ impl Store for SqlStore {
     }
 
     async fn list_profiles(&self, tenant: TenantKey) -> StoreResult<Vec<Profile>> {
-        let rows = sqlx::query("SELECT id, name, description, created_at FROM profiles WHERE tenant_id = $1 ORDER BY name")
+        let rows = sqlx::query("SELECT id, name, description, drogue_dfu, created_at FROM profiles WHERE tenant_id = $1 ORDER BY name")
             .bind(tenant.0)
             .fetch_all(&self.read)
             .await?;
         rows.iter().map(profile_from).collect()
+    }
+
+    async fn set_profile_settings(
+        &self,
+        tenant: TenantKey,
+        profile: ProfileKey,
+        settings: ProfileSettings,
+    ) -> StoreResult<bool> {
+        let done =
+            sqlx::query("UPDATE profiles SET drogue_dfu = $1 WHERE tenant_id = $2 AND id = $3")
+                .bind(i64::from(settings.drogue_dfu))
+                .bind(tenant.0)
+                .bind(profile.0)
+                .execute(&self.write)
+                .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn create_device(
@@ -875,11 +892,12 @@ impl Store for SqlStore {
         let key = DeviceKey(row.try_get("id")?);
         if let Some(credential) = credential {
             sqlx::query(
-                "INSERT INTO device_credentials (device_pk, kind, secret_hash, created_at) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO device_credentials (device_pk, kind, secret_hash, gateway, created_at) VALUES ($1, $2, $3, $4, $5)",
             )
             .bind(key.0)
             .bind(credential.kind.as_str())
             .bind(&credential.secret_hash)
+            .bind(i64::from(credential.gateway))
             .bind(now)
             .execute(&mut *tx)
             .await
@@ -960,6 +978,22 @@ impl Store for SqlStore {
     ) -> StoreResult<Option<Device>> {
         let row = sqlx::query(&format!(
             "{DEVICE_SELECT} JOIN device_credentials c ON c.device_pk = d.id WHERE c.kind = $1 AND c.secret_hash = $2"
+        ))
+        .bind(kind.as_str())
+        .bind(secret_hash)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(device_from).transpose()
+    }
+
+    async fn gateway_by_credential(
+        &self,
+        kind: CredentialKind,
+        secret_hash: &str,
+    ) -> StoreResult<Option<Device>> {
+        let row = sqlx::query(&format!(
+            "{DEVICE_SELECT} JOIN device_credentials c ON c.device_pk = d.id \
+             WHERE c.kind = $1 AND c.secret_hash = $2 AND c.gateway = 1"
         ))
         .bind(kind.as_str())
         .bind(secret_hash)
@@ -1890,6 +1924,9 @@ fn profile_from(row: &AnyRow) -> StoreResult<Profile> {
         key: ProfileKey(row.try_get("id")?),
         name: parse_name(row.try_get("name")?)?,
         description: row.try_get("description")?,
+        settings: ProfileSettings {
+            drogue_dfu: row.try_get::<i64, _>("drogue_dfu")? != 0,
+        },
         created_at: row.try_get("created_at")?,
     })
 }

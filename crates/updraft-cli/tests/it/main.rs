@@ -88,6 +88,10 @@ fn round_trip(extra: &[&str]) {
     let sha = hex::encode(Sha256::digest(&data));
 
     cli.ok(&["profile", "create", "esp32"]);
+    let nrf = cli.json(&["profile", "create", "nrf52", "--drogue-dfu"]);
+    assert_eq!(nrf["drogue_dfu"], true);
+    let nrf = cli.json(&["profile", "set", "nrf52", "--drogue-dfu", "false"]);
+    assert_eq!(nrf["drogue_dfu"], false);
     let uploaded = cli.json(&[
         "artifact",
         "upload",
@@ -158,6 +162,8 @@ fn round_trip(extra: &[&str]) {
         (Some(1), Some(1))
     );
     assert_eq!(status["actions"]["QUEUED"], 1);
+    let gateway = cli.json(&["device", "create", "gw", "--gateway"]);
+    assert!(gateway["token"].is_string());
 
     let settings = cli.json(&[
         "tenant",

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use updraft_core::{
     ArtifactKey, ArtifactKind, DeviceId, Name, ProfileKey, ProjectKey, Role, Scope, TenantKey,
 };
-use updraft_store::{CredentialKind, NewApiKey, NewCredential, NewDevice};
+use updraft_store::{CredentialKind, NewApiKey, NewCredential, NewDevice, ProfileSettings};
 
 use super::wire::*;
 use super::{ApiJson, ApiPath, ApiQuery};
@@ -194,15 +194,15 @@ pub async fn list_profiles(
     Ok(Json(profiles.iter().map(ProfileOut::from).collect()))
 }
 
-#[utoipa::path(post, path = "/api/v1/profiles", tag = "profiles", request_body = NameIn,
+#[utoipa::path(post, path = "/api/v1/profiles", tag = "profiles", request_body = ProfileIn,
     responses((status = 201, body = ProfileOut), (status = 409, body = ErrorBody)))]
 pub async fn create_profile(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(body): ApiJson<NameIn>,
+    ApiJson(body): ApiJson<ProfileIn>,
 ) -> ApiResult<(StatusCode, Json<ProfileOut>)> {
     caller.require(Role::Maintainer)?;
-    let profile = state
+    let mut profile = state
         .store
         .create_profile(
             caller.tenant(),
@@ -210,7 +210,70 @@ pub async fn create_profile(
             &body.description,
         )
         .await?;
+    let settings = ProfileSettings {
+        drogue_dfu: body.drogue_dfu,
+    };
+    if settings != profile.settings {
+        state
+            .store
+            .set_profile_settings(caller.tenant(), profile.key, settings)
+            .await?;
+        profile.settings = settings;
+    }
     Ok((StatusCode::CREATED, Json(ProfileOut::from(&profile))))
+}
+
+#[utoipa::path(put, path = "/api/v1/profiles/{name}", tag = "profiles", params(("name" = String, Path)),
+    request_body = ProfileSettingsIn,
+    responses((status = 200, body = ProfileOut), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update_profile(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<ProfileSettingsIn>,
+) -> ApiResult<Json<ProfileOut>> {
+    caller.require(Role::Maintainer)?;
+    let tenant = caller.tenant();
+    let not_found = || {
+        ApiError::not_found(
+            "profile_not_found",
+            format!("no profile named {name:?} in this tenant"),
+        )
+    };
+    let parsed = Name::parse(&name).map_err(|_| not_found())?;
+    let mut profile = state
+        .store
+        .profile_by_name(tenant, &parsed)
+        .await?
+        .ok_or_else(not_found)?;
+    let settings = ProfileSettings {
+        drogue_dfu: body.drogue_dfu,
+    };
+    if settings.drogue_dfu && !profile.settings.drogue_dfu {
+        // Every assignment that can reach the profile's devices must fit the protocol.
+        let mut marked = profile.clone();
+        marked.settings = settings;
+        for assignment in state.store.list_assignments(tenant).await? {
+            let Some(artifact) = state.store.artifact(tenant, assignment.artifact).await? else {
+                continue;
+            };
+            check_versions(&state, tenant, assignment.scope, &artifact, Some(&marked))
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        "version_too_long",
+                        format!("cannot mark the profile as Drogue DFU: {}", e.message),
+                    )
+                })?;
+        }
+    }
+    state
+        .store
+        .set_profile_settings(tenant, profile.key, settings)
+        .await?;
+    profile.settings = settings;
+    Ok(Json(ProfileOut::from(&profile)))
 }
 
 #[utoipa::path(get, path = "/api/v1/devices", tag = "devices", params(PageQuery),
@@ -274,6 +337,7 @@ pub async fn create_device(
     let credential = NewCredential {
         kind: CredentialKind::AccessToken,
         secret_hash: secret::hash(&token),
+        gateway: body.gateway,
     };
     let device = state
         .store
@@ -391,6 +455,62 @@ async fn scope_of(state: &AppState, tenant: TenantKey, scope: &ScopeIn) -> ApiRe
     }
 }
 
+/// Refuses to assign `artifact` where it can reach devices of a profile whose protocol cannot
+/// carry its version (Drogue DFU: 16 bytes). `extra` stands for a profile about to be marked.
+async fn check_versions(
+    state: &AppState,
+    tenant: TenantKey,
+    scope: Scope,
+    artifact: &updraft_store::Artifact,
+    extra: Option<&updraft_store::Profile>,
+) -> ApiResult<()> {
+    if artifact.version.len() <= crate::dfu::MAX_VERSION_BYTES {
+        return Ok(());
+    }
+    let mut profiles = state.store.list_profiles(tenant).await?;
+    if let Some(extra) = extra {
+        profiles.retain(|p| p.key != extra.key);
+        profiles.push(extra.clone());
+    }
+    let compatible = |p: &updraft_store::Profile| {
+        artifact.profiles.is_empty() || artifact.profiles.iter().any(|(key, _)| *key == p.key)
+    };
+    let reached: Vec<&updraft_store::Profile> = profiles
+        .iter()
+        .filter(|p| p.settings.drogue_dfu && compatible(p))
+        .filter(|p| match scope {
+            Scope::Device(_) | Scope::Project(_) | Scope::Tenant => true,
+            Scope::ProjectProfile(_, f) | Scope::Profile(f) => p.key == f,
+        })
+        .collect();
+    let offending = match scope {
+        Scope::Device(device) => {
+            let devices = state.store.device_by_key(device).await?;
+            reached.into_iter().find(|p| {
+                devices
+                    .as_ref()
+                    .and_then(|d| d.profile.as_ref())
+                    .is_some_and(|(k, _)| *k == p.key)
+            })
+        }
+        _ => reached.into_iter().next(),
+    };
+    match offending {
+        Some(profile) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "version_too_long",
+            format!(
+                "version {:?} has {} bytes; devices of profile {} speak Drogue DFU, which carries at most {}",
+                artifact.version,
+                artifact.version.len(),
+                profile.name,
+                crate::dfu::MAX_VERSION_BYTES
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Finds the artifact a request names as `TITLE@VERSION` or by id.
 pub async fn artifact_named(
     state: &AppState,
@@ -448,6 +568,7 @@ pub async fn assign(
     let artifact =
         artifact_named(&state, tenant, body.artifact.as_deref(), body.artifact_id).await?;
     let scope = scope_of(&state, tenant, &body.scope).await?;
+    check_versions(&state, tenant, scope, &artifact, None).await?;
     let assignment = state
         .store
         .assign(tenant, scope, artifact.key, &caller.source())

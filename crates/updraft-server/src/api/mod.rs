@@ -53,6 +53,7 @@ pub struct ApiPath<T>(pub T);
         fleet::create_project,
         fleet::list_profiles,
         fleet::create_profile,
+        fleet::update_profile,
         fleet::list_devices,
         fleet::create_device,
         fleet::show_device,
@@ -104,6 +105,7 @@ pub fn router(state: AppState) -> Router {
             "/profiles",
             get(fleet::list_profiles).post(fleet::create_profile),
         )
+        .route("/profiles/{name}", put(fleet::update_profile))
         .route(
             "/devices",
             get(fleet::list_devices).post(fleet::create_device),

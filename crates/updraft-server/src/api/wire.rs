@@ -50,6 +50,9 @@ impl From<&store::Project> for ProjectOut {
 pub struct ProfileOut {
     pub name: String,
     pub description: String,
+    /// The profile's devices speak Drogue DFU: versions longer than 16 bytes are refused when
+    /// assigned to them.
+    pub drogue_dfu: bool,
     pub created_at: i64,
 }
 
@@ -58,9 +61,28 @@ impl From<&store::Profile> for ProfileOut {
         Self {
             name: p.name.to_string(),
             description: p.description.clone(),
+            drogue_dfu: p.settings.drogue_dfu,
             created_at: p.created_at,
         }
     }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileIn {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// The profile's devices speak Drogue DFU (`embedded-update`).
+    #[serde(default)]
+    pub drogue_dfu: bool,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSettingsIn {
+    /// The profile's devices speak Drogue DFU (`embedded-update`).
+    pub drogue_dfu: bool,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -117,6 +139,10 @@ pub struct DeviceIn {
     pub attributes: BTreeMap<String, String>,
     /// The device's access token; generated when absent. At least 16 characters.
     pub token: Option<String>,
+    /// The token is a gateway's: it may speak for the other devices of the tenant (Drogue DFU
+    /// `?as={device}` and `dfu/{device}`).
+    #[serde(default)]
+    pub gateway: bool,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -71,6 +71,41 @@ pub async fn authenticate(state: &AppState, user: &str, token: &str) -> ApiResul
     Ok(by_token)
 }
 
+/// The device `other` that `speaker` (authenticated with `token`) speaks for: itself, or any
+/// device of its tenant when its credential is a gateway's.
+pub async fn speaking_for(
+    state: &AppState,
+    speaker: Device,
+    token: &str,
+    other: Option<&str>,
+) -> ApiResult<Device> {
+    let Some(other) = other.filter(|other| *other != speaker.id.as_str()) else {
+        return Ok(speaker);
+    };
+    let gateway = state
+        .store
+        .gateway_by_credential(CredentialKind::AccessToken, &secret::hash(token))
+        .await?;
+    if gateway.is_none_or(|g| g.key != speaker.key) {
+        return Err(ApiError::forbidden(format!(
+            "{} may not speak for {other:?}: its credential is not a gateway's",
+            speaker.id
+        )));
+    }
+    let unknown = || {
+        ApiError::not_found(
+            "device_not_found",
+            format!("no device {other:?} in the gateway's tenant"),
+        )
+    };
+    let id = DeviceId::parse(other).map_err(|_| unknown())?;
+    state
+        .store
+        .device(speaker.tenant, &id)
+        .await?
+        .ok_or_else(unknown)
+}
+
 #[derive(Deserialize)]
 struct DfuQuery {
     /// How long Drogue Cloud would wait for a command; we always answer at once.
@@ -101,15 +136,8 @@ async fn http_dfu(
         .and_then(|raw| String::from_utf8(raw).ok())
         .ok_or_else(unauthorized)?;
     let (user, token) = credentials.split_once(':').ok_or_else(unauthorized)?;
-    let device = authenticate(&state, user, token).await?;
-    if let Some(other) = query
-        .on_behalf
-        .filter(|other| other.as_str() != device.id.as_str())
-    {
-        return Err(ApiError::forbidden(format!(
-            "speaking for {other:?} needs a gateway credential, which Updraft does not issue yet"
-        )));
-    }
+    let speaker = authenticate(&state, user, token).await?;
+    let device = speaking_for(&state, speaker, token, query.on_behalf.as_deref()).await?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());

@@ -127,6 +127,9 @@ enum ConnectionError {
 struct Session {
     /// Connected with Drogue's credentials: speaks DFU on `dfu`.
     drogue: bool,
+    /// Connected with a gateway's credential: may speak DFU on `dfu/{device}` for the other
+    /// devices of its tenant.
+    gateway: bool,
     version: Version,
     device: Device,
     stream: TcpStream,
@@ -219,6 +222,19 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Conne
         stream.write_all(&out).await?;
         return Err(ConnectionError::Protocol("not authorized"));
     };
+    let gateway = match (drogue, password.as_deref()) {
+        (true, Some(token)) => state
+            .store
+            .gateway_by_credential(
+                updraft_store::CredentialKind::AccessToken,
+                &crate::secret::hash(token),
+            )
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|g| g.key == device.key),
+        _ => false,
+    };
     codec::write(version, &Outbound::ConnAck { accepted: true }, &mut out)?;
     stream.write_all(&out).await?;
     let _ = state.store.touch_device(device.key).await;
@@ -227,6 +243,7 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Conne
     let registration = state.mqtt.add(device.key, tx);
     let mut session = Session {
         drogue,
+        gateway,
         version,
         device,
         stream,
@@ -333,14 +350,47 @@ async fn publish(
     let bad = |what: &str| crate::error::ApiError::bad_request("invalid_request", what.to_owned());
     let device = session.device.clone();
     let json = || serde_json::from_slice::<Value>(&payload).map_err(|_| bad("payload is not JSON"));
-    if session.drogue && topic == "dfu" {
+    let dfu_for = match topic.strip_prefix("dfu") {
+        Some("") => Some(None),
+        Some(rest) => rest.strip_prefix('/').map(Some),
+        None => None,
+    };
+    if let (true, Some(other)) = (session.drogue, dfu_for) {
+        let target = match other {
+            None => device.clone(),
+            Some(_) if !session.gateway => {
+                return Err(crate::error::ApiError::forbidden(format!(
+                    "{} may not speak for other devices: its credential is not a gateway's",
+                    device.id
+                )));
+            }
+            Some(other) => {
+                let unknown = || {
+                    crate::error::ApiError::not_found(
+                        "device_not_found",
+                        format!("no device {other:?} in the gateway's tenant"),
+                    )
+                };
+                let id = updraft_core::DeviceId::parse(other).map_err(|_| unknown())?;
+                state
+                    .store
+                    .device(device.tenant, &id)
+                    .await?
+                    .ok_or_else(unknown)?
+            }
+        };
         let encoding = crate::dfu::wire::Encoding::of(None, &payload);
         let status = crate::dfu::wire::decode(encoding, &payload)
             .map_err(|e| crate::error::ApiError::bad_request("invalid_status", e.0))?;
-        let command = crate::dfu::answer(state, &device, &status).await?;
-        // Delivered whatever the device subscribed (`command/inbox//#` usually).
+        let command = crate::dfu::answer(state, &target, &status).await?;
+        // Delivered whatever the device subscribed (`command/inbox//#` usually); a gateway's
+        // answers name the device it spoke for.
+        let topic = match other {
+            None => "command/inbox//dfu".to_owned(),
+            Some(_) => format!("command/inbox/{}/dfu", target.id),
+        };
         let response = Outbound::Publish {
-            topic: "command/inbox//dfu".into(),
+            topic,
             payload: Bytes::from(crate::dfu::wire::encode(encoding, &command)),
         };
         return session

@@ -462,6 +462,7 @@ async fn the_openapi_document_describes_every_route() {
         ("/api/v1/api-keys/{id}", &["delete"]),
         ("/api/v1/projects", &["get", "post"]),
         ("/api/v1/profiles", &["get", "post"]),
+        ("/api/v1/profiles/{name}", &["put"]),
         ("/api/v1/devices", &["get", "post"]),
         ("/api/v1/devices/{id}", &["get", "delete"]),
         ("/api/v1/devices/{id}/history", &["get"]),

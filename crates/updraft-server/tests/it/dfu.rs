@@ -469,3 +469,272 @@ async fn an_embedded_update_device_updates_over_mqtt() {
     let shown = app.get("/api/v1/devices/dfu-m").await.json();
     assert_eq!(shown["firmware"]["version"], "3.0.0");
 }
+
+/// A gateway device and a leaf device behind it with an update assigned; returns the gateway's
+/// and the leaf's tokens.
+async fn gateway_setup(app: &TestApp, data: &[u8]) -> (String, String) {
+    let created = app
+        .post("/api/v1/devices", json!({"id": "gw-1", "gateway": true}))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let gateway = created.json()["token"].as_str().unwrap().to_owned();
+    let leaf = app.device("leaf-1").await;
+    app.upload("title=leaf-fw&version=4.0.0", data).await;
+    app.post(
+        "/api/v1/assignments",
+        json!({"device": "leaf-1", "artifact": "leaf-fw@4.0.0"}),
+    )
+    .await;
+    (gateway, leaf)
+}
+
+#[tokio::test]
+async fn a_gateway_updates_a_device_it_speaks_for_over_http() {
+    let app = TestApp::new().await;
+    let data = image(1500);
+    let (gateway, leaf) = gateway_setup(&app, &data).await;
+    let auth = basic("gw-1@default", &gateway);
+    let mut device = Device::new("1.0.0", 512);
+    loop {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/dfu?ct=30&as=leaf-1")
+            .header("authorization", auth.clone())
+            .header("content-type", "application/cbor")
+            .body(Body::from(device.status(Form::Packed)))
+            .unwrap();
+        let answer = app.send(request).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        match device.apply(&answer.body) {
+            Step::Continue => {}
+            Step::Swapped {
+                version,
+                checksum_ok,
+            } => {
+                assert!(checksum_ok);
+                device.running = version;
+                device.writing = None;
+            }
+            Step::Synced => break,
+        }
+    }
+    assert_eq!(device.writes, [0, 512, 1024]);
+    let leaf_shown = app.get("/api/v1/devices/leaf-1").await.json();
+    assert_eq!(leaf_shown["firmware"]["version"], "4.0.0");
+    assert_eq!(
+        app.get("/api/v1/status").await.json()["actions"]["UPDATED"],
+        1
+    );
+    // The gateway itself runs nothing it reported.
+    let gw_shown = app.get("/api/v1/devices/gw-1").await.json();
+    assert!(gw_shown["firmware"].is_null());
+
+    // A device whose credential is not a gateway's may not speak for others; a gateway may not
+    // speak for a device it does not know or of another tenant.
+    app.device("plain").await;
+    for (auth, target, status, code) in [
+        (
+            basic("leaf-1@default", &leaf),
+            "plain",
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            basic("gw-1@default", &gateway),
+            "nosuch",
+            StatusCode::NOT_FOUND,
+            "device_not_found",
+        ),
+        (
+            basic("gw-1@default", &gateway),
+            "..",
+            StatusCode::NOT_FOUND,
+            "device_not_found",
+        ),
+    ] {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("/v1/dfu?as={target}"))
+            .header("authorization", auth)
+            .body(Body::from(Device::new("1.0.0", 512).status(Form::Packed)))
+            .unwrap();
+        let answer = app.send(request).await;
+        assert_eq!(
+            (answer.status, answer.code().as_str()),
+            (status, code),
+            "{target}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_speaks_for_devices_on_dfu_slash_device_over_mqtt() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let app = TestApp::new().await;
+    let data = image(700);
+    let (gateway, leaf) = gateway_setup(&app, &data).await;
+    let (host, port) = app.listen_mqtt().await;
+
+    // A plain device publishing for another gets nothing for it: its next own Status is the
+    // first thing answered.
+    let mut options = MqttOptions::new("leaf-1", host.clone(), port);
+    options.set_credentials("leaf-1@default", leaf);
+    let (client, mut events) = AsyncClient::new(options, 16);
+    client
+        .subscribe("command/inbox/#", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    let status = Device::new("1.0.0", 512).status(Form::Packed);
+    client
+        .publish("dfu/gw-1", QoS::AtLeastOnce, false, status.clone())
+        .await
+        .unwrap();
+    client
+        .publish("dfu", QoS::AtLeastOnce, false, status)
+        .await
+        .unwrap();
+    loop {
+        if let Event::Incoming(Packet::Publish(publish)) = events.poll().await.unwrap() {
+            assert_eq!(publish.topic, "command/inbox//dfu");
+            break;
+        }
+    }
+    client.disconnect().await.unwrap();
+
+    let mut options = MqttOptions::new("gw-1", host, port);
+    options.set_credentials("gw-1@default", gateway);
+    let (client, mut events) = AsyncClient::new(options, 16);
+    client
+        .subscribe("command/inbox/#", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    let mut device = Device::new("1.0.0", 512);
+    loop {
+        client
+            .publish(
+                "dfu/leaf-1",
+                QoS::AtLeastOnce,
+                false,
+                device.status(Form::Packed),
+            )
+            .await
+            .unwrap();
+        let payload = loop {
+            if let Event::Incoming(Packet::Publish(publish)) = events.poll().await.unwrap() {
+                assert_eq!(publish.topic, "command/inbox/leaf-1/dfu");
+                break publish.payload;
+            }
+        };
+        match device.apply(&payload) {
+            Step::Continue => {}
+            Step::Swapped {
+                version,
+                checksum_ok,
+            } => {
+                assert!(checksum_ok);
+                device.running = version;
+                device.writing = None;
+            }
+            Step::Synced => break,
+        }
+    }
+    assert_eq!(device.writes, [0, 512]);
+    let shown = app.get("/api/v1/devices/leaf-1").await.json();
+    assert_eq!(shown["firmware"]["version"], "4.0.0");
+}
+
+#[tokio::test]
+async fn versions_too_long_for_dfu_profiles_are_refused_when_assigned() {
+    let app = TestApp::new().await;
+    let answer = app
+        .post(
+            "/api/v1/profiles",
+            json!({"name": "nrf52", "drogue_dfu": true}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    assert_eq!(answer.json()["drogue_dfu"], true);
+    app.post("/api/v1/profiles", json!({"name": "linux"})).await;
+    app.post("/api/v1/devices", json!({"id": "n1", "profile": "nrf52"}))
+        .await;
+    app.post("/api/v1/devices", json!({"id": "l1", "profile": "linux"}))
+        .await;
+    app.upload("title=fw&version=2.0.0-with-a-long-suffix", b"long")
+        .await;
+    app.upload("title=fw&version=2.0.0", b"short").await;
+    app.upload(
+        "title=linux-only&version=2.0.0-with-a-long-suffix&profiles=linux",
+        b"linux",
+    )
+    .await;
+    let long = "fw@2.0.0-with-a-long-suffix";
+    for (scope, refused) in [
+        (json!({"device": "n1"}), true),
+        (json!({"profile": "nrf52"}), true),
+        (json!({"tenant_default": true}), true),
+        (json!({"device": "l1"}), false),
+        (json!({"profile": "linux"}), false),
+    ] {
+        let mut body = scope.clone();
+        body["artifact"] = json!(long);
+        let answer = app.post("/api/v1/assignments", body).await;
+        if refused {
+            assert_eq!(
+                (answer.status, answer.code().as_str()),
+                (StatusCode::UNPROCESSABLE_ENTITY, "version_too_long"),
+                "{scope}"
+            );
+            assert!(answer.json()["message"].as_str().unwrap().contains("nrf52"));
+        } else {
+            assert_eq!(answer.status, StatusCode::CREATED, "{scope}");
+        }
+    }
+    // Short versions go anywhere; an artifact not compatible with the DFU profile cannot reach it.
+    let answer = app
+        .post(
+            "/api/v1/assignments",
+            json!({"tenant_default": true, "artifact": "fw@2.0.0"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    let answer = app
+        .post(
+            "/api/v1/assignments",
+            json!({"tenant_default": true, "artifact": "linux-only@2.0.0-with-a-long-suffix"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+
+    // Marking a profile as DFU while a long version is assigned to it is refused.
+    let answer = app
+        .call(
+            Method::PUT,
+            "/api/v1/profiles/linux",
+            &app.admin.clone(),
+            Some(json!({"drogue_dfu": true})),
+        )
+        .await;
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (StatusCode::CONFLICT, "version_too_long")
+    );
+    let answer = app
+        .call(
+            Method::PUT,
+            "/api/v1/profiles/nrf52",
+            &app.admin.clone(),
+            Some(json!({"drogue_dfu": false})),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json()["drogue_dfu"], false);
+    let answer = app
+        .call(
+            Method::PUT,
+            "/api/v1/profiles/nosuch",
+            &app.admin.clone(),
+            Some(json!({"drogue_dfu": false})),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+}

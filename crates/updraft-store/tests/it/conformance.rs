@@ -79,6 +79,7 @@ async fn device(
             Some(&NewCredential {
                 kind: CredentialKind::AccessToken,
                 secret_hash: format!("hash-of-{}-{device_id}", f.tenant.name),
+                gateway: device_id.starts_with("gw"),
             }),
         )
         .await
@@ -780,6 +781,7 @@ pub async fn devices_are_found_by_credential_and_paged(store: &SqlStore, _: &Reo
             Some(&NewCredential {
                 kind: CredentialKind::AccessToken,
                 secret_hash: "fresh".into(),
+                gateway: false,
             }),
         )
         .await
@@ -889,6 +891,61 @@ pub async fn tenant_settings_and_gateway_tokens_round_trip(store: &SqlStore, _: 
             .unwrap()
             .is_none()
     );
+}
+
+pub async fn profile_settings_and_gateway_credentials_round_trip(store: &SqlStore, _: &Reopen) {
+    let f = fixture(store, "t").await;
+    let profile = store
+        .create_profile(f.tenant.key, &name("nrf52"), "")
+        .await
+        .unwrap();
+    assert_eq!(profile.settings, ProfileSettings::default());
+    let settings = ProfileSettings { drogue_dfu: true };
+    assert!(
+        store
+            .set_profile_settings(f.tenant.key, profile.key, settings)
+            .await
+            .unwrap()
+    );
+    let again = store
+        .profile_by_name(f.tenant.key, &name("nrf52"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.settings, settings);
+    assert_eq!(
+        store.list_profiles(f.tenant.key).await.unwrap()[0].settings,
+        settings
+    );
+    let other = fixture(store, "u").await;
+    assert!(
+        !store
+            .set_profile_settings(other.tenant.key, profile.key, settings)
+            .await
+            .unwrap()
+    );
+
+    let gw = device(store, &f, "gw-1", None, None).await;
+    device(store, &f, "leaf", None, None).await;
+    let by = |hash: &'static str| async move {
+        (
+            store
+                .device_by_credential(CredentialKind::AccessToken, hash)
+                .await
+                .unwrap()
+                .map(|d| d.id.to_string()),
+            store
+                .gateway_by_credential(CredentialKind::AccessToken, hash)
+                .await
+                .unwrap()
+                .map(|d| d.key),
+        )
+    };
+    assert_eq!(
+        by("hash-of-t-gw-1").await,
+        (Some("gw-1".into()), Some(gw.key))
+    );
+    assert_eq!(by("hash-of-t-leaf").await, (Some("leaf".into()), None));
 }
 
 pub async fn reported_attributes_merge_replace_and_remove(store: &SqlStore, _: &Reopen) {
