@@ -28,5 +28,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features
 
+# Every fuzz target for a short while (cargo fuzz, nightly): the decoders of device input.
+scripts/fuzz.sh 15
+
 # The benchmark scripts at tiny sizes, so that they do not rot (they write nothing).
 bench/run-all.sh --smoke

@@ -72,17 +72,17 @@ pub struct Stats {
     pub downloads_started: u64,
 }
 
-pub struct Agent<F: Flash, S: UpdateServer> {
+pub struct Agent<F: Flash, S> {
     pub flash: F,
     pub server: S,
     pub config: AgentConfig,
     pub hooks: Hooks,
     pub stats: Stats,
-    state: AgentState,
-    booted: Slot,
+    pub(crate) state: AgentState,
+    pub(crate) booted: Slot,
 }
 
-impl<F: Flash, S: UpdateServer> Agent<F, S> {
+impl<F: Flash, S> Agent<F, S> {
     /// Power-on: reads the state file (or starts from the factory state), lets the "bootloader"
     /// pick a slot, and for a trial boot runs the health check. Returns [`Outcome::Reboot`] when
     /// the trial failed its check and the device must restart.
@@ -142,12 +142,14 @@ impl<F: Flash, S: UpdateServer> Agent<F, S> {
         self.booted
     }
 
-    fn persist(&mut self, next: AgentState) -> Result<(), AgentError> {
+    pub(crate) fn persist(&mut self, next: AgentState) -> Result<(), AgentError> {
         self.flash.store_state(&next.encode())?;
         self.state = next;
         Ok(())
     }
+}
 
+impl<F: Flash, S: UpdateServer> Agent<F, S> {
     /// One round: deliver a pending result, poll, honour a cancellation, take a new update, and
     /// carry the current one as far as it goes.
     pub async fn cycle(&mut self) -> Result<Outcome, AgentError> {

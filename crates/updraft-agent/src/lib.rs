@@ -1,5 +1,5 @@
 //! `updraft-agent`: the device side of Updraft. It polls a hawkBit DDI server (Updraft or
-//! hawkBit), downloads an update into the inactive of two slots with resume after a dropped
+//! hawkBit) — or speaks Drogue DFU ([`dfu`]) — downloads an update into the inactive of two slots with resume after a dropped
 //! connection, verifies its SHA-256, boots it on trial, runs a health check, and confirms it or
 //! rolls back after too many failed boots, reporting each step as DDI feedback.
 //!
@@ -10,6 +10,7 @@
 //! on, so a power loss between any two operations restarts from a true state.
 
 pub mod agent;
+pub mod dfu;
 pub mod flash;
 pub mod server;
 pub mod state;

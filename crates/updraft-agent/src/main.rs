@@ -1,5 +1,5 @@
 //! `updraft-agent run`: keeps a device (or a simulation of one, with slot files in a directory)
-//! up to date from a hawkBit DDI server such as Updraft.
+//! up to date from a hawkBit DDI server such as Updraft, or over Drogue DFU.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,9 +9,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use updraft_agent::AgentError;
 use updraft_agent::agent::{Agent, AgentConfig, Hooks, Outcome};
+use updraft_agent::dfu::DfuClient;
 use updraft_agent::flash::DirFlash;
 use updraft_agent::server::DdiClient;
-use updraft_agent::state::Release;
+use updraft_agent::state::{AgentState, Release, Slot};
 
 /// Exit code that asks the supervisor to reboot the device (with `--exit-on-reboot`).
 const EXIT_REBOOT: u8 = 10;
@@ -20,7 +21,7 @@ const EXIT_REBOOT: u8 = 10;
 #[command(
     name = "updraft-agent",
     version,
-    about = "Device agent: DDI client with A/B slots and automatic rollback"
+    about = "Device agent: hawkBit DDI or Drogue DFU client with A/B slots and automatic rollback"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,6 +39,12 @@ struct RunArgs {
     /// Server base URL, e.g. http://127.0.0.1:8080.
     #[arg(long, env = "UPDRAFT_AGENT_SERVER")]
     server: String,
+    /// ddi (hawkBit DDI) or drogue (Drogue DFU over HTTP, `embedded-update`'s protocol).
+    #[arg(long, default_value = "ddi", value_parser = ["ddi", "drogue"])]
+    protocol: String,
+    /// Largest block taken in one Drogue DFU Write.
+    #[arg(long, default_value_t = 512)]
+    mtu: u32,
     #[arg(long, default_value = "DEFAULT")]
     tenant: String,
     /// The controller id (the device id on the server).
@@ -94,6 +101,53 @@ fn hooks(args: &RunArgs) -> Hooks {
     }
 }
 
+/// The agent over the protocol chosen.
+enum Device {
+    Ddi(Agent<DirFlash, DdiClient>),
+    Drogue(Agent<DirFlash, DfuClient>),
+}
+
+impl Device {
+    async fn cycle(&mut self) -> Result<Outcome, AgentError> {
+        match self {
+            Device::Ddi(agent) => agent.cycle().await,
+            Device::Drogue(agent) => agent.dfu_cycle().await,
+        }
+    }
+
+    fn state(&self) -> &AgentState {
+        match self {
+            Device::Ddi(agent) => agent.state(),
+            Device::Drogue(agent) => agent.state(),
+        }
+    }
+
+    fn booted(&self) -> Slot {
+        match self {
+            Device::Ddi(agent) => agent.booted(),
+            Device::Drogue(agent) => agent.booted(),
+        }
+    }
+}
+
+async fn power_on(args: &RunArgs, config: &AgentConfig) -> Result<(Device, Option<Outcome>)> {
+    let flash = DirFlash::open(&args.slots)?;
+    // Drogue names the default tenant in lower case.
+    let tenant = match args.tenant.as_str() {
+        "DEFAULT" if args.protocol == "drogue" => "default",
+        tenant => tenant,
+    };
+    Ok(if args.protocol == "drogue" {
+        let server = DfuClient::new(&args.server, tenant, &args.device, &args.token, args.mtu)?;
+        let (agent, outcome) = Agent::start(flash, server, config.clone(), hooks(args)).await?;
+        (Device::Drogue(agent), outcome)
+    } else {
+        let server = DdiClient::new(&args.server, tenant, &args.device, &args.token)?;
+        let (agent, outcome) = Agent::start(flash, server, config.clone(), hooks(args)).await?;
+        (Device::Ddi(agent), outcome)
+    })
+}
+
 async fn run(args: RunArgs) -> Result<ExitCode> {
     let factory_release = match &args.factory_release {
         Some(text) => {
@@ -113,11 +167,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         ..AgentConfig::default()
     };
     loop {
-        // Power-on.
-        let flash = DirFlash::open(&args.slots)?;
-        let server = DdiClient::new(&args.server, &args.tenant, &args.device, &args.token)?;
-        let (mut agent, outcome) =
-            Agent::start(flash, server, config.clone(), hooks(&args)).await?;
+        let (mut agent, outcome) = power_on(&args, &config).await?;
         println!(
             "booted slot {:?}, running {:?}",
             agent.booted(),

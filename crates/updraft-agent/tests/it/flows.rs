@@ -291,6 +291,15 @@ async fn a_new_image_that_fails_its_health_check_is_rolled_back() {
 
 #[tokio::test]
 async fn the_agent_binary_updates_a_simulated_device_and_runs_its_hooks() {
+    binary_update("ddi").await;
+}
+
+#[tokio::test]
+async fn the_agent_binary_updates_over_drogue_dfu() {
+    binary_update("drogue").await;
+}
+
+async fn binary_update(protocol: &str) {
     let server = Server::start().await;
     let token = server.device("dev01").await;
     let new = image(150_000, 7);
@@ -311,6 +320,10 @@ async fn the_agent_binary_updates_a_simulated_device_and_runs_its_hooks() {
             "--factory-release",
             "fw@1",
             "--once",
+            "--protocol",
+            protocol,
+            "--mtu",
+            "4096",
         ])
         .arg("--slots")
         .arg(slots.path())

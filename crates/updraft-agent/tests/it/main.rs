@@ -5,6 +5,7 @@
 // Tests may unwrap: a panic is how they fail.
 #![allow(clippy::unwrap_used)]
 
+mod dfu;
 mod faults;
 mod flows;
 

@@ -5,7 +5,7 @@
 //! state machine, and a device that comes back on its old version after a Swap is recorded as a
 //! rollback and not sent that image again.
 
-pub mod wire;
+pub use updraft_wire::dfu as wire;
 
 use axum::Router;
 use axum::body::Bytes;

@@ -334,6 +334,82 @@ pub fn encode(encoding: Encoding, command: &Command) -> Vec<u8> {
     }
 }
 
+/// Writes one Status in packed CBOR, as `embedded-update` devices send it (the device side).
+pub fn encode_status(status: &Status) -> Vec<u8> {
+    let update = match &status.update {
+        Some(update) => Cbor::Map(vec![
+            (key(0), Cbor::Bytes(update.version.clone())),
+            (key(1), Cbor::Integer(update.offset.into())),
+        ]),
+        None => Cbor::Null,
+    };
+    let value = Cbor::Map(vec![
+        (key(0), Cbor::Bytes(status.version.clone())),
+        (key(1), opt(status.mtu)),
+        (key(2), opt(status.correlation_id)),
+        (key(3), update),
+    ]);
+    let mut out = Vec::new();
+    // Writing to a Vec cannot fail.
+    let _ = ciborium::into_writer(&value, &mut out);
+    out
+}
+
+fn opt_u32(map: &[(Cbor, Cbor)], index: u8, name: &str) -> Result<Option<u32>, DecodeError> {
+    field(map, index, &[name])
+        .map(|v| cbor_u32(v, name))
+        .transpose()
+}
+
+fn need_bytes(map: &[(Cbor, Cbor)], index: u8, name: &str) -> Result<Vec<u8>, DecodeError> {
+    cbor_bytes(
+        field(map, index, &[name]).ok_or_else(|| bad(format!("the Command has no {name}")))?,
+        name,
+    )
+}
+
+/// Reads one Command in packed or named CBOR (the device side).
+pub fn decode_command(body: &[u8]) -> Result<Command, DecodeError> {
+    let value: Cbor = ciborium::from_reader(body).map_err(|e| bad(format!("not CBOR: {e}")))?;
+    let Cbor::Map(outer) = value else {
+        return Err(bad("a Command is a CBOR map"));
+    };
+    let [(variant, Cbor::Map(map))] = outer.as_slice() else {
+        return Err(bad("a Command is a map of one variant to its fields"));
+    };
+    let variant = match variant {
+        Cbor::Integer(i) => u8::try_from(i128::from(*i)).ok(),
+        Cbor::Text(name) => ["wait", "sync", "write", "swap"]
+            .iter()
+            .position(|n| n.eq_ignore_ascii_case(name))
+            .and_then(|i| u8::try_from(i).ok()),
+        _ => None,
+    };
+    match variant {
+        Some(0) => Ok(Command::Wait {
+            correlation_id: opt_u32(map, 0, "correlation_id")?,
+            poll: opt_u32(map, 1, "poll")?,
+        }),
+        Some(1) => Ok(Command::Sync {
+            version: need_bytes(map, 0, "version")?,
+            correlation_id: opt_u32(map, 1, "correlation_id")?,
+            poll: opt_u32(map, 2, "poll")?,
+        }),
+        Some(2) => Ok(Command::Write {
+            version: need_bytes(map, 0, "version")?,
+            correlation_id: opt_u32(map, 1, "correlation_id")?,
+            offset: opt_u32(map, 2, "offset")?.ok_or_else(|| bad("the Command has no offset"))?,
+            data: need_bytes(map, 3, "data")?,
+        }),
+        Some(3) => Ok(Command::Swap {
+            version: need_bytes(map, 0, "version")?,
+            correlation_id: opt_u32(map, 1, "correlation_id")?,
+            checksum: need_bytes(map, 2, "checksum")?,
+        }),
+        _ => Err(bad("unknown Command variant")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,6 +572,61 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(body)
             );
+        }
+    }
+
+    #[test]
+    fn the_device_side_round_trips_with_the_server_side() {
+        let status = Status {
+            version: b"1.0.0".to_vec(),
+            mtu: Some(512),
+            correlation_id: None,
+            update: Some(UpdateStatus {
+                version: b"2.0.0".to_vec(),
+                offset: 512,
+            }),
+        };
+        let bytes = encode_status(&status);
+        assert_eq!(
+            bytes,
+            h("a4 00 45 312e302e30 01 19 0200 02 f6 03 a2 00 45 322e302e30 01 19 0200")
+        );
+        assert_eq!(decode(Encoding::Cbor, &bytes), Ok(status));
+        for command in [
+            Command::Wait {
+                correlation_id: Some(3),
+                poll: None,
+            },
+            Command::Sync {
+                version: b"1".to_vec(),
+                correlation_id: None,
+                poll: Some(300),
+            },
+            Command::Write {
+                version: b"2".to_vec(),
+                correlation_id: None,
+                offset: 1024,
+                data: vec![1, 2, 3],
+            },
+            Command::Swap {
+                version: b"2".to_vec(),
+                correlation_id: Some(u32::MAX),
+                checksum: vec![0; 32],
+            },
+        ] {
+            assert_eq!(
+                decode_command(&encode(Encoding::Cbor, &command)),
+                Ok(command)
+            );
+        }
+        for junk in [
+            &b""[..],
+            &h("a0"),
+            &h("a1 07 a0"),
+            &h("a1 02 a1 00 45 322e302e30"),
+            &h("80"),
+        ] {
+            assert!(decode_command(junk).is_err(), "{junk:?}");
         }
     }
 }
