@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod aws;
 pub mod coap;
 pub mod ddi;
 pub mod dfu;

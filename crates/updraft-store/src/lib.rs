@@ -215,6 +215,16 @@ pub trait Store: Send + Sync + 'static {
         source: &str,
     ) -> StoreResult<bool>;
 
+    // AWS IoT job executions.
+    async fn job_execution(&self, action: ActionKey) -> StoreResult<Option<JobExecution>>;
+    /// Writes the execution if the stored one still has `expected_version` (`None`: there is
+    /// none yet); false when another change came first.
+    async fn save_job_execution(
+        &self,
+        execution: &JobExecution,
+        expected_version: Option<i64>,
+    ) -> StoreResult<bool>;
+
     // API keys.
     async fn create_api_key(&self, tenant: TenantKey, new: &NewApiKey) -> StoreResult<ApiKey>;
     async fn api_key_by_hash(&self, secret_hash: &str) -> StoreResult<Option<ApiKey>>;

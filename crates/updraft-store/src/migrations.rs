@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_frugal.sql")),
     (4, include_str!("../migrations/0004_queue.sql")),
     (5, include_str!("../migrations/0005_profiles_gateways.sql")),
+    (6, include_str!("../migrations/0006_jobs.sql")),
 ];
 
 /// Applies every migration newer than the database's version, each in its own transaction.

@@ -324,3 +324,18 @@ pub struct Queued {
     pub artifact: Option<ArtifactKey>,
     pub kind: ArtifactKind,
 }
+
+/// An AWS IoT job execution: the device's view of one update action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobExecution {
+    pub action: ActionKey,
+    /// AWS's status word (QUEUED, IN_PROGRESS, SUCCEEDED, …).
+    pub status: String,
+    /// The device's statusDetails as JSON text, returned verbatim.
+    pub status_details: String,
+    /// 1 when queued, +1 per accepted change by the device.
+    pub version_number: i64,
+    pub started_at: Option<Millis>,
+    pub last_updated_at: Millis,
+    pub step_deadline: Option<Millis>,
+}

@@ -2,4 +2,5 @@
 //! the server, the agent and the fuzz targets share one decoder per format and never panic on
 //! what a device or a network sends.
 
+pub mod aws;
 pub mod dfu;

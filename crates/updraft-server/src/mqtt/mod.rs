@@ -285,7 +285,13 @@ async fn run(
                     return Ok(());
                 }
             }
-            Some(packet) = rx.recv() => {
+            Some(mut packet) = rx.recv() => {
+                // Pushes for AWS things name the thing as `{thing}`.
+                if let Outbound::Publish { topic, .. } = &mut packet
+                    && topic.contains("{thing}")
+                {
+                    *topic = topic.replace("{thing}", session.device.id.as_str());
+                }
                 let deliver = match &packet {
                     Outbound::Publish { topic, .. } => session.subscribed(topic),
                     _ => true,
@@ -310,6 +316,15 @@ async fn handle(
         Inbound::PingReq => session.send(&Outbound::PingResp).await?,
         Inbound::Disconnect => return Ok(false),
         Inbound::Subscribe { pkid, filters } => {
+            // AWS IoT closes the connection of a thing that reaches for another's topics.
+            if filters
+                .iter()
+                .any(|(filter, _)| foreign_thing(filter, &session.device))
+            {
+                return Err(ConnectionError::Protocol(
+                    "subscribed to another thing's topics",
+                ));
+            }
             let granted = filters.iter().map(|(_, qos)| (*qos).min(1)).collect();
             session
                 .subscriptions
@@ -325,6 +340,11 @@ async fn handle(
             qos,
             pkid,
         } => {
+            if foreign_thing(&topic, &session.device) {
+                return Err(ConnectionError::Protocol(
+                    "published to another thing's topic",
+                ));
+            }
             if let Err(err) = publish(session, &topic, payload, state).await {
                 // A bad message is the device's problem: log it, keep the connection.
                 tracing::debug!(device = %session.device.id, topic, error = %err.message, "refused device message");
@@ -338,6 +358,11 @@ async fn handle(
         Inbound::Ignored => {}
     }
     Ok(true)
+}
+
+/// Whether a topic or filter reaches under `$aws/things/` beyond the device's own thing.
+fn foreign_thing(topic: &str, device: &Device) -> bool {
+    crate::aws::thing_of(topic).is_some_and(|(thing, _)| thing != device.id.as_str())
 }
 
 /// A device's PUBLISH, by topic.
@@ -397,6 +422,23 @@ async fn publish(
             .send(&response)
             .await
             .map_err(|e| crate::error::ApiError::internal(e.to_string()));
+    }
+    if let Some((_, rest)) = crate::aws::thing_of(topic) {
+        // Answers go to the requester whether or not it subscribed, as AWS IoT does.
+        for packet in crate::aws::handle(state, &device, rest, &payload).await {
+            // Notifications, unlike replies, only reach a device that subscribed to them.
+            if let Outbound::Publish { topic, .. } = &packet
+                && (topic.ends_with("/jobs/notify-next") || topic.ends_with("/jobs/notify"))
+                && !session.subscribed(topic)
+            {
+                continue;
+            }
+            session
+                .send(&packet)
+                .await
+                .map_err(|e| crate::error::ApiError::internal(e.to_string()))?;
+        }
+        return Ok(());
     }
     if topic == "v1/devices/me/telemetry" {
         return thingsboard::telemetry(state, &device, &json()?).await;
@@ -660,6 +702,10 @@ impl NotifyQueue {
                 payload: Bytes::from(attributes.to_string()),
             };
             state.mqtt.push(queued.device, &push);
+            state.mqtt.push(
+                queued.device,
+                &crate::aws::notify_next(queued.action, artifact, crate::server::now_millis()),
+            );
             state.coap.notify(queued.device, &attributes);
             told += 1;
         }

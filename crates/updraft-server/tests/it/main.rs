@@ -6,6 +6,7 @@
 
 mod api;
 mod artifacts;
+mod aws;
 mod coap;
 mod ddi;
 mod dfu;

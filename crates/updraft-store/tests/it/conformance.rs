@@ -948,6 +948,49 @@ pub async fn profile_settings_and_gateway_credentials_round_trip(store: &SqlStor
     assert_eq!(by("hash-of-t-leaf").await, (Some("leaf".into()), None));
 }
 
+pub async fn job_executions_change_only_from_the_version_they_were_read_at(
+    store: &SqlStore,
+    _: &Reopen,
+) {
+    let f = fixture(store, "t").await;
+    device(store, &f, "d", None, None).await;
+    let fw = artifact(store, &f, "fw", "2", ArtifactKind::Firmware, &[]).await;
+    store
+        .assign(f.tenant.key, Scope::Tenant, fw.key, "user:admin")
+        .await
+        .unwrap();
+    let action = active(store, &f, "d").await.unwrap();
+    assert_eq!(store.job_execution(action.key).await.unwrap(), None);
+    let mut execution = JobExecution {
+        action: action.key,
+        status: "QUEUED".into(),
+        status_details: "{}".into(),
+        version_number: 1,
+        started_at: None,
+        last_updated_at: 1000,
+        step_deadline: None,
+    };
+    assert!(store.save_job_execution(&execution, None).await.unwrap());
+    assert!(
+        !store.save_job_execution(&execution, None).await.unwrap(),
+        "created once"
+    );
+    execution.status = "IN_PROGRESS".into();
+    execution.status_details = r#"{"self_test":"receiving"}"#.into();
+    execution.version_number = 2;
+    execution.started_at = Some(2000);
+    execution.step_deadline = Some(62_000);
+    assert!(store.save_job_execution(&execution, Some(1)).await.unwrap());
+    assert!(
+        !store.save_job_execution(&execution, Some(1)).await.unwrap(),
+        "a stale version loses"
+    );
+    assert_eq!(
+        store.job_execution(action.key).await.unwrap(),
+        Some(execution)
+    );
+}
+
 pub async fn reported_attributes_merge_replace_and_remove(store: &SqlStore, _: &Reopen) {
     let f = fixture(store, "t").await;
     let dev = device(store, &f, "d", None, None).await;

@@ -70,6 +70,7 @@ backends!(
     fleet_summary_counts_latest_action_states,
     tenant_settings_and_gateway_tokens_round_trip,
     profile_settings_and_gateway_credentials_round_trip,
+    job_executions_change_only_from_the_version_they_were_read_at,
     reported_attributes_merge_replace_and_remove,
     superseding_an_action_the_device_knew_asks_it_to_confirm,
     placing_a_device_elsewhere_changes_what_it_should_run,
