@@ -20,8 +20,8 @@ command -v coap-client-notls >/dev/null 2>&1 || need+=(libcoap3-bin)
 if [ ! -x .venv-interop/bin/python ]; then
   python3 -m venv .venv-interop
 fi
-.venv-interop/bin/python -c 'import tb_device_mqtt' 2>/dev/null \
-  || .venv-interop/bin/pip install -q 'tb-mqtt-client==1.13.14'
+.venv-interop/bin/python -c 'import tb_device_mqtt, awsiot' 2>/dev/null \
+  || .venv-interop/bin/pip install -q 'tb-mqtt-client==1.13.14' 'awsiotsdk==1.31.0'
 export UPDRAFT_TEST_PYTHON="$PWD/.venv-interop/bin/python"
 
 cargo fmt --all -- --check

@@ -205,6 +205,15 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Conne
     };
     // ThingsBoard devices put their token in the user name; Drogue devices send
     // `{device}@{tenant}` and the token as the password.
+    // AWS's SDKs append `?SDK=…&Platform=…` metrics to the user name; AWS IoT ignores them.
+    // (Only beside a password: a ThingsBoard token alone in the user name is taken whole.)
+    let username = match (username, password.as_deref()) {
+        (Some(user), Some(token)) if !token.is_empty() => match user.split_once('?') {
+            Some((user, _)) => Some(user.to_owned()),
+            None => Some(user),
+        },
+        (user, _) => user,
+    };
     let (device, drogue) = match (username.as_deref(), password.as_deref()) {
         (Some(user), Some(token)) if !token.is_empty() => (
             crate::dfu::authenticate(state, user, token).await.ok(),

@@ -517,3 +517,53 @@ async fn unsigned_artifacts_make_no_job_and_other_things_topics_close_the_connec
     .await;
     assert!(closed.is_ok(), "the connection is closed");
 }
+
+/// AWS's own Python device SDK (awsiotsdk's jobs client) is notified of a job when it is
+/// assigned and walks start-next → IN_PROGRESS → SUCCEEDED against Updraft.
+#[tokio::test]
+async fn the_aws_iot_device_sdk_jobs_client_runs_a_job() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let Some(python) = updraft_test_support::interop_python() else {
+        return;
+    };
+    let app = TestApp::new().await;
+    let token = setup(&app, "sdk-thing", &image(2000), true).await;
+    let (host, port) = app.listen_mqtt().await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/aws_jobs.py");
+    let mut child = tokio::process::Command::new(python)
+        .arg(script)
+        .args([host, port.to_string(), "sdk-thing".into(), token])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.next_line().await.unwrap();
+    if ready.as_deref() != Some("ready") {
+        let mut stderr = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+            .await
+            .unwrap();
+        panic!("the SDK did not start: {stderr}");
+    }
+    assign(&app, "sdk-thing").await;
+    let summary = lines.next_line().await.unwrap();
+    let status = child.wait().await.unwrap();
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(status.success(), "the SDK failed: {stderr}");
+    let seen: Value = serde_json::from_str(&summary.unwrap()).unwrap();
+    assert_eq!(seen["notified_job"], seen["started"]["job_id"]);
+    assert_eq!(seen["started"]["status"], "IN_PROGRESS");
+    assert_eq!(seen["started"]["version"], 2);
+    assert_eq!(
+        seen["started"]["document"]["afr_ota"]["files"][0]["filesize"],
+        2000
+    );
+    assert_eq!(seen["updates"], json!(["IN_PROGRESS", "SUCCEEDED"]));
+    let shown = app.get("/api/v1/devices/sdk-thing").await.json();
+    assert_eq!(shown["firmware"]["version"], "2.0.0");
+}
