@@ -14,6 +14,7 @@ fi
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 command -v coap-client-notls >/dev/null 2>&1 || need+=(libcoap3-bin)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 
 # Real device clients from PyPI for the interop tests, in a venv beside the sources.

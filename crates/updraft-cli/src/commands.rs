@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine;
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -163,6 +164,12 @@ enum ArtifactCommand {
         /// Name devices download it as (default: TITLE-VERSION.bin).
         #[arg(long)]
         filename: Option<String>,
+        /// Detached signature of the file: DER (as `openssl dgst -sha256 -sign` writes it) or
+        /// its base64. Checked against the signing certificates of the compatible profiles.
+        #[arg(long)]
+        signature_file: Option<PathBuf>,
+        #[arg(long, requires = "signature_file")]
+        signature_algorithm: Option<String>,
     },
     List,
     /// Show one artifact, TITLE@VERSION.
@@ -199,6 +206,12 @@ enum ProfileCommand {
         /// The profile's devices speak Drogue DFU (versions of at most 16 bytes).
         #[arg(long)]
         drogue_dfu: bool,
+        /// PEM certificate (ECDSA P-256) that artifact signatures for this profile must verify with.
+        #[arg(long)]
+        signing_cert: Option<PathBuf>,
+        /// The name the devices know the certificate by (AWS OTA `certfile`; default code-sign.crt).
+        #[arg(long, requires = "signing_cert")]
+        signing_cert_name: Option<String>,
     },
     List,
     /// Change what the profile's devices speak.
@@ -206,7 +219,15 @@ enum ProfileCommand {
         name: String,
         /// true when the profile's devices speak Drogue DFU.
         #[arg(long, action = clap::ArgAction::Set)]
-        drogue_dfu: bool,
+        drogue_dfu: Option<bool>,
+        /// A new PEM signing certificate.
+        #[arg(long)]
+        signing_cert: Option<PathBuf>,
+        #[arg(long)]
+        signing_cert_name: Option<String>,
+        /// Remove the signing certificate.
+        #[arg(long, conflicts_with = "signing_cert")]
+        no_signing_cert: bool,
     },
 }
 
@@ -679,7 +700,22 @@ async fn artifact(client: &Client, out: &Output, command: ArtifactCommand) -> Re
             checksum,
             description,
             filename,
+            signature_file,
+            signature_algorithm,
         } => {
+            let signature = match &signature_file {
+                Some(path) => {
+                    let raw = std::fs::read(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    // DER starts with a SEQUENCE; anything else is taken as base64 text.
+                    Some(if raw.first() == Some(&0x30) {
+                        base64::engine::general_purpose::STANDARD.encode(&raw)
+                    } else {
+                        String::from_utf8_lossy(&raw).trim().to_owned()
+                    })
+                }
+                None => None,
+            };
             let handle = tokio::fs::File::open(&file)
                 .await
                 .with_context(|| format!("opening {}", file.display()))?;
@@ -695,6 +731,8 @@ async fn artifact(client: &Client, out: &Output, command: ArtifactCommand) -> Re
                 ("checksum", checksum),
                 ("description", description),
                 ("filename", filename.or(default_name)),
+                ("signature", signature),
+                ("signature_algorithm", signature_algorithm),
             ];
             for (key, value) in optional {
                 if let Some(value) = value {
@@ -864,6 +902,13 @@ async fn named(
     Ok(())
 }
 
+fn read_text(path: Option<&Path>) -> Result<Option<String>> {
+    path.map(|path| {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    })
+    .transpose()
+}
+
 async fn profile(client: &Client, out: &Output, command: ProfileCommand) -> Result<()> {
     let show = |profile: &Value| {
         let dfu = if profile["drogue_dfu"] == true {
@@ -871,15 +916,23 @@ async fn profile(client: &Client, out: &Output, command: ProfileCommand) -> Resu
         } else {
             ""
         };
-        format!("{}{dfu}", text(&profile["name"]))
+        let cert = match profile["signing_cert_name"].as_str() {
+            Some(name) => format!(", signing certificate {name}"),
+            None => String::new(),
+        };
+        format!("{}{dfu}{cert}", text(&profile["name"]))
     };
     match command {
         ProfileCommand::Create {
             name,
             description,
             drogue_dfu,
+            signing_cert,
+            signing_cert_name,
         } => {
-            let body = json!({"name": name, "description": description, "drogue_dfu": drogue_dfu});
+            let cert = read_text(signing_cert.as_deref())?;
+            let body = json!({"name": name, "description": description, "drogue_dfu": drogue_dfu,
+                "signing_cert": cert, "signing_cert_name": signing_cert_name});
             let created = client.post("/api/v1/profiles", &body).await?;
             out.show(&created, || println!("created {}", show(&created)));
         }
@@ -892,9 +945,21 @@ async fn profile(client: &Client, out: &Output, command: ProfileCommand) -> Resu
                 )
             });
         }
-        ProfileCommand::Set { name, drogue_dfu } => {
+        ProfileCommand::Set {
+            name,
+            drogue_dfu,
+            signing_cert,
+            signing_cert_name,
+            no_signing_cert,
+        } => {
             let path = format!("/api/v1/profiles/{name}");
-            let body = json!({"drogue_dfu": drogue_dfu});
+            let mut body =
+                json!({"drogue_dfu": drogue_dfu, "signing_cert_name": signing_cert_name});
+            if no_signing_cert {
+                body["signing_cert"] = json!("");
+            } else if let Some(cert) = read_text(signing_cert.as_deref())? {
+                body["signing_cert"] = json!(cert);
+            }
             let profile = client
                 .json(client.request(Method::PUT, &path).json(&body))
                 .await?;

@@ -7,6 +7,7 @@ pub mod checksum;
 pub mod model;
 pub mod names;
 pub mod resolve;
+pub mod signing;
 
 pub use action::{
     ActiveAction, Failure, FailureCode, KindStatus, Plan, Progress, Refusal, Release, Report,

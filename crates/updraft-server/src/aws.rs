@@ -105,6 +105,8 @@ fn json_token(payload: &[u8]) -> Option<String> {
 struct Execution {
     action: Action,
     artifact: Option<Artifact>,
+    /// The verification certificate's name on the device.
+    certfile: String,
     row: JobExecution,
     /// Whether `row` is stored yet.
     stored: bool,
@@ -164,14 +166,14 @@ impl Execution {
         execution["status"] = json!(self.status());
         execution["statusDetails"] = self.details();
         if include_document && let Some(artifact) = &self.artifact {
-            execution["jobDocument"] = job_document(artifact);
+            execution["jobDocument"] = job_document(artifact, &self.certfile);
         }
         execution
     }
 }
 
 /// The OTA job document of an artifact: one file in one MQTT stream, with its code signature.
-pub fn job_document(artifact: &Artifact) -> Value {
+pub fn job_document(artifact: &Artifact, certfile: &str) -> Value {
     let file_type = match artifact.kind {
         ArtifactKind::Firmware => 0,
         ArtifactKind::Software => 1,
@@ -183,11 +185,24 @@ pub fn job_document(artifact: &Artifact) -> Value {
             "filepath": artifact.filename,
             "filesize": artifact.size,
             "fileid": 0,
-            "certfile": DEFAULT_CERTFILE,
+            "certfile": certfile,
             "fileType": file_type,
             "sig-sha256-ecdsa": artifact.signature.clone().unwrap_or_default(),
         }],
     }})
+}
+
+/// The name of the device's profile's signing certificate, as its devices hold it.
+async fn certfile(state: &AppState, device: &Device) -> Result<String, ApiError> {
+    let Some((_, name)) = &device.profile else {
+        return Ok(DEFAULT_CERTFILE.to_owned());
+    };
+    Ok(state
+        .store
+        .profile_by_name(device.tenant, name)
+        .await?
+        .and_then(|p| p.signing_cert)
+        .map_or_else(|| DEFAULT_CERTFILE.to_owned(), |c| c.name))
 }
 
 async fn execution(
@@ -222,6 +237,7 @@ async fn execution(
     let execution = Execution {
         action,
         artifact,
+        certfile: certfile(state, device).await?,
         row,
         stored,
     };
@@ -712,7 +728,7 @@ async fn update(
     if body.get("includeJobDocument").and_then(Value::as_bool) == Some(true)
         && let Some(artifact) = &execution.artifact
     {
-        reply["jobDocument"] = job_document(artifact);
+        reply["jobDocument"] = job_document(artifact, &execution.certfile);
     }
     let mut out = vec![publish(format!("{topic}/accepted"), reply)];
     if execution.terminal() {
@@ -788,7 +804,7 @@ async fn apply(state: &AppState, device: &Device, execution: &Execution) -> Resu
 
 /// A notify-next for a device told of a new job by the notification queue (`{thing}` is filled
 /// in by the connection).
-pub fn notify_next(action: ActionKey, artifact: &Artifact, now: i64) -> Outbound {
+pub fn notify_next(action: ActionKey, artifact: &Artifact, certfile: &str, now: i64) -> Outbound {
     let execution = json!({
         "jobId": format!("{JOB_PREFIX}{}", action.0),
         "status": "QUEUED",
@@ -797,7 +813,7 @@ pub fn notify_next(action: ActionKey, artifact: &Artifact, now: i64) -> Outbound
         "lastUpdatedAt": now / 1000,
         "versionNumber": 1,
         "executionNumber": 1,
-        "jobDocument": job_document(artifact),
+        "jobDocument": job_document(artifact, certfile),
     });
     publish(
         "$aws/things/{thing}/jobs/notify-next".to_owned(),

@@ -61,6 +61,14 @@ pub trait Store: Send + Sync + 'static {
     async fn profile_by_name(&self, tenant: TenantKey, name: &Name)
     -> StoreResult<Option<Profile>>;
     async fn list_profiles(&self, tenant: TenantKey) -> StoreResult<Vec<Profile>>;
+    /// Sets or removes the profile's code-signing certificate; false when there is no such
+    /// profile.
+    async fn set_profile_signing_cert(
+        &self,
+        tenant: TenantKey,
+        profile: ProfileKey,
+        cert: Option<&SigningCert>,
+    ) -> StoreResult<bool>;
     /// Replaces the profile's settings; false when the tenant has no such profile.
     async fn set_profile_settings(
         &self,

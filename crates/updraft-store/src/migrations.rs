@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/0004_queue.sql")),
     (5, include_str!("../migrations/0005_profiles_gateways.sql")),
     (6, include_str!("../migrations/0006_jobs.sql")),
+    (7, include_str!("../migrations/0007_signing.sql")),
 ];
 
 /// Applies every migration newer than the database's version, each in its own transaction.

@@ -65,7 +65,17 @@ pub struct Profile {
     pub name: Name,
     pub description: String,
     pub settings: ProfileSettings,
+    /// The certificate whose key must verify artifacts for this profile's devices.
+    pub signing_cert: Option<SigningCert>,
     pub created_at: Millis,
+}
+
+/// A code-signing certificate as devices of a profile hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningCert {
+    /// The file name devices know it by (AWS OTA's `certfile`).
+    pub name: String,
+    pub pem: String,
 }
 
 /// What the devices of a profile speak, where it constrains what may be assigned to them.
@@ -323,6 +333,8 @@ pub struct Queued {
     pub tenant: TenantKey,
     pub artifact: Option<ArtifactKey>,
     pub kind: ArtifactKind,
+    /// The device's profile.
+    pub profile: Option<ProfileKey>,
 }
 
 /// An AWS IoT job execution: the device's view of one update action.

@@ -824,6 +824,7 @@ impl Store for SqlStore {
             name: name.clone(),
             description: description.to_owned(),
             settings: ProfileSettings::default(),
+            signing_cert: None,
             created_at: now,
         })
     }
@@ -833,7 +834,7 @@ impl Store for SqlStore {
         tenant: TenantKey,
         name: &Name,
     ) -> StoreResult<Option<Profile>> {
-        let row = sqlx::query("SELECT id, name, description, drogue_dfu, created_at FROM profiles WHERE tenant_id = $1 AND name = $2")
+        let row = sqlx::query("SELECT id, name, description, drogue_dfu, signing_cert, signing_cert_name, created_at FROM profiles WHERE tenant_id = $1 AND name = $2")
             .bind(tenant.0)
             .bind(name.as_str())
             .fetch_optional(&self.read)
@@ -842,11 +843,29 @@ impl Store for SqlStore {
     }
 
     async fn list_profiles(&self, tenant: TenantKey) -> StoreResult<Vec<Profile>> {
-        let rows = sqlx::query("SELECT id, name, description, drogue_dfu, created_at FROM profiles WHERE tenant_id = $1 ORDER BY name")
+        let rows = sqlx::query("SELECT id, name, description, drogue_dfu, signing_cert, signing_cert_name, created_at FROM profiles WHERE tenant_id = $1 ORDER BY name")
             .bind(tenant.0)
             .fetch_all(&self.read)
             .await?;
         rows.iter().map(profile_from).collect()
+    }
+
+    async fn set_profile_signing_cert(
+        &self,
+        tenant: TenantKey,
+        profile: ProfileKey,
+        cert: Option<&SigningCert>,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE profiles SET signing_cert = $1, signing_cert_name = $2 WHERE tenant_id = $3 AND id = $4",
+        )
+        .bind(cert.map(|c| c.pem.clone()))
+        .bind(cert.map(|c| c.name.clone()))
+        .bind(tenant.0)
+        .bind(profile.0)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn set_profile_settings(
@@ -1706,8 +1725,9 @@ impl Store for SqlStore {
 
     async fn queued_actions(&self, after: ActionKey, limit: u64) -> StoreResult<Vec<Queued>> {
         let rows = sqlx::query(
-            "SELECT id, device_pk, tenant_id, artifact_id, kind FROM actions \
-             WHERE state = 'QUEUED' AND id > $1 ORDER BY id LIMIT $2",
+            "SELECT a.id, a.device_pk, a.tenant_id, a.artifact_id, a.kind, d.profile_id FROM actions a \
+             JOIN devices d ON d.id = a.device_pk \
+             WHERE a.state = 'QUEUED' AND a.id > $1 ORDER BY a.id LIMIT $2",
         )
         .bind(after.0)
         .bind(to_i64(limit))
@@ -1723,6 +1743,7 @@ impl Store for SqlStore {
                         .try_get::<Option<i64>, _>("artifact_id")?
                         .map(ArtifactKey),
                     kind: kind_of(&row.try_get::<String, _>("kind")?)?,
+                    profile: row.try_get::<Option<i64>, _>("profile_id")?.map(ProfileKey),
                 })
             })
             .collect()
@@ -1980,6 +2001,13 @@ fn profile_from(row: &AnyRow) -> StoreResult<Profile> {
         description: row.try_get("description")?,
         settings: ProfileSettings {
             drogue_dfu: row.try_get::<i64, _>("drogue_dfu")? != 0,
+        },
+        signing_cert: match (
+            row.try_get::<Option<String>, _>("signing_cert")?,
+            row.try_get::<Option<String>, _>("signing_cert_name")?,
+        ) {
+            (Some(pem), Some(name)) => Some(SigningCert { name, pem }),
+            _ => None,
         },
         created_at: row.try_get("created_at")?,
     })

@@ -492,3 +492,139 @@ fn the_simulator_runs_a_campaign_to_its_end() {
         assert!(summary["poll_latency_ms"]["p99"].as_f64().is_some());
     }
 }
+
+/// Code signing as its users do it: OpenSSL makes the key, the certificate and the signature; the
+/// CLI registers the certificate with a profile and uploads the signed file; a file signed by
+/// another key is refused.
+#[test]
+fn openssl_signed_uploads_are_checked_against_the_profiles_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let openssl = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+    };
+    match openssl(&["version"]) {
+        Ok(out) if out.status.success() => {}
+        _ => {
+            updraft_test_support::missing("openssl", "apt-get install openssl");
+            return;
+        }
+    }
+    let firmware_bytes = firmware(50_000);
+    std::fs::write(dir.path().join("fw.bin"), &firmware_bytes).unwrap();
+    for args in [
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "key.pem",
+        ][..],
+        &[
+            "req",
+            "-new",
+            "-x509",
+            "-key",
+            "key.pem",
+            "-subj",
+            "/CN=signer",
+            "-days",
+            "2",
+            "-out",
+            "cert.pem",
+        ],
+        &[
+            "dgst", "-sha256", "-sign", "key.pem", "-out", "fw.sig", "fw.bin",
+        ],
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "other.pem",
+        ],
+        &[
+            "dgst",
+            "-sha256",
+            "-sign",
+            "other.pem",
+            "-out",
+            "other.sig",
+            "fw.bin",
+        ],
+    ] {
+        let out = openssl(args).unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let server = ServerProcess::start(&binary(), &dir.path().join("data"), &[]).unwrap();
+    let cli = Cli {
+        server: &server,
+        token: server.admin_token().unwrap(),
+        cwd: dir.path().to_path_buf(),
+    };
+    let profile = cli.json(&[
+        "profile",
+        "create",
+        "esp32-c3",
+        "--signing-cert",
+        "cert.pem",
+        "--signing-cert-name",
+        "code-sign.crt",
+    ]);
+    assert_eq!(profile["signing_cert_name"], "code-sign.crt");
+    let uploaded = cli.json(&[
+        "artifact",
+        "upload",
+        "fw.bin",
+        "--title",
+        "ota",
+        "--version",
+        "1.0.1",
+        "--profile",
+        "esp32-c3",
+        "--signature-file",
+        "fw.sig",
+        "--signature-algorithm",
+        "ecdsa-p256-sha256",
+    ]);
+    assert_eq!(uploaded["size"], 50_000);
+    let refused = cli.run(&[
+        "artifact",
+        "upload",
+        "fw.bin",
+        "--title",
+        "ota",
+        "--version",
+        "1.0.2",
+        "--profile",
+        "esp32-c3",
+        "--signature-file",
+        "other.sig",
+    ]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("invalid_signature") || message.contains("does not verify"),
+        "{message}"
+    );
+    let listed = cli.json(&["artifact", "list"]);
+    assert_eq!(
+        listed["items"]
+            .as_array()
+            .map(Vec::len)
+            .or(listed.as_array().map(Vec::len)),
+        Some(1)
+    );
+    let removed = cli.json(&["profile", "set", "esp32-c3", "--no-signing-cert"]);
+    assert!(removed["signing_cert_name"].is_null());
+}

@@ -9,6 +9,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use base64::Engine;
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use updraft_core::{
@@ -43,8 +44,12 @@ pub struct UploadQuery {
     /// File name devices download it as; `TITLE-VERSION.bin` by default.
     pub filename: Option<String>,
     pub description: Option<String>,
-    /// Detached signature, as text (base64 or hex), stored as given.
+    /// Detached signature as text, stored as given. With `signature_algorithm`
+    /// `ecdsa-p256-sha256` (the default when a compatible profile has a signing certificate) it is
+    /// the standard base64 of a DER ECDSA P-256 signature over the file's SHA-256, and must verify
+    /// with every compatible profile's certificate or nothing is stored (422 `invalid_signature`).
     pub signature: Option<String>,
+    pub signature_algorithm: Option<String>,
 }
 
 impl UploadQuery {
@@ -58,6 +63,7 @@ impl UploadQuery {
             "filename" => &mut self.filename,
             "description" => &mut self.description,
             "signature" => &mut self.signature,
+            "signature_algorithm" => &mut self.signature_algorithm,
             "profiles" | "profile" => {
                 let joined = match self.profiles.take() {
                     Some(existing) if !existing.is_empty() => format!("{existing},{value}"),
@@ -82,7 +88,12 @@ pub(crate) struct Checked {
     filename: Filename,
     description: String,
     signature: Option<String>,
+    /// The signature, decoded, and the certificates it must verify with.
+    verify: Option<(Vec<u8>, Vec<ProfileCert>)>,
 }
+
+/// A profile's name and its signing certificate.
+type ProfileCert = (String, updraft_store::SigningCert);
 
 pub(crate) async fn check(
     state: &AppState,
@@ -130,6 +141,38 @@ pub(crate) async fn check(
         }
         (None, None) => None,
     };
+    let signature = meta.signature.clone().filter(|s| !s.trim().is_empty());
+    let certs: Vec<ProfileCert> = state
+        .store
+        .list_profiles(tenant)
+        .await?
+        .into_iter()
+        .filter(|p| profiles.is_empty() || profiles.contains(&p.key))
+        .filter_map(|p| p.signing_cert.map(|c| (p.name.to_string(), c)))
+        .collect();
+    let verify = match (&signature, meta.signature_algorithm.as_deref()) {
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "signature_algorithm needs a signature to go with it",
+            ));
+        }
+        (Some(text), Some(updraft_core::signing::ECDSA_P256_SHA256)) => {
+            Some((decode_signature(text)?, certs))
+        }
+        (Some(_), Some(other)) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unsupported_signature_algorithm",
+                format!(
+                    "signature_algorithm {other:?} is not supported: use {}",
+                    updraft_core::signing::ECDSA_P256_SHA256
+                ),
+            ));
+        }
+        (Some(text), None) if !certs.is_empty() => Some((decode_signature(text)?, certs)),
+        _ => None,
+    };
     let filename_text = meta
         .filename
         .clone()
@@ -157,8 +200,21 @@ pub(crate) async fn check(
         expected,
         filename,
         description: meta.description.clone().unwrap_or_default(),
-        signature: meta.signature.clone().filter(|s| !s.is_empty()),
+        signature: signature.map(|s| s.trim().to_owned()),
+        verify,
     })
+}
+
+fn decode_signature(text: &str) -> ApiResult<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_signature",
+                "the signature is not standard base64 (of a DER ECDSA signature)",
+            )
+        })
 }
 
 /// Bytes received and staged, with their checksums.
@@ -231,6 +287,21 @@ pub(crate) async fn store_artifact(
                 expected.trim()
             ),
         ));
+    }
+    if let Some((signature, certs)) = &checked.verify {
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(&checksums.sha256, &mut digest).map_err(ApiError::internal)?;
+        for (profile, cert) in certs {
+            let verified = updraft_core::signing::certificate_key(&cert.pem)
+                .and_then(|key| updraft_core::signing::verify_digest(&key, &digest, signature));
+            if let Err(e) = verified {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_signature",
+                    format!("{e} (profile {profile}, {}): nothing was stored", cert.name),
+                ));
+            }
+        }
     }
     let new = NewArtifact {
         title: checked.title.to_string(),

@@ -202,6 +202,10 @@ pub async fn create_profile(
     ApiJson(body): ApiJson<ProfileIn>,
 ) -> ApiResult<(StatusCode, Json<ProfileOut>)> {
     caller.require(Role::Maintainer)?;
+    let cert = signing_cert(
+        body.signing_cert.as_deref(),
+        body.signing_cert_name.as_deref(),
+    )?;
     let mut profile = state
         .store
         .create_profile(
@@ -219,6 +223,13 @@ pub async fn create_profile(
             .set_profile_settings(caller.tenant(), profile.key, settings)
             .await?;
         profile.settings = settings;
+    }
+    if cert.is_some() {
+        state
+            .store
+            .set_profile_signing_cert(caller.tenant(), profile.key, cert.as_ref())
+            .await?;
+        profile.signing_cert = cert;
     }
     Ok((StatusCode::CREATED, Json(ProfileOut::from(&profile))))
 }
@@ -247,7 +258,7 @@ pub async fn update_profile(
         .await?
         .ok_or_else(not_found)?;
     let settings = ProfileSettings {
-        drogue_dfu: body.drogue_dfu,
+        drogue_dfu: body.drogue_dfu.unwrap_or(profile.settings.drogue_dfu),
     };
     if settings.drogue_dfu && !profile.settings.drogue_dfu {
         // Every assignment that can reach the profile's devices must fit the protocol.
@@ -273,6 +284,28 @@ pub async fn update_profile(
         .set_profile_settings(tenant, profile.key, settings)
         .await?;
     profile.settings = settings;
+    match (
+        body.signing_cert.as_deref(),
+        body.signing_cert_name.as_deref(),
+    ) {
+        (Some(""), _) => {
+            state
+                .store
+                .set_profile_signing_cert(tenant, profile.key, None)
+                .await?;
+            profile.signing_cert = None;
+        }
+        (None, None) => {}
+        (pem, name) => {
+            let pem = pem.or(profile.signing_cert.as_ref().map(|c| c.pem.as_str()));
+            let cert = signing_cert(pem, name)?;
+            state
+                .store
+                .set_profile_signing_cert(tenant, profile.key, cert.as_ref())
+                .await?;
+            profile.signing_cert = cert;
+        }
+    }
     Ok(Json(ProfileOut::from(&profile)))
 }
 
@@ -453,6 +486,44 @@ async fn scope_of(state: &AppState, tenant: TenantKey, scope: &ScopeIn) -> ApiRe
         (None, None, None, true) => Ok(Scope::Tenant),
         _ => Err(say_where()),
     }
+}
+
+/// A code-signing certificate from a request: a PEM certificate with a P-256 key, or 422.
+fn signing_cert(
+    pem: Option<&str>,
+    name: Option<&str>,
+) -> ApiResult<Option<updraft_store::SigningCert>> {
+    let Some(pem) = pem.filter(|p| !p.trim().is_empty()) else {
+        if name.is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "signing_cert_name needs a signing_cert",
+            ));
+        }
+        return Ok(None);
+    };
+    updraft_core::signing::certificate_key(pem).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_certificate",
+            format!("signing_cert: {e}"),
+        )
+    })?;
+    let name = name.unwrap_or(crate::aws::DEFAULT_CERTFILE);
+    let name_ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+    if !name_ok {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "signing_cert_name is 1 to 64 characters of letters, digits, '.', '_', '-' and '/'",
+        ));
+    }
+    Ok(Some(updraft_store::SigningCert {
+        name: name.to_owned(),
+        pem: pem.trim().to_owned() + "\n",
+    }))
 }
 
 /// Refuses to assign `artifact` where it can reach devices of a profile whose protocol cannot

@@ -687,8 +687,25 @@ impl NotifyQueue {
             .collect();
         let mut artifacts: HashMap<updraft_core::ArtifactKey, updraft_store::Artifact> =
             HashMap::new();
+        // Each profile's signing certificate name, for AWS job documents.
+        let mut certfiles: HashMap<updraft_core::ProfileKey, String> = HashMap::new();
+        let mut listed = std::collections::HashSet::new();
         let mut told = 0;
         for queued in chosen.iter().filter(|q| initiated.contains(&q.action)) {
+            if let Some(profile) = queued.profile
+                && !certfiles.contains_key(&profile)
+                && listed.insert(queued.tenant)
+            {
+                for p in state.store.list_profiles(queued.tenant).await? {
+                    if let Some(cert) = p.signing_cert {
+                        certfiles.insert(p.key, cert.name);
+                    }
+                }
+            }
+            let certfile = queued
+                .profile
+                .and_then(|p| certfiles.get(&p))
+                .map_or(crate::aws::DEFAULT_CERTFILE, String::as_str);
             let Some(key) = queued.artifact else { continue };
             if !artifacts.contains_key(&key)
                 && let Some(artifact) = state.store.artifact(queued.tenant, key).await?
@@ -713,7 +730,12 @@ impl NotifyQueue {
             state.mqtt.push(queued.device, &push);
             state.mqtt.push(
                 queued.device,
-                &crate::aws::notify_next(queued.action, artifact, crate::server::now_millis()),
+                &crate::aws::notify_next(
+                    queued.action,
+                    artifact,
+                    certfile,
+                    crate::server::now_millis(),
+                ),
             );
             state.coap.notify(queued.device, &attributes);
             told += 1;

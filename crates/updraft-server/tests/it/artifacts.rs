@@ -397,3 +397,143 @@ async fn deleting_an_artifact_removes_its_blob_only_when_unreferenced() {
         (StatusCode::NOT_FOUND, "artifact_not_found")
     );
 }
+
+fn vector(name: &str) -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../updraft-core/tests/vectors")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn query_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A profile's code-signing certificate decides which signatures an upload may carry: one made
+/// by OpenSSL with its key is stored, any other is refused with nothing stored.
+#[tokio::test]
+async fn signatures_are_checked_against_the_profiles_signing_certificate() {
+    use base64::Engine;
+    use serde_json::json;
+    let app = TestApp::new().await;
+    let pem = String::from_utf8(vector("code-sign.pem")).unwrap();
+    let created = app
+        .post(
+            "/api/v1/profiles",
+            json!({"name": "esp32-c3", "signing_cert": pem, "signing_cert_name": "ota/code-sign.pem"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.json());
+    assert_eq!(created.json()["signing_cert_name"], "ota/code-sign.pem");
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let good = query_escape(&b64(&vector("signed.bin.sig")));
+    let data = vector("signed.bin");
+
+    let stored = app
+        .upload(
+            &format!("title=fw&version=1&profiles=esp32-c3&signature={good}&signature_algorithm=ecdsa-p256-sha256"),
+            &data,
+        )
+        .await;
+    assert_eq!(stored.status, StatusCode::CREATED, "{:?}", stored.json());
+    // Without naming the algorithm: a compatible profile has a certificate, so it is checked.
+    let mut tampered = data.clone();
+    tampered[0] ^= 1;
+    for (query, body, code) in [
+        (
+            format!("title=fw&version=2&profiles=esp32-c3&signature={good}"),
+            &tampered,
+            "invalid_signature",
+        ),
+        (
+            format!(
+                "title=fw&version=3&signature={}",
+                query_escape("not base64!")
+            ),
+            &data,
+            "invalid_signature",
+        ),
+        (
+            format!("title=fw&version=4&signature={good}&signature_algorithm=rsa-pss"),
+            &data,
+            "unsupported_signature_algorithm",
+        ),
+        (
+            "title=fw&version=5&signature_algorithm=ecdsa-p256-sha256".to_owned(),
+            &data,
+            "invalid_request",
+        ),
+    ] {
+        let refused = app.upload(&query, body).await;
+        assert_eq!(refused.code(), code, "{query}");
+        assert!(refused.status.is_client_error());
+    }
+    assert_eq!(
+        app.blob_files().await,
+        (0, 1),
+        "nothing but the first upload is stored"
+    );
+    // A profile without a certificate takes a signature as given.
+    app.post("/api/v1/profiles", json!({"name": "linux"})).await;
+    let unchecked = app
+        .upload(
+            "title=fw&version=6&profiles=linux&signature=c3RhbmQtaW4%3D",
+            &tampered,
+        )
+        .await;
+    assert_eq!(unchecked.status, StatusCode::CREATED);
+
+    // Certificates must carry a P-256 key; a name needs a certificate.
+    let rsa = String::from_utf8(vector("rsa.pem")).unwrap();
+    for (body, code) in [
+        (
+            json!({"name": "rsa", "signing_cert": rsa}),
+            "invalid_certificate",
+        ),
+        (
+            json!({"name": "junk", "signing_cert": "junk"}),
+            "invalid_certificate",
+        ),
+        (
+            json!({"name": "named", "signing_cert_name": "x.crt"}),
+            "invalid_request",
+        ),
+    ] {
+        let refused = app.post("/api/v1/profiles", body.clone()).await;
+        assert_eq!(refused.code(), code, "{body}");
+    }
+    // The certificate can be replaced and removed.
+    let other = String::from_utf8(vector("other.pem")).unwrap();
+    let answer = app
+        .call(
+            Method::PUT,
+            "/api/v1/profiles/esp32-c3",
+            &app.admin.clone(),
+            Some(json!({"signing_cert": other})),
+        )
+        .await;
+    assert_eq!(answer.json()["signing_cert_name"], "code-sign.crt");
+    let refused = app
+        .upload(
+            &format!("title=fw&version=7&profiles=esp32-c3&signature={good}"),
+            &data,
+        )
+        .await;
+    assert_eq!(refused.code(), "invalid_signature");
+    let answer = app
+        .call(
+            Method::PUT,
+            "/api/v1/profiles/esp32-c3",
+            &app.admin.clone(),
+            Some(json!({"signing_cert": ""})),
+        )
+        .await;
+    assert!(answer.json()["signing_cert_name"].is_null());
+}

@@ -567,3 +567,45 @@ async fn the_aws_iot_device_sdk_jobs_client_runs_a_job() {
     let shown = app.get("/api/v1/devices/sdk-thing").await.json();
     assert_eq!(shown["firmware"]["version"], "2.0.0");
 }
+
+/// The job document names the device's profile's signing certificate and carries the signature
+/// that was checked against it at upload.
+#[tokio::test]
+async fn the_job_document_names_the_profiles_certificate_and_the_checked_signature() {
+    use base64::Engine;
+    let vectors =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../updraft-core/tests/vectors");
+    let pem = std::fs::read_to_string(vectors.join("code-sign.pem")).unwrap();
+    let signature = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(vectors.join("signed.bin.sig")).unwrap());
+    let data = std::fs::read(vectors.join("signed.bin")).unwrap();
+    let app = TestApp::new().await;
+    app.post(
+        "/api/v1/profiles",
+        json!({"name": "esp32-c3", "signing_cert": pem, "signing_cert_name": "ota/code-sign.pem"}),
+    )
+    .await;
+    let created = app
+        .post(
+            "/api/v1/devices",
+            json!({"id": "thing-6", "profile": "esp32-c3"}),
+        )
+        .await;
+    let token = created.json()["token"].as_str().unwrap().to_owned();
+    let uploaded = app
+        .upload(
+            &format!(
+                "title=ota-fw&version=2.0.0&profiles=esp32-c3&signature={}",
+                urlencode(&signature)
+            ),
+            &data,
+        )
+        .await;
+    assert!(uploaded.status.is_success(), "{:?}", uploaded.json());
+    assign(&app, "thing-6").await;
+    let mut thing = Thing::connect(&app, "thing-6", &token).await;
+    let (_, started) = thing.ask("jobs/start-next", json!({})).await;
+    let file = &started["execution"]["jobDocument"]["afr_ota"]["files"][0];
+    assert_eq!(file["certfile"], "ota/code-sign.pem");
+    assert_eq!(file["sig-sha256-ecdsa"], signature.as_str());
+}

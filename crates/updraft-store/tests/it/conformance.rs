@@ -924,6 +924,30 @@ pub async fn profile_settings_and_gateway_credentials_round_trip(store: &SqlStor
             .await
             .unwrap()
     );
+    assert_eq!(again.signing_cert, None);
+    let cert = SigningCert {
+        name: "code-sign.crt".into(),
+        pem: "-----BEGIN CERTIFICATE-----\n...".into(),
+    };
+    assert!(
+        store
+            .set_profile_signing_cert(f.tenant.key, profile.key, Some(&cert))
+            .await
+            .unwrap()
+    );
+    let signed = &store.list_profiles(f.tenant.key).await.unwrap()[0];
+    assert_eq!(signed.signing_cert.as_ref(), Some(&cert));
+    assert_eq!(signed.settings, settings, "settings stay");
+    store
+        .set_profile_signing_cert(f.tenant.key, profile.key, None)
+        .await
+        .unwrap();
+    let plain = store
+        .profile_by_name(f.tenant.key, &name("nrf52"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(plain.signing_cert, None);
 
     let gw = device(store, &f, "gw-1", None, None).await;
     device(store, &f, "leaf", None, None).await;
