@@ -139,6 +139,8 @@ struct ServeArgs {
     config: Option<PathBuf>,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum ArtifactCommand {
     /// Upload a file (streams it; shows progress on a terminal).
