@@ -131,6 +131,16 @@ struct ServeArgs {
     /// Device CoAP listener address (UDP), or `off` (default 127.0.0.1:5683).
     #[arg(long, env = "UPDRAFT_COAP")]
     coap: Option<String>,
+    /// Device MQTT-over-TLS listener address (e.g. 0.0.0.0:8883), or `off` (the default).
+    /// Devices authenticate with a registered client certificate or their token.
+    #[arg(long, env = "UPDRAFT_MQTTS")]
+    mqtts: Option<String>,
+    /// PEM certificate chain of the server, for TLS listeners.
+    #[arg(long, env = "UPDRAFT_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the server, for TLS listeners.
+    #[arg(long, env = "UPDRAFT_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     /// Devices told of a new firmware per second by the notification queue.
     #[arg(long, env = "UPDRAFT_NOTIFY_PER_SECOND")]
     notify_per_second: Option<u32>,
@@ -250,6 +260,9 @@ enum DeviceCommand {
         /// The token is a gateway's: it may speak for the tenant's other devices (Drogue DFU).
         #[arg(long)]
         gateway: bool,
+        /// A PEM client certificate that authenticates the device over TLS (MQTT `--mqtts`).
+        #[arg(long)]
+        certificate: Option<PathBuf>,
     },
     List {
         #[arg(long, default_value_t = 0)]
@@ -650,6 +663,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         public_url: args.public_url,
         mqtt: args.mqtt,
         coap: args.coap,
+        mqtts: args.mqtts,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
         notify_per_second: args.notify_per_second,
     };
     let config = config::merge(given, file)?;
@@ -980,9 +996,11 @@ async fn device(client: &Client, out: &Output, command: DeviceCommand) -> Result
             tags,
             device_token,
             gateway,
+            certificate,
         } => {
+            let certificate = read_text(certificate.as_deref())?;
             let body = json!({"id": id, "profile": profile, "project": project, "tags": tags,
-                "token": device_token, "gateway": gateway});
+                "token": device_token, "gateway": gateway, "certificate": certificate});
             let created = client.post("/api/v1/devices", &body).await?;
             out.show(&created, || {
                 println!("created device {}", text(&created["id"]));

@@ -19,6 +19,9 @@ pub struct FileConfig {
     pub public_url: Option<String>,
     pub mqtt: Option<String>,
     pub coap: Option<String>,
+    pub mqtts: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub notify_per_second: Option<u32>,
 }
 
@@ -49,6 +52,10 @@ pub struct Given {
     pub mqtt: Option<String>,
     /// An address, or `off`.
     pub coap: Option<String>,
+    /// An address, or `off` (the default).
+    pub mqtts: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub notify_per_second: Option<u32>,
 }
 
@@ -66,6 +73,18 @@ pub fn merge(given: Given, file: FileConfig) -> Result<ServerConfig> {
         };
     let mqtt = listener(given.mqtt.or(file.mqtt), DEFAULT_MQTT, "mqtt")?;
     let coap = listener(given.coap.or(file.coap), DEFAULT_COAP, "coap")?;
+    let mqtts = listener(given.mqtts.or(file.mqtts), "off", "mqtts")?;
+    let tls = match (
+        given.tls_cert.or(file.tls_cert),
+        given.tls_key.or(file.tls_key),
+    ) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
+    if mqtts.is_some() && tls.is_none() {
+        anyhow::bail!("--mqtts needs --tls-cert and --tls-key (PEM files)");
+    }
     Ok(ServerConfig {
         data_dir: given
             .data_dir
@@ -86,6 +105,8 @@ pub fn merge(given: Given, file: FileConfig) -> Result<ServerConfig> {
             .map(|url| url.trim_end_matches('/').to_owned()),
         mqtt,
         coap,
+        mqtts,
+        tls,
         notify_per_second: given
             .notify_per_second
             .or(file.notify_per_second)

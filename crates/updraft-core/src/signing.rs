@@ -45,6 +45,15 @@ pub fn certificate_key(pem: &str) -> Result<VerifyingKey, SigningError> {
         .map_err(|_| SigningError("the certificate's public key is not a P-256 point".into()))
 }
 
+/// The DER of a PEM X.509 certificate, checked to parse as one.
+pub fn certificate_der(pem: &str) -> Result<Vec<u8>, SigningError> {
+    use x509_cert::der::Encode;
+    let cert = Certificate::from_pem(pem.trim().as_bytes())
+        .map_err(|e| SigningError(format!("not a PEM X.509 certificate: {e}")))?;
+    cert.to_der()
+        .map_err(|e| SigningError(format!("the certificate does not encode: {e}")))
+}
+
 /// Checks a DER signature over the file whose SHA-256 is `digest`.
 pub fn verify_digest(
     key: &VerifyingKey,

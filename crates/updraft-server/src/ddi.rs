@@ -144,7 +144,7 @@ async fn authenticate_with_settings(
             tags: vec![],
             attributes: BTreeMap::new(),
         };
-        let device = state.store.create_device(owner.key, &new, None).await?;
+        let device = state.store.create_device(owner.key, &new, &[]).await?;
         return Ok((device, owner.settings));
     }
     Err(unauthorized())

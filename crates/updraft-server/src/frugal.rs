@@ -166,7 +166,7 @@ async fn place_node(
                 tags: vec!["frugal-iot".to_owned()],
                 attributes: report.headers.clone(),
             };
-            match state.store.create_device(tenant.key, &new, None).await {
+            match state.store.create_device(tenant.key, &new, &[]).await {
                 Ok(device) => Ok(device),
                 Err(StoreError::Conflict { .. }) => state
                     .store
@@ -422,7 +422,7 @@ pub async fn push(
                         tags: vec!["frugal-iot".to_owned()],
                         attributes: BTreeMap::new(),
                     };
-                    state.store.create_device(tenant, &new, None).await?
+                    state.store.create_device(tenant, &new, &[]).await?
                 }
             };
             Scope::Device(device.key)

@@ -17,6 +17,7 @@ pub mod secret;
 pub mod server;
 pub mod state;
 pub mod thingsboard;
+pub mod tls;
 
 pub use api::router;
 pub use server::{ServerConfig, run};

@@ -30,6 +30,10 @@ pub struct ServerConfig {
     pub mqtt: Option<SocketAddr>,
     /// The CoAP listener (UDP); `None` turns it off.
     pub coap: Option<SocketAddr>,
+    /// The device MQTT listener over TLS (off unless set); needs `tls`.
+    pub mqtts: Option<SocketAddr>,
+    /// The server certificate chain and private key (PEM files) for TLS listeners.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Devices the notification queue tells of a new firmware per second.
     pub notify_per_second: u32,
 }
@@ -151,6 +155,20 @@ pub async fn run(
             .with_context(|| format!("listening for MQTT on {mqtt}"))?;
         println!("updraft mqtt on {}", listener.local_addr()?);
         tokio::spawn(crate::mqtt::serve(listener, state.clone()));
+    }
+    if let Some(mqtts) = config.mqtts {
+        let Some((cert, key)) = &config.tls else {
+            anyhow::bail!("--mqtts needs --tls-cert and --tls-key");
+        };
+        let tls = crate::tls::server_config(cert, key)?;
+        let listener = TcpListener::bind(mqtts)
+            .await
+            .with_context(|| format!("listening for MQTT over TLS on {mqtts}"))?;
+        println!("updraft mqtts on {}", listener.local_addr()?);
+        tokio::spawn(crate::mqtt::serve_tls(listener, tls, state.clone()));
+    }
+    if config.mqtt.is_some() || config.mqtts.is_some() || config.coap.is_some() {
+        // Tells connected (MQTT) and observing (CoAP) devices of new updates.
         tokio::spawn(crate::mqtt::notifier(
             state.clone(),
             config.notify_per_second,

@@ -84,7 +84,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         tenant: TenantKey,
         new: &NewDevice,
-        credential: Option<&NewCredential>,
+        credentials: &[NewCredential],
     ) -> StoreResult<Device>;
     /// Moves the device to another project and/or profile (as a device reports them), then
     /// brings its update in line with what it should run there.

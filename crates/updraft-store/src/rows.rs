@@ -122,12 +122,15 @@ pub struct NewDevice {
 pub enum CredentialKind {
     /// ThingsBoard access token, DDI target token, Drogue/AWS password.
     AccessToken,
+    /// A client certificate, by the SHA-256 of its DER (not a secret, but unique).
+    Certificate,
 }
 
 impl CredentialKind {
     pub fn as_str(self) -> &'static str {
         match self {
             CredentialKind::AccessToken => "access_token",
+            CredentialKind::Certificate => "certificate",
         }
     }
 }

@@ -888,7 +888,7 @@ impl Store for SqlStore {
         &self,
         tenant: TenantKey,
         new: &NewDevice,
-        credential: Option<&NewCredential>,
+        credentials: &[NewCredential],
     ) -> StoreResult<Device> {
         let mut tx = self.write.begin().await?;
         let now = now_millis();
@@ -909,7 +909,7 @@ impl Store for SqlStore {
         .await
         .map_err(|e| conflict(e, "device_exists", format!("device {} exists already", new.id)))?;
         let key = DeviceKey(row.try_get("id")?);
-        if let Some(credential) = credential {
+        for credential in credentials {
             sqlx::query(
                 "INSERT INTO device_credentials (device_pk, kind, secret_hash, gateway, created_at) VALUES ($1, $2, $3, $4, $5)",
             )

@@ -36,6 +36,8 @@ impl Server {
             public_url: None,
             mqtt: None,
             coap: None,
+            mqtts: None,
+            tls: None,
             notify_per_second: 1000,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

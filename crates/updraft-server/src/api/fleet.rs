@@ -367,14 +367,28 @@ pub async fn create_device(
         tags: body.tags,
         attributes: body.attributes,
     };
-    let credential = NewCredential {
+    let mut credentials = vec![NewCredential {
         kind: CredentialKind::AccessToken,
         secret_hash: secret::hash(&token),
         gateway: body.gateway,
-    };
+    }];
+    if let Some(pem) = body.certificate.as_deref().filter(|p| !p.trim().is_empty()) {
+        let fingerprint = crate::tls::pem_fingerprint(pem).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_certificate",
+                format!("certificate: {e}"),
+            )
+        })?;
+        credentials.push(NewCredential {
+            kind: CredentialKind::Certificate,
+            secret_hash: fingerprint,
+            gateway: false,
+        });
+    }
     let device = state
         .store
-        .create_device(tenant, &new, Some(&credential))
+        .create_device(tenant, &new, &credentials)
         .await?;
     Ok((
         StatusCode::CREATED,

@@ -154,6 +154,9 @@ pub struct DeviceIn {
     /// `?as={device}` and `dfu/{device}`).
     #[serde(default)]
     pub gateway: bool,
+    /// A PEM client certificate that authenticates the device on the TLS MQTT listener (matched
+    /// by its SHA-256 fingerprint), as AWS IoT registers device certificates.
+    pub certificate: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]

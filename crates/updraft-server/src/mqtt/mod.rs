@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use updraft_core::{ArtifactKind, DeviceKey};
 use updraft_store::Device;
@@ -94,6 +94,10 @@ impl Registry {
     }
 }
 
+/// A device's byte stream: plain TCP or TLS.
+pub trait DeviceStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> DeviceStream for T {}
+
 /// Accepts device connections until the listener fails.
 pub async fn serve(listener: TcpListener, state: AppState) {
     loop {
@@ -101,7 +105,48 @@ pub async fn serve(listener: TcpListener, state: AppState) {
             Ok((stream, _)) => {
                 let state = state.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = connection(stream, &state).await {
+                    if let Err(err) = connection(Box::new(stream), None, &state).await {
+                        tracing::debug!(error = %err, "mqtt connection ended");
+                    }
+                });
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "mqtt accept failed");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+/// Accepts device connections over TLS until the listener fails. A client certificate, if the
+/// device presents one, is its credential: it must be registered to a device.
+pub async fn serve_tls(listener: TcpListener, config: Arc<rustls::ServerConfig>, state: AppState) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let state = state.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // The handshake gets as long as a CONNECT does.
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await;
+                    let stream = match handshake {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
+                            tracing::debug!(error = %err, "mqtt tls handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let fingerprint = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|cert| crate::tls::fingerprint(cert));
+                    if let Err(err) = connection(Box::new(stream), fingerprint, &state).await {
                         tracing::debug!(error = %err, "mqtt connection ended");
                     }
                 });
@@ -132,7 +177,7 @@ struct Session {
     gateway: bool,
     version: Version,
     device: Device,
-    stream: TcpStream,
+    stream: Box<dyn DeviceStream>,
     out: BytesMut,
     subscriptions: Vec<String>,
 }
@@ -142,6 +187,7 @@ impl Session {
         self.out.clear();
         codec::write(self.version, packet, &mut self.out)?;
         self.stream.write_all(&self.out).await?;
+        self.stream.flush().await?;
         Ok(())
     }
 
@@ -173,7 +219,11 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
     levels.next().is_none()
 }
 
-async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), ConnectionError> {
+async fn connection(
+    mut stream: Box<dyn DeviceStream>,
+    client_cert: Option<String>,
+    state: &AppState,
+) -> Result<(), ConnectionError> {
     let mut buf = BytesMut::with_capacity(1024);
     // CONNECT within ten seconds, or the connection goes.
     let version = tokio::time::timeout(Duration::from_secs(10), async {
@@ -214,12 +264,23 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Conne
         },
         (user, _) => user,
     };
-    let (device, drogue) = match (username.as_deref(), password.as_deref()) {
-        (Some(user), Some(token)) if !token.is_empty() => (
+    let (device, drogue) = match (client_cert, username.as_deref(), password.as_deref()) {
+        // A client certificate is the credential, whatever else the CONNECT says (AWS IoT): an
+        // unregistered one is refused.
+        (Some(fingerprint), _, _) => (
+            state
+                .store
+                .device_by_credential(updraft_store::CredentialKind::Certificate, &fingerprint)
+                .await
+                .ok()
+                .flatten(),
+            true,
+        ),
+        (None, Some(user), Some(token)) if !token.is_empty() => (
             crate::dfu::authenticate(state, user, token).await.ok(),
             true,
         ),
-        (Some(token), _) => (
+        (None, Some(token), _) => (
             thingsboard::device_for_token(state, token).await.ok(),
             false,
         ),
@@ -229,6 +290,7 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Conne
     let Some(device) = device else {
         codec::write(version, &Outbound::ConnAck { accepted: false }, &mut out)?;
         stream.write_all(&out).await?;
+        stream.flush().await?;
         return Err(ConnectionError::Protocol("not authorized"));
     };
     let gateway = match (drogue, password.as_deref()) {
@@ -246,6 +308,7 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Conne
     };
     codec::write(version, &Outbound::ConnAck { accepted: true }, &mut out)?;
     stream.write_all(&out).await?;
+    stream.flush().await?;
     let _ = state.store.touch_device(device.key).await;
 
     let (tx, mut rx) = mpsc::channel(16);
@@ -595,6 +658,7 @@ async fn send_chunk(
             .await
             .map_err(internal)?;
     }
+    session.stream.flush().await.map_err(internal)?;
     Ok(())
 }
 

@@ -1,7 +1,9 @@
 """A device built on AWS's own IoT device SDK for Python (awsiotsdk's jobs client over awscrt's
 MQTT 3.1.1 connection, plain TCP as the lower-level API allows), pointed at Updraft.
 
-Usage: aws_jobs.py HOST PORT THING TOKEN
+Usage: aws_jobs.py HOST PORT THING TOKEN [CA_PEM CERT_PEM KEY_PEM]
+With the three PEM files it connects over TLS with that client certificate (mutual TLS, as
+devices connect to AWS IoT) and sends no password.
 Subscribes to notify-next and prints "ready"; waits for the notification of a new job; walks
 start-next -> update IN_PROGRESS -> update SUCCEEDED, each answered on its accepted topic; prints
 one JSON line with what it saw and exits 0. Any rejection or a missing answer exits non-zero.
@@ -14,13 +16,22 @@ from awscrt import io, mqtt
 from awsiot import iotjobs
 
 host, port, thing, token = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+tls_files = sys.argv[5:8]
 WAIT = 60
 
 bootstrap = io.ClientBootstrap.get_or_create_static_default()
-client = mqtt.Client(bootstrap, None)  # no TLS context: plain TCP
+if tls_files:
+    ca, cert, key = tls_files
+    options = io.TlsContextOptions.create_client_with_mtls_from_path(cert, key)
+    options.override_default_trust_store_from_path(None, ca)
+    client = mqtt.Client(bootstrap, io.ClientTlsContext(options))
+    credentials = {}
+else:
+    client = mqtt.Client(bootstrap, None)  # no TLS context: plain TCP
+    credentials = {"username": thing, "password": token}
 connection = mqtt.Connection(
     client=client, host_name=host, port=port, client_id=thing, clean_session=True,
-    keep_alive_secs=30, username=thing, password=token)
+    keep_alive_secs=30, **credentials)
 connection.connect().result(WAIT)
 jobs = iotjobs.IotJobsClient(connection)
 seen = {}

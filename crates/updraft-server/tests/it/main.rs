@@ -13,6 +13,7 @@ mod dfu;
 mod frugal;
 mod mqtt;
 mod thingsboard;
+mod tls;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -63,6 +64,8 @@ impl TestApp {
             public_url: None,
             mqtt: None,
             coap: None,
+            mqtts: None,
+            tls: None,
             notify_per_second: 1000,
         };
         let state = prepare(&config, "http://updraft.test".to_owned())
@@ -157,6 +160,25 @@ impl TestApp {
             self.state.wake.clone(),
         ));
         ("127.0.0.1".to_owned(), port)
+    }
+
+    /// Runs the MQTT endpoint over TLS on a loopback port with the given server certificate and
+    /// key (PEM files), and the notification queue.
+    pub async fn listen_mqtts(&self, cert: &std::path::Path, key: &std::path::Path) -> u16 {
+        let config = updraft_server::tls::server_config(cert, key).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(updraft_server::mqtt::serve_tls(
+            listener,
+            config,
+            self.state.clone(),
+        ));
+        tokio::spawn(updraft_server::mqtt::notifier(
+            self.state.clone(),
+            1000,
+            self.state.wake.clone(),
+        ));
+        port
     }
 
     /// Runs the CoAP transport (and the notification queue) on a loopback UDP port.

@@ -76,11 +76,11 @@ async fn device(
                 tags: vec!["lab".into()],
                 attributes: [("hw".to_owned(), "rev2".to_owned())].into(),
             },
-            Some(&NewCredential {
+            &[NewCredential {
                 kind: CredentialKind::AccessToken,
                 secret_hash: format!("hash-of-{}-{device_id}", f.tenant.name),
                 gateway: device_id.starts_with("gw"),
-            }),
+            }],
         )
         .await
         .unwrap()
@@ -778,11 +778,11 @@ pub async fn devices_are_found_by_credential_and_paged(store: &SqlStore, _: &Reo
                 tags: vec![],
                 attributes: Default::default(),
             },
-            Some(&NewCredential {
+            &[NewCredential {
                 kind: CredentialKind::AccessToken,
                 secret_hash: "fresh".into(),
                 gateway: false,
-            }),
+            }],
         )
         .await
         .unwrap_err();
