@@ -12,6 +12,12 @@
 //! ARTIFACT to all, then runs N Drogue DFU devices at once (packed CBOR over HTTP, blocks of MTU
 //! bytes) until each has the whole image, and then the same N devices download the same image
 //! through hawkBit DDI (module MODULE, file FILENAME); prints MB/s for both.
+//!
+//! `device_load aws MQTT_ADDR API ADMIN_KEY N BLOCK ARTIFACT MODULE FILENAME` — creates N
+//! devices, assigns ARTIFACT (which must carry a signature) to all, then runs N AWS IoT OTA
+//! devices at once: each connects over MQTT, takes its job with `start-next` and fetches the file
+//! from its stream in CBOR blocks of BLOCK bytes, 128 KiB per request; then the same devices
+//! download the image through hawkBit DDI; prints MB/s for both.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -234,6 +240,181 @@ async fn dfu(
     );
 }
 
+/// Reads MQTT packets from `stream` until `done` says to stop; returns how many bytes of
+/// payload the publishes held in all.
+async fn read_publishes(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    mut done: impl FnMut(&str, &[u8]) -> bool,
+) {
+    loop {
+        while let Ok(packet) = Packet::read(buf, 1 << 20) {
+            if let Packet::Publish(publish) = packet
+                && done(&publish.topic, &publish.payload)
+            {
+                return;
+            }
+        }
+        assert!(stream.read_buf(buf).await.unwrap() > 0, "connection closed");
+    }
+}
+
+/// One AWS IoT OTA device: start-next, then the whole file from its stream in CBOR blocks.
+async fn aws_device(addr: String, id: String, token: String, block: u64) -> u64 {
+    use rumqttc::mqttbytes::v4::Publish;
+    let mut stream = TcpStream::connect(&addr).await.expect("connect");
+    let mut connect = Connect::new(id.clone());
+    connect.keep_alive = 0;
+    connect.set_login(&id, &token);
+    let mut out = BytesMut::new();
+    Packet::Connect(connect)
+        .write(&mut out, usize::MAX)
+        .unwrap();
+    let start_next = Publish::new(
+        format!("$aws/things/{id}/jobs/start-next"),
+        QoS::AtMostOnce,
+        "{}",
+    );
+    Packet::Publish(start_next)
+        .write(&mut out, usize::MAX)
+        .unwrap();
+    stream.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    let mut job = serde_json::Value::Null;
+    read_publishes(&mut stream, &mut buf, |_, payload| {
+        job = serde_json::from_slice(payload).unwrap();
+        true
+    })
+    .await;
+    let document = &job["execution"]["jobDocument"]["afr_ota"];
+    let stream_name = document["streamname"].as_str().expect("a job").to_owned();
+    let size = document["files"][0]["filesize"].as_u64().unwrap();
+    let blocks = size.div_ceil(block);
+    let per_request = (128 * 1024 / block).max(1);
+    let topic = format!("$aws/things/{id}/streams/{stream_name}/get/cbor");
+    let mut received = 0u64;
+    let mut offset = 0;
+    while offset < blocks {
+        let count = per_request.min(blocks - offset);
+        let request = ciborium::Value::Map(vec![
+            (
+                ciborium::Value::Text("f".into()),
+                ciborium::Value::Integer(0.into()),
+            ),
+            (
+                ciborium::Value::Text("l".into()),
+                ciborium::Value::Integer(block.into()),
+            ),
+            (
+                ciborium::Value::Text("o".into()),
+                ciborium::Value::Integer(offset.into()),
+            ),
+            (
+                ciborium::Value::Text("n".into()),
+                ciborium::Value::Integer(count.into()),
+            ),
+        ]);
+        let mut body = Vec::new();
+        ciborium::into_writer(&request, &mut body).unwrap();
+        out.clear();
+        Packet::Publish(Publish::new(topic.clone(), QoS::AtMostOnce, body))
+            .write(&mut out, usize::MAX)
+            .unwrap();
+        stream.write_all(&out).await.unwrap();
+        let mut left = count;
+        read_publishes(&mut stream, &mut buf, |topic, payload| {
+            assert!(topic.ends_with("/data/cbor"), "{topic}");
+            let value: ciborium::Value = ciborium::from_reader(payload).unwrap();
+            let data = value
+                .as_map()
+                .unwrap()
+                .iter()
+                .find(|(k, _)| k.as_text() == Some("p"))
+                .and_then(|(_, v)| v.as_bytes())
+                .unwrap();
+            received += data.len() as u64;
+            left -= 1;
+            left == 0
+        })
+        .await;
+        offset += count;
+    }
+    assert_eq!(received, size);
+    received
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn aws(
+    mqtt: String,
+    api: String,
+    admin: String,
+    n: usize,
+    block: u64,
+    artifact: String,
+    module: String,
+    filename: String,
+) {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(n)
+        .build()
+        .unwrap();
+    let tokens = create_devices(&http, &api, &admin, n, &format!("aws{block}")).await;
+    let assigned = http
+        .post(format!("{api}/api/v1/assignments"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"tenant_default": true, "artifact": artifact}))
+        .send()
+        .await
+        .unwrap();
+    assert!(assigned.status().is_success());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        tasks.push(tokio::spawn(aws_device(
+            mqtt.clone(),
+            format!("aws{block}-{i}"),
+            token.clone(),
+            block,
+        )));
+    }
+    let mut bytes = 0;
+    for task in tasks {
+        bytes += task.await.unwrap();
+    }
+    let aws_secs = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let url = format!(
+            "{api}/DEFAULT/controller/v1/aws{block}-{i}/softwaremodules/{module}/artifacts/{filename}"
+        );
+        let (http, token) = (http.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            http.get(url)
+                .header("authorization", format!("TargetToken {token}"))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .len() as u64
+        }));
+    }
+    let mut ddi_bytes = 0;
+    for task in tasks {
+        ddi_bytes += task.await.unwrap();
+    }
+    let ddi_secs = start.elapsed().as_secs_f64();
+    println!(
+        "aws block {block}: {n} devices, {:.1} MB in {aws_secs:.2} s = {:.1} MB/s; ddi: {:.1} MB in {ddi_secs:.2} s = {:.1} MB/s",
+        bytes as f64 / 1e6,
+        bytes as f64 / 1e6 / aws_secs,
+        ddi_bytes as f64 / 1e6,
+        ddi_bytes as f64 / 1e6 / ddi_secs
+    );
+}
+
 async fn push(addr: String, api: String, admin: String, n: usize, artifact: String) {
     let http = reqwest::Client::new();
     let tokens = create_devices(&http, &api, &admin, n, "load").await;
@@ -321,8 +502,21 @@ async fn main() {
             )
             .await
         }
+        Some("aws") => {
+            aws(
+                args[1].clone(),
+                args[2].clone(),
+                args[3].clone(),
+                args[4].parse().unwrap(),
+                args[5].parse().unwrap(),
+                args[6].clone(),
+                args[7].clone(),
+                args[8].clone(),
+            )
+            .await
+        }
         _ => eprintln!(
-            "usage: device_load idle ADDR TOKEN N | push ADDR API ADMIN_KEY N TITLE@VERSION | dfu API ADMIN_KEY N MTU TITLE@VERSION MODULE FILENAME"
+            "usage: device_load idle ADDR TOKEN N | push ADDR API ADMIN_KEY N TITLE@VERSION | dfu API ADMIN_KEY N MTU TITLE@VERSION MODULE FILENAME | aws MQTT_ADDR API ADMIN_KEY N BLOCK TITLE@VERSION MODULE FILENAME"
         ),
     }
 }

@@ -926,19 +926,27 @@ async fn stream_request(
                     .await?;
             }
             let mut out = Vec::with_capacity(blocks.len());
+            // One reader per run of consecutive blocks, read in order.
+            let mut reader: Option<(u64, updraft_store::BlobReader)> = None;
             for index in blocks {
                 let offset = index * request.block_size;
                 let len = request.block_size.min(artifact.size - offset);
-                let mut reader = state
-                    .blobs
-                    .open(&artifact.checksums.sha256, offset, Some(len))
+                let (at, mut open) = match reader.take() {
+                    Some((at, open)) if at == offset => (at, open),
+                    _ => {
+                        let open = state
+                            .blobs
+                            .open(&artifact.checksums.sha256, offset, None)
+                            .await
+                            .map_err(ApiError::internal)?;
+                        (offset, open)
+                    }
+                };
+                let mut block = vec![0; usize::try_from(len).unwrap_or(0)];
+                open.read_exact(&mut block)
                     .await
                     .map_err(ApiError::internal)?;
-                let mut block = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-                reader
-                    .read_to_end(&mut block)
-                    .await
-                    .map_err(ApiError::internal)?;
+                reader = Some((at + len, open));
                 let body = streams::encode_block(
                     format,
                     request.client_token.as_deref(),

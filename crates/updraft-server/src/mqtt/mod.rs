@@ -183,6 +183,17 @@ struct Session {
 }
 
 impl Session {
+    /// Writes several packets with one write.
+    async fn send_all(&mut self, packets: &[Outbound]) -> Result<(), ConnectionError> {
+        self.out.clear();
+        for packet in packets {
+            codec::write(self.version, packet, &mut self.out)?;
+        }
+        self.stream.write_all(&self.out).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
     async fn send(&mut self, packet: &Outbound) -> Result<(), ConnectionError> {
         self.out.clear();
         codec::write(self.version, packet, &mut self.out)?;
@@ -497,19 +508,19 @@ async fn publish(
     }
     if let Some((_, rest)) = crate::aws::thing_of(topic) {
         // Answers go to the requester whether or not it subscribed, as AWS IoT does.
-        for packet in crate::aws::handle(state, &device, rest, &payload).await {
-            // Notifications, unlike replies, only reach a device that subscribed to them.
-            if let Outbound::Publish { topic, .. } = &packet
-                && (topic.ends_with("/jobs/notify-next") || topic.ends_with("/jobs/notify"))
-                && !session.subscribed(topic)
-            {
-                continue;
+        let mut packets = crate::aws::handle(state, &device, rest, &payload).await;
+        // Notifications, unlike replies, only reach a device that subscribed to them.
+        packets.retain(|packet| match packet {
+            Outbound::Publish { topic, .. } => {
+                !(topic.ends_with("/jobs/notify-next") || topic.ends_with("/jobs/notify"))
+                    || session.subscribed(topic)
             }
-            session
-                .send(&packet)
-                .await
-                .map_err(|e| crate::error::ApiError::internal(e.to_string()))?;
-        }
+            _ => true,
+        });
+        session
+            .send_all(&packets)
+            .await
+            .map_err(|e| crate::error::ApiError::internal(e.to_string()))?;
         return Ok(());
     }
     if topic == "v1/devices/me/telemetry" {
