@@ -732,11 +732,17 @@ async fn update(
     }
     let mut out = vec![publish(format!("{topic}/accepted"), reply)];
     if execution.terminal() {
-        // The first pending execution changed: tell the device what comes next, if anything.
+        // The pending list and its first execution changed: tell the device what comes next.
         let mut next = json!({"timestamp": now_secs()});
+        let mut jobs = json!({});
         if let Some(pending) = pending(state, device).await? {
             next["execution"] = pending.full(device, true);
+            jobs[pending.status()] = json!([pending.summary()]);
         }
+        out.push(publish(
+            format!("$aws/things/{}/jobs/notify", device.id),
+            json!({"timestamp": now_secs(), "jobs": jobs}),
+        ));
         out.push(publish(
             format!("$aws/things/{}/jobs/notify-next", device.id),
             next,
@@ -818,6 +824,21 @@ pub fn notify_next(action: ActionKey, artifact: &Artifact, certfile: &str, now: 
     publish(
         "$aws/things/{thing}/jobs/notify-next".to_owned(),
         json!({"timestamp": now / 1000, "execution": execution}),
+    )
+}
+
+/// A notify (the pending list) for a device whose one pending job is new.
+pub fn notify(action: ActionKey, now: i64) -> Outbound {
+    let summary = json!({
+        "jobId": format!("{JOB_PREFIX}{}", action.0),
+        "queuedAt": now / 1000,
+        "lastUpdatedAt": now / 1000,
+        "versionNumber": 1,
+        "executionNumber": 1,
+    });
+    publish(
+        "$aws/things/{thing}/jobs/notify".to_owned(),
+        json!({"timestamp": now / 1000, "jobs": {"QUEUED": [summary]}}),
     )
 }
 

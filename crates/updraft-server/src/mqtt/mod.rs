@@ -805,6 +805,10 @@ impl NotifyQueue {
             state.mqtt.push(queued.device, &push);
             state.mqtt.push(
                 queued.device,
+                &crate::aws::notify(queued.action, crate::server::now_millis()),
+            );
+            state.mqtt.push(
+                queued.device,
                 &crate::aws::notify_next(
                     queued.action,
                     artifact,

@@ -123,10 +123,16 @@ async fn a_core_ota_device_updates_with_json_blocks() {
     let data = image(10_000);
     let token = setup(&app, "thing-1", &data, true).await;
     let mut thing = Thing::connect(&app, "thing-1", &token).await;
+    thing.subscribe("jobs/notify").await;
     thing.subscribe("jobs/notify-next").await;
 
-    // Assigning the update pushes notify-next with the execution and its document.
+    // Assigning the update pushes notify (the pending list) and notify-next (the execution and
+    // its document).
     assign(&app, "thing-1").await;
+    let (topic, payload) = thing.next().await;
+    assert_eq!(topic, "jobs/notify");
+    let listed: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(listed["jobs"]["QUEUED"].as_array().map(Vec::len), Some(1));
     let (topic, payload) = thing.next().await;
     assert_eq!(topic, "jobs/notify-next");
     let notified: Value = serde_json::from_slice(&payload).unwrap();
@@ -200,6 +206,15 @@ async fn a_core_ota_device_updates_with_json_blocks() {
         .await;
     assert_eq!(topic, format!("jobs/{job_id}/update/accepted"), "{done}");
     assert_eq!(done["executionState"]["status"], "SUCCEEDED");
+    // Nothing is pending any more: notify says so, then notify-next.
+    let (topic, payload) = thing.next().await;
+    assert_eq!(topic, "jobs/notify");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&payload).unwrap()["jobs"],
+        json!({})
+    );
+    let (topic, _) = thing.next().await;
+    assert_eq!(topic, "jobs/notify-next");
     assert_eq!(done["executionState"]["versionNumber"], 3);
     let shown = app.get("/api/v1/devices/thing-1").await.json();
     assert_eq!(shown["firmware"]["version"], "2.0.0", "{shown}");
@@ -608,4 +623,50 @@ async fn the_job_document_names_the_profiles_certificate_and_the_checked_signatu
     let file = &started["execution"]["jobDocument"]["afr_ota"]["files"][0];
     assert_eq!(file["certfile"], "ota/code-sign.pem");
     assert_eq!(file["sig-sha256-ecdsa"], signature.as_str());
+}
+
+/// `stepTimeoutInMinutes` runs out: the execution is TIMED_OUT and the update FAILED. (The clock
+/// is not waited for: the stored deadline is moved into the past.)
+#[tokio::test]
+async fn a_step_that_runs_out_of_time_ends_timed_out() {
+    let app = TestApp::new().await;
+    let token = setup(&app, "thing-8", &image(3000), true).await;
+    assign(&app, "thing-8").await;
+    let mut thing = Thing::connect(&app, "thing-8", &token).await;
+    thing.subscribe("jobs/notify").await;
+    let (_, started) = thing
+        .ask("jobs/start-next", json!({"stepTimeoutInMinutes": 1}))
+        .await;
+    let job_id = started["execution"]["jobId"].as_str().unwrap().to_owned();
+    let key = updraft_core::ActionKey(job_id.trim_start_matches("updraft-").parse().unwrap());
+    let mut row = app.state.store.job_execution(key).await.unwrap().unwrap();
+    assert!(row.step_deadline.is_some());
+    row.step_deadline = Some(1);
+    assert!(
+        app.state
+            .store
+            .save_job_execution(&row, Some(row.version_number))
+            .await
+            .unwrap()
+    );
+    let (_, next) = thing.ask("jobs/$next/get", json!({})).await;
+    assert!(next.get("execution").is_none(), "{next}");
+    let (_, described) = thing.ask(&format!("jobs/{job_id}/get"), json!({})).await;
+    assert_eq!(described["execution"]["status"], "TIMED_OUT");
+    let (topic, answer) = thing
+        .ask(
+            &format!("jobs/{job_id}/update"),
+            json!({"status": "SUCCEEDED"}),
+        )
+        .await;
+    assert_eq!(topic, format!("jobs/{job_id}/update/rejected"));
+    assert_eq!(answer["code"], "InvalidStateTransition");
+    let history = app.get("/api/v1/devices/thing-8/history").await.json();
+    assert_eq!(history[0]["state"], "FAILED");
+    assert!(
+        history[0]["failure"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timed out")
+    );
 }

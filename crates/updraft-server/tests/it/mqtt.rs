@@ -366,6 +366,7 @@ async fn the_notification_queue_tells_connected_devices_at_its_rate() {
         // Told once, in each protocol's words (the connection delivers what it subscribed to).
         for expected in [
             "v1/devices/me/attributes",
+            "$aws/things/{thing}/jobs/notify",
             "$aws/things/{thing}/jobs/notify-next",
         ] {
             let pushed = rx.try_recv().expect("every connected device was told once");
