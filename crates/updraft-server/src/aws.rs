@@ -765,8 +765,9 @@ fn fraction(text: &str) -> Option<Progress> {
 async fn apply(state: &AppState, device: &Device, execution: &Execution) -> Result<(), ApiError> {
     let details = execution.details();
     let detail = |key: &str| details.get(key).and_then(Value::as_str);
-    let report = match execution.status() {
-        "SUCCEEDED" => Report::Succeeded,
+    let mut reports = Vec::new();
+    match execution.status() {
+        "SUCCEEDED" => reports.push(Report::Succeeded),
         "FAILED" | "REJECTED" => {
             let reason = if details.as_object().is_some_and(|d| !d.is_empty()) {
                 format!("{}: {details}", execution.status())
@@ -777,11 +778,11 @@ async fn apply(state: &AppState, device: &Device, execution: &Execution) -> Resu
                 Some("rejected") => FailureCode::IntegrityCheckFailed,
                 _ => FailureCode::UpdateFailed,
             };
-            Report::Failed(Failure { code, reason })
+            reports.push(Report::Failed(Failure { code, reason }));
         }
         "IN_PROGRESS" => {
             let progress = detail("progress").or(detail("receive")).and_then(fraction);
-            let state = match detail("self_test") {
+            let reached = match detail("self_test") {
                 Some("active") => UpdateState::Updating,
                 Some("ready") => UpdateState::Verified,
                 _ => match progress {
@@ -791,20 +792,32 @@ async fn apply(state: &AppState, device: &Device, execution: &Execution) -> Resu
                     None => UpdateState::Initiated,
                 },
             };
+            let current = execution.action.state;
             // A repeated report of an earlier state is not news.
-            if state < execution.action.state
-                || (state == execution.action.state && state != UpdateState::Downloading)
-            {
+            if reached < current || (reached == current && reached != UpdateState::Downloading) {
                 return Ok(());
             }
-            Report::Reached { state, progress }
+            // A device that checked the whole file has it: record that it was downloaded
+            // (rustot reports progress every 24 blocks, never the last count).
+            if reached > UpdateState::Downloaded && current < UpdateState::Downloaded {
+                reports.push(Report::Reached {
+                    state: UpdateState::Downloaded,
+                    progress: None,
+                });
+            }
+            reports.push(Report::Reached {
+                state: reached,
+                progress,
+            });
         }
-        _ => return Ok(()),
-    };
-    state
-        .store
-        .report(device.tenant, execution.action.key, &report, SOURCE)
-        .await?;
+        _ => {}
+    }
+    for report in &reports {
+        state
+            .store
+            .report(device.tenant, execution.action.key, report, SOURCE)
+            .await?;
+    }
     Ok(())
 }
 

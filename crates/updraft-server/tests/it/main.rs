@@ -12,6 +12,7 @@ mod ddi;
 mod dfu;
 mod frugal;
 mod mqtt;
+mod rustot;
 mod thingsboard;
 mod tls;
 
