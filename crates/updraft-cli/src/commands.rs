@@ -218,6 +218,9 @@ enum ProfileCommand {
         /// The profile's devices speak Drogue DFU (versions of at most 16 bytes).
         #[arg(long)]
         drogue_dfu: bool,
+        /// AWS IoT OTA job documents offer the file over HTTP too (a one-time URL).
+        #[arg(long)]
+        aws_http_delivery: bool,
         /// PEM certificate (ECDSA P-256) that artifact signatures for this profile must verify with.
         #[arg(long)]
         signing_cert: Option<PathBuf>,
@@ -232,6 +235,9 @@ enum ProfileCommand {
         /// true when the profile's devices speak Drogue DFU.
         #[arg(long, action = clap::ArgAction::Set)]
         drogue_dfu: Option<bool>,
+        /// true when AWS IoT OTA job documents offer the file over HTTP too.
+        #[arg(long, action = clap::ArgAction::Set)]
+        aws_http_delivery: Option<bool>,
         /// A new PEM signing certificate.
         #[arg(long)]
         signing_cert: Option<PathBuf>,
@@ -945,11 +951,13 @@ async fn profile(client: &Client, out: &Output, command: ProfileCommand) -> Resu
             name,
             description,
             drogue_dfu,
+            aws_http_delivery,
             signing_cert,
             signing_cert_name,
         } => {
             let cert = read_text(signing_cert.as_deref())?;
             let body = json!({"name": name, "description": description, "drogue_dfu": drogue_dfu,
+                "aws_http_delivery": aws_http_delivery,
                 "signing_cert": cert, "signing_cert_name": signing_cert_name});
             let created = client.post("/api/v1/profiles", &body).await?;
             out.show(&created, || println!("created {}", show(&created)));
@@ -966,13 +974,14 @@ async fn profile(client: &Client, out: &Output, command: ProfileCommand) -> Resu
         ProfileCommand::Set {
             name,
             drogue_dfu,
+            aws_http_delivery,
             signing_cert,
             signing_cert_name,
             no_signing_cert,
         } => {
             let path = format!("/api/v1/profiles/{name}");
-            let mut body =
-                json!({"drogue_dfu": drogue_dfu, "signing_cert_name": signing_cert_name});
+            let mut body = json!({"drogue_dfu": drogue_dfu, "aws_http_delivery": aws_http_delivery,
+                "signing_cert_name": signing_cert_name});
             if no_signing_cert {
                 body["signing_cert"] = json!("");
             } else if let Some(cert) = read_text(signing_cert.as_deref())? {

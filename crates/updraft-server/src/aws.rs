@@ -105,8 +105,8 @@ fn json_token(payload: &[u8]) -> Option<String> {
 struct Execution {
     action: Action,
     artifact: Option<Artifact>,
-    /// The verification certificate's name on the device.
-    certfile: String,
+    /// How the device's profile wants its job documents.
+    options: DocumentOptions,
     row: JobExecution,
     /// Whether `row` is stored yet.
     stored: bool,
@@ -160,49 +160,99 @@ impl Execution {
         })
     }
 
-    fn full(&self, device: &Device, include_document: bool) -> Value {
+    fn full(&self, state: &AppState, device: &Device, include_document: bool) -> Value {
         let mut execution = self.summary();
         execution["thingName"] = json!(device.id.as_str());
         execution["status"] = json!(self.status());
         execution["statusDetails"] = self.details();
         if include_document && let Some(artifact) = &self.artifact {
-            execution["jobDocument"] = job_document(artifact, &self.certfile);
+            execution["jobDocument"] =
+                job_document(state, self.action.key, artifact, &self.options);
         }
         execution
     }
 }
 
-/// The OTA job document of an artifact: one file in one MQTT stream, with its code signature.
-pub fn job_document(artifact: &Artifact, certfile: &str) -> Value {
+/// What a device's profile says about its job documents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentOptions {
+    /// The name of the verification certificate on the device.
+    pub certfile: String,
+    /// Offer the file over HTTP too (a one-time URL).
+    pub http: bool,
+}
+
+impl Default for DocumentOptions {
+    fn default() -> Self {
+        Self {
+            certfile: DEFAULT_CERTFILE.to_owned(),
+            http: false,
+        }
+    }
+}
+
+impl DocumentOptions {
+    pub fn of(profile: &updraft_store::Profile) -> Self {
+        Self {
+            certfile: profile
+                .signing_cert
+                .as_ref()
+                .map_or_else(|| DEFAULT_CERTFILE.to_owned(), |c| c.name.clone()),
+            http: profile.settings.aws_http_delivery,
+        }
+    }
+}
+
+/// The OTA job document of an artifact: one file in one MQTT stream (and, when the profile says
+/// so, at a one-time HTTP URL), with its code signature.
+pub fn job_document(
+    state: &AppState,
+    action: ActionKey,
+    artifact: &Artifact,
+    options: &DocumentOptions,
+) -> Value {
     let file_type = match artifact.kind {
         ArtifactKind::Firmware => 0,
         ArtifactKind::Software => 1,
     };
+    let mut file = json!({
+        "filepath": artifact.filename,
+        "filesize": artifact.size,
+        "fileid": 0,
+        "certfile": options.certfile,
+        "fileType": file_type,
+        "sig-sha256-ecdsa": artifact.signature.clone().unwrap_or_default(),
+    });
+    let mut protocols = vec!["MQTT"];
+    if options.http {
+        match state.grants.issue(action, artifact) {
+            Ok(token) => {
+                protocols.push("HTTP");
+                file["update_data_url"] = json!(format!("{}/dl/{token}", state.config.public_url));
+                // FreeRTOS OTA's name for a URL that carries its own authorization.
+                file["auth_scheme"] = json!("aws.s3.presigned");
+            }
+            Err(err) => tracing::warn!(error = %err.message, "no download URL for a job"),
+        }
+    }
     json!({"afr_ota": {
-        "protocols": ["MQTT"],
+        "protocols": protocols,
         "streamname": format!("{STREAM_PREFIX}{}", artifact.key.0),
-        "files": [{
-            "filepath": artifact.filename,
-            "filesize": artifact.size,
-            "fileid": 0,
-            "certfile": certfile,
-            "fileType": file_type,
-            "sig-sha256-ecdsa": artifact.signature.clone().unwrap_or_default(),
-        }],
+        "files": [file],
     }})
 }
 
-/// The name of the device's profile's signing certificate, as its devices hold it.
-async fn certfile(state: &AppState, device: &Device) -> Result<String, ApiError> {
+/// The device's profile's wishes for its job documents.
+async fn document_options(state: &AppState, device: &Device) -> Result<DocumentOptions, ApiError> {
     let Some((_, name)) = &device.profile else {
-        return Ok(DEFAULT_CERTFILE.to_owned());
+        return Ok(DocumentOptions::default());
     };
     Ok(state
         .store
         .profile_by_name(device.tenant, name)
         .await?
-        .and_then(|p| p.signing_cert)
-        .map_or_else(|| DEFAULT_CERTFILE.to_owned(), |c| c.name))
+        .map(|p| DocumentOptions::of(&p))
+        .unwrap_or_default())
 }
 
 async fn execution(
@@ -237,7 +287,7 @@ async fn execution(
     let execution = Execution {
         action,
         artifact,
-        certfile: certfile(state, device).await?,
+        options: document_options(state, device).await?,
         row,
         stored,
     };
@@ -488,7 +538,7 @@ async fn jobs_request(
                 execution.stored = true;
             }
             Ok(vec![accepted(
-                json!({"execution": execution.full(device, true)}),
+                json!({"execution": execution.full(state, device, true)}),
             )])
         }
         _ => {
@@ -513,7 +563,7 @@ async fn jobs_request(
                                 handed_out(state, device, &execution).await?;
                             }
                             Ok(vec![accepted(
-                                json!({"execution": execution.full(device, include)}),
+                                json!({"execution": execution.full(state, device, include)}),
                             )])
                         }
                         // `$next` with nothing pending: no execution.
@@ -728,7 +778,8 @@ async fn update(
     if body.get("includeJobDocument").and_then(Value::as_bool) == Some(true)
         && let Some(artifact) = &execution.artifact
     {
-        reply["jobDocument"] = job_document(artifact, &execution.certfile);
+        reply["jobDocument"] =
+            job_document(state, execution.action.key, artifact, &execution.options);
     }
     let mut out = vec![publish(format!("{topic}/accepted"), reply)];
     if execution.terminal() {
@@ -736,7 +787,7 @@ async fn update(
         let mut next = json!({"timestamp": now_secs()});
         let mut jobs = json!({});
         if let Some(pending) = pending(state, device).await? {
-            next["execution"] = pending.full(device, true);
+            next["execution"] = pending.full(state, device, true);
             jobs[pending.status()] = json!([pending.summary()]);
         }
         out.push(publish(
@@ -823,7 +874,13 @@ async fn apply(state: &AppState, device: &Device, execution: &Execution) -> Resu
 
 /// A notify-next for a device told of a new job by the notification queue (`{thing}` is filled
 /// in by the connection).
-pub fn notify_next(action: ActionKey, artifact: &Artifact, certfile: &str, now: i64) -> Outbound {
+pub fn notify_next(
+    state: &AppState,
+    action: ActionKey,
+    artifact: &Artifact,
+    options: &DocumentOptions,
+    now: i64,
+) -> Outbound {
     let execution = json!({
         "jobId": format!("{JOB_PREFIX}{}", action.0),
         "status": "QUEUED",
@@ -832,7 +889,7 @@ pub fn notify_next(action: ActionKey, artifact: &Artifact, certfile: &str, now: 
         "lastUpdatedAt": now / 1000,
         "versionNumber": 1,
         "executionNumber": 1,
-        "jobDocument": job_document(artifact, certfile),
+        "jobDocument": job_document(state, action, artifact, options),
     });
     publish(
         "$aws/things/{thing}/jobs/notify-next".to_owned(),

@@ -11,6 +11,7 @@ pub mod dfu;
 pub mod download;
 pub mod error;
 pub mod frugal;
+pub mod grants;
 pub mod metrics;
 pub mod mqtt;
 pub mod secret;

@@ -81,6 +81,7 @@ pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<AppSta
         mqtt: Arc::new(crate::mqtt::Registry::default()),
         coap: Arc::new(crate::coap::Observers::default()),
         wake: Arc::new(tokio::sync::Notify::new()),
+        grants: Arc::new(crate::grants::Grants::default()),
     })
 }
 

@@ -40,4 +40,6 @@ pub struct AppState {
     pub coap: Arc<crate::coap::Observers>,
     /// Wakes the notification queue (an assignment changed).
     pub wake: Arc<tokio::sync::Notify>,
+    /// One-time download URLs.
+    pub grants: Arc<crate::grants::Grants>,
 }

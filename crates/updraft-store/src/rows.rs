@@ -84,6 +84,9 @@ pub struct ProfileSettings {
     /// The profile's devices speak Drogue DFU (`embedded-update`), whose versions hold at most
     /// 16 bytes: longer versions are refused when assigned.
     pub drogue_dfu: bool,
+    /// AWS IoT OTA job documents also offer the file over HTTP (a one-time URL), not only in
+    /// an MQTT stream.
+    pub aws_http_delivery: bool,
 }
 
 /// A release as a device reports running it.

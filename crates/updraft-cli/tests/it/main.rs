@@ -92,6 +92,22 @@ fn round_trip(extra: &[&str]) {
     assert_eq!(nrf["drogue_dfu"], true);
     let nrf = cli.json(&["profile", "set", "nrf52", "--drogue-dfu", "false"]);
     assert_eq!(nrf["drogue_dfu"], false);
+    let nrf = cli.json(&["profile", "set", "nrf52", "--aws-http-delivery", "true"]);
+    assert_eq!(
+        (
+            nrf["aws_http_delivery"].as_bool(),
+            nrf["drogue_dfu"].as_bool()
+        ),
+        (Some(true), Some(false))
+    );
+    let nrf = cli.json(&["profile", "set", "nrf52", "--aws-http-delivery", "true"]);
+    assert_eq!(
+        (
+            nrf["aws_http_delivery"].as_bool(),
+            nrf["drogue_dfu"].as_bool()
+        ),
+        (Some(true), Some(false))
+    );
     let uploaded = cli.json(&[
         "artifact",
         "upload",

@@ -216,6 +216,7 @@ pub async fn create_profile(
         .await?;
     let settings = ProfileSettings {
         drogue_dfu: body.drogue_dfu,
+        aws_http_delivery: body.aws_http_delivery,
     };
     if settings != profile.settings {
         state
@@ -259,6 +260,9 @@ pub async fn update_profile(
         .ok_or_else(not_found)?;
     let settings = ProfileSettings {
         drogue_dfu: body.drogue_dfu.unwrap_or(profile.settings.drogue_dfu),
+        aws_http_delivery: body
+            .aws_http_delivery
+            .unwrap_or(profile.settings.aws_http_delivery),
     };
     if settings.drogue_dfu && !profile.settings.drogue_dfu {
         // Every assignment that can reach the profile's devices must fit the protocol.

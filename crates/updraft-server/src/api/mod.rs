@@ -144,6 +144,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .merge(crate::ddi::routes())
+        .merge(crate::grants::routes())
         .merge(crate::frugal::routes())
         .merge(crate::dfu::routes())
         .fallback(not_found)

@@ -53,6 +53,8 @@ pub struct ProfileOut {
     /// The profile's devices speak Drogue DFU: versions longer than 16 bytes are refused when
     /// assigned to them.
     pub drogue_dfu: bool,
+    /// AWS IoT OTA job documents offer the file over HTTP too.
+    pub aws_http_delivery: bool,
     /// The name devices know the profile's code-signing certificate by, if it has one.
     pub signing_cert_name: Option<String>,
     pub created_at: i64,
@@ -64,6 +66,7 @@ impl From<&store::Profile> for ProfileOut {
             name: p.name.to_string(),
             description: p.description.clone(),
             drogue_dfu: p.settings.drogue_dfu,
+            aws_http_delivery: p.settings.aws_http_delivery,
             signing_cert_name: p.signing_cert.as_ref().map(|c| c.name.clone()),
             created_at: p.created_at,
         }
@@ -79,6 +82,9 @@ pub struct ProfileIn {
     /// The profile's devices speak Drogue DFU (`embedded-update`).
     #[serde(default)]
     pub drogue_dfu: bool,
+    /// AWS IoT OTA job documents offer the file over HTTP too (a one-time URL).
+    #[serde(default)]
+    pub aws_http_delivery: bool,
     /// PEM X.509 certificate with the ECDSA P-256 key that artifact signatures must verify with.
     pub signing_cert: Option<String>,
     /// The name the profile's devices know that certificate by (AWS OTA `certfile`);
@@ -91,6 +97,8 @@ pub struct ProfileIn {
 pub struct ProfileSettingsIn {
     /// The profile's devices speak Drogue DFU (`embedded-update`).
     pub drogue_dfu: Option<bool>,
+    /// AWS IoT OTA job documents offer the file over HTTP too (a one-time URL).
+    pub aws_http_delivery: Option<bool>,
     /// PEM code-signing certificate; an empty string removes it.
     pub signing_cert: Option<String>,
     pub signing_cert_name: Option<String>,

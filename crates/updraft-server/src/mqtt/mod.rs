@@ -762,25 +762,22 @@ impl NotifyQueue {
             .collect();
         let mut artifacts: HashMap<updraft_core::ArtifactKey, updraft_store::Artifact> =
             HashMap::new();
-        // Each profile's signing certificate name, for AWS job documents.
-        let mut certfiles: HashMap<updraft_core::ProfileKey, String> = HashMap::new();
+        // Each profile's wishes for AWS job documents.
+        let mut documents: HashMap<updraft_core::ProfileKey, crate::aws::DocumentOptions> =
+            HashMap::new();
         let mut listed = std::collections::HashSet::new();
+        let plain = crate::aws::DocumentOptions::default();
         let mut told = 0;
         for queued in chosen.iter().filter(|q| initiated.contains(&q.action)) {
-            if let Some(profile) = queued.profile
-                && !certfiles.contains_key(&profile)
-                && listed.insert(queued.tenant)
-            {
+            if queued.profile.is_some() && listed.insert(queued.tenant) {
                 for p in state.store.list_profiles(queued.tenant).await? {
-                    if let Some(cert) = p.signing_cert {
-                        certfiles.insert(p.key, cert.name);
-                    }
+                    documents.insert(p.key, crate::aws::DocumentOptions::of(&p));
                 }
             }
-            let certfile = queued
+            let options = queued
                 .profile
-                .and_then(|p| certfiles.get(&p))
-                .map_or(crate::aws::DEFAULT_CERTFILE, String::as_str);
+                .and_then(|p| documents.get(&p))
+                .unwrap_or(&plain);
             let Some(key) = queued.artifact else { continue };
             if !artifacts.contains_key(&key)
                 && let Some(artifact) = state.store.artifact(queued.tenant, key).await?
@@ -810,9 +807,10 @@ impl NotifyQueue {
             state.mqtt.push(
                 queued.device,
                 &crate::aws::notify_next(
+                    state,
                     queued.action,
                     artifact,
-                    certfile,
+                    options,
                     crate::server::now_millis(),
                 ),
             );

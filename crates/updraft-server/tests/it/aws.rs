@@ -670,3 +670,99 @@ async fn a_step_that_runs_out_of_time_ends_timed_out() {
             .contains("timed out")
     );
 }
+
+/// A profile that asks for it gets HTTP offered beside the MQTT stream: a one-time URL that
+/// serves the file with ranges, so a device restarted mid-download resumes.
+#[tokio::test]
+async fn profiles_can_offer_the_file_over_a_one_time_http_url() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    let app = TestApp::new().await;
+    app.post(
+        "/api/v1/profiles",
+        json!({"name": "esp32-http", "aws_http_delivery": true}),
+    )
+    .await;
+    let created = app
+        .post(
+            "/api/v1/devices",
+            json!({"id": "thing-9", "profile": "esp32-http"}),
+        )
+        .await;
+    let token = created.json()["token"].as_str().unwrap().to_owned();
+    let data = image(9000);
+    app.upload(
+        "title=ota-fw&version=2.0.0&filename=firmware.bin&signature=c3RhbmQtaW4%3D",
+        &data,
+    )
+    .await;
+    assign(&app, "thing-9").await;
+    let mut thing = Thing::connect(&app, "thing-9", &token).await;
+    let (_, started) = thing.ask("jobs/start-next", json!({})).await;
+    let document = &started["execution"]["jobDocument"]["afr_ota"];
+    assert_eq!(document["protocols"], json!(["MQTT", "HTTP"]));
+    let url = document["files"][0]["update_data_url"].as_str().unwrap();
+    let path = url
+        .split_once("/dl/")
+        .map(|(_, t)| format!("/dl/{t}"))
+        .unwrap();
+    // The same URL while the job lives.
+    let (_, again) = thing.ask("jobs/$next/get", json!({})).await;
+    assert_eq!(
+        again["execution"]["jobDocument"]["afr_ota"]["files"][0]["update_data_url"],
+        url
+    );
+    let whole = app
+        .send(Request::get(&path).body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(whole.status, StatusCode::OK);
+    assert_eq!(whole.body, data);
+    let rest = app
+        .send(
+            Request::get(&path)
+                .header("range", "bytes=4000-")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(rest.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(rest.body, data[4000..]);
+    let unknown = app
+        .send(Request::get("/dl/not-a-grant").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}
+
+/// An operator's cancel (unassigning) ends the execution CANCELED: the device's next look finds
+/// no pending job, and its updates of the canceled one are refused.
+#[tokio::test]
+async fn an_operator_cancel_ends_the_execution_canceled() {
+    use axum::http::Method;
+    let app = TestApp::new().await;
+    let token = setup(&app, "thing-10", &image(3000), true).await;
+    assign(&app, "thing-10").await;
+    let mut thing = Thing::connect(&app, "thing-10", &token).await;
+    let (_, started) = thing.ask("jobs/start-next", json!({})).await;
+    let job_id = started["execution"]["jobId"].as_str().unwrap().to_owned();
+    let removed = app
+        .call(
+            Method::DELETE,
+            "/api/v1/assignments?device=thing-10",
+            &app.admin.clone(),
+            None,
+        )
+        .await;
+    assert!(removed.status.is_success());
+    let (_, next) = thing.ask("jobs/$next/get", json!({})).await;
+    assert!(next.get("execution").is_none(), "{next}");
+    let (_, described) = thing.ask(&format!("jobs/{job_id}/get"), json!({})).await;
+    assert_eq!(described["execution"]["status"], "CANCELED");
+    let (_, answer) = thing
+        .ask(
+            &format!("jobs/{job_id}/update"),
+            json!({"status": "SUCCEEDED"}),
+        )
+        .await;
+    assert_eq!(answer["code"], "InvalidStateTransition");
+    assert_eq!(answer["executionState"]["status"], "CANCELED");
+}

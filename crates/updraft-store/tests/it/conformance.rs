@@ -900,7 +900,10 @@ pub async fn profile_settings_and_gateway_credentials_round_trip(store: &SqlStor
         .await
         .unwrap();
     assert_eq!(profile.settings, ProfileSettings::default());
-    let settings = ProfileSettings { drogue_dfu: true };
+    let settings = ProfileSettings {
+        drogue_dfu: true,
+        aws_http_delivery: true,
+    };
     assert!(
         store
             .set_profile_settings(f.tenant.key, profile.key, settings)
