@@ -24,7 +24,7 @@ as_pg() { if [ "$(id -u)" -eq 0 ]; then setpriv --reuid=postgres --regid=postgre
 campaign() { # name database-url-or-empty
   local name=$1 db=$2 data="$work/data-$1"
   local extra=(); [ -n "$db" ] && extra=(--database-url "$db")
-  "$bin/updraft" serve --data-dir "$data" --http 127.0.0.1:0 --mqtt off --coap off "${extra[@]}" > "$work/serve-$name.out" 2>/dev/null &
+  "$bin/updraft" serve --data-dir "$data" --http 127.0.0.1:0 --mqtt off --coap off --lwm2m off "${extra[@]}" > "$work/serve-$name.out" 2>/dev/null &
   local server=$!; pids+=("$server")
   wait_for "$work/serve-$name.out" "listening on" "$server"
   local url; url=$(sed -n 's/^updraft listening on //p' "$work/serve-$name.out")

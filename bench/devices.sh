@@ -15,7 +15,7 @@ pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
 # Updraft on embedded defaults.
-"$bin/updraft" serve --data-dir "$work/data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --coap 127.0.0.1:0 > "$work/serve.out" 2>/dev/null &
+"$bin/updraft" serve --data-dir "$work/data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --coap 127.0.0.1:0 --lwm2m off > "$work/serve.out" 2>/dev/null &
 server=$!; pids+=("$server")
 wait_for "$work/serve.out" "listening on" "$server"
 url=$(sed -n 's/^updraft listening on //p' "$work/serve.out")

@@ -14,7 +14,7 @@ cargo build --release -q -p updraft-server --example device_load
 work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
-"$bin/updraft" serve --data-dir "$work/data" --http 127.0.0.1:0 --mqtt off --coap off > "$work/serve.out" 2>/dev/null &
+"$bin/updraft" serve --data-dir "$work/data" --http 127.0.0.1:0 --mqtt off --coap off --lwm2m off > "$work/serve.out" 2>/dev/null &
 server=$!; pids+=("$server")
 wait_for "$work/serve.out" "listening on" "$server"
 url=$(sed -n 's/^updraft listening on //p' "$work/serve.out")

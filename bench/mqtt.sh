@@ -17,7 +17,7 @@ work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
-"$bin/updraft" serve --data-dir "$work/data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --coap off \
+"$bin/updraft" serve --data-dir "$work/data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --coap off --lwm2m off \
   --notify-per-second 1000000 > "$work/serve.out" 2>/dev/null &
 server=$!; pids+=("$server")
 wait_for "$work/serve.out" "listening on" "$server"

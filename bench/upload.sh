@@ -19,7 +19,7 @@ echo "|---|---|---|---|"
 for mb in "${sizes[@]}"; do
   # A fresh server per size, so that each peak RSS is that upload's alone.
   data="$work/data-$mb"
-  "$bin/updraft" serve --data-dir "$data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --coap 127.0.0.1:0 > "$work/serve.out" 2>/dev/null &
+  "$bin/updraft" serve --data-dir "$data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --coap 127.0.0.1:0 --lwm2m off > "$work/serve.out" 2>/dev/null &
   pid=$!
   wait_for "$work/serve.out" "listening on" "$pid"
   url=$(sed -n 's/^updraft listening on //p' "$work/serve.out")

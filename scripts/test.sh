@@ -25,6 +25,12 @@ fi
   || .venv-interop/bin/pip install -q 'tb-mqtt-client==1.13.14' 'awsiotsdk==1.31.0'
 export UPDRAFT_TEST_PYTHON="$PWD/.venv-interop/bin/python"
 
+# A real LwM2M client from npm for the LwM2M interop tests, beside the sources.
+command -v node >/dev/null 2>&1 || apt_install nodejs npm
+if [ ! -d .node-interop/node_modules/lwm2m-node-lib ]; then
+  npm install --silent --no-audit --no-fund --prefix .node-interop 'lwm2m-node-lib@1.4.0'
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features

@@ -131,6 +131,9 @@ struct ServeArgs {
     /// Device CoAP listener address (UDP), or `off` (default 127.0.0.1:5683).
     #[arg(long, env = "UPDRAFT_COAP")]
     coap: Option<String>,
+    /// LwM2M listener address (UDP, NoSec), or `off` (default 127.0.0.1:5685).
+    #[arg(long, env = "UPDRAFT_LWM2M")]
+    lwm2m: Option<String>,
     /// Device MQTT-over-TLS listener address (e.g. 0.0.0.0:8883), or `off` (the default).
     /// Devices authenticate with a registered client certificate or their token.
     #[arg(long, env = "UPDRAFT_MQTTS")]
@@ -670,6 +673,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         mqtt: args.mqtt,
         coap: args.coap,
         mqtts: args.mqtts,
+        lwm2m: args.lwm2m,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         notify_per_second: args.notify_per_second,

@@ -19,6 +19,7 @@ pub struct FileConfig {
     pub public_url: Option<String>,
     pub mqtt: Option<String>,
     pub coap: Option<String>,
+    pub lwm2m: Option<String>,
     pub mqtts: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -38,6 +39,7 @@ pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_UPLOAD: u64 = 4 * 1024 * 1024 * 1024;
 pub const DEFAULT_MQTT: &str = "127.0.0.1:1883";
 pub const DEFAULT_COAP: &str = "127.0.0.1:5683";
+pub const DEFAULT_LWM2M: &str = "127.0.0.1:5685";
 pub const DEFAULT_NOTIFY_PER_SECOND: u32 = 5000;
 
 /// The values given on the command line or in the environment (`None`: not given).
@@ -52,6 +54,8 @@ pub struct Given {
     pub mqtt: Option<String>,
     /// An address, or `off`.
     pub coap: Option<String>,
+    /// An address, or `off`.
+    pub lwm2m: Option<String>,
     /// An address, or `off` (the default).
     pub mqtts: Option<String>,
     pub tls_cert: Option<PathBuf>,
@@ -74,6 +78,7 @@ pub fn merge(given: Given, file: FileConfig) -> Result<ServerConfig> {
     let mqtt = listener(given.mqtt.or(file.mqtt), DEFAULT_MQTT, "mqtt")?;
     let coap = listener(given.coap.or(file.coap), DEFAULT_COAP, "coap")?;
     let mqtts = listener(given.mqtts.or(file.mqtts), "off", "mqtts")?;
+    let lwm2m = listener(given.lwm2m.or(file.lwm2m), DEFAULT_LWM2M, "lwm2m")?;
     let tls = match (
         given.tls_cert.or(file.tls_cert),
         given.tls_key.or(file.tls_key),
@@ -106,6 +111,7 @@ pub fn merge(given: Given, file: FileConfig) -> Result<ServerConfig> {
         mqtt,
         coap,
         mqtts,
+        lwm2m,
         tls,
         notify_per_second: given
             .notify_per_second

@@ -12,6 +12,7 @@ pub mod download;
 pub mod error;
 pub mod frugal;
 pub mod grants;
+pub mod lwm2m;
 pub mod metrics;
 pub mod mqtt;
 pub mod secret;

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub artifacts_uploaded: AtomicU64,
     pub uploads_refused: AtomicU64,
     pub download_bytes: AtomicU64,
+    /// LwM2M datagrams that were not CoAP.
+    pub lwm2m_malformed: AtomicU64,
 }
 
 impl Metrics {
@@ -66,6 +68,11 @@ impl Metrics {
                 "updraft_download_bytes_total",
                 "Artifact bytes sent.",
                 &self.download_bytes,
+            ),
+            (
+                "updraft_lwm2m_malformed_total",
+                "LwM2M datagrams that were not CoAP, dropped.",
+                &self.lwm2m_malformed,
             ),
         ];
         for (name, help, value) in counters {

@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub mqtt: Option<SocketAddr>,
     /// The CoAP listener (UDP); `None` turns it off.
     pub coap: Option<SocketAddr>,
+    /// The LwM2M listener (UDP, NoSec); `None` turns it off.
+    pub lwm2m: Option<SocketAddr>,
     /// The device MQTT listener over TLS (off unless set); needs `tls`.
     pub mqtts: Option<SocketAddr>,
     /// The server certificate chain and private key (PEM files) for TLS listeners.
@@ -82,6 +84,7 @@ pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<AppSta
         coap: Arc::new(crate::coap::Observers::default()),
         wake: Arc::new(tokio::sync::Notify::new()),
         grants: Arc::new(crate::grants::Grants::default()),
+        lwm2m: Arc::new(crate::lwm2m::Lwm2m::default()),
     })
 }
 
@@ -168,7 +171,18 @@ pub async fn run(
         println!("updraft mqtts on {}", listener.local_addr()?);
         tokio::spawn(crate::mqtt::serve_tls(listener, tls, state.clone()));
     }
-    if config.mqtt.is_some() || config.mqtts.is_some() || config.coap.is_some() {
+    if let Some(lwm2m) = config.lwm2m {
+        let socket = tokio::net::UdpSocket::bind(lwm2m)
+            .await
+            .with_context(|| format!("listening for LwM2M on {lwm2m}"))?;
+        println!("updraft lwm2m on {}", socket.local_addr()?);
+        tokio::spawn(crate::lwm2m::serve(socket, state.clone()));
+    }
+    if config.mqtt.is_some()
+        || config.mqtts.is_some()
+        || config.coap.is_some()
+        || config.lwm2m.is_some()
+    {
         // Tells connected (MQTT) and observing (CoAP) devices of new updates.
         tokio::spawn(crate::mqtt::notifier(
             state.clone(),

@@ -42,4 +42,6 @@ pub struct AppState {
     pub wake: Arc<tokio::sync::Notify>,
     /// One-time download URLs.
     pub grants: Arc<crate::grants::Grants>,
+    /// LwM2M registrations and the requests in flight to them.
+    pub lwm2m: Arc<crate::lwm2m::Lwm2m>,
 }

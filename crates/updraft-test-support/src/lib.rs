@@ -39,3 +39,23 @@ pub fn interop_python() -> Option<std::path::PathBuf> {
     );
     None
 }
+
+/// `node` and the `node_modules` directory with the interop clients (`scripts/test.sh` installs
+/// them into `.node-interop` at the workspace root), or `None` after a loud warning (a failure
+/// under CI).
+pub fn interop_node() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let modules =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.node-interop/node_modules");
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if node && modules.join("lwm2m-node-lib").exists() {
+        return Some((std::path::PathBuf::from("node"), modules));
+    }
+    missing(
+        "Node.js with lwm2m-node-lib",
+        "run scripts/test.sh, which installs lwm2m-node-lib@1.4.0 into .node-interop",
+    );
+    None
+}

@@ -14,6 +14,8 @@ pub struct ServerProcess {
     pub mqtt: Option<String>,
     /// `host:port` of the CoAP listener.
     pub coap: Option<String>,
+    /// `host:port` of the LwM2M listener.
+    pub lwm2m: Option<String>,
     pub data_dir: PathBuf,
 }
 
@@ -31,6 +33,8 @@ impl ServerProcess {
                 "127.0.0.1:0",
                 "--coap",
                 "127.0.0.1:0",
+                "--lwm2m",
+                "127.0.0.1:0",
             ])
             .args(extra)
             .env("UPDRAFT_LOG", "warn")
@@ -42,6 +46,7 @@ impl ServerProcess {
         let mut lines = BufReader::new(stdout).lines();
         let mut mqtt = None;
         let mut coap = None;
+        let mut lwm2m = None;
         let url = loop {
             let Some(line) = lines.next() else {
                 let status = child.wait()?;
@@ -54,6 +59,9 @@ impl ServerProcess {
             if let Some(addr) = line.strip_prefix("updraft coap on ") {
                 coap = Some(addr.trim().to_owned());
             }
+            if let Some(addr) = line.strip_prefix("updraft lwm2m on ") {
+                lwm2m = Some(addr.trim().to_owned());
+            }
             if let Some(url) = line.strip_prefix("updraft listening on ") {
                 break url.trim().to_owned();
             }
@@ -64,6 +72,7 @@ impl ServerProcess {
             url,
             mqtt,
             coap,
+            lwm2m,
             data_dir: data_dir.to_path_buf(),
         })
     }

@@ -4,3 +4,4 @@
 
 pub mod aws;
 pub mod dfu;
+pub mod lwm2m;

@@ -37,6 +37,7 @@ impl Server {
             mqtt: None,
             coap: None,
             mqtts: None,
+            lwm2m: None,
             tls: None,
             notify_per_second: 1000,
         };

@@ -729,6 +729,9 @@ impl NotifyQueue {
         let mut connected: std::collections::HashSet<DeviceKey> =
             state.mqtt.connected().into_iter().collect();
         connected.extend(state.coap.devices());
+        let registered: std::collections::HashSet<DeviceKey> =
+            state.lwm2m.devices().into_iter().collect();
+        connected.extend(registered.iter().copied());
         let mut chosen = Vec::new();
         while (chosen.len() as u64) < budget {
             let page = state.store.queued_actions(self.after, 1000).await?;
@@ -815,6 +818,9 @@ impl NotifyQueue {
                 ),
             );
             state.coap.notify(queued.device, &attributes);
+            if registered.contains(&queued.device) {
+                state.lwm2m.kick(state, queued.device);
+            }
             told += 1;
         }
         Ok(told)

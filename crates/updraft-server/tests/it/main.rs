@@ -11,6 +11,7 @@ mod coap;
 mod ddi;
 mod dfu;
 mod frugal;
+mod lwm2m;
 mod mqtt;
 mod rustot;
 mod thingsboard;
@@ -55,7 +56,21 @@ impl TestApp {
         Self::with_limit(64 * 1024 * 1024).await
     }
 
+    /// An app whose links (`--public-url`) point at a real loopback HTTP listener serving it, for
+    /// devices that download from URLs they are given.
+    pub async fn served() -> TestApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = Self::prepared(64 * 1024 * 1024, url).await;
+        tokio::spawn(axum::serve(listener, app.router.clone()).into_future());
+        app
+    }
+
     pub async fn with_limit(max_upload_bytes: u64) -> TestApp {
+        Self::prepared(max_upload_bytes, "http://updraft.test".to_owned()).await
+    }
+
+    async fn prepared(max_upload_bytes: u64, public_url: String) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let config = ServerConfig {
             data_dir: dir.path().to_path_buf(),
@@ -66,12 +81,11 @@ impl TestApp {
             mqtt: None,
             coap: None,
             mqtts: None,
+            lwm2m: None,
             tls: None,
             notify_per_second: 1000,
         };
-        let state = prepare(&config, "http://updraft.test".to_owned())
-            .await
-            .unwrap();
+        let state = prepare(&config, public_url).await.unwrap();
         let admin = std::fs::read_to_string(dir.path().join("admin.token"))
             .unwrap()
             .trim()
@@ -161,6 +175,19 @@ impl TestApp {
             self.state.wake.clone(),
         ));
         ("127.0.0.1".to_owned(), port)
+    }
+
+    /// Runs the LwM2M listener (and the notification queue) on a loopback UDP port.
+    pub async fn listen_lwm2m(&self) -> std::net::SocketAddr {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(updraft_server::lwm2m::serve(socket, self.state.clone()));
+        tokio::spawn(updraft_server::mqtt::notifier(
+            self.state.clone(),
+            1000,
+            self.state.wake.clone(),
+        ));
+        addr
     }
 
     /// Runs the MQTT endpoint over TLS on a loopback port with the given server certificate and

@@ -1,0 +1,751 @@
+//! The LwM2M server (NoSec, UDP): the registration interface (Register, Update, De-register,
+//! lifetimes) and the firmware update of object 5 driven from the server side. One socket both
+//! answers clients and sends our requests, from the listener's port to the address of the
+//! device's last Register or Update (clients with connected sockets drop anything else).
+//!
+//! The update of a registered device with an active action: observe /5/0/3 (State) and /5/0/5
+//! (Update Result), write a one-time HTTP URL to /5/0/1 (Package URI), follow the notifications
+//! (1 Downloading, 2 Downloaded), Execute /5/0/2 in state 2, and decide on the result resource:
+//! 1 → UPDATED, 2–9 → FAILED with LwM2M's code; after every Register of a device that is
+//! updating, read /5/0/5 again (notifications merge; a reboot ends observations).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use updraft_core::{
+    ArtifactKind, DeviceId, DeviceKey, Failure, FailureCode, Report, TenantKey, UpdateState,
+};
+use updraft_store::NewDevice;
+use updraft_wire::lwm2m;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The source recorded in history for reports over this protocol.
+pub const SOURCE: &str = "lwm2m";
+/// LwM2M versions we register.
+const VERSIONS: [&str; 2] = ["1.0", "1.1"];
+/// Lifetime when a Register names none (the spec's default).
+const DEFAULT_LIFETIME: u32 = 86_400;
+/// How long an answered confirmable message is remembered for duplicates (EXCHANGE_LIFETIME).
+const DEDUP_MILLIS: i64 = 247_000;
+
+/// One registered client.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub device: DeviceKey,
+    pub tenant: TenantKey,
+    pub device_id: DeviceId,
+    pub endpoint: String,
+    pub location: String,
+    pub addr: SocketAddr,
+    pub lifetime: u32,
+    pub version: String,
+    /// Alternate root path (`/lwm2m`), or empty.
+    pub root: String,
+    pub objects: Vec<String>,
+    pub expires_at: i64,
+    /// /5/0/3 and /5/0/5 are observed for this registration.
+    observed: bool,
+}
+
+/// What an observation's notifications are about.
+#[derive(Debug, Clone)]
+struct Observation {
+    device: DeviceKey,
+    path: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_endpoint: HashMap<String, Registration>,
+    pending: HashMap<Vec<u8>, oneshot::Sender<Packet>>,
+    observations: HashMap<Vec<u8>, Observation>,
+    drivers: HashSet<DeviceKey>,
+    /// One request at a time per device.
+    locks: HashMap<DeviceKey, Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// The LwM2M server's state.
+#[derive(Default)]
+pub struct Lwm2m {
+    socket: OnceLock<Arc<UdpSocket>>,
+    inner: Mutex<Inner>,
+    message_id: AtomicU16,
+    next_token: AtomicU64,
+    next_location: AtomicU64,
+}
+
+fn now() -> i64 {
+    crate::server::now_millis()
+}
+
+impl Lwm2m {
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registered devices (lifetime not expired).
+    pub fn devices(&self) -> Vec<DeviceKey> {
+        let now = now();
+        self.inner()
+            .by_endpoint
+            .values()
+            .filter(|r| r.expires_at > now)
+            .map(|r| r.device)
+            .collect()
+    }
+
+    /// The device's live registration.
+    pub fn registration_of(&self, device: DeviceKey) -> Option<Registration> {
+        let now = now();
+        self.inner()
+            .by_endpoint
+            .values()
+            .find(|r| r.device == device && r.expires_at > now)
+            .cloned()
+    }
+
+    /// The registration of an endpoint name.
+    pub fn registration(&self, endpoint: &str) -> Option<Registration> {
+        let now = now();
+        self.inner()
+            .by_endpoint
+            .get(endpoint)
+            .filter(|r| r.expires_at > now)
+            .cloned()
+    }
+
+    fn device_lock(&self, device: DeviceKey) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner().locks.entry(device).or_default().clone()
+    }
+
+    /// Sends a confirmable request to `addr` and awaits its answer, retransmitting with RFC
+    /// 7252's back-off (2 s, doubling, 4 retransmissions).
+    async fn request(
+        &self,
+        addr: SocketAddr,
+        method: RequestType,
+        path: &str,
+        payload: Vec<u8>,
+        content_format: Option<u16>,
+        observe: bool,
+    ) -> Result<Packet, String> {
+        let socket = self
+            .socket
+            .get()
+            .ok_or("the LwM2M listener is not running")?;
+        let token = self
+            .next_token
+            .fetch_add(1, Ordering::Relaxed)
+            .to_be_bytes()
+            .to_vec();
+        let mut packet = Packet::new();
+        packet.header.set_type(MessageType::Confirmable);
+        packet.header.code = MessageClass::Request(method);
+        packet.header.message_id = self.message_id.fetch_add(1, Ordering::Relaxed);
+        packet.set_token(token.clone());
+        if observe {
+            packet.add_option(CoapOption::Observe, Vec::new());
+        }
+        for segment in path.split('/').filter(|s| !s.is_empty()) {
+            packet.add_option(CoapOption::UriPath, segment.as_bytes().to_vec());
+        }
+        if let Some(format) = content_format {
+            packet.add_option(CoapOption::ContentFormat, encode_uint(u64::from(format)));
+        }
+        packet.payload = payload;
+        let bytes = packet.to_bytes().map_err(|e| format!("{e:?}"))?;
+        let (tx, mut rx) = oneshot::channel();
+        self.inner().pending.insert(token.clone(), tx);
+        // ACK_TIMEOUT 2 s × ACK_RANDOM_FACTOR (1–1.5), doubling, MAX_RETRANSMIT 4.
+        let jitter = 1.0 + f64::from(token[7] % 50) / 100.0;
+        let mut wait = Duration::from_millis((2000.0 * jitter) as u64);
+        for _attempt in 0..=4 {
+            let _ = socket.send_to(&bytes, addr).await;
+            match tokio::time::timeout(wait, &mut rx).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(_)) => break,
+                Err(_) => wait *= 2,
+            }
+        }
+        self.inner().pending.remove(&token);
+        Err(format!("no answer from {addr} to {method:?} {path}"))
+    }
+
+    /// Starts the firmware driver of `device` unless one runs.
+    pub fn kick(self: &Arc<Self>, state: &AppState, device: DeviceKey) {
+        if !self.inner().drivers.insert(device) {
+            return;
+        }
+        let (this, state) = (self.clone(), state.clone());
+        tokio::spawn(async move {
+            if let Err(err) = this.drive(&state, device).await {
+                tracing::warn!(error = %err.message, "lwm2m firmware update step failed");
+            }
+            this.inner().drivers.remove(&device);
+        });
+    }
+
+    /// Carries the device's active update one step as far as the server can.
+    async fn drive(&self, state: &AppState, device: DeviceKey) -> Result<(), ApiError> {
+        let Some(registration) = self.registration_of(device) else {
+            return Ok(());
+        };
+        let Some(status) = state
+            .store
+            .device_status(registration.tenant, &registration.device_id)
+            .await?
+        else {
+            return Ok(());
+        };
+        let Some(action) = status
+            .active
+            .filter(|a| a.kind == ArtifactKind::Firmware && !a.state.is_final())
+        else {
+            return Ok(());
+        };
+        let lock = self.device_lock(device);
+        let _one_at_a_time = lock.lock().await;
+        let root = registration.root.clone();
+        let addr = registration.addr;
+        let report = |report: Report| async move {
+            state
+                .store
+                .report(registration.tenant, action.key, &report, SOURCE)
+                .await
+                .map(|_| ())
+        };
+        if !registration.observed {
+            for resource in ["3", "5"] {
+                let path = format!("{root}/5/0/{resource}");
+                match self
+                    .request(addr, RequestType::Get, &path, Vec::new(), None, true)
+                    .await
+                {
+                    Ok(answer) if is_success(&answer) => {
+                        self.inner().observations.insert(
+                            answer.get_token().to_vec(),
+                            Observation {
+                                device,
+                                path: format!("/5/0/{resource}"),
+                            },
+                        );
+                        // The current value counts like a notification.
+                        self.notified(state, device, &format!("/5/0/{resource}"), &answer)
+                            .await?;
+                    }
+                    Ok(answer) => {
+                        tracing::debug!(code = ?answer.header.code, path, "observe refused")
+                    }
+                    Err(err) => return Err(ApiError::internal(err)),
+                }
+            }
+            if let Some(r) = self.inner().by_endpoint.get_mut(&registration.endpoint) {
+                r.observed = true;
+            }
+        }
+        // Reread: the current values may have moved the action on.
+        let Some(action) = state
+            .store
+            .action(registration.tenant, action.key)
+            .await?
+            .filter(|a| !a.state.is_final())
+        else {
+            return Ok(());
+        };
+        match action.state {
+            UpdateState::Queued | UpdateState::Initiated => {
+                let Some(artifact_key) = action.artifact else {
+                    return Ok(());
+                };
+                let Some(artifact) = state
+                    .store
+                    .artifact(registration.tenant, artifact_key)
+                    .await?
+                else {
+                    return Ok(());
+                };
+                let token = state.grants.issue(action.key, &artifact)?;
+                let url = format!("{}/dl/{token}", state.config.public_url);
+                let path = format!("{root}/5/0/1");
+                let answer = self
+                    .request(
+                        addr,
+                        RequestType::Put,
+                        &path,
+                        url.into_bytes(),
+                        Some(lwm2m::TEXT),
+                        false,
+                    )
+                    .await
+                    .map_err(ApiError::internal)?;
+                if is_success(&answer) {
+                    if action.state == UpdateState::Queued {
+                        report(Report::Reached {
+                            state: UpdateState::Initiated,
+                            progress: None,
+                        })
+                        .await?;
+                    }
+                } else {
+                    report(Report::Failed(Failure {
+                        code: FailureCode::UnsupportedProtocol,
+                        reason: format!(
+                            "the device refused the Package URI: {:?}",
+                            answer.header.code
+                        ),
+                    }))
+                    .await?;
+                }
+            }
+            UpdateState::Downloaded | UpdateState::Verified => {
+                let path = format!("{root}/5/0/2");
+                let answer = self
+                    .request(addr, RequestType::Post, &path, Vec::new(), None, false)
+                    .await
+                    .map_err(ApiError::internal)?;
+                if is_success(&answer) {
+                    report(Report::Reached {
+                        state: UpdateState::Updating,
+                        progress: None,
+                    })
+                    .await?;
+                } else {
+                    report(Report::Failed(Failure {
+                        code: FailureCode::UpdateFailed,
+                        reason: format!(
+                            "the device refused Execute /5/0/2: {:?}",
+                            answer.header.code
+                        ),
+                    }))
+                    .await?;
+                }
+            }
+            UpdateState::Updating => {
+                let path = format!("{root}/5/0/5");
+                let answer = self
+                    .request(addr, RequestType::Get, &path, Vec::new(), None, false)
+                    .await
+                    .map_err(ApiError::internal)?;
+                if is_success(&answer) {
+                    self.notified(state, device, "/5/0/5", &answer).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A value of an observed (or read) resource: moves the device's action along.
+    async fn notified(
+        &self,
+        state: &AppState,
+        device: DeviceKey,
+        path: &str,
+        packet: &Packet,
+    ) -> Result<(), ApiError> {
+        let content_format = packet
+            .get_first_option(CoapOption::ContentFormat)
+            .map(|v| u16::try_from(uint(v)).unwrap_or(u16::MAX));
+        let Ok(value) = lwm2m::integer(content_format, &packet.payload) else {
+            return Ok(());
+        };
+        let Some(registration) = self.registration_of(device) else {
+            return Ok(());
+        };
+        let Some(action) = state
+            .store
+            .device_status(registration.tenant, &registration.device_id)
+            .await?
+            .and_then(|s| s.active)
+            .filter(|a| a.kind == ArtifactKind::Firmware && !a.state.is_final())
+        else {
+            return Ok(());
+        };
+        let mut reports = Vec::new();
+        match (path, value) {
+            ("/5/0/3", 1) if action.state < UpdateState::Downloading => {
+                reports.push(Report::Reached {
+                    state: UpdateState::Downloading,
+                    progress: None,
+                });
+            }
+            ("/5/0/3", 2) if action.state < UpdateState::Downloaded => {
+                // The client checks the package before it says Downloaded.
+                for reached in [UpdateState::Downloaded, UpdateState::Verified] {
+                    reports.push(Report::Reached {
+                        state: reached,
+                        progress: None,
+                    });
+                }
+            }
+            ("/5/0/3", 3) if action.state < UpdateState::Updating => {
+                reports.push(Report::Reached {
+                    state: UpdateState::Updating,
+                    progress: None,
+                });
+            }
+            ("/5/0/5", 1) if action.state > UpdateState::Queued => reports.push(Report::Succeeded),
+            ("/5/0/5", code @ 2..=9) if action.state > UpdateState::Queued => {
+                let code = FailureCode::ALL
+                    .into_iter()
+                    .find(|c| i64::from(c.lwm2m_result()) == code)
+                    .unwrap_or(FailureCode::UpdateFailed);
+                reports.push(Report::Failed(Failure {
+                    code,
+                    reason: format!("the device reported Update Result {}", code.lwm2m_result()),
+                }));
+            }
+            _ => {}
+        }
+        let moved = !reports.is_empty();
+        for report in &reports {
+            state
+                .store
+                .report(registration.tenant, action.key, report, SOURCE)
+                .await?;
+        }
+        if moved && path == "/5/0/3" && value == 2 {
+            // Downloaded: the server's turn (Execute), outside this notification.
+            state.lwm2m.kick(state, device);
+        }
+        Ok(())
+    }
+}
+
+fn is_success(packet: &Packet) -> bool {
+    matches!(
+        packet.header.code,
+        MessageClass::Response(
+            ResponseType::Created
+                | ResponseType::Deleted
+                | ResponseType::Valid
+                | ResponseType::Changed
+                | ResponseType::Content
+                | ResponseType::Continue
+        )
+    )
+}
+
+fn uint(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .take(8)
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+}
+
+fn encode_uint(value: u64) -> Vec<u8> {
+    let bytes = value.to_be_bytes();
+    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    bytes[first..].to_vec()
+}
+
+fn strings(packet: &Packet, option: CoapOption) -> Vec<String> {
+    packet
+        .get_option(option)
+        .map(|values| {
+            values
+                .iter()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Answers registrations and routes answers to our requests, until the socket fails.
+pub async fn serve(socket: UdpSocket, state: AppState) {
+    let socket = Arc::new(socket);
+    let _ = state.lwm2m.socket.set(socket.clone());
+    let mut recent: HashMap<(SocketAddr, u16), (i64, Vec<u8>)> = HashMap::new();
+    let mut order: VecDeque<(SocketAddr, u16)> = VecDeque::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (len, peer) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(err) => {
+                tracing::warn!(error = %err, "lwm2m receive failed");
+                continue;
+            }
+        };
+        let Ok(packet) = Packet::from_bytes(&buf[..len]) else {
+            state
+                .metrics
+                .lwm2m_malformed
+                .fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        match packet.header.code {
+            MessageClass::Request(method) => {
+                let key = (peer, packet.header.message_id);
+                let confirmable = packet.header.get_type() == MessageType::Confirmable;
+                if confirmable && let Some((_, cached)) = recent.get(&key) {
+                    let _ = socket.send_to(cached, peer).await;
+                    continue;
+                }
+                let response = respond(&state, peer, &packet, method).await;
+                let Ok(bytes) = response.to_bytes() else {
+                    continue;
+                };
+                let _ = socket.send_to(&bytes, peer).await;
+                if confirmable {
+                    let now = now();
+                    recent.insert(key, (now, bytes));
+                    order.push_back(key);
+                    while let Some(old) = order.front().copied() {
+                        let stale = recent
+                            .get(&old)
+                            .is_none_or(|(at, _)| now - at > DEDUP_MILLIS);
+                        if !stale && order.len() <= 4096 {
+                            break;
+                        }
+                        order.pop_front();
+                        recent.remove(&old);
+                    }
+                }
+            }
+            MessageClass::Response(_) => {
+                // A separate (confirmable) answer or notification is acknowledged.
+                if packet.header.get_type() == MessageType::Confirmable {
+                    let mut ack = Packet::new();
+                    ack.header.set_type(MessageType::Acknowledgement);
+                    ack.header.message_id = packet.header.message_id;
+                    if let Ok(bytes) = ack.to_bytes() {
+                        let _ = socket.send_to(&bytes, peer).await;
+                    }
+                }
+                let token = packet.get_token().to_vec();
+                let waiter = state.lwm2m.inner().pending.remove(&token);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(packet);
+                    continue;
+                }
+                let observation = state.lwm2m.inner().observations.get(&token).cloned();
+                match observation {
+                    Some(observation) => {
+                        let state = state.clone();
+                        tokio::spawn(async move {
+                            let lwm2m = state.lwm2m.clone();
+                            if let Err(err) = lwm2m
+                                .notified(&state, observation.device, &observation.path, &packet)
+                                .await
+                            {
+                                tracing::warn!(error = %err.message, "lwm2m notification failed");
+                            }
+                        });
+                    }
+                    None if packet.header.get_type() == MessageType::NonConfirmable => {}
+                    None => {}
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The answer to a client's request to the registration interface.
+async fn respond(
+    state: &AppState,
+    peer: SocketAddr,
+    request: &Packet,
+    method: RequestType,
+) -> Packet {
+    let mut response = Packet::new();
+    if request.header.get_type() == MessageType::Confirmable {
+        response.header.set_type(MessageType::Acknowledgement);
+        response.header.message_id = request.header.message_id;
+    } else {
+        response.header.set_type(MessageType::NonConfirmable);
+        response.header.message_id = state.lwm2m.message_id.fetch_add(1, Ordering::Relaxed);
+    }
+    response.set_token(request.get_token().to_vec());
+    let code = match handle(state, peer, request, method, &mut response).await {
+        Ok(code) => code,
+        Err((code, message)) => {
+            response.payload = message.into_bytes();
+            code
+        }
+    };
+    response.header.code = MessageClass::Response(code);
+    response
+}
+
+type Answer = Result<ResponseType, (ResponseType, String)>;
+
+fn bad(message: impl Into<String>) -> (ResponseType, String) {
+    (ResponseType::BadRequest, message.into())
+}
+
+async fn handle(
+    state: &AppState,
+    peer: SocketAddr,
+    request: &Packet,
+    method: RequestType,
+    response: &mut Packet,
+) -> Answer {
+    let path = strings(request, CoapOption::UriPath);
+    let path: Vec<&str> = path.iter().map(String::as_str).collect();
+    match (method, path.as_slice()) {
+        (RequestType::Post, ["rd"]) => register(state, peer, request, response).await,
+        (RequestType::Post, ["rd", location]) => update(state, peer, request, location),
+        (RequestType::Delete, ["rd", location]) => {
+            let mut inner = state.lwm2m.inner();
+            let endpoint = inner
+                .by_endpoint
+                .iter()
+                .find(|(_, r)| r.location == *location)
+                .map(|(e, _)| e.clone());
+            match endpoint {
+                Some(endpoint) => {
+                    if let Some(gone) = inner.by_endpoint.remove(&endpoint) {
+                        inner.observations.retain(|_, o| o.device != gone.device);
+                    }
+                    Ok(ResponseType::Deleted)
+                }
+                None => Err((ResponseType::NotFound, "no such registration".into())),
+            }
+        }
+        _ => Err((ResponseType::NotFound, "unknown resource".into())),
+    }
+}
+
+async fn register(
+    state: &AppState,
+    peer: SocketAddr,
+    request: &Packet,
+    response: &mut Packet,
+) -> Answer {
+    let queries = strings(request, CoapOption::UriQuery);
+    let query = lwm2m::register_query(queries.iter().map(String::as_str)).map_err(|e| bad(e.0))?;
+    let version = query.version.clone().unwrap_or_else(|| "1.0".to_owned());
+    if !VERSIONS.contains(&version.as_str()) {
+        // 4.12, never 4.00: a client that gets 4.00 does not try an older version.
+        return Err((
+            ResponseType::PreconditionFailed,
+            format!("LwM2M {version} is not supported: use 1.1 or 1.0"),
+        ));
+    }
+    let endpoint = query
+        .endpoint
+        .clone()
+        .ok_or_else(|| bad("ep is required"))?;
+    let links = lwm2m::links(&request.payload).map_err(|e| bad(e.0))?;
+    let device = match device_for(state, &endpoint).await {
+        Ok(Some(device)) => device,
+        Ok(None) => {
+            return Err((
+                ResponseType::Forbidden,
+                format!("endpoint {endpoint:?} is not a device of this server"),
+            ));
+        }
+        Err(err) => return Err((ResponseType::InternalServerError, err.message)),
+    };
+    let location = format!(
+        "{:x}",
+        state.lwm2m.next_location.fetch_add(1, Ordering::Relaxed) + 1
+    );
+    let lifetime = query.lifetime.unwrap_or(DEFAULT_LIFETIME);
+    let registration = Registration {
+        device: device.key,
+        tenant: device.tenant,
+        device_id: device.id.clone(),
+        endpoint: endpoint.clone(),
+        location: location.clone(),
+        addr: peer,
+        lifetime,
+        version,
+        root: links.root,
+        objects: links.objects,
+        // A little slack over the lifetime, as clients update at lt minus a margin.
+        expires_at: now() + i64::from(lifetime) * 1000 + 30_000,
+        observed: false,
+    };
+    {
+        let mut inner = state.lwm2m.inner();
+        // The same endpoint registering again replaces its registration and its observations.
+        inner.observations.retain(|_, o| o.device != device.key);
+        inner.by_endpoint.insert(endpoint, registration);
+    }
+    let _ = state.store.touch_device(device.key).await;
+    response.add_option(CoapOption::LocationPath, b"rd".to_vec());
+    response.add_option(CoapOption::LocationPath, location.into_bytes());
+    // Our requests go out after this answer (node-lib only listens once it has it).
+    let (state, key) = (state.clone(), device.key);
+    tokio::spawn(async move {
+        state.lwm2m.kick(&state, key);
+    });
+    Ok(ResponseType::Created)
+}
+
+fn update(state: &AppState, peer: SocketAddr, request: &Packet, location: &str) -> Answer {
+    let queries = strings(request, CoapOption::UriQuery);
+    let query = lwm2m::register_query(queries.iter().map(String::as_str)).map_err(|e| bad(e.0))?;
+    let links = if request.payload.is_empty() {
+        None
+    } else {
+        Some(lwm2m::links(&request.payload).map_err(|e| bad(e.0))?)
+    };
+    let device = {
+        let mut inner = state.lwm2m.inner();
+        let Some(registration) = inner
+            .by_endpoint
+            .values_mut()
+            .find(|r| r.location == location)
+        else {
+            return Err((ResponseType::NotFound, "no such registration".into()));
+        };
+        // The source is the new address (NAT rebinding).
+        registration.addr = peer;
+        if let Some(lifetime) = query.lifetime {
+            registration.lifetime = lifetime;
+        }
+        if let Some(links) = links {
+            registration.root = links.root;
+            registration.objects = links.objects;
+        }
+        registration.expires_at = now() + i64::from(registration.lifetime) * 1000 + 30_000;
+        registration.device
+    };
+    state.lwm2m.kick(state, device);
+    Ok(ResponseType::Changed)
+}
+
+/// The device an endpoint name stands for (in the default tenant), registered on first contact
+/// when the tenant allows it.
+async fn device_for(
+    state: &AppState,
+    endpoint: &str,
+) -> Result<Option<updraft_store::Device>, ApiError> {
+    let Ok(id) = DeviceId::parse(endpoint) else {
+        return Ok(None);
+    };
+    let Some(tenant) = state
+        .store
+        .tenant_by_name(crate::server::DEFAULT_TENANT)
+        .await?
+    else {
+        return Ok(None);
+    };
+    if let Some(device) = state.store.device(tenant.key, &id).await? {
+        return Ok(Some(device));
+    }
+    if !tenant.settings.auto_register {
+        return Ok(None);
+    }
+    let new = NewDevice {
+        id,
+        project: None,
+        profile: None,
+        tags: Vec::new(),
+        attributes: Default::default(),
+    };
+    Ok(Some(
+        state.store.create_device(tenant.key, &new, &[]).await?,
+    ))
+}

@@ -1,0 +1,132 @@
+// An LwM2M firmware-update device built on npm's lwm2m-node-lib 1.4.0 (its client), pointed at
+// Updraft. Usage: node lwm2m_client.js HOST PORT ENDPOINT [RESULT]
+//
+// It registers /3/0 and /5/0 (State 0, Update Result 0), listens on loopback only, and acts as a
+// device would: a write of /5/0/1 (Package URI) starts an HTTP download (State 1), the image
+// complete it says State 2; Execute /5/0/2 "installs" (State 3), then it reboots: de-registers
+// and registers again with State 0 and Update Result RESULT (1, success, by default). Each step
+// is printed as one JSON line; it runs until killed.
+'use strict';
+
+const coap = require('coap');
+// lwm2m-node-lib's CoAP server listens on all interfaces: keep it on loopback.
+const createServer = coap.createServer;
+coap.createServer = function (options) {
+    const server = createServer.call(coap, options);
+    const listen = server.listen.bind(server);
+    server.listen = function (port, address, done) {
+        if (typeof address === 'function') {
+            return listen(port, '127.0.0.1', address);
+        }
+        return listen(port, address || '127.0.0.1', done);
+    };
+    return server;
+};
+
+const http = require('http');
+const crypto = require('crypto');
+const client = require('lwm2m-node-lib').client;
+
+const [host, port, endpoint, resultArg] = process.argv.slice(2);
+const finalResult = resultArg || '1';
+
+function say(event) {
+    process.stdout.write(JSON.stringify(event) + '\n');
+}
+
+function fail(what, error) {
+    say({ event: 'error', what: what, error: String(error) });
+    process.exit(1);
+}
+
+client.init({
+    client: {
+        lifetime: '300',
+        version: '1.0',
+        logLevel: 'FATAL',
+        observe: { period: 3000 },
+        ipProtocol: 'udp4',
+        serverProtocol: 'udp4',
+        formats: [{ name: 'lightweightm2m/text', value: 1541 }],
+        writeFormat: 'lightweightm2m/text'
+    }
+});
+
+function set(resource, value) {
+    return new Promise((resolve, reject) =>
+        client.registry.setResource('/5/0', resource, value, (e) => (e ? reject(e) : resolve())));
+}
+
+function create(uri) {
+    return new Promise((resolve, reject) =>
+        client.registry.create(uri, (e) => (e && e.name !== 'DuplicatedObject' ? reject(e) : resolve())));
+}
+
+let device = null;
+
+function download(url) {
+    say({ event: 'uri', url: url });
+    set('3', '1').then(() => {
+        http.get(url, (res) => {
+            const chunks = [];
+            res.on('data', (c) => chunks.push(c));
+            res.on('end', () => {
+                const image = Buffer.concat(chunks);
+                const sha256 = crypto.createHash('sha256').update(image).digest('hex');
+                say({ event: 'downloaded', status: res.statusCode, size: image.length, sha256: sha256 });
+                set('3', '2').catch((e) => fail('state 2', e));
+            });
+        }).on('error', (e) => fail('download', e));
+    }).catch((e) => fail('state 1', e));
+}
+
+function handlers(info) {
+    client.setHandler(info.serverInfo, 'write', (objectType, objectId, resourceId, value, done) => {
+        done();
+        if (String(objectType) === '5' && String(resourceId) === '1' && value) {
+            download(String(value));
+        }
+    });
+    client.setHandler(info.serverInfo, 'execute', (objectType, objectId, resourceId, value, done) => {
+        done();
+        if (String(objectType) === '5' && String(resourceId) === '2') {
+            say({ event: 'execute' });
+            set('3', '3').then(reboot).catch((e) => fail('state 3', e));
+        }
+    });
+}
+
+function register(then) {
+    client.register(host, Number(port), '', endpoint, (error, info) => {
+        if (error) {
+            return fail('register', error);
+        }
+        device = info;
+        handlers(info);
+        say({ event: 'registered', location: info.location });
+        if (then) {
+            then();
+        }
+    });
+}
+
+function reboot() {
+    say({ event: 'reboot' });
+    client.unregister(device, (error) => {
+        if (error) {
+            return fail('unregister', error);
+        }
+        set('3', '0')
+            .then(() => set('5', finalResult))
+            .then(() => register(() => say({ event: 'rebooted', result: finalResult })))
+            .catch((e) => fail('reboot', e));
+    });
+}
+
+Promise.all([create('/3/0'), create('/5/0')])
+    .then(() => new Promise((resolve, reject) =>
+        client.registry.setResource('/3/0', '3', '1.0.0', (e) => (e ? reject(e) : resolve()))))
+    .then(() => set('3', '0'))
+    .then(() => set('5', '0'))
+    .then(() => register())
+    .catch((e) => fail('setup', e));

@@ -1,0 +1,313 @@
+//! LwM2M with a real client (npm's lwm2m-node-lib) as the device: registration, a whole
+//! firmware update by HTTP pull (Package URI, notifications of State, Execute, reboot and a new
+//! Register with Update Result 1), a failing update (result 5), and the registration interface's
+//! refusals (unknown endpoint, unsupported version) spoken with raw CoAP.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
+
+use crate::TestApp;
+
+struct NodeDevice {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl NodeDevice {
+    fn start(server: SocketAddr, endpoint: &str, result: &str) -> Option<NodeDevice> {
+        let (node, modules) = updraft_test_support::interop_node()?;
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/lwm2m_client.js");
+        let mut child = tokio::process::Command::new(node)
+            .arg(script)
+            .args([
+                server.ip().to_string(),
+                server.port().to_string(),
+                endpoint.to_owned(),
+                result.to_owned(),
+            ])
+            .env("NODE_PATH", modules)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Some(NodeDevice { child, lines })
+    }
+
+    /// The next event the device reports.
+    async fn event(&mut self) -> Value {
+        let line = self
+            .lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the device exited");
+        let event: Value = serde_json::from_str(&line).unwrap();
+        assert_ne!(event["event"], "error", "{event}");
+        event
+    }
+
+    async fn until(&mut self, name: &str) -> Value {
+        loop {
+            let event = self.event().await;
+            if event["event"] == name {
+                return event;
+            }
+        }
+    }
+}
+
+/// Awaits the device's latest action reaching a final state (the server's own steps run on its
+/// timers and the device's, not on the test's).
+async fn final_action(app: &TestApp, device: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let history = app
+            .get(&format!("/api/v1/devices/{device}/history"))
+            .await
+            .json();
+        if matches!(history[0]["state"].as_str(), Some("UPDATED" | "FAILED")) {
+            return history[0].clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{history}");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_lwm2m_node_lib_device_updates_by_http_pull() {
+    let app = TestApp::served().await;
+    app.device("lwm2m-1").await;
+    let image: Vec<u8> = (0..70_000u32).map(|i| (i * 13 % 256) as u8).collect();
+    app.upload("title=fw&version=2.0", &image).await;
+    app.post(
+        "/api/v1/assignments",
+        json!({"device": "lwm2m-1", "artifact": "fw@2.0"}),
+    )
+    .await;
+    let server = app.listen_lwm2m().await;
+    let Some(mut device) = NodeDevice::start(server, "lwm2m-1", "1") else {
+        return;
+    };
+    device.until("registered").await;
+    let uri = device.until("uri").await;
+    assert!(uri["url"].as_str().unwrap().contains("/dl/"), "{uri}");
+    let downloaded = device.until("downloaded").await;
+    assert_eq!(downloaded["status"], 200);
+    assert_eq!(
+        downloaded["sha256"].as_str().unwrap(),
+        hex::encode(Sha256::digest(&image)),
+        "byte-identical"
+    );
+    device.until("execute").await;
+    device.until("rebooted").await;
+    let action = final_action(&app, "lwm2m-1").await;
+    assert_eq!(action["state"], "UPDATED", "{action}");
+    let mut states: Vec<String> = action["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["refused"] == false)
+        .map(|e| e["to"].as_str().unwrap().to_owned())
+        .collect();
+    states.dedup();
+    assert_eq!(
+        states,
+        [
+            "QUEUED",
+            "INITIATED",
+            "DOWNLOADING",
+            "DOWNLOADED",
+            "VERIFIED",
+            "UPDATING",
+            "UPDATED"
+        ]
+    );
+    let shown = app.get("/api/v1/devices/lwm2m-1").await.json();
+    assert_eq!(shown["firmware"]["version"], "2.0");
+    device.child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_update_result_ends_failed_with_its_code() {
+    let app = TestApp::served().await;
+    app.device("lwm2m-2").await;
+    app.upload("title=fw&version=3.0", &[5u8; 5000]).await;
+    app.post(
+        "/api/v1/assignments",
+        json!({"device": "lwm2m-2", "artifact": "fw@3.0"}),
+    )
+    .await;
+    let server = app.listen_lwm2m().await;
+    let Some(mut device) = NodeDevice::start(server, "lwm2m-2", "5") else {
+        return;
+    };
+    device.until("rebooted").await;
+    let action = final_action(&app, "lwm2m-2").await;
+    assert_eq!(action["state"], "FAILED", "{action}");
+    assert_eq!(action["failure"]["code"], "integrity_check_failed");
+    device.child.kill().await.unwrap();
+}
+
+/// A raw CoAP client on its own socket.
+async fn coap(
+    socket: &tokio::net::UdpSocket,
+    server: SocketAddr,
+    message_id: u16,
+    path: &[&str],
+    queries: &[&str],
+    payload: &[u8],
+) -> Packet {
+    let mut request = Packet::new();
+    request.header.set_type(MessageType::Confirmable);
+    request.header.code = MessageClass::Request(RequestType::Post);
+    request.header.message_id = message_id;
+    request.set_token(vec![1, 2, 3, 4]);
+    for segment in path {
+        request.add_option(CoapOption::UriPath, segment.as_bytes().to_vec());
+    }
+    for query in queries {
+        request.add_option(CoapOption::UriQuery, query.as_bytes().to_vec());
+    }
+    request.payload = payload.to_vec();
+    socket
+        .send_to(&request.to_bytes().unwrap(), server)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (len, _) = socket.recv_from(&mut buf).await.unwrap();
+        let answer = Packet::from_bytes(&buf[..len]).unwrap();
+        if answer.header.message_id == message_id
+            && answer.header.get_type() == MessageType::Acknowledgement
+        {
+            return answer;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_registration_interface_refuses_what_it_must() {
+    let app = TestApp::new().await;
+    app.device("known").await;
+    let server = app.listen_lwm2m().await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let code = |p: &Packet| p.header.code;
+    // An unknown endpoint is not let in; a version we do not speak gets 4.12 (never 4.00).
+    let refused = coap(
+        &socket,
+        server,
+        1,
+        &["rd"],
+        &["ep=stranger", "lt=60"],
+        b"</5/0>",
+    )
+    .await;
+    assert_eq!(
+        code(&refused),
+        MessageClass::Response(ResponseType::Forbidden)
+    );
+    let newer = coap(
+        &socket,
+        server,
+        2,
+        &["rd"],
+        &["ep=known", "lwm2m=1.2"],
+        b"</5/0>",
+    )
+    .await;
+    assert_eq!(
+        code(&newer),
+        MessageClass::Response(ResponseType::PreconditionFailed)
+    );
+    let bad = coap(
+        &socket,
+        server,
+        3,
+        &["rd"],
+        &["ep=known", "lt=zero"],
+        b"</5/0>",
+    )
+    .await;
+    assert_eq!(code(&bad), MessageClass::Response(ResponseType::BadRequest));
+    // Falling back to 1.1 registers, without a Content-Format, with a short location.
+    let first = coap(
+        &socket,
+        server,
+        4,
+        &["rd"],
+        &["lwm2m=1.1", "ep=known", "lt=60"],
+        b"</3/0>,</5/0>",
+    )
+    .await;
+    assert_eq!(code(&first), MessageClass::Response(ResponseType::Created));
+    let location: Vec<String> = first
+        .get_option(CoapOption::LocationPath)
+        .unwrap()
+        .iter()
+        .map(|v| String::from_utf8(v.clone()).unwrap())
+        .collect();
+    assert_eq!(location[0], "rd");
+    assert!(location[1].len() <= 12);
+    // A retransmission (same message ID) is answered from the cache, not registered twice.
+    let again = coap(
+        &socket,
+        server,
+        4,
+        &["rd"],
+        &["lwm2m=1.1", "ep=known", "lt=60"],
+        b"</3/0>,</5/0>",
+    )
+    .await;
+    assert_eq!(
+        again.get_option(CoapOption::LocationPath),
+        first.get_option(CoapOption::LocationPath)
+    );
+    // Registering anew replaces the registration: the old location is gone.
+    let second = coap(
+        &socket,
+        server,
+        5,
+        &["rd"],
+        &["ep=known", "lt=60"],
+        b"</5/0>",
+    )
+    .await;
+    assert_eq!(code(&second), MessageClass::Response(ResponseType::Created));
+    let old = coap(&socket, server, 6, &["rd", &location[1]], &[], b"").await;
+    assert_eq!(code(&old), MessageClass::Response(ResponseType::NotFound));
+    let registration = app.state.lwm2m.registration("known").unwrap();
+    assert_eq!(registration.version, "1.0");
+    assert_eq!(registration.objects, ["/5/0"]);
+    let update = coap(
+        &socket,
+        server,
+        7,
+        &["rd", &registration.location],
+        &["lt=120"],
+        b"",
+    )
+    .await;
+    assert_eq!(code(&update), MessageClass::Response(ResponseType::Changed));
+    assert_eq!(app.state.lwm2m.registration("known").unwrap().lifetime, 120);
+    // Garbage is dropped and counted.
+    socket.send_to(b"\xff\xfe not coap", server).await.unwrap();
+    let started = Instant::now();
+    while app
+        .state
+        .metrics
+        .lwm2m_malformed
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::task::yield_now().await;
+    }
+}
