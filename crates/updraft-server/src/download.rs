@@ -107,6 +107,19 @@ pub async fn serve_blob(
     request_headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let etag = format!("\"{}\"", blob.sha256);
+    // If-Match (a device resuming after a restart): only the same bytes, or nothing.
+    if let Some(expected) = request_headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        && expected.trim() != "*"
+        && !expected.split(',').any(|tag| tag.trim() == etag)
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "the artifact is not the one If-Match names",
+        ));
+    }
     let range_header = request_headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok());

@@ -3,14 +3,15 @@
 //!
 //! | status | codes |
 //! |---|---|
-//! | 400 | `invalid_request`, `invalid_json`, `invalid_filename`, `upload_incomplete`, `unknown_checksum_algorithm` |
+//! | 400 | `invalid_request`, `invalid_json`, `invalid_filename`, `upload_incomplete`, `unknown_checksum_algorithm`, `invalid_status` (Drogue DFU) |
 //! | 401 | `unauthorized` |
 //! | 403 | `forbidden` |
 //! | 404 | `not_found`, `tenant_not_found`, `project_not_found`, `profile_not_found`, `device_not_found`, `artifact_not_found`, `action_not_found`, `api_key_not_found`, `assignment_not_found` |
-//! | 409 | `tenant_exists`, `project_exists`, `profile_exists`, `device_exists`, `credential_exists`, `artifact_exists`, `api_key_exists`, `artifact_in_use` |
+//! | 409 | `tenant_exists`, `project_exists`, `profile_exists`, `device_exists`, `credential_exists`, `artifact_exists`, `api_key_exists`, `artifact_in_use`, `version_too_long` (marking a profile Drogue DFU) |
+//! | 412 | `precondition_failed` (a download's `If-Match`) |
 //! | 413 | `payload_too_large` |
 //! | 415 | `unsupported_media_type` |
-//! | 422 | `checksum_mismatch`, `incompatible_artifact` |
+//! | 422 | `checksum_mismatch`, `incompatible_artifact`, `unknown_profile`, `unknown_project`, `unknown_device`, `version_too_long`, `invalid_signature`, `unsupported_signature_algorithm`, `invalid_certificate` |
 //! | 500 | `internal` (logged once, details not shown) |
 //! | 503 | `not_ready` |
 

@@ -67,6 +67,11 @@ impl Grants {
         Ok(token)
     }
 
+    /// The SHA-256 and size of the blob a live token opens.
+    pub fn blob(&self, token: &str) -> Option<(String, u64)> {
+        self.get(token).map(|g| (g.sha256, g.size))
+    }
+
     fn get(&self, token: &str) -> Option<Grant> {
         let now = crate::server::now_millis();
         self.by_token

@@ -53,6 +53,8 @@ pub struct Registration {
     pub expires_at: i64,
     /// /5/0/3 and /5/0/5 are observed for this registration.
     observed: bool,
+    /// The Device object has been read for this registration.
+    info_read: bool,
 }
 
 /// What an observation's notifications are about.
@@ -179,6 +181,41 @@ impl Lwm2m {
         Err(format!("no answer from {addr} to {method:?} {path}"))
     }
 
+    /// The Package URI for a download grant, as the device's profile wants it.
+    fn package_uri(
+        &self,
+        state: &AppState,
+        token: &str,
+        settings: updraft_store::ProfileSettings,
+    ) -> String {
+        let (base, path) = match settings.lwm2m_delivery {
+            updraft_store::Lwm2mDelivery::Http => {
+                (state.config.public_url.clone(), format!("/dl/{token}"))
+            }
+            updraft_store::Lwm2mDelivery::Coap => {
+                // The host devices reach us by (from --public-url), on the LwM2M port.
+                let public = state.config.public_url.as_str();
+                let authority = public.split_once("://").map_or(public, |(_, rest)| rest);
+                let authority = authority.split('/').next().unwrap_or(authority);
+                let host = match authority.rsplit_once(':') {
+                    Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+                    _ => authority,
+                };
+                let port = self
+                    .socket
+                    .get()
+                    .and_then(|s| s.local_addr().ok())
+                    .map_or(5685, |a| a.port());
+                (format!("coap://{host}:{port}"), format!("/fw/{token}"))
+            }
+        };
+        if settings.lwm2m_path_only {
+            path
+        } else {
+            format!("{base}{path}")
+        }
+    }
+
     /// Starts the firmware driver of `device` unless one runs.
     pub fn kick(self: &Arc<Self>, state: &AppState, device: DeviceKey) {
         if !self.inner().drivers.insert(device) {
@@ -193,11 +230,67 @@ impl Lwm2m {
         });
     }
 
+    /// Reads the Device object's manufacturer, model and firmware version (single resources:
+    /// some clients cannot read instances) into the device's attributes.
+    async fn read_device_info(
+        &self,
+        state: &AppState,
+        registration: &Registration,
+    ) -> Result<(), ApiError> {
+        let mut found = std::collections::BTreeMap::new();
+        for (resource, name) in [
+            ("0", "lwm2m_manufacturer"),
+            ("1", "lwm2m_model"),
+            ("3", "lwm2m_firmware_version"),
+        ] {
+            let path = format!("{}/3/0/{resource}", registration.root);
+            let answer = self
+                .request(
+                    registration.addr,
+                    RequestType::Get,
+                    &path,
+                    Vec::new(),
+                    None,
+                    false,
+                )
+                .await
+                .map_err(ApiError::internal)?;
+            let text_like = answer
+                .get_first_option(CoapOption::ContentFormat)
+                .is_none_or(|cf| uint(cf) == u64::from(lwm2m::TEXT) || uint(cf) == 1541);
+            if is_success(&answer)
+                && text_like
+                && let Ok(text) = std::str::from_utf8(&answer.payload)
+            {
+                found.insert(name.to_owned(), text.trim().to_owned());
+            }
+        }
+        if !found.is_empty() {
+            state
+                .store
+                .update_attributes(
+                    registration.device,
+                    updraft_store::AttributeMode::Merge,
+                    &found,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Carries the device's active update one step as far as the server can.
     async fn drive(&self, state: &AppState, device: DeviceKey) -> Result<(), ApiError> {
         let Some(registration) = self.registration_of(device) else {
             return Ok(());
         };
+        if !registration.info_read {
+            if let Some(r) = self.inner().by_endpoint.get_mut(&registration.endpoint) {
+                r.info_read = true;
+            }
+            let lock = self.device_lock(device);
+            let _one_at_a_time = lock.lock().await;
+            self.read_device_info(state, &registration).await?;
+        }
         let Some(status) = state
             .store
             .device_status(registration.tenant, &registration.device_id)
@@ -273,7 +366,16 @@ impl Lwm2m {
                     return Ok(());
                 };
                 let token = state.grants.issue(action.key, &artifact)?;
-                let url = format!("{}/dl/{token}", state.config.public_url);
+                let settings = match &status.device.profile {
+                    Some((_, name)) => state
+                        .store
+                        .profile_by_name(registration.tenant, name)
+                        .await?
+                        .map(|p| p.settings)
+                        .unwrap_or_default(),
+                    None => updraft_store::ProfileSettings::default(),
+                };
+                let url = self.package_uri(state, &token, settings);
                 let path = format!("{root}/5/0/1");
                 let answer = self
                     .request(
@@ -593,6 +695,7 @@ async fn handle(
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
     match (method, path.as_slice()) {
         (RequestType::Post, ["rd"]) => register(state, peer, request, response).await,
+        (RequestType::Get, ["fw", token]) => package_block(state, token, request, response).await,
         (RequestType::Post, ["rd", location]) => update(state, peer, request, location),
         (RequestType::Delete, ["rd", location]) => {
             let mut inner = state.lwm2m.inner();
@@ -665,6 +768,7 @@ async fn register(
         // A little slack over the lifetime, as clients update at lt minus a margin.
         expires_at: now() + i64::from(lifetime) * 1000 + 30_000,
         observed: false,
+        info_read: false,
     };
     {
         let mut inner = state.lwm2m.inner();
@@ -748,4 +852,65 @@ async fn device_for(
     Ok(Some(
         state.store.create_device(tenant.key, &new, &[]).await?,
     ))
+}
+
+/// Largest CoAP block we send (SZX 6).
+const MAX_BLOCK: u64 = 1024;
+
+/// One Block2 block of the package a download grant opens (CoAP pull). Every block is its own
+/// request (Anjay sends a new token each time); the ETag names the package.
+async fn package_block(
+    state: &AppState,
+    token: &str,
+    request: &Packet,
+    response: &mut Packet,
+) -> Answer {
+    use tokio::io::AsyncReadExt;
+    let (sha256, size) = state.grants.blob(token).ok_or_else(|| {
+        (
+            ResponseType::NotFound,
+            "unknown or expired package".to_owned(),
+        )
+    })?;
+    let (num, szx) = match request.get_first_option(CoapOption::Block2) {
+        Some(value) => {
+            let value = uint(value);
+            (value >> 4, (value & 0x7).min(6))
+        }
+        None => (0, 6),
+    };
+    let block = (1u64 << (szx + 4)).min(MAX_BLOCK);
+    let start = num.saturating_mul(block);
+    if start > 0 && start >= size {
+        return Err((
+            ResponseType::BadOption,
+            "that block is past the end".to_owned(),
+        ));
+    }
+    let len = block.min(size.saturating_sub(start));
+    let more = start + len < size;
+    response.add_option(
+        CoapOption::Block2,
+        encode_uint((num << 4) | (u64::from(more) << 3) | szx),
+    );
+    response.add_option(CoapOption::Size2, encode_uint(size));
+    response.add_option(CoapOption::ETag, sha256.as_bytes()[..8].to_vec());
+    response.add_option(
+        CoapOption::ContentFormat,
+        encode_uint(u64::from(lwm2m::OPAQUE)),
+    );
+    if len > 0 {
+        let mut reader = state
+            .blobs
+            .open(&sha256, start, Some(len))
+            .await
+            .map_err(|e| (ResponseType::InternalServerError, e.to_string()))?;
+        let mut payload = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        reader
+            .read_to_end(&mut payload)
+            .await
+            .map_err(|e| (ResponseType::InternalServerError, e.to_string()))?;
+        response.payload = payload;
+    }
+    Ok(ResponseType::Content)
 }

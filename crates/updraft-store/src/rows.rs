@@ -87,6 +87,40 @@ pub struct ProfileSettings {
     /// AWS IoT OTA job documents also offer the file over HTTP (a one-time URL), not only in
     /// an MQTT stream.
     pub aws_http_delivery: bool,
+    /// How LwM2M devices get the package.
+    pub lwm2m_delivery: Lwm2mDelivery,
+    /// Write only the URL's path into the Package URI (the device prepends a fixed host).
+    pub lwm2m_path_only: bool,
+}
+
+/// How an LwM2M device gets its package.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Lwm2mDelivery {
+    /// It pulls a one-time HTTP(S) URL.
+    #[default]
+    Http,
+    /// It pulls a `coap://` URI on the LwM2M listener (Block2).
+    Coap,
+}
+
+impl Lwm2mDelivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lwm2mDelivery::Http => "http",
+            Lwm2mDelivery::Coap => "coap",
+        }
+    }
+}
+
+impl std::str::FromStr for Lwm2mDelivery {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "http" => Ok(Lwm2mDelivery::Http),
+            "coap" => Ok(Lwm2mDelivery::Coap),
+            other => Err(format!("LwM2M delivery {other:?} is not http or coap")),
+        }
+    }
 }
 
 /// A release as a device reports running it.

@@ -834,7 +834,7 @@ impl Store for SqlStore {
         tenant: TenantKey,
         name: &Name,
     ) -> StoreResult<Option<Profile>> {
-        let row = sqlx::query("SELECT id, name, description, drogue_dfu, aws_http, signing_cert, signing_cert_name, created_at FROM profiles WHERE tenant_id = $1 AND name = $2")
+        let row = sqlx::query("SELECT id, name, description, drogue_dfu, aws_http, lwm2m_delivery, lwm2m_path_only, signing_cert, signing_cert_name, created_at FROM profiles WHERE tenant_id = $1 AND name = $2")
             .bind(tenant.0)
             .bind(name.as_str())
             .fetch_optional(&self.read)
@@ -843,7 +843,7 @@ impl Store for SqlStore {
     }
 
     async fn list_profiles(&self, tenant: TenantKey) -> StoreResult<Vec<Profile>> {
-        let rows = sqlx::query("SELECT id, name, description, drogue_dfu, aws_http, signing_cert, signing_cert_name, created_at FROM profiles WHERE tenant_id = $1 ORDER BY name")
+        let rows = sqlx::query("SELECT id, name, description, drogue_dfu, aws_http, lwm2m_delivery, lwm2m_path_only, signing_cert, signing_cert_name, created_at FROM profiles WHERE tenant_id = $1 ORDER BY name")
             .bind(tenant.0)
             .fetch_all(&self.read)
             .await?;
@@ -875,10 +875,13 @@ impl Store for SqlStore {
         settings: ProfileSettings,
     ) -> StoreResult<bool> {
         let done = sqlx::query(
-            "UPDATE profiles SET drogue_dfu = $1, aws_http = $2 WHERE tenant_id = $3 AND id = $4",
+            "UPDATE profiles SET drogue_dfu = $1, aws_http = $2, lwm2m_delivery = $3, \
+             lwm2m_path_only = $4 WHERE tenant_id = $5 AND id = $6",
         )
         .bind(i64::from(settings.drogue_dfu))
         .bind(i64::from(settings.aws_http_delivery))
+        .bind(settings.lwm2m_delivery.as_str())
+        .bind(i64::from(settings.lwm2m_path_only))
         .bind(tenant.0)
         .bind(profile.0)
         .execute(&self.write)
@@ -2004,6 +2007,11 @@ fn profile_from(row: &AnyRow) -> StoreResult<Profile> {
         settings: ProfileSettings {
             drogue_dfu: row.try_get::<i64, _>("drogue_dfu")? != 0,
             aws_http_delivery: row.try_get::<i64, _>("aws_http")? != 0,
+            lwm2m_delivery: row
+                .try_get::<String, _>("lwm2m_delivery")?
+                .parse()
+                .map_err(StoreError::Corrupt)?,
+            lwm2m_path_only: row.try_get::<i64, _>("lwm2m_path_only")? != 0,
         },
         signing_cert: match (
             row.try_get::<Option<String>, _>("signing_cert")?,

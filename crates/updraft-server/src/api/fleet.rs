@@ -217,6 +217,8 @@ pub async fn create_profile(
     let settings = ProfileSettings {
         drogue_dfu: body.drogue_dfu,
         aws_http_delivery: body.aws_http_delivery,
+        lwm2m_delivery: lwm2m_delivery(body.lwm2m_delivery.as_deref())?.unwrap_or_default(),
+        lwm2m_path_only: body.lwm2m_path_only,
     };
     if settings != profile.settings {
         state
@@ -263,6 +265,11 @@ pub async fn update_profile(
         aws_http_delivery: body
             .aws_http_delivery
             .unwrap_or(profile.settings.aws_http_delivery),
+        lwm2m_delivery: lwm2m_delivery(body.lwm2m_delivery.as_deref())?
+            .unwrap_or(profile.settings.lwm2m_delivery),
+        lwm2m_path_only: body
+            .lwm2m_path_only
+            .unwrap_or(profile.settings.lwm2m_path_only),
     };
     if settings.drogue_dfu && !profile.settings.drogue_dfu {
         // Every assignment that can reach the profile's devices must fit the protocol.
@@ -504,6 +511,14 @@ async fn scope_of(state: &AppState, tenant: TenantKey, scope: &ScopeIn) -> ApiRe
         (None, None, None, true) => Ok(Scope::Tenant),
         _ => Err(say_where()),
     }
+}
+
+fn lwm2m_delivery(text: Option<&str>) -> ApiResult<Option<updraft_store::Lwm2mDelivery>> {
+    text.map(|t| {
+        t.parse()
+            .map_err(|e: String| ApiError::bad_request("invalid_request", e))
+    })
+    .transpose()
 }
 
 /// A code-signing certificate from a request: a PEM certificate with a P-256 key, or 422.

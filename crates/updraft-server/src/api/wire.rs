@@ -55,6 +55,10 @@ pub struct ProfileOut {
     pub drogue_dfu: bool,
     /// AWS IoT OTA job documents offer the file over HTTP too.
     pub aws_http_delivery: bool,
+    /// How LwM2M devices get the package: `http` or `coap`.
+    pub lwm2m_delivery: String,
+    /// Only the URL's path goes into the Package URI.
+    pub lwm2m_path_only: bool,
     /// The name devices know the profile's code-signing certificate by, if it has one.
     pub signing_cert_name: Option<String>,
     pub created_at: i64,
@@ -67,6 +71,8 @@ impl From<&store::Profile> for ProfileOut {
             description: p.description.clone(),
             drogue_dfu: p.settings.drogue_dfu,
             aws_http_delivery: p.settings.aws_http_delivery,
+            lwm2m_delivery: p.settings.lwm2m_delivery.as_str().to_owned(),
+            lwm2m_path_only: p.settings.lwm2m_path_only,
             signing_cert_name: p.signing_cert.as_ref().map(|c| c.name.clone()),
             created_at: p.created_at,
         }
@@ -85,6 +91,12 @@ pub struct ProfileIn {
     /// AWS IoT OTA job documents offer the file over HTTP too (a one-time URL).
     #[serde(default)]
     pub aws_http_delivery: bool,
+    /// How LwM2M devices get the package: `http` (default; a one-time URL) or `coap` (a
+    /// `coap://` URI on the LwM2M listener, Block2).
+    pub lwm2m_delivery: Option<String>,
+    /// Write only the URL's path into /5/0/1 (devices that prepend a host fixed in firmware).
+    #[serde(default)]
+    pub lwm2m_path_only: bool,
     /// PEM X.509 certificate with the ECDSA P-256 key that artifact signatures must verify with.
     pub signing_cert: Option<String>,
     /// The name the profile's devices know that certificate by (AWS OTA `certfile`);
@@ -99,6 +111,9 @@ pub struct ProfileSettingsIn {
     pub drogue_dfu: Option<bool>,
     /// AWS IoT OTA job documents offer the file over HTTP too (a one-time URL).
     pub aws_http_delivery: Option<bool>,
+    /// `http` or `coap`.
+    pub lwm2m_delivery: Option<String>,
+    pub lwm2m_path_only: Option<bool>,
     /// PEM code-signing certificate; an empty string removes it.
     pub signing_cert: Option<String>,
     pub signing_cert_name: Option<String>,

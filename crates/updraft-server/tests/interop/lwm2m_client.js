@@ -64,18 +64,31 @@ function create(uri) {
 
 let device = null;
 
+function downloaded(status, chunks) {
+    const image = Buffer.concat(chunks);
+    const sha256 = crypto.createHash('sha256').update(image).digest('hex');
+    say({ event: 'downloaded', status: status, size: image.length, sha256: sha256 });
+    set('3', '2').catch((e) => fail('state 2', e));
+}
+
+// A Package URI over HTTP, or CoAP (node-coap fetches the Block2 blocks).
 function download(url) {
     say({ event: 'uri', url: url });
     set('3', '1').then(() => {
-        http.get(url, (res) => {
-            const chunks = [];
-            res.on('data', (c) => chunks.push(c));
-            res.on('end', () => {
-                const image = Buffer.concat(chunks);
-                const sha256 = crypto.createHash('sha256').update(image).digest('hex');
-                say({ event: 'downloaded', status: res.statusCode, size: image.length, sha256: sha256 });
-                set('3', '2').catch((e) => fail('state 2', e));
+        const chunks = [];
+        if (url.startsWith('coap://')) {
+            const req = coap.request(url);
+            req.on('response', (res) => {
+                res.on('data', (c) => chunks.push(c));
+                res.on('end', () => downloaded(res.code, chunks));
             });
+            req.on('error', (e) => fail('download', e));
+            req.end();
+            return;
+        }
+        http.get(url, (res) => {
+            res.on('data', (c) => chunks.push(c));
+            res.on('end', () => downloaded(res.statusCode, chunks));
         }).on('error', (e) => fail('download', e));
     }).catch((e) => fail('state 1', e));
 }

@@ -33,6 +33,7 @@ impl NodeDevice {
                 result.to_owned(),
             ])
             .env("NODE_PATH", modules)
+            .env("NODE_NO_WARNINGS", "1")
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -132,6 +133,71 @@ async fn an_lwm2m_node_lib_device_updates_by_http_pull() {
     );
     let shown = app.get("/api/v1/devices/lwm2m-1").await.json();
     assert_eq!(shown["firmware"]["version"], "2.0");
+    // The Device object was read at registration (its /3/0/3 need not be the artifact's).
+    assert_eq!(
+        shown["attributes"]["lwm2m_firmware_version"], "1.0.0",
+        "{shown}"
+    );
+    device.child.kill().await.unwrap();
+}
+
+/// A profile that prefers CoAP: the Package URI is `coap://` on the LwM2M listener and the
+/// device pulls it in Block2 blocks; libcoap's coap-client gets the same bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coap_pull_profile_gets_a_block2_package_uri() {
+    let app = TestApp::served().await;
+    app.post(
+        "/api/v1/profiles",
+        json!({"name": "coap-pull", "lwm2m_delivery": "coap"}),
+    )
+    .await;
+    app.post(
+        "/api/v1/devices",
+        json!({"id": "lwm2m-3", "profile": "coap-pull"}),
+    )
+    .await;
+    let image: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    app.upload("title=fw&version=4.0", &image).await;
+    app.post(
+        "/api/v1/assignments",
+        json!({"device": "lwm2m-3", "artifact": "fw@4.0"}),
+    )
+    .await;
+    let server = app.listen_lwm2m().await;
+    let Some(mut device) = NodeDevice::start(server, "lwm2m-3", "1") else {
+        return;
+    };
+    let uri = device.until("uri").await;
+    let url = uri["url"].as_str().unwrap().to_owned();
+    assert!(
+        url.starts_with(&format!("coap://127.0.0.1:{}/fw/", server.port())),
+        "{url}"
+    );
+    let downloaded = device.until("downloaded").await;
+    assert_eq!(
+        downloaded["sha256"].as_str().unwrap(),
+        hex::encode(Sha256::digest(&image))
+    );
+    // libcoap's client, blocks of 512 bytes: byte-identical too.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fw.bin");
+    match tokio::process::Command::new("coap-client-notls")
+        .args(["-m", "get", "-b", "512", "-o"])
+        .arg(&out)
+        .arg(&url)
+        .output()
+        .await
+    {
+        Ok(done) => {
+            assert!(done.status.success(), "{done:?}");
+            assert_eq!(std::fs::read(&out).unwrap(), image);
+        }
+        Err(_) => {
+            updraft_test_support::missing("coap-client-notls", "apt-get install libcoap3-bin")
+        }
+    }
+    let action = final_action(&app, "lwm2m-3").await;
+    assert_eq!(action["state"], "UPDATED", "{action}");
     device.child.kill().await.unwrap();
 }
 
