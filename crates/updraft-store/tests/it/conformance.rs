@@ -903,6 +903,8 @@ pub async fn profile_settings_and_gateway_credentials_round_trip(store: &SqlStor
     let settings = ProfileSettings {
         drogue_dfu: true,
         aws_http_delivery: true,
+        lwm2m_delivery: Lwm2mDelivery::Coap,
+        lwm2m_path_only: true,
     };
     assert!(
         store
