@@ -224,6 +224,12 @@ enum ProfileCommand {
         /// AWS IoT OTA job documents offer the file over HTTP too (a one-time URL).
         #[arg(long)]
         aws_http_delivery: bool,
+        /// How LwM2M devices get the package: http (a one-time URL) or coap (Block2).
+        #[arg(long)]
+        lwm2m_delivery: Option<String>,
+        /// Write only the URL's path into /5/0/1 (the device prepends a fixed host).
+        #[arg(long)]
+        lwm2m_path_only: bool,
         /// PEM certificate (ECDSA P-256) that artifact signatures for this profile must verify with.
         #[arg(long)]
         signing_cert: Option<PathBuf>,
@@ -241,6 +247,11 @@ enum ProfileCommand {
         /// true when AWS IoT OTA job documents offer the file over HTTP too.
         #[arg(long, action = clap::ArgAction::Set)]
         aws_http_delivery: Option<bool>,
+        /// http or coap.
+        #[arg(long)]
+        lwm2m_delivery: Option<String>,
+        #[arg(long, action = clap::ArgAction::Set)]
+        lwm2m_path_only: Option<bool>,
         /// A new PEM signing certificate.
         #[arg(long)]
         signing_cert: Option<PathBuf>,
@@ -956,12 +967,15 @@ async fn profile(client: &Client, out: &Output, command: ProfileCommand) -> Resu
             description,
             drogue_dfu,
             aws_http_delivery,
+            lwm2m_delivery,
+            lwm2m_path_only,
             signing_cert,
             signing_cert_name,
         } => {
             let cert = read_text(signing_cert.as_deref())?;
             let body = json!({"name": name, "description": description, "drogue_dfu": drogue_dfu,
-                "aws_http_delivery": aws_http_delivery,
+                "aws_http_delivery": aws_http_delivery, "lwm2m_delivery": lwm2m_delivery,
+                "lwm2m_path_only": lwm2m_path_only,
                 "signing_cert": cert, "signing_cert_name": signing_cert_name});
             let created = client.post("/api/v1/profiles", &body).await?;
             out.show(&created, || println!("created {}", show(&created)));
@@ -979,12 +993,15 @@ async fn profile(client: &Client, out: &Output, command: ProfileCommand) -> Resu
             name,
             drogue_dfu,
             aws_http_delivery,
+            lwm2m_delivery,
+            lwm2m_path_only,
             signing_cert,
             signing_cert_name,
             no_signing_cert,
         } => {
             let path = format!("/api/v1/profiles/{name}");
             let mut body = json!({"drogue_dfu": drogue_dfu, "aws_http_delivery": aws_http_delivery,
+                "lwm2m_delivery": lwm2m_delivery, "lwm2m_path_only": lwm2m_path_only,
                 "signing_cert_name": signing_cert_name});
             if no_signing_cert {
                 body["signing_cert"] = json!("");

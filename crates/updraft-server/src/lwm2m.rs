@@ -459,6 +459,17 @@ impl Lwm2m {
         let Ok(value) = lwm2m::integer(content_format, &packet.payload) else {
             return Ok(());
         };
+        self.value(state, device, path, value).await
+    }
+
+    /// A value of /5/0/3 or /5/0/5, from a read, a notification or a Send.
+    async fn value(
+        &self,
+        state: &AppState,
+        device: DeviceKey,
+        path: &str,
+        value: i64,
+    ) -> Result<(), ApiError> {
         let Some(registration) = self.registration_of(device) else {
             return Ok(());
         };
@@ -695,6 +706,7 @@ async fn handle(
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
     match (method, path.as_slice()) {
         (RequestType::Post, ["rd"]) => register(state, peer, request, response).await,
+        (RequestType::Post, ["dp"]) => send(state, peer, request).await,
         (RequestType::Get, ["fw", token]) => package_block(state, token, request, response).await,
         (RequestType::Post, ["rd", location]) => update(state, peer, request, location),
         (RequestType::Delete, ["rd", location]) => {
@@ -913,4 +925,37 @@ async fn package_block(
         response.payload = payload;
     }
     Ok(ResponseType::Content)
+}
+
+/// The 1.1 Send operation (`POST /dp`): values of the sender's resources, as a notification
+/// would carry them (flownexus's firmware reports /5/0/3 and /5/0/5 this way).
+async fn send(state: &AppState, peer: SocketAddr, request: &Packet) -> Answer {
+    let device = state
+        .lwm2m
+        .inner()
+        .by_endpoint
+        .values()
+        .find(|r| r.addr == peer && r.expires_at > now())
+        .map(|r| r.device)
+        .ok_or_else(|| {
+            (
+                ResponseType::Forbidden,
+                "register before sending".to_owned(),
+            )
+        })?;
+    let content_format = request
+        .get_first_option(CoapOption::ContentFormat)
+        .map_or(lwm2m::SENML_CBOR, |v| {
+            u16::try_from(uint(v)).unwrap_or(u16::MAX)
+        });
+    let values = lwm2m::senml_numbers(content_format, &request.payload).map_err(|e| bad(e.0))?;
+    for (path, value) in values {
+        let path = path.trim_end_matches('/');
+        if matches!(path, "/5/0/3" | "/5/0/5")
+            && let Err(err) = state.lwm2m.value(state, device, path, value as i64).await
+        {
+            return Err((ResponseType::InternalServerError, err.message));
+        }
+    }
+    Ok(ResponseType::Changed)
 }

@@ -157,6 +157,60 @@ pub fn integer(content_format: Option<u16>, payload: &[u8]) -> Result<i64, Malfo
     }
 }
 
+/// The numeric values of a SenML pack (JSON or CBOR, as LwM2M 1.1 Send and notifications carry
+/// them), by full path (`bn` + `n`, base names carried forward).
+pub fn senml_numbers(content_format: u16, payload: &[u8]) -> Result<Vec<(String, f64)>, Malformed> {
+    let bad = |what: &str| Malformed(format!("not a SenML pack: {what}"));
+    let mut base = String::new();
+    let mut out = Vec::new();
+    match content_format {
+        SENML_JSON => {
+            let value: serde_json::Value =
+                serde_json::from_slice(payload).map_err(|_| bad("JSON"))?;
+            for record in value.as_array().ok_or_else(|| bad("not an array"))? {
+                if let Some(bn) = record.get("bn").and_then(serde_json::Value::as_str) {
+                    base = bn.to_owned();
+                }
+                let name = record
+                    .get("n")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("");
+                if let Some(v) = record.get("v").and_then(serde_json::Value::as_f64) {
+                    out.push((format!("{base}{name}"), v));
+                }
+            }
+        }
+        SENML_CBOR => {
+            let value: Cbor = ciborium::from_reader(payload).map_err(|_| bad("CBOR"))?;
+            let Cbor::Array(records) = value else {
+                return Err(bad("not an array"));
+            };
+            for record in records {
+                let Cbor::Map(map) = record else {
+                    return Err(bad("a record is not a map"));
+                };
+                let mut name = String::new();
+                let mut number = None;
+                for (key, value) in map {
+                    let Cbor::Integer(key) = key else { continue };
+                    match (i128::from(key), value) {
+                        (-2, Cbor::Text(bn)) => base = bn,
+                        (0, Cbor::Text(n)) => name = n,
+                        (2, Cbor::Integer(v)) => number = Some(i128::from(v) as f64),
+                        (2, Cbor::Float(v)) => number = Some(v),
+                        _ => {}
+                    }
+                }
+                if let Some(v) = number {
+                    out.push((format!("{base}{name}"), v));
+                }
+            }
+        }
+        other => return Err(Malformed(format!("content format {other} is not SenML"))),
+    }
+    Ok(out)
+}
+
 /// The value of the first resource in a TLV payload, as a big-endian signed integer, looking
 /// through at most `depth` levels of instances.
 fn tlv_integer(payload: &[u8], depth: u8) -> Option<i64> {
@@ -240,6 +294,29 @@ mod tests {
         assert!(links(b"garbage").is_err());
         assert!(links(&[0xff]).is_err());
         assert_eq!(links(b"").map(|l| l.objects.len()), Ok(0));
+    }
+
+    #[test]
+    fn senml_packs_carry_base_names() {
+        let json = senml_numbers(
+            SENML_JSON,
+            br#"[{"bn":"/5/0/","n":"3","v":2},{"n":"5","v":0},{"n":"6","vs":"x"}]"#,
+        );
+        assert_eq!(
+            json,
+            Ok(vec![("/5/0/3".into(), 2.0), ("/5/0/5".into(), 0.0)])
+        );
+        // [{-2: "/5/0/", 0: "5", 2: 1}]
+        let cbor = senml_numbers(
+            SENML_CBOR,
+            &[
+                0x81, 0xa3, 0x21, 0x65, b'/', b'5', b'/', b'0', b'/', 0x00, 0x61, b'5', 0x02, 0x01,
+            ],
+        );
+        assert_eq!(cbor, Ok(vec![("/5/0/5".into(), 1.0)]));
+        assert!(senml_numbers(SENML_JSON, b"{}").is_err());
+        assert!(senml_numbers(SENML_CBOR, &[0x81, 0x01]).is_err());
+        assert!(senml_numbers(TEXT, b"1").is_err());
     }
 
     #[test]

@@ -92,6 +92,8 @@ fn round_trip(extra: &[&str]) {
     assert_eq!(nrf["drogue_dfu"], true);
     let nrf = cli.json(&["profile", "set", "nrf52", "--drogue-dfu", "false"]);
     assert_eq!(nrf["drogue_dfu"], false);
+    let nrf = cli.json(&["profile", "set", "nrf52", "--lwm2m-delivery", "coap"]);
+    assert_eq!(nrf["lwm2m_delivery"], "coap");
     let nrf = cli.json(&["profile", "set", "nrf52", "--aws-http-delivery", "true"]);
     assert_eq!(
         (

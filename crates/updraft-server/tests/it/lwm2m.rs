@@ -231,6 +231,18 @@ async fn coap(
     queries: &[&str],
     payload: &[u8],
 ) -> Packet {
+    coap_with(socket, server, message_id, path, queries, None, payload).await
+}
+
+async fn coap_with(
+    socket: &tokio::net::UdpSocket,
+    server: SocketAddr,
+    message_id: u16,
+    path: &[&str],
+    queries: &[&str],
+    content_format: Option<u16>,
+    payload: &[u8],
+) -> Packet {
     let mut request = Packet::new();
     request.header.set_type(MessageType::Confirmable);
     request.header.code = MessageClass::Request(RequestType::Post);
@@ -241,6 +253,9 @@ async fn coap(
     }
     for query in queries {
         request.add_option(CoapOption::UriQuery, query.as_bytes().to_vec());
+    }
+    if let Some(format) = content_format {
+        request.add_option(CoapOption::ContentFormat, format.to_be_bytes().to_vec());
     }
     request.payload = payload.to_vec();
     socket
@@ -376,4 +391,66 @@ async fn the_registration_interface_refuses_what_it_must() {
         assert!(started.elapsed() < Duration::from_secs(10));
         tokio::task::yield_now().await;
     }
+}
+
+/// LwM2M 1.1 Send (`POST /dp`, SenML) reports State and Update Result like notifications do.
+#[tokio::test]
+async fn values_sent_with_send_move_the_update() {
+    let app = TestApp::new().await;
+    app.device("sender").await;
+    app.upload("title=fw&version=5.0", b"five").await;
+    app.post(
+        "/api/v1/assignments",
+        json!({"device": "sender", "artifact": "fw@5.0"}),
+    )
+    .await;
+    let server = app.listen_lwm2m().await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let registered = coap(
+        &socket,
+        server,
+        1,
+        &["rd"],
+        &["ep=sender", "lwm2m=1.1"],
+        b"</5/0>",
+    )
+    .await;
+    assert_eq!(
+        registered.header.code,
+        MessageClass::Response(ResponseType::Created)
+    );
+    for (id, pack) in [
+        (2, r#"[{"bn":"/5/0/","n":"3","v":1}]"#),
+        (3, r#"[{"bn":"/5/0/","n":"3","v":2},{"n":"5","v":0}]"#),
+        (4, r#"[{"bn":"/5/0/","n":"5","v":1}]"#),
+    ] {
+        let answer = coap_with(
+            &socket,
+            server,
+            id,
+            &["dp"],
+            &[],
+            Some(110),
+            pack.as_bytes(),
+        )
+        .await;
+        assert_eq!(
+            answer.header.code,
+            MessageClass::Response(ResponseType::Changed),
+            "{pack}"
+        );
+    }
+    let history = app.get("/api/v1/devices/sender/history").await.json();
+    assert_eq!(history[0]["state"], "UPDATED", "{history}");
+    let bad = coap_with(&socket, server, 5, &["dp"], &[], Some(110), b"{").await;
+    assert_eq!(
+        bad.header.code,
+        MessageClass::Response(ResponseType::BadRequest)
+    );
+    let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let refused = coap_with(&stranger, server, 6, &["dp"], &[], Some(110), b"[]").await;
+    assert_eq!(
+        refused.header.code,
+        MessageClass::Response(ResponseType::Forbidden)
+    );
 }
