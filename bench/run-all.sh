@@ -25,6 +25,7 @@ if $smoke; then
     "mqtt|bench/mqtt.sh 50 20"
     "dfu|bench/dfu.sh 5 4"
     "aws|bench/aws.sh 5 8"
+    "lwm2m|bench/lwm2m.sh 10"
     "campaign|bench/campaign.sh 10 0.2"
     "micro|cargo bench -q -p updraft-core --bench hot_paths -- --warm-up-time 0.1 --measurement-time 0.2 --sample-size 10"
   )
@@ -35,6 +36,7 @@ else
     "mqtt|bench/mqtt.sh 19000 10000"
     "dfu|bench/dfu.sh 1000 32"
     "aws|bench/aws.sh 1000 256 4096"
+    "lwm2m|bench/lwm2m.sh 10000"
     "campaign|bench/campaign.sh 10000 5"
     "micro|cargo bench -q -p updraft-core --bench hot_paths --"
   )

@@ -13,6 +13,12 @@
 //! bytes) until each has the whole image, and then the same N devices download the same image
 //! through hawkBit DDI (module MODULE, file FILENAME); prints MB/s for both.
 //!
+//! `device_load lwm2m LWM2M_ADDR API ADMIN_KEY N ARTIFACT` — creates N devices, registers N
+//! LwM2M clients (one UDP socket each) at once and prints registrations per second; each client
+//! answers the server's reads, observations and writes as a firmware-update device would. Then
+//! assigns ARTIFACT tenant-wide and prints how long until every client observes /5/0/3 and
+//! /5/0/5 and has its Package URI; prints `held N` and holds them until standard input closes.
+//!
 //! `device_load aws MQTT_ADDR API ADMIN_KEY N BLOCK ARTIFACT MODULE FILENAME` — creates N
 //! devices, assigns ARTIFACT (which must carry a signature) to all, then runs N AWS IoT OTA
 //! devices at once: each connects over MQTT, takes its job with `start-next` and fetches the file
@@ -415,6 +421,126 @@ async fn aws(
     );
 }
 
+/// One LwM2M client: registers, then answers the server's requests until the process ends.
+async fn lwm2m_client(
+    server: std::net::SocketAddr,
+    endpoint: String,
+    registered: Arc<AtomicUsize>,
+    told: Arc<AtomicUsize>,
+) {
+    use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut register = Packet::new();
+    register.header.set_type(MessageType::Confirmable);
+    register.header.code = MessageClass::Request(RequestType::Post);
+    register.header.message_id = 1;
+    register.set_token(vec![9]);
+    register.add_option(CoapOption::UriPath, b"rd".to_vec());
+    for query in [format!("ep={endpoint}"), "lt=86400".into(), "lwm2m=1.1".into()] {
+        register.add_option(CoapOption::UriQuery, query.into_bytes());
+    }
+    register.payload = b"</1/0>,</3/0>,</5/0>".to_vec();
+    let bytes = register.to_bytes().unwrap();
+    let mut buf = vec![0u8; 2048];
+    // Register, resending as CoAP does until the answer comes.
+    loop {
+        socket.send_to(&bytes, server).await.unwrap();
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+            loop {
+                let (len, _) = socket.recv_from(&mut buf).await.unwrap();
+                let packet = Packet::from_bytes(&buf[..len]).unwrap();
+                if packet.header.message_id == 1
+                    && packet.header.code == MessageClass::Response(ResponseType::Created)
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        if answer.is_ok() {
+            break;
+        }
+    }
+    registered.fetch_add(1, Ordering::Relaxed);
+    let mut observed = 0;
+    loop {
+        let (len, peer) = socket.recv_from(&mut buf).await.unwrap();
+        let Ok(request) = Packet::from_bytes(&buf[..len]) else {
+            continue;
+        };
+        let MessageClass::Request(method) = request.header.code else {
+            continue;
+        };
+        let mut answer = Packet::new();
+        answer.header.set_type(MessageType::Acknowledgement);
+        answer.header.message_id = request.header.message_id;
+        answer.set_token(request.get_token().to_vec());
+        let code = match method {
+            RequestType::Get => {
+                if request.get_first_option(CoapOption::Observe).is_some() {
+                    answer.add_option(CoapOption::Observe, vec![1]);
+                    observed += 1;
+                }
+                answer.payload = b"0".to_vec();
+                ResponseType::Content
+            }
+            RequestType::Put => {
+                if observed >= 2 {
+                    told.fetch_add(1, Ordering::Relaxed);
+                }
+                ResponseType::Changed
+            }
+            _ => ResponseType::Changed,
+        };
+        answer.header.code = MessageClass::Response(code);
+        let _ = socket.send_to(&answer.to_bytes().unwrap(), peer).await;
+    }
+}
+
+async fn lwm2m(addr: String, api: String, admin: String, n: usize, artifact: String) {
+    let server: std::net::SocketAddr = addr.parse().unwrap();
+    let http = reqwest::Client::new();
+    create_devices(&http, &api, &admin, n, "lw").await;
+    let registered = Arc::new(AtomicUsize::new(0));
+    let told = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    for i in 0..n {
+        tokio::spawn(lwm2m_client(
+            server,
+            format!("lw-{i}"),
+            registered.clone(),
+            told.clone(),
+        ));
+    }
+    while registered.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "registered {n} in {secs:.2} s = {:.0} registrations/s",
+        n as f64 / secs
+    );
+    let start = Instant::now();
+    let assigned = http
+        .post(format!("{api}/api/v1/assignments"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"tenant_default": true, "artifact": artifact}))
+        .send()
+        .await
+        .unwrap();
+    assert!(assigned.status().is_success());
+    while told.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    println!(
+        "observed and told {n} in {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+    println!("held {n}");
+    let mut line = String::new();
+    let _ = tokio::io::stdin().read_to_string(&mut line).await;
+}
+
 async fn push(addr: String, api: String, admin: String, n: usize, artifact: String) {
     let http = reqwest::Client::new();
     let tokens = create_devices(&http, &api, &admin, n, "load").await;
@@ -499,6 +625,16 @@ async fn main() {
                 args[5].clone(),
                 args[6].clone(),
                 args[7].clone(),
+            )
+            .await
+        }
+        Some("lwm2m") => {
+            lwm2m(
+                args[1].clone(),
+                args[2].clone(),
+                args[3].clone(),
+                args[4].parse().unwrap(),
+                args[5].clone(),
             )
             .await
         }
