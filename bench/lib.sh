@@ -2,10 +2,10 @@
 # fails loudly instead of hanging when a server dies before it is ready.
 bin="${CARGO_TARGET_DIR:-$PWD/target}/release"
 
-# wait_for FILE PATTERN PID: returns once FILE has a line matching PATTERN; exits with the
-# file's content if PID dies first or a minute passes.
+# wait_for FILE PATTERN PID [SECONDS]: returns once FILE has a line matching PATTERN; exits with
+# the file's content if PID dies first or SECONDS (default 60) pass.
 wait_for() {
-  local file=$1 pattern=$2 pid=$3 tries=0
+  local file=$1 pattern=$2 pid=$3 limit=$(( ${4:-60} * 20 )) tries=0
   until grep -q "$pattern" "$file" 2>/dev/null; do
     if ! kill -0 "$pid" 2>/dev/null; then
       echo "process $pid ended before printing '$pattern':" >&2
@@ -13,8 +13,8 @@ wait_for() {
       exit 1
     fi
     tries=$((tries + 1))
-    if [ "$tries" -gt 1200 ]; then
-      echo "no '$pattern' in $file after a minute" >&2
+    if [ "$tries" -gt "$limit" ]; then
+      echo "no '$pattern' in $file after ${4:-60} s" >&2
       exit 1
     fi
     sleep 0.05

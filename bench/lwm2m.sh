@@ -30,7 +30,7 @@ mkfifo "$work/hold"
 "$bin/examples/device_load" lwm2m "$lwm2m" "$url" "$admin" "$n" lw@1 < "$work/hold" > "$work/load.out" &
 gen=$!; pids+=("$gen")
 exec 3> "$work/hold"
-wait_for "$work/load.out" "^held" "$gen"
+wait_for "$work/load.out" "^held" "$gen" 900
 after=$(rss)
 exec 3>&-
 wait "$gen" || true

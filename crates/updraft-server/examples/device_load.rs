@@ -436,7 +436,11 @@ async fn lwm2m_client(
     register.header.message_id = 1;
     register.set_token(vec![9]);
     register.add_option(CoapOption::UriPath, b"rd".to_vec());
-    for query in [format!("ep={endpoint}"), "lt=86400".into(), "lwm2m=1.1".into()] {
+    for query in [
+        format!("ep={endpoint}"),
+        "lt=86400".into(),
+        "lwm2m=1.1".into(),
+    ] {
         register.add_option(CoapOption::UriQuery, query.into_bytes());
     }
     register.payload = b"</1/0>,</3/0>,</5/0>".to_vec();

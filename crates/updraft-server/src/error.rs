@@ -13,7 +13,9 @@
 //! | 415 | `unsupported_media_type` |
 //! | 422 | `checksum_mismatch`, `incompatible_artifact`, `unknown_profile`, `unknown_project`, `unknown_device`, `version_too_long`, `invalid_signature`, `unsupported_signature_algorithm`, `invalid_certificate` |
 //! | 500 | `internal` (logged once, details not shown) |
+//! | 409 | `not_registered` (an LwM2M operation on a device that is not registered) |
 //! | 503 | `not_ready` |
+//! | 504 | `device_timeout` (an LwM2M client did not answer) |
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};

@@ -57,6 +57,41 @@ pub struct Registration {
     info_read: bool,
 }
 
+/// Options of one of our requests.
+#[derive(Debug, Clone, Default)]
+struct RequestOptions {
+    content_format: Option<u16>,
+    accept: Option<u16>,
+    /// 0 registers an observation, 1 cancels one.
+    observe: Option<u32>,
+    queries: Vec<String>,
+    /// Reuse a token (cancelling an observation).
+    token: Option<Vec<u8>>,
+}
+
+/// A device-management operation on a registered client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    Read,
+    /// Text value (or empty).
+    Write(String),
+    Execute(String),
+    Discover,
+    /// `pmin=10&pmax=60` and the like.
+    WriteAttributes(String),
+    Observe,
+    CancelObserve,
+}
+
+/// A client's answer to an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationResult {
+    /// CoAP code as `2.05`.
+    pub code: String,
+    pub content_format: Option<u16>,
+    pub payload: Vec<u8>,
+}
+
 /// What an observation's notifications are about.
 #[derive(Debug, Clone)]
 struct Observation {
@@ -139,35 +174,60 @@ impl Lwm2m {
         content_format: Option<u16>,
         observe: bool,
     ) -> Result<Packet, String> {
+        let options = RequestOptions {
+            content_format,
+            observe: observe.then_some(0),
+            ..RequestOptions::default()
+        };
+        self.request_with(addr, method, path, payload, options)
+            .await
+    }
+
+    /// A confirmable request with every option a management operation may need.
+    async fn request_with(
+        &self,
+        addr: SocketAddr,
+        method: RequestType,
+        path: &str,
+        payload: Vec<u8>,
+        options: RequestOptions,
+    ) -> Result<Packet, String> {
         let socket = self
             .socket
             .get()
             .ok_or("the LwM2M listener is not running")?;
-        let token = self
-            .next_token
-            .fetch_add(1, Ordering::Relaxed)
-            .to_be_bytes()
-            .to_vec();
+        let token = options.token.clone().unwrap_or_else(|| {
+            self.next_token
+                .fetch_add(1, Ordering::Relaxed)
+                .to_be_bytes()
+                .to_vec()
+        });
         let mut packet = Packet::new();
         packet.header.set_type(MessageType::Confirmable);
         packet.header.code = MessageClass::Request(method);
         packet.header.message_id = self.message_id.fetch_add(1, Ordering::Relaxed);
         packet.set_token(token.clone());
-        if observe {
-            packet.add_option(CoapOption::Observe, Vec::new());
+        if let Some(observe) = options.observe {
+            packet.add_option(CoapOption::Observe, encode_uint(u64::from(observe)));
         }
         for segment in path.split('/').filter(|s| !s.is_empty()) {
             packet.add_option(CoapOption::UriPath, segment.as_bytes().to_vec());
         }
-        if let Some(format) = content_format {
+        if let Some(format) = options.content_format {
             packet.add_option(CoapOption::ContentFormat, encode_uint(u64::from(format)));
+        }
+        for query in options.queries {
+            packet.add_option(CoapOption::UriQuery, query.into_bytes());
+        }
+        if let Some(accept) = options.accept {
+            packet.add_option(CoapOption::Accept, encode_uint(u64::from(accept)));
         }
         packet.payload = payload;
         let bytes = packet.to_bytes().map_err(|e| format!("{e:?}"))?;
         let (tx, mut rx) = oneshot::channel();
         self.inner().pending.insert(token.clone(), tx);
         // ACK_TIMEOUT 2 s × ACK_RANDOM_FACTOR (1–1.5), doubling, MAX_RETRANSMIT 4.
-        let jitter = 1.0 + f64::from(token[7] % 50) / 100.0;
+        let jitter = 1.0 + f64::from(token.last().copied().unwrap_or(0) % 50) / 100.0;
         let mut wait = Duration::from_millis((2000.0 * jitter) as u64);
         for _attempt in 0..=4 {
             let _ = socket.send_to(&bytes, addr).await;
@@ -214,6 +274,92 @@ impl Lwm2m {
         } else {
             format!("{base}{path}")
         }
+    }
+
+    /// Runs a management operation on the device's registered client, one at a time per device.
+    /// `None` when the device is not registered.
+    pub async fn operate(
+        &self,
+        device: DeviceKey,
+        path: &str,
+        operation: Operation,
+    ) -> Result<Option<OperationResult>, String> {
+        let Some(registration) = self.registration_of(device) else {
+            return Ok(None);
+        };
+        let full = format!("{}{path}", registration.root);
+        let mut options = RequestOptions::default();
+        let (method, payload) = match &operation {
+            Operation::Read => (RequestType::Get, Vec::new()),
+            Operation::Write(value) => {
+                options.content_format = Some(lwm2m::TEXT);
+                (RequestType::Put, value.clone().into_bytes())
+            }
+            Operation::Execute(args) => (RequestType::Post, args.clone().into_bytes()),
+            Operation::Discover => {
+                options.accept = Some(lwm2m::LINK_FORMAT);
+                (RequestType::Get, Vec::new())
+            }
+            Operation::WriteAttributes(query) => {
+                options.queries = query
+                    .split('&')
+                    .filter(|q| !q.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                (RequestType::Put, Vec::new())
+            }
+            Operation::Observe => {
+                options.observe = Some(0);
+                (RequestType::Get, Vec::new())
+            }
+            Operation::CancelObserve => {
+                let token = self
+                    .inner()
+                    .observations
+                    .iter()
+                    .find(|(_, o)| o.device == device && o.path == path)
+                    .map(|(t, _)| t.clone());
+                options.observe = Some(1);
+                options.token = token;
+                (RequestType::Get, Vec::new())
+            }
+        };
+        let lock = self.device_lock(device);
+        let _one_at_a_time = lock.lock().await;
+        let answer = self
+            .request_with(registration.addr, method, &full, payload, options)
+            .await?;
+        match operation {
+            Operation::Observe if is_success(&answer) => {
+                self.inner().observations.insert(
+                    answer.get_token().to_vec(),
+                    Observation {
+                        device,
+                        path: path.to_owned(),
+                    },
+                );
+            }
+            Operation::CancelObserve => {
+                self.inner()
+                    .observations
+                    .retain(|_, o| !(o.device == device && o.path == path));
+            }
+            _ => {}
+        }
+        let code = match answer.header.code {
+            MessageClass::Response(code) => {
+                let raw = u8::from(MessageClass::Response(code));
+                format!("{}.{:02}", raw >> 5, raw & 0x1f)
+            }
+            other => format!("{other:?}"),
+        };
+        Ok(Some(OperationResult {
+            code,
+            content_format: answer
+                .get_first_option(CoapOption::ContentFormat)
+                .map(|v| u16::try_from(uint(v)).unwrap_or(u16::MAX)),
+            payload: answer.payload,
+        }))
     }
 
     /// Starts the firmware driver of `device` unless one runs.

@@ -446,6 +446,80 @@ pub async fn delete_device(
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/devices/{id}/lwm2m", tag = "devices", params(("id" = String, Path)),
+    request_body = Lwm2mOperationIn,
+    responses((status = 200, body = Lwm2mOperationOut), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 504, body = ErrorBody)))]
+pub async fn lwm2m_operation(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<Lwm2mOperationIn>,
+) -> ApiResult<Json<Lwm2mOperationOut>> {
+    use crate::lwm2m::Operation;
+    use base64::Engine;
+    caller.require(Role::Maintainer)?;
+    let device_id = DeviceId::parse(&id).map_err(|_| device_not_found(&id))?;
+    let device = state
+        .store
+        .device(caller.tenant(), &device_id)
+        .await?
+        .ok_or_else(|| device_not_found(&id))?;
+    let levels: Vec<&str> = body.path.split('/').skip(1).collect();
+    let path_ok = body.path.starts_with('/')
+        && (1..=4).contains(&levels.len())
+        && levels
+            .iter()
+            .all(|l| !l.is_empty() && l.len() <= 5 && l.chars().all(|c| c.is_ascii_digit()));
+    if !path_ok {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "path is /object[/instance[/resource[/resource instance]]] in numbers",
+        ));
+    }
+    let operation = match body.operation.as_str() {
+        "read" => Operation::Read,
+        "write" => Operation::Write(body.value.unwrap_or_default()),
+        "execute" => Operation::Execute(body.value.unwrap_or_default()),
+        "discover" => Operation::Discover,
+        "write-attributes" => Operation::WriteAttributes(body.attributes.unwrap_or_default()),
+        "observe" => Operation::Observe,
+        "cancel-observe" => Operation::CancelObserve,
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!(
+                    "operation {other:?} is not read, write, execute, discover, write-attributes, observe or cancel-observe"
+                ),
+            ));
+        }
+    };
+    let answer = state
+        .lwm2m
+        .operate(device.key, &body.path, operation)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::GATEWAY_TIMEOUT, "device_timeout", e))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "not_registered",
+                format!("{id} is not registered with the LwM2M server"),
+            )
+        })?;
+    let texty = matches!(
+        answer.content_format,
+        None | Some(0) | Some(40) | Some(50) | Some(110) | Some(1541) | Some(11543)
+    );
+    Ok(Json(Lwm2mOperationOut {
+        code: answer.code,
+        content_format: answer.content_format,
+        text: texty
+            .then(|| String::from_utf8(answer.payload.clone()).ok())
+            .flatten(),
+        payload: base64::engine::general_purpose::STANDARD.encode(&answer.payload),
+    }))
+}
+
 #[utoipa::path(get, path = "/api/v1/devices/{id}/history", tag = "devices", params(("id" = String, Path)),
     responses((status = 200, body = Vec<ActionHistory>), (status = 404, body = ErrorBody)))]
 pub async fn device_history(

@@ -59,6 +59,7 @@ pub struct ApiPath<T>(pub T);
         fleet::show_device,
         fleet::delete_device,
         fleet::device_history,
+        fleet::lwm2m_operation,
         fleet::list_assignments,
         fleet::assign,
         fleet::unassign,
@@ -115,6 +116,7 @@ pub fn router(state: AppState) -> Router {
             get(fleet::show_device).delete(fleet::delete_device),
         )
         .route("/devices/{id}/history", get(fleet::device_history))
+        .route("/devices/{id}/lwm2m", post(fleet::lwm2m_operation))
         .route(
             "/assignments",
             get(fleet::list_assignments)

@@ -571,3 +571,27 @@ pub fn attribute_strings(
         })
         .collect()
 }
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Lwm2mOperationIn {
+    /// read, write, execute, discover, write-attributes, observe or cancel-observe.
+    pub operation: String,
+    /// An object, instance, resource or resource instance: `/3/0/3`.
+    pub path: String,
+    /// The value to write (as text), or Execute's arguments.
+    pub value: Option<String>,
+    /// Write-Attributes: `pmin=10&pmax=60`.
+    pub attributes: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Lwm2mOperationOut {
+    /// The client's CoAP answer code: `2.05`, `4.04`, …
+    pub code: String,
+    pub content_format: Option<u16>,
+    /// The payload as text, when it is text (plain text, link format, JSON).
+    pub text: Option<String>,
+    /// The payload in standard base64.
+    pub payload: String,
+}

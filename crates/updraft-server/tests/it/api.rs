@@ -466,6 +466,7 @@ async fn the_openapi_document_describes_every_route() {
         ("/api/v1/devices", &["get", "post"]),
         ("/api/v1/devices/{id}", &["get", "delete"]),
         ("/api/v1/devices/{id}/history", &["get"]),
+        ("/api/v1/devices/{id}/lwm2m", &["post"]),
         ("/api/v1/assignments", &["get", "post", "delete"]),
         ("/api/v1/status", &["get"]),
         ("/api/v1/artifacts", &["get", "post"]),

@@ -454,3 +454,75 @@ async fn values_sent_with_send_move_the_update() {
         MessageClass::Response(ResponseType::Forbidden)
     );
 }
+
+/// Device management through the API on a registered lwm2m-node-lib client: Read, Write,
+/// Discover, Write-Attributes, Execute; clear errors for what cannot be done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_operations_reach_a_registered_client() {
+    let app = TestApp::served().await;
+    app.device("managed").await;
+    app.device("absent").await;
+    let server = app.listen_lwm2m().await;
+    let Some(mut device) = NodeDevice::start(server, "managed", "1") else {
+        return;
+    };
+    device.until("registered").await;
+    let op = |body: Value| {
+        let app = &app;
+        async move { app.post("/api/v1/devices/managed/lwm2m", body).await }
+    };
+    let read = op(json!({"operation": "read", "path": "/3/0/3"})).await;
+    assert_eq!(read.status, axum::http::StatusCode::OK, "{:?}", read.json());
+    assert_eq!(read.json()["code"], "2.05");
+    assert_eq!(read.json()["text"], "1.0.0");
+    let written = op(json!({"operation": "write", "path": "/3/0/3", "value": "1.0.1"})).await;
+    assert_eq!(written.json()["code"], "2.04");
+    let again = op(json!({"operation": "read", "path": "/3/0/3"})).await;
+    assert_eq!(again.json()["text"], "1.0.1");
+    let discovered = op(json!({"operation": "discover", "path": "/5/0"})).await;
+    assert_eq!(discovered.json()["code"], "2.05");
+    assert!(
+        discovered.json()["text"]
+            .as_str()
+            .unwrap()
+            .contains("</5/0/3>"),
+        "{:?}",
+        discovered.json()
+    );
+    let attributes = op(
+        json!({"operation": "write-attributes", "path": "/5/0/3", "attributes": "pmin=1&pmax=60"}),
+    )
+    .await;
+    assert_eq!(attributes.json()["code"], "2.04");
+    let executed = op(json!({"operation": "execute", "path": "/3/0/4"})).await;
+    assert_eq!(executed.json()["code"], "2.04");
+    let missing = op(json!({"operation": "read", "path": "/9/9/9"})).await;
+    assert_eq!(missing.json()["code"], "4.04");
+    for (body, code) in [
+        (
+            json!({"operation": "read", "path": "3/0"}),
+            "invalid_request",
+        ),
+        (
+            json!({"operation": "read", "path": "/a/b"}),
+            "invalid_request",
+        ),
+        (
+            json!({"operation": "delete", "path": "/3/0"}),
+            "invalid_request",
+        ),
+    ] {
+        assert_eq!(op(body.clone()).await.code(), code, "{body}");
+    }
+    let absent = app
+        .post(
+            "/api/v1/devices/absent/lwm2m",
+            json!({"operation": "read", "path": "/3/0/3"}),
+        )
+        .await;
+    assert_eq!(
+        (absent.status, absent.code().as_str()),
+        (axum::http::StatusCode::CONFLICT, "not_registered")
+    );
+    device.child.kill().await.unwrap();
+}
