@@ -718,12 +718,57 @@ fn strings(packet: &Packet, option: CoapOption) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Confirmable requests seen lately, by (peer, message ID), with their answers.
+#[derive(Default)]
+struct Recent {
+    answers: HashMap<(SocketAddr, u16), (i64, Option<Vec<u8>>)>,
+    order: VecDeque<(SocketAddr, u16)>,
+}
+
+enum Seen {
+    New,
+    InProgress,
+    Answered(Vec<u8>),
+}
+
+impl Recent {
+    /// Records a request as being answered, unless it was seen before.
+    fn begin(&mut self, key: (SocketAddr, u16)) -> Seen {
+        let now = now();
+        while let Some(old) = self.order.front().copied() {
+            let stale = self
+                .answers
+                .get(&old)
+                .is_none_or(|(at, _)| now - at > DEDUP_MILLIS);
+            if !stale && self.order.len() <= 65_536 {
+                break;
+            }
+            self.order.pop_front();
+            self.answers.remove(&old);
+        }
+        match self.answers.get(&key) {
+            Some((_, Some(answer))) => Seen::Answered(answer.clone()),
+            Some((_, None)) => Seen::InProgress,
+            None => {
+                self.answers.insert(key, (now, None));
+                self.order.push_back(key);
+                Seen::New
+            }
+        }
+    }
+
+    fn answered(&mut self, key: (SocketAddr, u16), answer: Vec<u8>) {
+        if let Some(entry) = self.answers.get_mut(&key) {
+            entry.1 = Some(answer);
+        }
+    }
+}
+
 /// Answers registrations and routes answers to our requests, until the socket fails.
 pub async fn serve(socket: UdpSocket, state: AppState) {
     let socket = Arc::new(socket);
     let _ = state.lwm2m.socket.set(socket.clone());
-    let mut recent: HashMap<(SocketAddr, u16), (i64, Vec<u8>)> = HashMap::new();
-    let mut order: VecDeque<(SocketAddr, u16)> = VecDeque::new();
+    let recent = Arc::new(Mutex::new(Recent::default()));
     let mut buf = vec![0u8; 65_536];
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {
@@ -744,30 +789,36 @@ pub async fn serve(socket: UdpSocket, state: AppState) {
             MessageClass::Request(method) => {
                 let key = (peer, packet.header.message_id);
                 let confirmable = packet.header.get_type() == MessageType::Confirmable;
-                if confirmable && let Some((_, cached)) = recent.get(&key) {
-                    let _ = socket.send_to(cached, peer).await;
-                    continue;
-                }
-                let response = respond(&state, peer, &packet, method).await;
-                let Ok(bytes) = response.to_bytes() else {
-                    continue;
-                };
-                let _ = socket.send_to(&bytes, peer).await;
                 if confirmable {
-                    let now = now();
-                    recent.insert(key, (now, bytes));
-                    order.push_back(key);
-                    while let Some(old) = order.front().copied() {
-                        let stale = recent
-                            .get(&old)
-                            .is_none_or(|(at, _)| now - at > DEDUP_MILLIS);
-                        if !stale && order.len() <= 4096 {
-                            break;
+                    let seen = recent
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .begin(key);
+                    match seen {
+                        Seen::New => {}
+                        // Still being answered: the answer will go out.
+                        Seen::InProgress => continue,
+                        Seen::Answered(cached) => {
+                            let _ = socket.send_to(&cached, peer).await;
+                            continue;
                         }
-                        order.pop_front();
-                        recent.remove(&old);
                     }
                 }
+                // Requests are answered concurrently: a registration waits on the store.
+                let (state, socket, recent) = (state.clone(), socket.clone(), recent.clone());
+                tokio::spawn(async move {
+                    let response = respond(&state, peer, &packet, method).await;
+                    let Ok(bytes) = response.to_bytes() else {
+                        return;
+                    };
+                    let _ = socket.send_to(&bytes, peer).await;
+                    if confirmable {
+                        recent
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .answered(key, bytes);
+                    }
+                });
             }
             MessageClass::Response(_) => {
                 // A separate (confirmable) answer or notification is acknowledged.
@@ -934,12 +985,12 @@ async fn register(
         inner.observations.retain(|_, o| o.device != device.key);
         inner.by_endpoint.insert(endpoint, registration);
     }
-    let _ = state.store.touch_device(device.key).await;
     response.add_option(CoapOption::LocationPath, b"rd".to_vec());
     response.add_option(CoapOption::LocationPath, location.into_bytes());
     // Our requests go out after this answer (node-lib only listens once it has it).
     let (state, key) = (state.clone(), device.key);
     tokio::spawn(async move {
+        let _ = state.store.touch_device(key).await;
         state.lwm2m.kick(&state, key);
     });
     Ok(ResponseType::Created)
