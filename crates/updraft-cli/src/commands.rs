@@ -134,6 +134,9 @@ struct ServeArgs {
     /// LwM2M listener address (UDP, NoSec), or `off` (default 127.0.0.1:5685).
     #[arg(long, env = "UPDRAFT_LWM2M")]
     lwm2m: Option<String>,
+    /// LwM2M over DTLS 1.2 with pre-shared keys (UDP, e.g. 0.0.0.0:5686), or `off` (the default).
+    #[arg(long, env = "UPDRAFT_LWM2M_DTLS")]
+    lwm2m_dtls: Option<String>,
     /// Device MQTT-over-TLS listener address (e.g. 0.0.0.0:8883), or `off` (the default).
     /// Devices authenticate with a registered client certificate or their token.
     #[arg(long, env = "UPDRAFT_MQTTS")]
@@ -283,6 +286,12 @@ enum DeviceCommand {
         /// A PEM client certificate that authenticates the device over TLS (MQTT `--mqtts`).
         #[arg(long)]
         certificate: Option<PathBuf>,
+        /// The device's LwM2M DTLS PSK identity (it then registers over DTLS only).
+        #[arg(long)]
+        lwm2m_psk_identity: Option<String>,
+        /// The PSK in hex; generated and shown once when absent.
+        #[arg(long, requires = "lwm2m_psk_identity")]
+        lwm2m_psk_key: Option<String>,
     },
     List {
         #[arg(long, default_value_t = 0)]
@@ -685,6 +694,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         coap: args.coap,
         mqtts: args.mqtts,
         lwm2m: args.lwm2m,
+        lwm2m_dtls: args.lwm2m_dtls,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         notify_per_second: args.notify_per_second,
@@ -1027,14 +1037,20 @@ async fn device(client: &Client, out: &Output, command: DeviceCommand) -> Result
             device_token,
             gateway,
             certificate,
+            lwm2m_psk_identity,
+            lwm2m_psk_key,
         } => {
             let certificate = read_text(certificate.as_deref())?;
             let body = json!({"id": id, "profile": profile, "project": project, "tags": tags,
-                "token": device_token, "gateway": gateway, "certificate": certificate});
+                "token": device_token, "gateway": gateway, "certificate": certificate,
+                "lwm2m_psk_identity": lwm2m_psk_identity, "lwm2m_psk_key": lwm2m_psk_key});
             let created = client.post("/api/v1/devices", &body).await?;
             out.show(&created, || {
                 println!("created device {}", text(&created["id"]));
                 println!("access token (shown once): {}", text(&created["token"]));
+                if let Some(key) = created["lwm2m_psk_key"].as_str() {
+                    println!("LwM2M PSK key (shown once): {key}");
+                }
             });
         }
         DeviceCommand::List { offset, limit } => {

@@ -20,6 +20,7 @@ pub struct FileConfig {
     pub mqtt: Option<String>,
     pub coap: Option<String>,
     pub lwm2m: Option<String>,
+    pub lwm2m_dtls: Option<String>,
     pub mqtts: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -57,6 +58,8 @@ pub struct Given {
     /// An address, or `off`.
     pub lwm2m: Option<String>,
     /// An address, or `off` (the default).
+    pub lwm2m_dtls: Option<String>,
+    /// An address, or `off` (the default).
     pub mqtts: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -79,6 +82,7 @@ pub fn merge(given: Given, file: FileConfig) -> Result<ServerConfig> {
     let coap = listener(given.coap.or(file.coap), DEFAULT_COAP, "coap")?;
     let mqtts = listener(given.mqtts.or(file.mqtts), "off", "mqtts")?;
     let lwm2m = listener(given.lwm2m.or(file.lwm2m), DEFAULT_LWM2M, "lwm2m")?;
+    let lwm2m_dtls = listener(given.lwm2m_dtls.or(file.lwm2m_dtls), "off", "lwm2m-dtls")?;
     let tls = match (
         given.tls_cert.or(file.tls_cert),
         given.tls_key.or(file.tls_key),
@@ -112,6 +116,7 @@ pub fn merge(given: Given, file: FileConfig) -> Result<ServerConfig> {
         coap,
         mqtts,
         lwm2m,
+        lwm2m_dtls,
         tls,
         notify_per_second: given
             .notify_per_second

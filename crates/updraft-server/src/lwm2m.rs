@@ -36,6 +36,16 @@ const DEFAULT_LIFETIME: u32 = 86_400;
 /// How long an answered confirmable message is remembered for duplicates (EXCHANGE_LIFETIME).
 const DEDUP_MILLIS: i64 = 247_000;
 
+/// Where a client is: its address, and whether over DTLS (our requests go through its session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Link {
+    pub peer: SocketAddr,
+    pub secure: bool,
+}
+
+/// PSK identity → (device, key).
+pub type PskTable = HashMap<Vec<u8>, (DeviceKey, Vec<u8>)>;
+
 /// One registered client.
 #[derive(Debug, Clone)]
 pub struct Registration {
@@ -44,7 +54,7 @@ pub struct Registration {
     pub device_id: DeviceId,
     pub endpoint: String,
     pub location: String,
-    pub addr: SocketAddr,
+    pub link: Link,
     pub lifetime: u32,
     pub version: String,
     /// Alternate root path (`/lwm2m`), or empty.
@@ -113,6 +123,12 @@ struct Inner {
 #[derive(Default)]
 pub struct Lwm2m {
     socket: OnceLock<Arc<UdpSocket>>,
+    /// Plaintext to encrypt and send on a DTLS session, by peer.
+    dtls_out: OnceLock<tokio::sync::mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>>,
+    /// PSK identities → (device, key), for the DTLS listener.
+    pub psks: Arc<std::sync::RwLock<PskTable>>,
+    /// The device each DTLS peer authenticated as.
+    dtls_peers: Mutex<HashMap<SocketAddr, DeviceKey>>,
     inner: Mutex<Inner>,
     message_id: AtomicU16,
     next_token: AtomicU64,
@@ -163,11 +179,22 @@ impl Lwm2m {
         self.inner().locks.entry(device).or_default().clone()
     }
 
-    /// Sends a confirmable request to `addr` and awaits its answer, retransmitting with RFC
+    /// Sends a datagram to a client, through its DTLS session when it has one.
+    async fn transmit(&self, link: Link, bytes: &[u8]) {
+        if link.secure {
+            if let Some(out) = self.dtls_out.get() {
+                let _ = out.send((link.peer, bytes.to_vec()));
+            }
+        } else if let Some(socket) = self.socket.get() {
+            let _ = socket.send_to(bytes, link.peer).await;
+        }
+    }
+
+    /// Sends a confirmable request to `link` and awaits its answer, retransmitting with RFC
     /// 7252's back-off (2 s, doubling, 4 retransmissions).
     async fn request(
         &self,
-        addr: SocketAddr,
+        addr: Link,
         method: RequestType,
         path: &str,
         payload: Vec<u8>,
@@ -186,16 +213,12 @@ impl Lwm2m {
     /// A confirmable request with every option a management operation may need.
     async fn request_with(
         &self,
-        addr: SocketAddr,
+        addr: Link,
         method: RequestType,
         path: &str,
         payload: Vec<u8>,
         options: RequestOptions,
     ) -> Result<Packet, String> {
-        let socket = self
-            .socket
-            .get()
-            .ok_or("the LwM2M listener is not running")?;
         let token = options.token.clone().unwrap_or_else(|| {
             self.next_token
                 .fetch_add(1, Ordering::Relaxed)
@@ -230,7 +253,7 @@ impl Lwm2m {
         let jitter = 1.0 + f64::from(token.last().copied().unwrap_or(0) % 50) / 100.0;
         let mut wait = Duration::from_millis((2000.0 * jitter) as u64);
         for _attempt in 0..=4 {
-            let _ = socket.send_to(&bytes, addr).await;
+            self.transmit(addr, &bytes).await;
             match tokio::time::timeout(wait, &mut rx).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(_)) => break,
@@ -238,7 +261,7 @@ impl Lwm2m {
             }
         }
         self.inner().pending.remove(&token);
-        Err(format!("no answer from {addr} to {method:?} {path}"))
+        Err(format!("no answer from {} to {method:?} {path}", addr.peer))
     }
 
     /// The Package URI for a download grant, as the device's profile wants it.
@@ -327,7 +350,7 @@ impl Lwm2m {
         let lock = self.device_lock(device);
         let _one_at_a_time = lock.lock().await;
         let answer = self
-            .request_with(registration.addr, method, &full, payload, options)
+            .request_with(registration.link, method, &full, payload, options)
             .await?;
         match operation {
             Operation::Observe if is_success(&answer) => {
@@ -392,7 +415,7 @@ impl Lwm2m {
             let path = format!("{}/3/0/{resource}", registration.root);
             let answer = self
                 .request(
-                    registration.addr,
+                    registration.link,
                     RequestType::Get,
                     &path,
                     Vec::new(),
@@ -453,7 +476,7 @@ impl Lwm2m {
         let lock = self.device_lock(device);
         let _one_at_a_time = lock.lock().await;
         let root = registration.root.clone();
-        let addr = registration.addr;
+        let addr = registration.link;
         let report = |report: Report| async move {
             state
                 .store
@@ -718,10 +741,14 @@ fn strings(packet: &Packet, option: CoapOption) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// When a request was first seen, and its answer once sent.
+type Entry = (i64, Option<Vec<u8>>);
+
 /// Confirmable requests seen lately, by (peer, message ID), with their answers.
 #[derive(Default)]
 struct Recent {
-    answers: HashMap<(SocketAddr, u16), (i64, Option<Vec<u8>>)>,
+    /// When each was first seen, and its answer once sent.
+    answers: HashMap<(SocketAddr, u16), Entry>,
     order: VecDeque<(SocketAddr, u16)>,
 }
 
@@ -778,94 +805,92 @@ pub async fn serve(socket: UdpSocket, state: AppState) {
                 continue;
             }
         };
-        let Ok(packet) = Packet::from_bytes(&buf[..len]) else {
-            state
-                .metrics
-                .lwm2m_malformed
-                .fetch_add(1, Ordering::Relaxed);
-            continue;
+        let link = Link {
+            peer,
+            secure: false,
         };
-        match packet.header.code {
-            MessageClass::Request(method) => {
-                let key = (peer, packet.header.message_id);
-                let confirmable = packet.header.get_type() == MessageType::Confirmable;
-                if confirmable {
-                    let seen = recent
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .begin(key);
-                    match seen {
-                        Seen::New => {}
-                        // Still being answered: the answer will go out.
-                        Seen::InProgress => continue,
-                        Seen::Answered(cached) => {
-                            let _ = socket.send_to(&cached, peer).await;
-                            continue;
-                        }
+        datagram(&state, link, &buf[..len], &recent).await;
+    }
+}
+
+/// One CoAP message from a client, over either transport.
+async fn datagram(state: &AppState, link: Link, bytes: &[u8], recent: &Arc<Mutex<Recent>>) {
+    let Ok(packet) = Packet::from_bytes(bytes) else {
+        state
+            .metrics
+            .lwm2m_malformed
+            .fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let lwm2m = state.lwm2m.clone();
+    match packet.header.code {
+        MessageClass::Request(method) => {
+            let key = (link.peer, packet.header.message_id);
+            let confirmable = packet.header.get_type() == MessageType::Confirmable;
+            if confirmable {
+                let seen = recent.lock().unwrap_or_else(|e| e.into_inner()).begin(key);
+                match seen {
+                    Seen::New => {}
+                    // Still being answered: the answer will go out.
+                    Seen::InProgress => return,
+                    Seen::Answered(cached) => {
+                        lwm2m.transmit(link, &cached).await;
+                        return;
                     }
                 }
-                // Requests are answered concurrently: a registration waits on the store.
-                let (state, socket, recent) = (state.clone(), socket.clone(), recent.clone());
+            }
+            // Requests are answered concurrently: a registration waits on the store.
+            let (state, recent) = (state.clone(), recent.clone());
+            tokio::spawn(async move {
+                let response = respond(&state, link, &packet, method).await;
+                let Ok(bytes) = response.to_bytes() else {
+                    return;
+                };
+                state.lwm2m.transmit(link, &bytes).await;
+                if confirmable {
+                    recent
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .answered(key, bytes);
+                }
+            });
+        }
+        MessageClass::Response(_) => {
+            // A separate (confirmable) answer or notification is acknowledged.
+            if packet.header.get_type() == MessageType::Confirmable {
+                let mut ack = Packet::new();
+                ack.header.set_type(MessageType::Acknowledgement);
+                ack.header.message_id = packet.header.message_id;
+                if let Ok(bytes) = ack.to_bytes() {
+                    lwm2m.transmit(link, &bytes).await;
+                }
+            }
+            let token = packet.get_token().to_vec();
+            let waiter = lwm2m.inner().pending.remove(&token);
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(packet);
+                return;
+            }
+            let observation = lwm2m.inner().observations.get(&token).cloned();
+            if let Some(observation) = observation {
+                let state = state.clone();
                 tokio::spawn(async move {
-                    let response = respond(&state, peer, &packet, method).await;
-                    let Ok(bytes) = response.to_bytes() else {
-                        return;
-                    };
-                    let _ = socket.send_to(&bytes, peer).await;
-                    if confirmable {
-                        recent
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .answered(key, bytes);
+                    let lwm2m = state.lwm2m.clone();
+                    if let Err(err) = lwm2m
+                        .notified(&state, observation.device, &observation.path, &packet)
+                        .await
+                    {
+                        tracing::warn!(error = %err.message, "lwm2m notification failed");
                     }
                 });
             }
-            MessageClass::Response(_) => {
-                // A separate (confirmable) answer or notification is acknowledged.
-                if packet.header.get_type() == MessageType::Confirmable {
-                    let mut ack = Packet::new();
-                    ack.header.set_type(MessageType::Acknowledgement);
-                    ack.header.message_id = packet.header.message_id;
-                    if let Ok(bytes) = ack.to_bytes() {
-                        let _ = socket.send_to(&bytes, peer).await;
-                    }
-                }
-                let token = packet.get_token().to_vec();
-                let waiter = state.lwm2m.inner().pending.remove(&token);
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(packet);
-                    continue;
-                }
-                let observation = state.lwm2m.inner().observations.get(&token).cloned();
-                match observation {
-                    Some(observation) => {
-                        let state = state.clone();
-                        tokio::spawn(async move {
-                            let lwm2m = state.lwm2m.clone();
-                            if let Err(err) = lwm2m
-                                .notified(&state, observation.device, &observation.path, &packet)
-                                .await
-                            {
-                                tracing::warn!(error = %err.message, "lwm2m notification failed");
-                            }
-                        });
-                    }
-                    None if packet.header.get_type() == MessageType::NonConfirmable => {}
-                    None => {}
-                }
-            }
-            _ => {}
         }
+        _ => {}
     }
 }
 
 /// The answer to a client's request to the registration interface.
-async fn respond(
-    state: &AppState,
-    peer: SocketAddr,
-    request: &Packet,
-    method: RequestType,
-) -> Packet {
+async fn respond(state: &AppState, link: Link, request: &Packet, method: RequestType) -> Packet {
     let mut response = Packet::new();
     if request.header.get_type() == MessageType::Confirmable {
         response.header.set_type(MessageType::Acknowledgement);
@@ -875,7 +900,7 @@ async fn respond(
         response.header.message_id = state.lwm2m.message_id.fetch_add(1, Ordering::Relaxed);
     }
     response.set_token(request.get_token().to_vec());
-    let code = match handle(state, peer, request, method, &mut response).await {
+    let code = match handle(state, link, request, method, &mut response).await {
         Ok(code) => code,
         Err((code, message)) => {
             response.payload = message.into_bytes();
@@ -894,7 +919,7 @@ fn bad(message: impl Into<String>) -> (ResponseType, String) {
 
 async fn handle(
     state: &AppState,
-    peer: SocketAddr,
+    link: Link,
     request: &Packet,
     method: RequestType,
     response: &mut Packet,
@@ -902,10 +927,10 @@ async fn handle(
     let path = strings(request, CoapOption::UriPath);
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
     match (method, path.as_slice()) {
-        (RequestType::Post, ["rd"]) => register(state, peer, request, response).await,
-        (RequestType::Post, ["dp"]) => send(state, peer, request).await,
+        (RequestType::Post, ["rd"]) => register(state, link, request, response).await,
+        (RequestType::Post, ["dp"]) => send(state, link, request).await,
         (RequestType::Get, ["fw", token]) => package_block(state, token, request, response).await,
-        (RequestType::Post, ["rd", location]) => update(state, peer, request, location),
+        (RequestType::Post, ["rd", location]) => update(state, link, request, location),
         (RequestType::Delete, ["rd", location]) => {
             let mut inner = state.lwm2m.inner();
             let endpoint = inner
@@ -927,12 +952,7 @@ async fn handle(
     }
 }
 
-async fn register(
-    state: &AppState,
-    peer: SocketAddr,
-    request: &Packet,
-    response: &mut Packet,
-) -> Answer {
+async fn register(state: &AppState, link: Link, request: &Packet, response: &mut Packet) -> Answer {
     let queries = strings(request, CoapOption::UriQuery);
     let query = lwm2m::register_query(queries.iter().map(String::as_str)).map_err(|e| bad(e.0))?;
     let version = query.version.clone().unwrap_or_else(|| "1.0".to_owned());
@@ -958,6 +978,19 @@ async fn register(
         }
         Err(err) => return Err((ResponseType::InternalServerError, err.message)),
     };
+    // A device with a PSK registers over DTLS only, and over DTLS only as the device whose
+    // identity it used.
+    let allowed = if link.secure {
+        state.lwm2m.dtls_device(link.peer) == Some(device.key)
+    } else {
+        !state.lwm2m.has_psk(device.key)
+    };
+    if !allowed {
+        return Err((
+            ResponseType::Forbidden,
+            format!("endpoint {endpoint:?} must register over DTLS with its own PSK identity"),
+        ));
+    }
     let location = format!(
         "{:x}",
         state.lwm2m.next_location.fetch_add(1, Ordering::Relaxed) + 1
@@ -969,7 +1002,7 @@ async fn register(
         device_id: device.id.clone(),
         endpoint: endpoint.clone(),
         location: location.clone(),
-        addr: peer,
+        link,
         lifetime,
         version,
         root: links.root,
@@ -996,7 +1029,7 @@ async fn register(
     Ok(ResponseType::Created)
 }
 
-fn update(state: &AppState, peer: SocketAddr, request: &Packet, location: &str) -> Answer {
+fn update(state: &AppState, link: Link, request: &Packet, location: &str) -> Answer {
     let queries = strings(request, CoapOption::UriQuery);
     let query = lwm2m::register_query(queries.iter().map(String::as_str)).map_err(|e| bad(e.0))?;
     let links = if request.payload.is_empty() {
@@ -1014,7 +1047,7 @@ fn update(state: &AppState, peer: SocketAddr, request: &Packet, location: &str) 
             return Err((ResponseType::NotFound, "no such registration".into()));
         };
         // The source is the new address (NAT rebinding).
-        registration.addr = peer;
+        registration.link = link;
         if let Some(lifetime) = query.lifetime {
             registration.lifetime = lifetime;
         }
@@ -1126,13 +1159,13 @@ async fn package_block(
 
 /// The 1.1 Send operation (`POST /dp`): values of the sender's resources, as a notification
 /// would carry them (flownexus's firmware reports /5/0/3 and /5/0/5 this way).
-async fn send(state: &AppState, peer: SocketAddr, request: &Packet) -> Answer {
+async fn send(state: &AppState, link: Link, request: &Packet) -> Answer {
     let device = state
         .lwm2m
         .inner()
         .by_endpoint
         .values()
-        .find(|r| r.addr == peer && r.expires_at > now())
+        .find(|r| r.link == link && r.expires_at > now())
         .map(|r| r.device)
         .ok_or_else(|| {
             (
@@ -1155,4 +1188,240 @@ async fn send(state: &AppState, peer: SocketAddr, request: &Packet) -> Answer {
         }
     }
     Ok(ResponseType::Changed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// DTLS 1.2 with pre-shared keys (RFC 7925: TLS_PSK_WITH_AES_128_CCM_8), one dimpl session per
+// peer on the `--lwm2m-dtls` socket; CoAP goes through `datagram` like on the NoSec socket.
+
+impl Lwm2m {
+    /// Loads every device's PSK from the store (at start-up).
+    pub async fn load_psks(&self, state: &AppState) -> Result<(), ApiError> {
+        let mut table = PskTable::new();
+        for (device, identity, key) in state.store.lwm2m_psks().await? {
+            if let Ok(key) = hex::decode(&key) {
+                table.insert(identity.into_bytes(), (device, key));
+            }
+        }
+        *self.psks.write().unwrap_or_else(|e| e.into_inner()) = table;
+        Ok(())
+    }
+
+    /// Sets or removes a device's PSK in the running server (the store has it already).
+    pub fn set_psk(&self, device: DeviceKey, psk: Option<(Vec<u8>, Vec<u8>)>) {
+        let mut table = self.psks.write().unwrap_or_else(|e| e.into_inner());
+        table.retain(|_, (d, _)| *d != device);
+        if let Some((identity, key)) = psk {
+            table.insert(identity, (device, key));
+        }
+    }
+
+    /// Whether the device has a PSK (and so may not use the NoSec listener).
+    pub fn has_psk(&self, device: DeviceKey) -> bool {
+        self.psks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|(d, _)| *d == device)
+    }
+
+    fn dtls_device(&self, peer: SocketAddr) -> Option<DeviceKey> {
+        self.dtls_peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer)
+            .copied()
+    }
+}
+
+/// Looks a PSK identity up, remembering which device it named for the session.
+struct Resolver {
+    psks: Arc<std::sync::RwLock<PskTable>>,
+    device: Arc<Mutex<Option<DeviceKey>>>,
+}
+
+impl dimpl::PskResolver for Resolver {
+    fn resolve(&self, identity: &[u8]) -> Option<Vec<u8>> {
+        let found = self
+            .psks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(identity)
+            .cloned()?;
+        *self.device.lock().unwrap_or_else(|e| e.into_inner()) = Some(found.0);
+        Some(found.1)
+    }
+}
+
+struct DtlsSession {
+    dtls: dimpl::Dtls,
+    device: Arc<Mutex<Option<DeviceKey>>>,
+    timeout: Option<std::time::Instant>,
+    last_heard: std::time::Instant,
+}
+
+/// Record versions of epoch-0 handshake records are rewritten to DTLS 1.2's: mbedTLS 2.x sends
+/// 0xFE00 in its ClientHello, which the engine would drop (the handshake hash does not cover
+/// record headers).
+fn normalize_records(datagram: &mut [u8]) {
+    let mut at = 0;
+    while at + 13 <= datagram.len() {
+        let content_type = datagram[at];
+        let epoch = u16::from_be_bytes([datagram[at + 3], datagram[at + 4]]);
+        let len = usize::from(u16::from_be_bytes([datagram[at + 11], datagram[at + 12]]));
+        if content_type == 22 && epoch == 0 {
+            datagram[at + 1] = 0xfe;
+            datagram[at + 2] = 0xfd;
+        }
+        at += 13 + len;
+    }
+}
+
+/// Serves LwM2M over DTLS-PSK on `socket` until it fails.
+pub async fn serve_dtls(socket: UdpSocket, state: AppState) {
+    let socket = Arc::new(socket);
+    let (tx, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<(SocketAddr, Vec<u8>)>();
+    let _ = state.lwm2m.dtls_out.set(tx);
+    if let Err(err) = state.lwm2m.load_psks(&state).await {
+        tracing::warn!(error = %err.message, "could not load LwM2M PSKs");
+    }
+    let recent = Arc::new(Mutex::new(Recent::default()));
+    let mut sessions: HashMap<SocketAddr, DtlsSession> = HashMap::new();
+    let mut buf = vec![0u8; 65_536];
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let Ok((len, peer)) = received else { continue };
+                let datagram = &mut buf[..len];
+                normalize_records(datagram);
+                if let std::collections::hash_map::Entry::Vacant(vacant) = sessions.entry(peer) {
+                    // Only a handshake record starts a session.
+                    if datagram.first() != Some(&22) {
+                        continue;
+                    }
+                    let device = Arc::new(Mutex::new(None));
+                    let resolver = Arc::new(Resolver {
+                        psks: state.lwm2m.psks.clone(),
+                        device: device.clone(),
+                    });
+                    let Ok(config) = dimpl::Config::builder()
+                        .with_psk_server(None, resolver)
+                        .build()
+                    else {
+                        continue;
+                    };
+                    let now = std::time::Instant::now();
+                    let mut dtls = dimpl::Dtls::new_12_psk(Arc::new(config), now);
+                    // The engine draws its randoms on its first timeout: before any packet.
+                    if dtls.handle_timeout(now).is_err() {
+                        continue;
+                    }
+                    vacant.insert(DtlsSession {
+                        dtls,
+                        device,
+                        timeout: None,
+                        last_heard: now,
+                    });
+                }
+                let Some(session) = sessions.get_mut(&peer) else { continue };
+                session.last_heard = std::time::Instant::now();
+                let fed = session.dtls.handle_packet(datagram);
+                let plaintext = match fed {
+                    Ok(()) => drain(&socket, &state, peer, session).await,
+                    Err(_) => None,
+                };
+                match plaintext {
+                    Some(messages) => {
+                        let link = Link { peer, secure: true };
+                        for message in messages {
+                            datagram_secure(&state, link, message, &recent).await;
+                        }
+                    }
+                    None => {
+                        // A fatal error (a wrong key among them): the session is gone.
+                        sessions.remove(&peer);
+                        state.lwm2m.dtls_peers.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer);
+                    }
+                }
+            }
+            Some((peer, plaintext)) = outgoing.recv() => {
+                let Some(session) = sessions.get_mut(&peer) else { continue };
+                if session.dtls.send_application_data(&plaintext).is_err()
+                    || drain(&socket, &state, peer, session).await.is_none()
+                {
+                    sessions.remove(&peer);
+                }
+            }
+            _ = tick.tick() => {
+                let now = std::time::Instant::now();
+                let mut gone = Vec::new();
+                for (peer, session) in sessions.iter_mut() {
+                    // Sessions silent for a day are dropped; clients handshake again.
+                    if now.duration_since(session.last_heard) > Duration::from_secs(86_400) {
+                        gone.push(*peer);
+                        continue;
+                    }
+                    if session.timeout.is_some_and(|t| t <= now)
+                        && (session.dtls.handle_timeout(now).is_err()
+                            || drain(&socket, &state, *peer, session).await.is_none())
+                    {
+                        gone.push(*peer);
+                    }
+                }
+                for peer in gone {
+                    sessions.remove(&peer);
+                }
+            }
+        }
+    }
+}
+
+async fn datagram_secure(
+    state: &AppState,
+    link: Link,
+    message: Vec<u8>,
+    recent: &Arc<Mutex<Recent>>,
+) {
+    datagram(state, link, &message, recent).await;
+}
+
+/// Sends what the session has to send; returns the application data it received, or `None`
+/// when the session failed.
+async fn drain(
+    socket: &UdpSocket,
+    state: &AppState,
+    peer: SocketAddr,
+    session: &mut DtlsSession,
+) -> Option<Vec<Vec<u8>>> {
+    let mut out = vec![0u8; 2048];
+    let mut received = Vec::new();
+    loop {
+        match session.dtls.poll_output(&mut out) {
+            dimpl::Output::Packet(record) => {
+                // One record per datagram: some clients read only the first of several.
+                let _ = socket.send_to(record, peer).await;
+            }
+            dimpl::Output::BufferTooSmall { needed } => out.resize(needed, 0),
+            dimpl::Output::Timeout(at) => {
+                session.timeout = Some(at);
+                break;
+            }
+            dimpl::Output::Connected => {
+                let device = *session.device.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(device) = device {
+                    state
+                        .lwm2m
+                        .dtls_peers
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(peer, device);
+                }
+            }
+            dimpl::Output::ApplicationData(data) => received.push(data.to_vec()),
+            dimpl::Output::CloseNotify => return None,
+            _ => {}
+        }
+    }
+    Some(received)
 }

@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub coap: Option<SocketAddr>,
     /// The LwM2M listener (UDP, NoSec); `None` turns it off.
     pub lwm2m: Option<SocketAddr>,
+    /// The LwM2M listener over DTLS 1.2 with pre-shared keys (off unless set).
+    pub lwm2m_dtls: Option<SocketAddr>,
     /// The device MQTT listener over TLS (off unless set); needs `tls`.
     pub mqtts: Option<SocketAddr>,
     /// The server certificate chain and private key (PEM files) for TLS listeners.
@@ -178,10 +180,18 @@ pub async fn run(
         println!("updraft lwm2m on {}", socket.local_addr()?);
         tokio::spawn(crate::lwm2m::serve(socket, state.clone()));
     }
+    if let Some(dtls) = config.lwm2m_dtls {
+        let socket = tokio::net::UdpSocket::bind(dtls)
+            .await
+            .with_context(|| format!("listening for LwM2M over DTLS on {dtls}"))?;
+        println!("updraft lwm2m-dtls on {}", socket.local_addr()?);
+        tokio::spawn(crate::lwm2m::serve_dtls(socket, state.clone()));
+    }
     if config.mqtt.is_some()
         || config.mqtts.is_some()
         || config.coap.is_some()
         || config.lwm2m.is_some()
+        || config.lwm2m_dtls.is_some()
     {
         // Tells connected (MQTT) and observing (CoAP) devices of new updates.
         tokio::spawn(crate::mqtt::notifier(

@@ -223,6 +223,12 @@ pub trait Store: Send + Sync + 'static {
         source: &str,
     ) -> StoreResult<bool>;
 
+    // LwM2M DTLS pre-shared keys.
+    /// Sets (replacing) or removes the device's PSK identity and key (hex).
+    async fn set_lwm2m_psk(&self, device: DeviceKey, psk: Option<(&str, &str)>) -> StoreResult<()>;
+    /// Every (device, identity, key hex), for the DTLS listener.
+    async fn lwm2m_psks(&self) -> StoreResult<Vec<(DeviceKey, String, String)>>;
+
     // AWS IoT job executions.
     async fn job_execution(&self, action: ActionKey) -> StoreResult<Option<JobExecution>>;
     /// Writes the execution if the stored one still has `expected_version` (`None`: there is

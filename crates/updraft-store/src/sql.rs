@@ -1858,6 +1858,46 @@ impl Store for SqlStore {
         Ok(true)
     }
 
+    async fn set_lwm2m_psk(&self, device: DeviceKey, psk: Option<(&str, &str)>) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("DELETE FROM lwm2m_psk WHERE device_pk = $1")
+            .bind(device.0)
+            .execute(&mut *tx)
+            .await?;
+        if let Some((identity, key)) = psk {
+            sqlx::query("INSERT INTO lwm2m_psk (device_pk, identity, psk_key) VALUES ($1, $2, $3)")
+                .bind(device.0)
+                .bind(identity)
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| {
+                    conflict(
+                        e,
+                        "psk_identity_exists",
+                        format!("PSK identity {identity:?} belongs to another device"),
+                    )
+                })?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn lwm2m_psks(&self) -> StoreResult<Vec<(DeviceKey, String, String)>> {
+        let rows = sqlx::query("SELECT device_pk, identity, psk_key FROM lwm2m_psk")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    DeviceKey(row.try_get("device_pk")?),
+                    row.try_get("identity")?,
+                    row.try_get("psk_key")?,
+                ))
+            })
+            .collect()
+    }
+
     async fn job_execution(&self, action: ActionKey) -> StoreResult<Option<JobExecution>> {
         let row = sqlx::query(
             "SELECT action_id, status, status_details, version_number, started_at, last_updated_at, \

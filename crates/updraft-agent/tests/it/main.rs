@@ -38,6 +38,7 @@ impl Server {
             coap: None,
             mqtts: None,
             lwm2m: None,
+            lwm2m_dtls: None,
             tls: None,
             notify_per_second: 1000,
         };

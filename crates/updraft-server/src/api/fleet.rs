@@ -378,6 +378,57 @@ pub async fn create_device(
         tags: body.tags,
         attributes: body.attributes,
     };
+    let psk = match (
+        body.lwm2m_psk_identity.as_deref(),
+        body.lwm2m_psk_key.as_deref(),
+    ) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "lwm2m_psk_key needs an lwm2m_psk_identity",
+            ));
+        }
+        (Some(identity), key) => {
+            if identity.is_empty() || identity.len() > 128 {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    "lwm2m_psk_identity is 1 to 128 bytes",
+                ));
+            }
+            let key = match key {
+                Some(key) => {
+                    let ok = hex::decode(key).is_ok_and(|k| (16..=64).contains(&k.len()));
+                    if !ok {
+                        return Err(ApiError::bad_request(
+                            "invalid_request",
+                            "lwm2m_psk_key is 16 to 64 bytes in hex",
+                        ));
+                    }
+                    key.to_ascii_lowercase()
+                }
+                None => {
+                    let mut bytes = [0u8; 16];
+                    getrandom::fill(&mut bytes).map_err(ApiError::internal)?;
+                    hex::encode(bytes)
+                }
+            };
+            let taken = state
+                .lwm2m
+                .psks
+                .read()
+                .map(|t| t.contains_key(identity.as_bytes()))
+                .unwrap_or(false);
+            if taken {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "psk_identity_exists",
+                    format!("PSK identity {identity:?} belongs to another device"),
+                ));
+            }
+            Some((identity.to_owned(), key))
+        }
+    };
     let mut credentials = vec![NewCredential {
         kind: CredentialKind::AccessToken,
         secret_hash: secret::hash(&token),
@@ -401,11 +452,27 @@ pub async fn create_device(
         .store
         .create_device(tenant, &new, &credentials)
         .await?;
+    let psk_key = match psk {
+        Some((identity, key)) => {
+            state
+                .store
+                .set_lwm2m_psk(device.key, Some((&identity, &key)))
+                .await?;
+            if let Ok(bytes) = hex::decode(&key) {
+                state
+                    .lwm2m
+                    .set_psk(device.key, Some((identity.into_bytes(), bytes)));
+            }
+            Some(key)
+        }
+        None => None,
+    };
     Ok((
         StatusCode::CREATED,
         Json(DeviceCreated {
             device: DeviceOut::from(&device),
             token,
+            lwm2m_psk_key: psk_key,
         }),
     ))
 }

@@ -180,6 +180,10 @@ pub struct DeviceIn {
     /// A PEM client certificate that authenticates the device on the TLS MQTT listener (matched
     /// by its SHA-256 fingerprint), as AWS IoT registers device certificates.
     pub certificate: Option<String>,
+    /// The device's LwM2M DTLS PSK identity; with it the device registers only over DTLS.
+    pub lwm2m_psk_identity: Option<String>,
+    /// The PSK in hex (16 to 64 bytes); generated when an identity comes without one.
+    pub lwm2m_psk_key: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -188,6 +192,9 @@ pub struct DeviceCreated {
     pub device: DeviceOut,
     /// The device's access token. Shown once: only its hash is stored.
     pub token: String,
+    /// The LwM2M DTLS pre-shared key (hex), when the device has a PSK identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lwm2m_psk_key: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -526,3 +526,100 @@ async fn management_operations_reach_a_registered_client() {
     );
     device.child.kill().await.unwrap();
 }
+
+/// Registers with libcoap's DTLS client (OpenSSL, PSK); returns whether it exited cleanly.
+async fn dtls_register(
+    server: SocketAddr,
+    identity: &str,
+    key: &str,
+    endpoint: &str,
+) -> Option<bool> {
+    let uri = format!(
+        "coaps://127.0.0.1:{}/rd?ep={endpoint}&lt=60&lwm2m=1.1",
+        server.port()
+    );
+    match tokio::process::Command::new("coap-client-openssl")
+        .args([
+            "-m", "post", "-u", identity, "-k", key, "-e", "</5/0>", "-B", "10",
+        ])
+        .arg(&uri)
+        .output()
+        .await
+    {
+        Ok(out) => Some(out.status.success()),
+        Err(_) => {
+            updraft_test_support::missing("coap-client-openssl", "apt-get install libcoap3-bin");
+            None
+        }
+    }
+}
+
+/// DTLS 1.2 with pre-shared keys (TLS_PSK_WITH_AES_128_CCM_8, which libcoap's OpenSSL client
+/// offers): the right key registers, a wrong key does not, a PSK device may not use NoSec, and
+/// an identity registers only its own endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtls_psk_registers_with_the_right_key_only() {
+    let app = TestApp::new().await;
+    let key = "secretsecret1234";
+    let created = app
+        .post(
+            "/api/v1/devices",
+            json!({"id": "secure-1", "lwm2m_psk_identity": "secure-1-id", "lwm2m_psk_key": hex::encode(key)}),
+        )
+        .await;
+    assert_eq!(created.json()["lwm2m_psk_key"], hex::encode(key));
+    let generated = app
+        .post(
+            "/api/v1/devices",
+            json!({"id": "secure-2", "lwm2m_psk_identity": "secure-2-id"}),
+        )
+        .await;
+    assert_eq!(
+        generated.json()["lwm2m_psk_key"].as_str().unwrap().len(),
+        32
+    );
+    let taken = app
+        .post(
+            "/api/v1/devices",
+            json!({"id": "secure-3", "lwm2m_psk_identity": "secure-1-id"}),
+        )
+        .await;
+    assert_eq!(taken.code(), "psk_identity_exists");
+    let dtls = app.listen_lwm2m_dtls().await;
+    let plain = app.listen_lwm2m().await;
+
+    let Some(_) = dtls_register(dtls, "secure-1-id", "wrong-key-000000", "secure-1").await else {
+        return;
+    };
+    assert!(
+        app.state.lwm2m.registration("secure-1").is_none(),
+        "a wrong key registers nothing"
+    );
+    // Another device's identity cannot register this endpoint.
+    dtls_register(dtls, "secure-1-id", key, "secure-2").await;
+    assert!(app.state.lwm2m.registration("secure-2").is_none());
+    let ok = dtls_register(dtls, "secure-1-id", key, "secure-1").await;
+    assert_eq!(ok, Some(true));
+    let registration = app
+        .state
+        .lwm2m
+        .registration("secure-1")
+        .expect("registered over DTLS");
+    assert!(registration.link.secure);
+
+    // The same device over NoSec is refused.
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let refused = coap(
+        &socket,
+        plain,
+        1,
+        &["rd"],
+        &["ep=secure-2", "lt=60"],
+        b"</5/0>",
+    )
+    .await;
+    assert_eq!(
+        refused.header.code,
+        MessageClass::Response(ResponseType::Forbidden)
+    );
+}

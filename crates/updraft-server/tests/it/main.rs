@@ -82,6 +82,7 @@ impl TestApp {
             coap: None,
             mqtts: None,
             lwm2m: None,
+            lwm2m_dtls: None,
             tls: None,
             notify_per_second: 1000,
         };
@@ -186,6 +187,17 @@ impl TestApp {
             self.state.clone(),
             1000,
             self.state.wake.clone(),
+        ));
+        addr
+    }
+
+    /// Runs the LwM2M DTLS-PSK listener (and the notification queue) on a loopback UDP port.
+    pub async fn listen_lwm2m_dtls(&self) -> std::net::SocketAddr {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(updraft_server::lwm2m::serve_dtls(
+            socket,
+            self.state.clone(),
         ));
         addr
     }
