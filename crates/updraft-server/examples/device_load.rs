@@ -213,11 +213,39 @@ async fn dfu(
         bytes += task.await.unwrap();
     }
     let dfu_secs = start.elapsed().as_secs_f64();
+    let (ddi_bytes, ddi_secs) = ddi_download_all(
+        &http,
+        &api,
+        &format!("dfu{mtu}"),
+        &tokens,
+        &module,
+        &filename,
+    )
+    .await;
+    println!(
+        "dfu mtu {mtu}: {n} devices, {:.1} MB in {dfu_secs:.2} s = {:.1} MB/s; ddi: {:.1} MB in {ddi_secs:.2} s = {:.1} MB/s",
+        bytes as f64 / 1e6,
+        bytes as f64 / 1e6 / dfu_secs,
+        ddi_bytes as f64 / 1e6,
+        ddi_bytes as f64 / 1e6 / ddi_secs
+    );
+}
+
+/// The same devices (`{prefix}-{i}`) download the image through hawkBit DDI at once; returns the
+/// bytes and the seconds it took.
+async fn ddi_download_all(
+    http: &reqwest::Client,
+    api: &str,
+    prefix: &str,
+    tokens: &[String],
+    module: &str,
+    filename: &str,
+) -> (u64, f64) {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (i, token) in tokens.iter().enumerate() {
         let url = format!(
-            "{api}/DEFAULT/controller/v1/dfu{mtu}-{i}/softwaremodules/{module}/artifacts/{filename}"
+            "{api}/DEFAULT/controller/v1/{prefix}-{i}/softwaremodules/{module}/artifacts/{filename}"
         );
         let (http, token) = (http.clone(), token.clone());
         tasks.push(tokio::spawn(async move {
@@ -232,18 +260,11 @@ async fn dfu(
                 .len() as u64
         }));
     }
-    let mut ddi_bytes = 0;
+    let mut bytes = 0;
     for task in tasks {
-        ddi_bytes += task.await.unwrap();
+        bytes += task.await.unwrap();
     }
-    let ddi_secs = start.elapsed().as_secs_f64();
-    println!(
-        "dfu mtu {mtu}: {n} devices, {:.1} MB in {dfu_secs:.2} s = {:.1} MB/s; ddi: {:.1} MB in {ddi_secs:.2} s = {:.1} MB/s",
-        bytes as f64 / 1e6,
-        bytes as f64 / 1e6 / dfu_secs,
-        ddi_bytes as f64 / 1e6,
-        ddi_bytes as f64 / 1e6 / ddi_secs
-    );
+    (bytes, start.elapsed().as_secs_f64())
 }
 
 /// Reads MQTT packets from `stream` until `done` says to stop; returns how many bytes of
@@ -388,30 +409,15 @@ async fn aws(
         bytes += task.await.unwrap();
     }
     let aws_secs = start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for (i, token) in tokens.iter().enumerate() {
-        let url = format!(
-            "{api}/DEFAULT/controller/v1/aws{block}-{i}/softwaremodules/{module}/artifacts/{filename}"
-        );
-        let (http, token) = (http.clone(), token.clone());
-        tasks.push(tokio::spawn(async move {
-            http.get(url)
-                .header("authorization", format!("TargetToken {token}"))
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap()
-                .len() as u64
-        }));
-    }
-    let mut ddi_bytes = 0;
-    for task in tasks {
-        ddi_bytes += task.await.unwrap();
-    }
-    let ddi_secs = start.elapsed().as_secs_f64();
+    let (ddi_bytes, ddi_secs) = ddi_download_all(
+        &http,
+        &api,
+        &format!("aws{block}"),
+        &tokens,
+        &module,
+        &filename,
+    )
+    .await;
     println!(
         "aws block {block}: {n} devices, {:.1} MB in {aws_secs:.2} s = {:.1} MB/s; ddi: {:.1} MB in {ddi_secs:.2} s = {:.1} MB/s",
         bytes as f64 / 1e6,

@@ -335,14 +335,7 @@ async fn a_rustot_device_updates_with_cbor_windows_and_a_self_test() {
     let body: Value = serde_json::from_slice(&payload).unwrap();
     assert!(body.get("execution").is_none(), "{body}");
     let history = app.get("/api/v1/devices/thing-2/history").await.json();
-    let mut states: Vec<String> = history[0]["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["refused"] == false)
-        .map(|e| e["to"].as_str().unwrap().to_owned())
-        .collect();
-    states.dedup();
+    let states = crate::applied_states(&history[0]);
     assert_eq!(
         states,
         [

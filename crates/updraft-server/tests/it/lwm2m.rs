@@ -111,14 +111,7 @@ async fn an_lwm2m_node_lib_device_updates_by_http_pull() {
     device.until("rebooted").await;
     let action = final_action(&app, "lwm2m-1").await;
     assert_eq!(action["state"], "UPDATED", "{action}");
-    let mut states: Vec<String> = action["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["refused"] == false)
-        .map(|e| e["to"].as_str().unwrap().to_owned())
-        .collect();
-    states.dedup();
+    let states = crate::applied_states(&action);
     assert_eq!(
         states,
         [

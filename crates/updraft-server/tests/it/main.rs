@@ -263,3 +263,17 @@ pub async fn default_tenant(app: &TestApp) -> updraft_core::TenantKey {
         .unwrap()
         .key
 }
+
+/// The states an action went through (refused reports left out, repeats folded), from one entry
+/// of `/api/v1/devices/{id}/history`.
+pub fn applied_states(action: &serde_json::Value) -> Vec<String> {
+    let mut states: Vec<String> = action["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["refused"] == false)
+        .map(|e| e["to"].as_str().unwrap().to_owned())
+        .collect();
+    states.dedup();
+    states
+}

@@ -460,14 +460,7 @@ async fn the_rustot_ota_agent_updates_and_self_tests() {
         tokio::task::yield_now().await;
     };
     assert_eq!(history[0]["state"], "UPDATED", "{history}");
-    let mut states: Vec<String> = history[0]["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["refused"] == false)
-        .map(|e| e["to"].as_str().unwrap().to_owned())
-        .collect();
-    states.dedup();
+    let states = crate::applied_states(&history[0]);
     assert_eq!(
         states,
         [
