@@ -227,7 +227,8 @@ enum ProfileCommand {
         /// AWS IoT OTA job documents offer the file over HTTP too (a one-time URL).
         #[arg(long)]
         aws_http_delivery: bool,
-        /// How LwM2M devices get the package: http (a one-time URL) or coap (Block2).
+        /// How LwM2M devices get the package: http (a one-time URL), coap (Block2) or push
+        /// (written into /5/0/0, Block1).
         #[arg(long)]
         lwm2m_delivery: Option<String>,
         /// Write only the URL's path into /5/0/1 (the device prepends a fixed host).
@@ -250,7 +251,7 @@ enum ProfileCommand {
         /// true when AWS IoT OTA job documents offer the file over HTTP too.
         #[arg(long, action = clap::ArgAction::Set)]
         aws_http_delivery: Option<bool>,
-        /// http or coap.
+        /// http, coap or push.
         #[arg(long)]
         lwm2m_delivery: Option<String>,
         #[arg(long, action = clap::ArgAction::Set)]

@@ -77,6 +77,9 @@ struct RequestOptions {
     queries: Vec<String>,
     /// Reuse a token (cancelling an observation).
     token: Option<Vec<u8>>,
+    /// Block1 option value (a pushed package's blocks) and the whole size on the first.
+    block1: Option<u64>,
+    size1: Option<u64>,
 }
 
 /// A device-management operation on a registered client.
@@ -245,6 +248,12 @@ impl Lwm2m {
         if let Some(accept) = options.accept {
             packet.add_option(CoapOption::Accept, encode_uint(u64::from(accept)));
         }
+        if let Some(block1) = options.block1 {
+            packet.add_option(CoapOption::Block1, encode_uint(block1));
+        }
+        if let Some(size1) = options.size1 {
+            packet.add_option(CoapOption::Size1, encode_uint(size1));
+        }
         packet.payload = payload;
         let bytes = packet.to_bytes().map_err(|e| format!("{e:?}"))?;
         let (tx, mut rx) = oneshot::channel();
@@ -264,6 +273,55 @@ impl Lwm2m {
         Err(format!("no answer from {} to {method:?} {path}", addr.peer))
     }
 
+    /// Writes the package into /5/0/0 (opaque, Block1 blocks of 1 KiB read from the blob store
+    /// one at a time): 2.31 Continue for every block but the last, 2.04 for the last.
+    async fn push_package(
+        &self,
+        state: &AppState,
+        link: Link,
+        root: &str,
+        artifact: &updraft_store::Artifact,
+    ) -> Result<(), String> {
+        use tokio::io::AsyncReadExt;
+        let path = format!("{root}/5/0/0");
+        let mut reader = state
+            .blobs
+            .open(&artifact.checksums.sha256, 0, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let blocks = artifact.size.div_ceil(MAX_BLOCK).max(1);
+        for num in 0..blocks {
+            let len = MAX_BLOCK.min(artifact.size - num * MAX_BLOCK);
+            let mut block = vec![0u8; usize::try_from(len).unwrap_or(0)];
+            reader
+                .read_exact(&mut block)
+                .await
+                .map_err(|e| e.to_string())?;
+            let more = num + 1 < blocks;
+            let options = RequestOptions {
+                content_format: Some(lwm2m::OPAQUE),
+                block1: Some((num << 4) | (u64::from(more) << 3) | 6),
+                size1: (num == 0).then_some(artifact.size),
+                ..RequestOptions::default()
+            };
+            let answer = self
+                .request_with(link, RequestType::Put, &path, block, options)
+                .await?;
+            let expected = if more {
+                ResponseType::Continue
+            } else {
+                ResponseType::Changed
+            };
+            if answer.header.code != MessageClass::Response(expected) {
+                return Err(format!(
+                    "the device answered block {num} of the package with {:?}",
+                    answer.header.code
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The Package URI for a download grant, as the device's profile wants it.
     fn package_uri(
         &self,
@@ -272,7 +330,7 @@ impl Lwm2m {
         settings: updraft_store::ProfileSettings,
     ) -> String {
         let (base, path) = match settings.lwm2m_delivery {
-            updraft_store::Lwm2mDelivery::Http => {
+            updraft_store::Lwm2mDelivery::Http | updraft_store::Lwm2mDelivery::Push => {
                 (state.config.public_url.clone(), format!("/dl/{token}"))
             }
             updraft_store::Lwm2mDelivery::Coap => {
@@ -544,6 +602,23 @@ impl Lwm2m {
                         .unwrap_or_default(),
                     None => updraft_store::ProfileSettings::default(),
                 };
+                if settings.lwm2m_delivery == updraft_store::Lwm2mDelivery::Push {
+                    if action.state == UpdateState::Queued {
+                        report(Report::Reached {
+                            state: UpdateState::Initiated,
+                            progress: None,
+                        })
+                        .await?;
+                    }
+                    if let Err(reason) = self.push_package(state, addr, &root, &artifact).await {
+                        report(Report::Failed(Failure {
+                            code: FailureCode::ConnectionLost,
+                            reason,
+                        }))
+                        .await?;
+                    }
+                    return Ok(());
+                }
                 let url = self.package_uri(state, &token, settings);
                 let path = format!("{root}/5/0/1");
                 let answer = self

@@ -101,6 +101,8 @@ pub enum Lwm2mDelivery {
     Http,
     /// It pulls a `coap://` URI on the LwM2M listener (Block2).
     Coap,
+    /// The server writes the package into /5/0/0 (Block1).
+    Push,
 }
 
 impl Lwm2mDelivery {
@@ -108,6 +110,7 @@ impl Lwm2mDelivery {
         match self {
             Lwm2mDelivery::Http => "http",
             Lwm2mDelivery::Coap => "coap",
+            Lwm2mDelivery::Push => "push",
         }
     }
 }
@@ -118,7 +121,10 @@ impl std::str::FromStr for Lwm2mDelivery {
         match s {
             "http" => Ok(Lwm2mDelivery::Http),
             "coap" => Ok(Lwm2mDelivery::Coap),
-            other => Err(format!("LwM2M delivery {other:?} is not http or coap")),
+            "push" => Ok(Lwm2mDelivery::Push),
+            other => Err(format!(
+                "LwM2M delivery {other:?} is not http, coap or push"
+            )),
         }
     }
 }

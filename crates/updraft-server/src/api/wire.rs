@@ -55,7 +55,7 @@ pub struct ProfileOut {
     pub drogue_dfu: bool,
     /// AWS IoT OTA job documents offer the file over HTTP too.
     pub aws_http_delivery: bool,
-    /// How LwM2M devices get the package: `http` or `coap`.
+    /// How LwM2M devices get the package: `http`, `coap` or `push`.
     pub lwm2m_delivery: String,
     /// Only the URL's path goes into the Package URI.
     pub lwm2m_path_only: bool,
@@ -91,8 +91,8 @@ pub struct ProfileIn {
     /// AWS IoT OTA job documents offer the file over HTTP too (a one-time URL).
     #[serde(default)]
     pub aws_http_delivery: bool,
-    /// How LwM2M devices get the package: `http` (default; a one-time URL) or `coap` (a
-    /// `coap://` URI on the LwM2M listener, Block2).
+    /// How LwM2M devices get the package: `http` (default; a one-time URL), `coap` (a
+    /// `coap://` URI on the LwM2M listener, Block2) or `push` (written into /5/0/0, Block1).
     pub lwm2m_delivery: Option<String>,
     /// Write only the URL's path into /5/0/1 (devices that prepend a host fixed in firmware).
     #[serde(default)]
@@ -111,7 +111,7 @@ pub struct ProfileSettingsIn {
     pub drogue_dfu: Option<bool>,
     /// AWS IoT OTA job documents offer the file over HTTP too (a one-time URL).
     pub aws_http_delivery: Option<bool>,
-    /// `http` or `coap`.
+    /// `http`, `coap` or `push`.
     pub lwm2m_delivery: Option<String>,
     pub lwm2m_path_only: Option<bool>,
     /// PEM code-signing certificate; an empty string removes it.

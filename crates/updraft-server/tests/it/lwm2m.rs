@@ -616,3 +616,129 @@ async fn dtls_psk_registers_with_the_right_key_only() {
         MessageClass::Response(ResponseType::Forbidden)
     );
 }
+
+/// Push delivery: the server writes the package into /5/0/0 in Block1 blocks. The device here is
+/// the test itself (no CI-installable client takes Block1 pushes): it reassembles the blocks,
+/// says Downloaded, takes the Execute and reports success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_profile_writes_the_package_in_block1_blocks() {
+    let app = TestApp::new().await;
+    app.post(
+        "/api/v1/profiles",
+        json!({"name": "push", "lwm2m_delivery": "push"}),
+    )
+    .await;
+    app.post(
+        "/api/v1/devices",
+        json!({"id": "pushed", "profile": "push"}),
+    )
+    .await;
+    let image: Vec<u8> = (0..5000u32).map(|i| (i * 3 % 256) as u8).collect();
+    app.upload("title=fw&version=6.0", &image).await;
+    app.post(
+        "/api/v1/assignments",
+        json!({"device": "pushed", "artifact": "fw@6.0"}),
+    )
+    .await;
+    let server = app.listen_lwm2m().await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let registered = coap(
+        &socket,
+        server,
+        1,
+        &["rd"],
+        &["ep=pushed", "lt=60"],
+        b"</5/0>",
+    )
+    .await;
+    assert_eq!(
+        registered.header.code,
+        MessageClass::Response(ResponseType::Created)
+    );
+    let mut received = Vec::new();
+    let mut observations: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut notify_id = 100u16;
+    let mut buf = vec![0u8; 4096];
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(60), "no end");
+        let (len, from) = socket.recv_from(&mut buf).await.unwrap();
+        let request = Packet::from_bytes(&buf[..len]).unwrap();
+        let MessageClass::Request(method) = request.header.code else {
+            continue;
+        };
+        let path: Vec<String> = request
+            .get_option(CoapOption::UriPath)
+            .map(|p| {
+                p.iter()
+                    .map(|s| String::from_utf8(s.clone()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let path = format!("/{}", path.join("/"));
+        let mut answer = Packet::new();
+        answer.header.set_type(MessageType::Acknowledgement);
+        answer.header.message_id = request.header.message_id;
+        answer.set_token(request.get_token().to_vec());
+        let mut notify = None;
+        let code = match (method, path.as_str()) {
+            (RequestType::Get, "/5/0/3" | "/5/0/5") => {
+                if request.get_first_option(CoapOption::Observe).is_some() {
+                    observations.push((path.clone(), request.get_token().to_vec()));
+                    answer.add_option(CoapOption::Observe, vec![1]);
+                }
+                answer.payload = b"0".to_vec();
+                ResponseType::Content
+            }
+            (RequestType::Put, "/5/0/0") => {
+                let block1 = request.get_first_option(CoapOption::Block1).unwrap();
+                let value = block1.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b));
+                let num = value >> 4;
+                assert_eq!(num as usize * 1024, received.len(), "blocks in order");
+                received.extend_from_slice(&request.payload);
+                answer.add_option(CoapOption::Block1, block1.clone());
+                if value & 0x8 != 0 {
+                    ResponseType::Continue
+                } else {
+                    notify = Some(("/5/0/3", b"2".to_vec()));
+                    ResponseType::Changed
+                }
+            }
+            (RequestType::Post, "/5/0/2") => {
+                notify = Some(("/5/0/5", b"1".to_vec()));
+                ResponseType::Changed
+            }
+            _ => ResponseType::NotFound,
+        };
+        answer.header.code = MessageClass::Response(code);
+        socket
+            .send_to(&answer.to_bytes().unwrap(), from)
+            .await
+            .unwrap();
+        if let Some((resource, value)) = notify {
+            let token = observations
+                .iter()
+                .find(|(p, _)| p == resource)
+                .map(|(_, t)| t.clone())
+                .unwrap();
+            let mut notification = Packet::new();
+            notification.header.set_type(MessageType::NonConfirmable);
+            notification.header.message_id = notify_id;
+            notify_id += 1;
+            notification.header.code = MessageClass::Response(ResponseType::Content);
+            notification.set_token(token);
+            notification.add_option(CoapOption::Observe, vec![2]);
+            notification.payload = value;
+            socket
+                .send_to(&notification.to_bytes().unwrap(), from)
+                .await
+                .unwrap();
+            if resource == "/5/0/5" {
+                break;
+            }
+        }
+    }
+    assert_eq!(received, image, "byte-identical");
+    let action = final_action(&app, "pushed").await;
+    assert_eq!(action["state"], "UPDATED", "{action}");
+}
