@@ -1,11 +1,13 @@
 // An LwM2M firmware-update device built on npm's lwm2m-node-lib 1.4.0 (its client), pointed at
-// Updraft. Usage: node lwm2m_client.js HOST PORT ENDPOINT [RESULT]
+// Updraft. Usage: node lwm2m_client.js HOST PORT ENDPOINT [RESULT] [vanish]
 //
 // It registers /3/0 and /5/0 (State 0, Update Result 0), listens on loopback only, and acts as a
 // device would: a write of /5/0/1 (Package URI) starts an HTTP download (State 1), the image
 // complete it says State 2; Execute /5/0/2 "installs" (State 3), then it reboots: de-registers
 // and registers again with State 0 and Update Result RESULT (1, success, by default). Each step
-// is printed as one JSON line; it runs until killed.
+// is printed as one JSON line; it runs until killed. With `vanish` it drops off halfway through
+// its first HTTP download (de-registers), comes back (registers again) and resumes the download
+// with `Range: bytes=N-` and `If-Match`.
 'use strict';
 
 const coap = require('coap');
@@ -27,7 +29,8 @@ const http = require('http');
 const crypto = require('crypto');
 const client = require('lwm2m-node-lib').client;
 
-const [host, port, endpoint, resultArg] = process.argv.slice(2);
+const [host, port, endpoint, resultArg, mode] = process.argv.slice(2);
+let vanishOnce = mode === 'vanish';
 const finalResult = resultArg || '1';
 
 function say(event) {
@@ -86,11 +89,41 @@ function download(url) {
             req.end();
             return;
         }
-        http.get(url, (res) => {
-            res.on('data', (c) => chunks.push(c));
-            res.on('end', () => downloaded(res.statusCode, chunks));
-        }).on('error', (e) => fail('download', e));
+        const req = http.get(url, (res) => {
+            const etag = res.headers.etag;
+            let size = 0;
+            res.on('data', (c) => {
+                chunks.push(c);
+                size += c.length;
+                const total = Number(res.headers['content-length']);
+                if (vanishOnce && size * 2 >= total) {
+                    vanishOnce = false;
+                    req.destroy();
+                    vanish(url, chunks, size, etag);
+                }
+            });
+            res.on('end', () => { if (!req.destroyed) downloaded(res.statusCode, chunks); });
+        });
+        req.on('error', (e) => { if (!req.destroyed) fail('download', e); });
     }).catch((e) => fail('state 1', e));
+}
+
+// Gone (power lost halfway), back (a new registration), and on with the rest of the file.
+function vanish(url, chunks, size, etag) {
+    say({ event: 'vanished', at: size });
+    client.unregister(device, (error) => {
+        if (error) {
+            return fail('unregister', error);
+        }
+        register(() => {
+            const headers = { Range: 'bytes=' + size + '-', 'If-Match': etag };
+            http.get(url, { headers: headers }, (res) => {
+                say({ event: 'resumed', status: res.statusCode, from: size });
+                res.on('data', (c) => chunks.push(c));
+                res.on('end', () => downloaded(res.statusCode, chunks));
+            }).on('error', (e) => fail('resume', e));
+        });
+    });
 }
 
 function handlers(info) {

@@ -21,6 +21,15 @@ struct NodeDevice {
 
 impl NodeDevice {
     fn start(server: SocketAddr, endpoint: &str, result: &str) -> Option<NodeDevice> {
+        Self::start_with(server, endpoint, result, "")
+    }
+
+    fn start_with(
+        server: SocketAddr,
+        endpoint: &str,
+        result: &str,
+        mode: &str,
+    ) -> Option<NodeDevice> {
         let (node, modules) = updraft_test_support::interop_node()?;
         let script =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/lwm2m_client.js");
@@ -31,6 +40,7 @@ impl NodeDevice {
                 server.port().to_string(),
                 endpoint.to_owned(),
                 result.to_owned(),
+                mode.to_owned(),
             ])
             .env("NODE_PATH", modules)
             .env("NODE_NO_WARNINGS", "1")
@@ -741,4 +751,36 @@ async fn a_push_profile_writes_the_package_in_block1_blocks() {
     assert_eq!(received, image, "byte-identical");
     let action = final_action(&app, "pushed").await;
     assert_eq!(action["state"], "UPDATED", "{action}");
+}
+
+/// A device that drops off halfway through its download and registers again resumes with a
+/// Range request on the same URL (the server does not start it over), and the update completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_vanishes_mid_download_resumes() {
+    let app = TestApp::served().await;
+    app.device("lwm2m-4").await;
+    let image: Vec<u8> = (0..400_000u32).map(|i| (i * 11 % 256) as u8).collect();
+    app.upload("title=fw&version=7.0", &image).await;
+    app.post(
+        "/api/v1/assignments",
+        json!({"device": "lwm2m-4", "artifact": "fw@7.0"}),
+    )
+    .await;
+    let server = app.listen_lwm2m().await;
+    let Some(mut device) = NodeDevice::start_with(server, "lwm2m-4", "1", "vanish") else {
+        return;
+    };
+    let vanished = device.until("vanished").await;
+    let resumed = device.until("resumed").await;
+    assert_eq!(resumed["status"], 206, "{resumed}");
+    assert_eq!(resumed["from"], vanished["at"]);
+    let downloaded = device.until("downloaded").await;
+    assert_eq!(
+        downloaded["sha256"].as_str().unwrap(),
+        hex::encode(Sha256::digest(&image))
+    );
+    device.until("rebooted").await;
+    let action = final_action(&app, "lwm2m-4").await;
+    assert_eq!(action["state"], "UPDATED", "{action}");
+    device.child.kill().await.unwrap();
 }
