@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
         Some(lwm2m::SENML_JSON),
         Some(lwm2m::SENML_CBOR),
         Some(lwm2m::LWM2M_JSON),
+        Some(lwm2m::LWM2M_CBOR),
     ] {
         let _ = lwm2m::integer(format, data);
     }

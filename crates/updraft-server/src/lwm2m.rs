@@ -65,6 +65,8 @@ pub struct Registration {
     observed: bool,
     /// The Device object has been read for this registration.
     info_read: bool,
+    /// The action whose package the device was last given (URI written or package pushed).
+    told: Option<updraft_core::ActionKey>,
 }
 
 /// Options of one of our requests.
@@ -443,6 +445,28 @@ impl Lwm2m {
         }))
     }
 
+    fn told(&self, endpoint: &str, action: updraft_core::ActionKey) {
+        if let Some(r) = self.inner().by_endpoint.get_mut(endpoint) {
+            r.told = Some(action);
+        }
+    }
+
+    /// Looks again at every registered device of a tenant (after its assignments changed).
+    pub fn kick_tenant(self: &Arc<Self>, state: &AppState, tenant: TenantKey) {
+        let devices: Vec<DeviceKey> = {
+            let now = now();
+            self.inner()
+                .by_endpoint
+                .values()
+                .filter(|r| r.tenant == tenant && r.expires_at > now)
+                .map(|r| r.device)
+                .collect()
+        };
+        for device in devices {
+            self.kick(state, device);
+        }
+    }
+
     /// Starts the firmware driver of `device` unless one runs.
     pub fn kick(self: &Arc<Self>, state: &AppState, device: DeviceKey) {
         if !self.inner().drivers.insert(device) {
@@ -525,10 +549,35 @@ impl Lwm2m {
         else {
             return Ok(());
         };
-        let Some(action) = status
+        let active = status
             .active
-            .filter(|a| a.kind == ArtifactKind::Firmware && !a.state.is_final())
-        else {
+            .filter(|a| a.kind == ArtifactKind::Firmware && !a.state.is_final());
+        // A package the device was given for an action that is over without it (canceled or
+        // superseded): reset /5/0/1 with an empty Package URI before anything else.
+        if let Some(told) = registration.told
+            && active.as_ref().is_none_or(|a| a.key != told)
+        {
+            let finished = state.store.action(registration.tenant, told).await?;
+            if finished.is_none_or(|a| a.state == UpdateState::Canceled) {
+                let lock = self.device_lock(device);
+                let _one_at_a_time = lock.lock().await;
+                let path = format!("{}/5/0/1", registration.root);
+                self.request(
+                    registration.link,
+                    RequestType::Put,
+                    &path,
+                    Vec::new(),
+                    Some(lwm2m::TEXT),
+                    false,
+                )
+                .await
+                .map_err(ApiError::internal)?;
+            }
+            if let Some(r) = self.inner().by_endpoint.get_mut(&registration.endpoint) {
+                r.told = None;
+            }
+        }
+        let Some(action) = active else {
             return Ok(());
         };
         let lock = self.device_lock(device);
@@ -610,6 +659,7 @@ impl Lwm2m {
                         })
                         .await?;
                     }
+                    self.told(&registration.endpoint, action.key);
                     if let Err(reason) = self.push_package(state, addr, &root, &artifact).await {
                         report(Report::Failed(Failure {
                             code: FailureCode::ConnectionLost,
@@ -633,6 +683,7 @@ impl Lwm2m {
                     .await
                     .map_err(ApiError::internal)?;
                 if is_success(&answer) {
+                    self.told(&registration.endpoint, action.key);
                     if action.state == UpdateState::Queued {
                         report(Report::Reached {
                             state: UpdateState::Initiated,
@@ -701,6 +752,11 @@ impl Lwm2m {
             .get_first_option(CoapOption::ContentFormat)
             .map(|v| u16::try_from(uint(v)).unwrap_or(u16::MAX));
         let Ok(value) = lwm2m::integer(content_format, &packet.payload) else {
+            // Counted, never fatal: a client's value we cannot read.
+            state
+                .metrics
+                .lwm2m_malformed
+                .fetch_add(1, Ordering::Relaxed);
             return Ok(());
         };
         self.value(state, device, path, value).await
@@ -1042,7 +1098,13 @@ async fn register(state: &AppState, link: Link, request: &Packet, response: &mut
         .endpoint
         .clone()
         .ok_or_else(|| bad("ep is required"))?;
-    let links = lwm2m::links(&request.payload).map_err(|e| bad(e.0))?;
+    let links = lwm2m::links(&request.payload).map_err(|e| {
+        state
+            .metrics
+            .lwm2m_malformed
+            .fetch_add(1, Ordering::Relaxed);
+        bad(e.0)
+    })?;
     let device = match device_for(state, &endpoint).await {
         Ok(Some(device)) => device,
         Ok(None) => {
@@ -1086,11 +1148,16 @@ async fn register(state: &AppState, link: Link, request: &Packet, response: &mut
         expires_at: now() + i64::from(lifetime) * 1000 + 30_000,
         observed: false,
         info_read: false,
+        told: None,
     };
     {
         let mut inner = state.lwm2m.inner();
-        // The same endpoint registering again replaces its registration and its observations.
+        // The same endpoint registering again replaces its registration and its observations
+        // (what it was told stays true).
         inner.observations.retain(|_, o| o.device != device.key);
+        let told = inner.by_endpoint.get(&endpoint).and_then(|r| r.told);
+        let mut registration = registration;
+        registration.told = told;
         inner.by_endpoint.insert(endpoint, registration);
     }
     response.add_option(CoapOption::LocationPath, b"rd".to_vec());

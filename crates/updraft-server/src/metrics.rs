@@ -20,7 +20,7 @@ pub struct Metrics {
     pub artifacts_uploaded: AtomicU64,
     pub uploads_refused: AtomicU64,
     pub download_bytes: AtomicU64,
-    /// LwM2M datagrams that were not CoAP.
+    /// LwM2M messages that could not be read.
     pub lwm2m_malformed: AtomicU64,
 }
 
@@ -71,7 +71,7 @@ impl Metrics {
             ),
             (
                 "updraft_lwm2m_malformed_total",
-                "LwM2M datagrams that were not CoAP, dropped.",
+                "LwM2M messages that could not be read (not CoAP, bad link format, unreadable values).",
                 &self.lwm2m_malformed,
             ),
         ];

@@ -101,6 +101,7 @@ pub const SENML_JSON: u16 = 110;
 pub const SENML_CBOR: u16 = 112;
 pub const TLV: u16 = 11542;
 pub const LWM2M_JSON: u16 = 11543;
+pub const LWM2M_CBOR: u16 = 11544;
 /// Pre-standard numbers of old clients.
 pub const OLD_TLV: u16 = 1542;
 pub const OLD_JSON: u16 = 1543;
@@ -151,6 +152,19 @@ pub fn integer(content_format: Option<u16>, payload: &[u8]) -> Result<i64, Malfo
                 .ok_or_else(|| bad("SenML CBOR")),
             _ => Err(bad("SenML CBOR")),
         },
+        // LwM2M CBOR (1.2): maps keyed by path segments down to the value: {5: {0: {3: 1}}}.
+        Some(LWM2M_CBOR) => {
+            let mut value = ciborium::from_reader::<Cbor, _>(payload).map_err(|_| bad("CBOR"))?;
+            loop {
+                value = match value {
+                    Cbor::Integer(i) => {
+                        return i64::try_from(i128::from(i)).map_err(|_| bad("LwM2M CBOR"));
+                    }
+                    Cbor::Map(mut entries) if !entries.is_empty() => entries.swap_remove(0).1,
+                    _ => return Err(bad("LwM2M CBOR")),
+                };
+            }
+        }
         Some(other) => Err(Malformed(format!(
             "content format {other} is not one we read"
         ))),
@@ -329,6 +343,15 @@ mod tests {
         assert_eq!(integer(Some(TLV), &[0x03, 0x00, 0xc1, 0x05, 0x01]), Ok(1));
         assert_eq!(integer(Some(TLV), &[0xc2, 0x03, 0xff, 0xfe]), Ok(-2));
         assert_eq!(integer(Some(CBOR), &[0x03]), Ok(3));
+        // LwM2M CBOR {5: {0: {3: 2}}}
+        assert_eq!(
+            integer(
+                Some(LWM2M_CBOR),
+                &[0xa1, 0x05, 0xa1, 0x00, 0xa1, 0x03, 0x02]
+            ),
+            Ok(2)
+        );
+        assert!(integer(Some(LWM2M_CBOR), &[0xa0]).is_err());
         assert_eq!(
             integer(Some(SENML_JSON), br#"[{"bn":"/5/0/","n":"3","v":1}]"#),
             Ok(1)

@@ -861,6 +861,8 @@ pub async fn unassign(
         .unassign(tenant, scope, kind, &caller.source())
         .await?
     {
+        // LwM2M devices that were given a package learn that it is withdrawn.
+        state.lwm2m.kick_tenant(&state, tenant);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(

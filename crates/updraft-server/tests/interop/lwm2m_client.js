@@ -89,6 +89,7 @@ function download(url) {
             req.end();
             return;
         }
+        let dropped = false;
         const req = http.get(url, (res) => {
             const etag = res.headers.etag;
             let size = 0;
@@ -98,13 +99,14 @@ function download(url) {
                 const total = Number(res.headers['content-length']);
                 if (vanishOnce && size * 2 >= total) {
                     vanishOnce = false;
+                    dropped = true;
                     req.destroy();
                     vanish(url, chunks, size, etag);
                 }
             });
-            res.on('end', () => { if (!req.destroyed) downloaded(res.statusCode, chunks); });
+            res.on('end', () => { if (!dropped) downloaded(res.statusCode, chunks); });
         });
-        req.on('error', (e) => { if (!req.destroyed) fail('download', e); });
+        req.on('error', (e) => { if (!dropped) fail('download', e); });
     }).catch((e) => fail('state 1', e));
 }
 

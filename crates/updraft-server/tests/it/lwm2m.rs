@@ -54,10 +54,10 @@ impl NodeDevice {
 
     /// The next event the device reports.
     async fn event(&mut self) -> Value {
-        let line = self
-            .lines
-            .next_line()
+        // A bound, not a wait: a device that stops talking fails the test instead of hanging it.
+        let line = tokio::time::timeout(Duration::from_secs(90), self.lines.next_line())
             .await
+            .expect("the device said nothing for 90 s")
             .unwrap()
             .expect("the device exited");
         let event: Value = serde_json::from_str(&line).unwrap();
@@ -783,4 +783,84 @@ async fn a_device_that_vanishes_mid_download_resumes() {
     let action = final_action(&app, "lwm2m-4").await;
     assert_eq!(action["state"], "UPDATED", "{action}");
     device.child.kill().await.unwrap();
+}
+
+/// Unassigning an update a device was given resets it with an empty Package URI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canceling_writes_an_empty_package_uri() {
+    let app = TestApp::new().await;
+    app.device("canceled").await;
+    app.upload("title=fw&version=8.0", b"eight").await;
+    app.post(
+        "/api/v1/assignments",
+        json!({"device": "canceled", "artifact": "fw@8.0"}),
+    )
+    .await;
+    let server = app.listen_lwm2m().await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    coap(
+        &socket,
+        server,
+        1,
+        &["rd"],
+        &["ep=canceled", "lt=60"],
+        b"</5/0>",
+    )
+    .await;
+    let mut buf = vec![0u8; 4096];
+    let mut uris = Vec::new();
+    let started = Instant::now();
+    while uris.len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "{uris:?}");
+        let (len, from) = socket.recv_from(&mut buf).await.unwrap();
+        let request = Packet::from_bytes(&buf[..len]).unwrap();
+        let MessageClass::Request(method) = request.header.code else {
+            continue;
+        };
+        let path: Vec<String> = request
+            .get_option(CoapOption::UriPath)
+            .map(|p| {
+                p.iter()
+                    .map(|s| String::from_utf8(s.clone()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut answer = Packet::new();
+        answer.header.set_type(MessageType::Acknowledgement);
+        answer.header.message_id = request.header.message_id;
+        answer.set_token(request.get_token().to_vec());
+        let code = match (method, path.join("/").as_str()) {
+            (RequestType::Get, "5/0/3" | "5/0/5") => {
+                answer.payload = b"0".to_vec();
+                ResponseType::Content
+            }
+            (RequestType::Put, "5/0/1") => {
+                uris.push(String::from_utf8(request.payload.clone()).unwrap());
+                ResponseType::Changed
+            }
+            _ => ResponseType::NotFound,
+        };
+        answer.header.code = MessageClass::Response(code);
+        socket
+            .send_to(&answer.to_bytes().unwrap(), from)
+            .await
+            .unwrap();
+        if uris.len() == 1 && code == ResponseType::Changed {
+            // The device has its package: withdraw it.
+            let app = &app;
+            let removed = app
+                .call(
+                    axum::http::Method::DELETE,
+                    "/api/v1/assignments?device=canceled",
+                    &app.admin.clone(),
+                    None,
+                )
+                .await;
+            assert!(removed.status.is_success());
+        }
+    }
+    assert!(uris[0].contains("/dl/"), "{uris:?}");
+    assert_eq!(uris[1], "", "the reset is an empty Package URI");
+    let history = app.get("/api/v1/devices/canceled/history").await.json();
+    assert_eq!(history[0]["state"], "CANCELED");
 }
