@@ -287,6 +287,9 @@ enum DeviceCommand {
         /// A PEM client certificate that authenticates the device over TLS (MQTT `--mqtts`).
         #[arg(long)]
         certificate: Option<PathBuf>,
+        /// The LwM2M endpoint name the device registers with, when it is not its id.
+        #[arg(long)]
+        lwm2m_endpoint: Option<String>,
         /// The device's LwM2M DTLS PSK identity (it then registers over DTLS only).
         #[arg(long)]
         lwm2m_psk_identity: Option<String>,
@@ -1038,12 +1041,14 @@ async fn device(client: &Client, out: &Output, command: DeviceCommand) -> Result
             device_token,
             gateway,
             certificate,
+            lwm2m_endpoint,
             lwm2m_psk_identity,
             lwm2m_psk_key,
         } => {
             let certificate = read_text(certificate.as_deref())?;
             let body = json!({"id": id, "profile": profile, "project": project, "tags": tags,
                 "token": device_token, "gateway": gateway, "certificate": certificate,
+                "lwm2m_endpoint": lwm2m_endpoint,
                 "lwm2m_psk_identity": lwm2m_psk_identity, "lwm2m_psk_key": lwm2m_psk_key});
             let created = client.post("/api/v1/devices", &body).await?;
             out.show(&created, || {

@@ -1204,12 +1204,19 @@ fn update(state: &AppState, link: Link, request: &Packet, location: &str) -> Ans
     Ok(ResponseType::Changed)
 }
 
-/// The device an endpoint name stands for (in the default tenant), registered on first contact
-/// when the tenant allows it.
+/// The device an endpoint name stands for: the one registered under that endpoint name, else
+/// the device of that id in the default tenant (created on first contact when the tenant allows).
 async fn device_for(
     state: &AppState,
     endpoint: &str,
 ) -> Result<Option<updraft_store::Device>, ApiError> {
+    if let Some(device) = state
+        .store
+        .device_by_credential(updraft_store::CredentialKind::Lwm2mEndpoint, endpoint)
+        .await?
+    {
+        return Ok(Some(device));
+    }
     let Ok(id) = DeviceId::parse(endpoint) else {
         return Ok(None);
     };

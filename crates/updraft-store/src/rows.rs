@@ -167,6 +167,8 @@ pub enum CredentialKind {
     AccessToken,
     /// A client certificate, by the SHA-256 of its DER (not a secret, but unique).
     Certificate,
+    /// An LwM2M endpoint name other than the device id (not a secret, but unique).
+    Lwm2mEndpoint,
 }
 
 impl CredentialKind {
@@ -174,6 +176,7 @@ impl CredentialKind {
         match self {
             CredentialKind::AccessToken => "access_token",
             CredentialKind::Certificate => "certificate",
+            CredentialKind::Lwm2mEndpoint => "lwm2m_endpoint",
         }
     }
 }

@@ -434,6 +434,19 @@ pub async fn create_device(
         secret_hash: secret::hash(&token),
         gateway: body.gateway,
     }];
+    if let Some(endpoint) = body.lwm2m_endpoint.as_deref() {
+        if endpoint.is_empty() || endpoint.len() > 255 {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "lwm2m_endpoint is 1 to 255 bytes",
+            ));
+        }
+        credentials.push(NewCredential {
+            kind: CredentialKind::Lwm2mEndpoint,
+            secret_hash: endpoint.to_owned(),
+            gateway: false,
+        });
+    }
     if let Some(pem) = body.certificate.as_deref().filter(|p| !p.trim().is_empty()) {
         let fingerprint = crate::tls::pem_fingerprint(pem).map_err(|e| {
             ApiError::new(

@@ -180,6 +180,8 @@ pub struct DeviceIn {
     /// A PEM client certificate that authenticates the device on the TLS MQTT listener (matched
     /// by its SHA-256 fingerprint), as AWS IoT registers device certificates.
     pub certificate: Option<String>,
+    /// The LwM2M endpoint name the device registers with, when it is not its id.
+    pub lwm2m_endpoint: Option<String>,
     /// The device's LwM2M DTLS PSK identity; with it the device registers only over DTLS.
     pub lwm2m_psk_identity: Option<String>,
     /// The PSK in hex (16 to 64 bytes); generated when an identity comes without one.

@@ -367,6 +367,28 @@ async fn the_registration_interface_refuses_what_it_must() {
     assert_eq!(code(&second), MessageClass::Response(ResponseType::Created));
     let old = coap(&socket, server, 6, &["rd", &location[1]], &[], b"").await;
     assert_eq!(code(&old), MessageClass::Response(ResponseType::NotFound));
+    // An endpoint name set for a device stands for it, in whatever tenant the device is.
+    app.post(
+        "/api/v1/devices",
+        json!({"id": "board-7", "lwm2m_endpoint": "urn:dev:ops:32473-IoT-7"}),
+    )
+    .await;
+    let named = coap(
+        &socket,
+        server,
+        8,
+        &["rd"],
+        &["ep=urn:dev:ops:32473-IoT-7"],
+        b"</5/0>",
+    )
+    .await;
+    assert_eq!(code(&named), MessageClass::Response(ResponseType::Created));
+    let by_name = app
+        .state
+        .lwm2m
+        .registration("urn:dev:ops:32473-IoT-7")
+        .unwrap();
+    assert_eq!(by_name.device_id.as_str(), "board-7");
     let registration = app.state.lwm2m.registration("known").unwrap();
     assert_eq!(registration.version, "1.0");
     assert_eq!(registration.objects, ["/5/0"]);
