@@ -309,12 +309,17 @@ impl Lwm2m {
             let answer = self
                 .request_with(link, RequestType::Put, &path, block, options)
                 .await?;
-            let expected = if more {
-                ResponseType::Continue
+            // 2.31 for every block but the last; 2.04 (or 2.01 from a server that creates the
+            // resource) for the last.
+            let accepted = if more {
+                answer.header.code == MessageClass::Response(ResponseType::Continue)
             } else {
-                ResponseType::Changed
+                matches!(
+                    answer.header.code,
+                    MessageClass::Response(ResponseType::Changed | ResponseType::Created)
+                )
             };
-            if answer.header.code != MessageClass::Response(expected) {
+            if !accepted {
                 return Err(format!(
                     "the device answered block {num} of the package with {:?}",
                     answer.header.code

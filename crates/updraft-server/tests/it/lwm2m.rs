@@ -886,3 +886,111 @@ async fn canceling_writes_an_empty_package_uri() {
     let history = app.get("/api/v1/devices/canceled/history").await.json();
     assert_eq!(history[0]["state"], "CANCELED");
 }
+
+/// Push against a real Block1 receiver: libcoap's coap-server (behind a relay that gives it the
+/// registration's address) takes the package the server writes into /5/0/0 and gives back the
+/// same bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_package_is_reassembled_by_libcoaps_server() {
+    let app = TestApp::new().await;
+    app.post(
+        "/api/v1/profiles",
+        json!({"name": "push", "lwm2m_delivery": "push"}),
+    )
+    .await;
+    app.post(
+        "/api/v1/devices",
+        json!({"id": "libcoap", "profile": "push"}),
+    )
+    .await;
+    let image: Vec<u8> = (0..7000u32).map(|i| (i * 29 % 256) as u8).collect();
+    app.upload("title=fw&version=9.0", &image).await;
+    let server = app.listen_lwm2m().await;
+    // libcoap's server on a free port, resources created on PUT.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Ok(mut coap_server) = tokio::process::Command::new("coap-server-notls")
+        .args(["-A", "127.0.0.1", "-p", &port.to_string(), "-d", "10"])
+        .kill_on_drop(true)
+        .spawn()
+    else {
+        updraft_test_support::missing("coap-server-notls", "apt-get install libcoap3-bin");
+        return;
+    };
+    let device: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // The relay registers, then carries the server's requests to coap-server and its answers
+    // back, and says when the last block has been answered.
+    let relay = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let registered = coap(
+        &relay,
+        server,
+        1,
+        &["rd"],
+        &["ep=libcoap", "lt=60"],
+        b"</5/0>",
+    )
+    .await;
+    assert_eq!(
+        registered.header.code,
+        MessageClass::Response(ResponseType::Created)
+    );
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        let mut last_token = None;
+        let mut done = Some(done_tx);
+        loop {
+            let (len, from) = relay.recv_from(&mut buf).await.unwrap();
+            let bytes = &buf[..len];
+            let Ok(packet) = Packet::from_bytes(bytes) else {
+                continue;
+            };
+            if from == server {
+                if let Some(block1) = packet.get_first_option(CoapOption::Block1)
+                    && block1.last().is_some_and(|b| b & 0x08 == 0)
+                {
+                    last_token = Some(packet.get_token().to_vec());
+                }
+                relay.send_to(bytes, device).await.unwrap();
+            } else {
+                relay.send_to(bytes, server).await.unwrap();
+                if last_token.as_deref() == Some(packet.get_token())
+                    && let Some(done) = done.take()
+                {
+                    let _ = done.send(packet.header.code);
+                }
+            }
+        }
+    });
+    app.post(
+        "/api/v1/assignments",
+        json!({"device": "libcoap", "artifact": "fw@9.0"}),
+    )
+    .await;
+    let last = tokio::time::timeout(Duration::from_secs(90), done_rx)
+        .await
+        .expect("the push ended")
+        .unwrap();
+    assert!(
+        matches!(
+            last,
+            MessageClass::Response(ResponseType::Changed | ResponseType::Created)
+        ),
+        "{last:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pushed.bin");
+    let got = tokio::process::Command::new("coap-client-notls")
+        .args(["-m", "get", "-b", "1024", "-o"])
+        .arg(&out)
+        .arg(format!("coap://127.0.0.1:{port}/5/0/0"))
+        .output()
+        .await
+        .unwrap();
+    assert!(got.status.success(), "{got:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), image, "byte-identical");
+    coap_server.kill().await.unwrap();
+}
