@@ -75,6 +75,31 @@ impl NodeDevice {
     }
 }
 
+/// A profile with the given LwM2M settings, a device in it, and `fw@{version}` assigned to it.
+async fn device_with_update(
+    app: &TestApp,
+    profile: Value,
+    device: &str,
+    version: &str,
+    image: &[u8],
+) {
+    app.post("/api/v1/profiles", profile.clone()).await;
+    app.post(
+        "/api/v1/devices",
+        json!({"id": device, "profile": profile["name"]}),
+    )
+    .await;
+    app.upload(&format!("title=fw&version={version}"), image)
+        .await;
+    let assigned = app
+        .post(
+            "/api/v1/assignments",
+            json!({"device": device, "artifact": format!("fw@{version}")}),
+        )
+        .await;
+    assert!(assigned.status.is_success(), "{:?}", assigned.json());
+}
+
 /// Awaits the device's latest action reaching a final state (the server's own steps run on its
 /// timers and the device's, not on the test's).
 async fn final_action(app: &TestApp, device: &str) -> Value {
@@ -149,21 +174,13 @@ async fn an_lwm2m_node_lib_device_updates_by_http_pull() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coap_pull_profile_gets_a_block2_package_uri() {
     let app = TestApp::served().await;
-    app.post(
-        "/api/v1/profiles",
-        json!({"name": "coap-pull", "lwm2m_delivery": "coap"}),
-    )
-    .await;
-    app.post(
-        "/api/v1/devices",
-        json!({"id": "lwm2m-3", "profile": "coap-pull"}),
-    )
-    .await;
     let image: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 256) as u8).collect();
-    app.upload("title=fw&version=4.0", &image).await;
-    app.post(
-        "/api/v1/assignments",
-        json!({"device": "lwm2m-3", "artifact": "fw@4.0"}),
+    device_with_update(
+        &app,
+        json!({"name": "coap-pull", "lwm2m_delivery": "coap"}),
+        "lwm2m-3",
+        "4.0",
+        &image,
     )
     .await;
     let server = app.listen_lwm2m().await;
@@ -655,21 +672,13 @@ async fn dtls_psk_registers_with_the_right_key_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_profile_writes_the_package_in_block1_blocks() {
     let app = TestApp::new().await;
-    app.post(
-        "/api/v1/profiles",
-        json!({"name": "push", "lwm2m_delivery": "push"}),
-    )
-    .await;
-    app.post(
-        "/api/v1/devices",
-        json!({"id": "pushed", "profile": "push"}),
-    )
-    .await;
     let image: Vec<u8> = (0..5000u32).map(|i| (i * 3 % 256) as u8).collect();
-    app.upload("title=fw&version=6.0", &image).await;
-    app.post(
-        "/api/v1/assignments",
-        json!({"device": "pushed", "artifact": "fw@6.0"}),
+    device_with_update(
+        &app,
+        json!({"name": "push", "lwm2m_delivery": "push"}),
+        "pushed",
+        "6.0",
+        &image,
     )
     .await;
     let server = app.listen_lwm2m().await;
