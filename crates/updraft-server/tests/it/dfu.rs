@@ -60,6 +60,24 @@ impl Device {
         }
     }
 
+    /// Applies a Command as the device does, rebooting into a swapped image whose checksum
+    /// matched; true once the server says Sync.
+    fn follow(&mut self, answer: &[u8]) -> bool {
+        match self.apply(answer) {
+            Step::Continue => false,
+            Step::Swapped {
+                version,
+                checksum_ok,
+            } => {
+                assert!(checksum_ok);
+                self.running = version;
+                self.writing = None;
+                false
+            }
+            Step::Synced => true,
+        }
+    }
+
     fn apply(&mut self, answer: &[u8]) -> Step {
         let command: Command = serde_cbor::from_slice(answer).unwrap();
         match command {
@@ -452,17 +470,8 @@ async fn an_embedded_update_device_updates_over_mqtt() {
                 break publish.payload;
             }
         };
-        match device.apply(&payload) {
-            Step::Continue => {}
-            Step::Swapped {
-                version,
-                checksum_ok,
-            } => {
-                assert!(checksum_ok);
-                device.running = version;
-                device.writing = None;
-            }
-            Step::Synced => break,
+        if device.follow(&payload) {
+            break;
         }
     }
     assert_eq!(device.writes, [0, 1024, 2048]);
@@ -505,17 +514,8 @@ async fn a_gateway_updates_a_device_it_speaks_for_over_http() {
             .unwrap();
         let answer = app.send(request).await;
         assert_eq!(answer.status, StatusCode::OK);
-        match device.apply(&answer.body) {
-            Step::Continue => {}
-            Step::Swapped {
-                version,
-                checksum_ok,
-            } => {
-                assert!(checksum_ok);
-                device.running = version;
-                device.writing = None;
-            }
-            Step::Synced => break,
+        if device.follow(&answer.body) {
+            break;
         }
     }
     assert_eq!(device.writes, [0, 512, 1024]);
@@ -625,17 +625,8 @@ async fn a_gateway_speaks_for_devices_on_dfu_slash_device_over_mqtt() {
                 break publish.payload;
             }
         };
-        match device.apply(&payload) {
-            Step::Continue => {}
-            Step::Swapped {
-                version,
-                checksum_ok,
-            } => {
-                assert!(checksum_ok);
-                device.running = version;
-                device.writing = None;
-            }
-            Step::Synced => break,
+        if device.follow(&payload) {
+            break;
         }
     }
     assert_eq!(device.writes, [0, 512]);

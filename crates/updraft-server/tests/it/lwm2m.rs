@@ -242,6 +242,15 @@ async fn a_failed_update_result_ends_failed_with_its_code() {
     device.child.kill().await.unwrap();
 }
 
+/// Registers a raw CoAP client (message ID 1) with `/5/0`; it must be let in.
+async fn register_raw(socket: &tokio::net::UdpSocket, server: SocketAddr, queries: &[&str]) {
+    let registered = coap(socket, server, 1, &["rd"], queries, b"</5/0>").await;
+    assert_eq!(
+        registered.header.code,
+        MessageClass::Response(ResponseType::Created)
+    );
+}
+
 /// A raw CoAP client on its own socket.
 async fn coap(
     socket: &tokio::net::UdpSocket,
@@ -448,19 +457,7 @@ async fn values_sent_with_send_move_the_update() {
     .await;
     let server = app.listen_lwm2m().await;
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let registered = coap(
-        &socket,
-        server,
-        1,
-        &["rd"],
-        &["ep=sender", "lwm2m=1.1"],
-        b"</5/0>",
-    )
-    .await;
-    assert_eq!(
-        registered.header.code,
-        MessageClass::Response(ResponseType::Created)
-    );
+    register_raw(&socket, server, &["ep=sender", "lwm2m=1.1"]).await;
     for (id, pack) in [
         (2, r#"[{"bn":"/5/0/","n":"3","v":1}]"#),
         (3, r#"[{"bn":"/5/0/","n":"3","v":2},{"n":"5","v":0}]"#),
@@ -683,19 +680,7 @@ async fn a_push_profile_writes_the_package_in_block1_blocks() {
     .await;
     let server = app.listen_lwm2m().await;
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let registered = coap(
-        &socket,
-        server,
-        1,
-        &["rd"],
-        &["ep=pushed", "lt=60"],
-        b"</5/0>",
-    )
-    .await;
-    assert_eq!(
-        registered.header.code,
-        MessageClass::Response(ResponseType::Created)
-    );
+    register_raw(&socket, server, &["ep=pushed", "lt=60"]).await;
     let mut received = Vec::new();
     let mut observations: Vec<(String, Vec<u8>)> = Vec::new();
     let mut notify_id = 100u16;
@@ -933,19 +918,7 @@ async fn a_pushed_package_is_reassembled_by_libcoaps_server() {
     // The relay registers, then carries the server's requests to coap-server and its answers
     // back, and says when the last block has been answered.
     let relay = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let registered = coap(
-        &relay,
-        server,
-        1,
-        &["rd"],
-        &["ep=libcoap", "lt=60"],
-        b"</5/0>",
-    )
-    .await;
-    assert_eq!(
-        registered.header.code,
-        MessageClass::Response(ResponseType::Created)
-    );
+    register_raw(&relay, server, &["ep=libcoap", "lt=60"]).await;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
