@@ -90,6 +90,36 @@ pub enum FailureCode {
 }
 
 impl FailureCode {
+    /// The failure code that a device's failure text points to (DDI and ThingsBoard devices
+    /// report failures as free text).
+    pub fn from_text(details: &str) -> FailureCode {
+        let text = details.to_ascii_lowercase();
+        let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
+        if has(&[
+            "integrity",
+            "checksum",
+            "hash",
+            "signature",
+            "verif",
+            "mismatch",
+            "sha256",
+            "md5",
+            "corrupt",
+        ]) {
+            FailureCode::IntegrityCheckFailed
+        } else if has(&["no space", "storage", "disk full", "not enough space"]) {
+            FailureCode::NotEnoughStorage
+        } else if has(&["memory"]) {
+            FailureCode::OutOfMemory
+        } else if has(&["connection", "network", "timeout", "timed out"]) {
+            FailureCode::ConnectionLost
+        } else if has(&["unsupported", "rejected"]) {
+            FailureCode::UnsupportedPackage
+        } else {
+            FailureCode::UpdateFailed
+        }
+    }
+
     pub const ALL: [FailureCode; 8] = [
         FailureCode::NotEnoughStorage,
         FailureCode::OutOfMemory,

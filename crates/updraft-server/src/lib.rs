@@ -1,26 +1,21 @@
-//! Updraft's server: the management REST API (and, as they land, the device protocol adapters)
-//! over the store, plus the wiring that `updraft serve` runs: data directory, store, blob store,
-//! start-up garbage collection, the first admin key, listeners and graceful shutdown.
+//! Updraft's server. Its folders are its architecture:
+//!
+//! - `kernel`: what everything shares and no protocol shapes (state, auth, errors, clock,
+//!   download grants and blob streaming, artifact ingest, metrics, device channels and the
+//!   notification queue);
+//! - `transport`: packets and sessions (the MQTT endpoint, TLS), never a protocol;
+//! - `protocols`: one folder per device protocol adapter, reached through
+//!   [`kernel::channel::Adapter`];
+//! - `api`: the management REST API;
+//! - `server`: the composition root that `updraft serve` runs (data directory, store, blobs,
+//!   garbage collection, the first admin key, listeners, graceful shutdown).
 
 pub mod api;
-pub mod auth;
-pub mod aws;
-pub mod coap;
-pub mod ddi;
-pub mod dfu;
-pub mod download;
-pub mod error;
-pub mod frugal;
-pub mod grants;
-pub mod lwm2m;
-pub mod metrics;
-pub mod mqtt;
-pub mod secret;
+pub mod kernel;
+pub mod protocols;
 pub mod server;
-pub mod state;
-pub mod thingsboard;
-pub mod tls;
+pub mod transport;
 
 pub use api::router;
-pub use server::{ServerConfig, run};
-pub use state::{AppConfig, AppState};
+pub use kernel::state::{AppConfig, AppState};
+pub use server::{Node, ServerConfig, run};

@@ -12,9 +12,11 @@ use tokio::net::TcpListener;
 use updraft_core::{Name, Role};
 use updraft_store::{LocalBlobStore, NewApiKey, SqlStore, Store, collect_garbage};
 
-use crate::metrics::Metrics;
-use crate::secret;
-use crate::state::{AppConfig, AppState};
+use crate::kernel::channel::Adapters;
+use crate::kernel::metrics::Metrics;
+use crate::kernel::secret;
+use crate::kernel::state::{AppConfig, AppState};
+use crate::protocols::Protocols;
 
 /// Everything `updraft serve` needs to know.
 #[derive(Debug, Clone)]
@@ -42,14 +44,58 @@ pub struct ServerConfig {
     pub notify_per_second: u32,
 }
 
-/// The name of the tenant that keys and devices belong to unless told otherwise.
-pub const DEFAULT_TENANT: &str = "default";
+pub use crate::kernel::DEFAULT_TENANT;
 
 /// The file, in the data directory, that holds the server admin key.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
-/// Opens everything and returns the state to serve with.
-pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<AppState> {
+/// A prepared server: the shared state and the protocol adapters, ready to serve.
+#[derive(Clone)]
+pub struct Node {
+    pub state: AppState,
+    pub protocols: Protocols,
+}
+
+impl Node {
+    /// The whole HTTP surface.
+    pub fn router(&self) -> axum::Router {
+        crate::api::router(self.state.clone())
+    }
+
+    /// Serves device MQTT on `listener`.
+    pub async fn serve_mqtt(self, listener: TcpListener) {
+        self.protocols.mqtt.clone().serve(listener).await;
+    }
+
+    /// Serves device MQTT over TLS on `listener`.
+    pub async fn serve_mqtts(self, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+        self.protocols.mqtt.clone().serve_tls(listener, tls).await;
+    }
+
+    /// Serves ThingsBoard's CoAP on `socket`.
+    pub async fn serve_coap(self, socket: tokio::net::UdpSocket) {
+        crate::protocols::thingsboard::coap::serve(socket, self.protocols.coap.clone()).await;
+    }
+
+    /// Serves LwM2M (NoSec) on `socket`.
+    pub async fn serve_lwm2m(self, socket: tokio::net::UdpSocket) {
+        crate::protocols::lwm2m::serve(socket, self.protocols.lwm2m.clone()).await;
+    }
+
+    /// Serves LwM2M over DTLS with PSKs on `socket`.
+    pub async fn serve_lwm2m_dtls(self, socket: tokio::net::UdpSocket) {
+        crate::protocols::lwm2m::serve_dtls(socket, self.protocols.lwm2m.clone()).await;
+    }
+
+    /// Runs the notification queue, telling at most `per_second` devices a second.
+    pub async fn notify(self, per_second: u32) {
+        let wake = self.state.wake.clone();
+        crate::kernel::notifier::notifier(self.state, per_second, wake).await;
+    }
+}
+
+/// Opens everything and returns the state and adapters to serve with.
+pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<Node> {
     tokio::fs::create_dir_all(&config.data_dir)
         .await
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
@@ -73,7 +119,7 @@ pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<AppSta
         );
     }
     bootstrap(&store, &config.data_dir).await?;
-    Ok(AppState {
+    let state = AppState {
         store: Arc::new(store),
         blobs: Arc::new(blobs),
         config: Arc::new(AppConfig {
@@ -82,12 +128,12 @@ pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<AppSta
         }),
         metrics: Arc::new(Metrics::default()),
         blob_lock: Arc::new(tokio::sync::Mutex::new(())),
-        mqtt: Arc::new(crate::mqtt::Registry::default()),
-        coap: Arc::new(crate::coap::Observers::default()),
         wake: Arc::new(tokio::sync::Notify::new()),
-        grants: Arc::new(crate::grants::Grants::default()),
-        lwm2m: Arc::new(crate::lwm2m::Lwm2m::default()),
-    })
+        grants: Arc::new(crate::kernel::grants::Grants::default()),
+        adapters: Arc::new(Adapters::default()),
+    };
+    let protocols = Protocols::install(&state);
+    Ok(Node { state, protocols })
 }
 
 /// Creates the `default` tenant and, unless `admin.token` exists, a server admin key written there.
@@ -133,14 +179,6 @@ async fn write_private(path: &Path, content: &str) -> Result<()> {
     Ok(())
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_millis() -> i64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// Runs the server until `shutdown` completes, then drains open requests.
 pub async fn run(
     config: ServerConfig,
@@ -154,38 +192,38 @@ pub async fn run(
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
-    let state = prepare(&config, public_url).await?;
+    let node = prepare(&config, public_url).await?;
     if let Some(mqtt) = config.mqtt {
         let listener = TcpListener::bind(mqtt)
             .await
             .with_context(|| format!("listening for MQTT on {mqtt}"))?;
         println!("updraft mqtt on {}", listener.local_addr()?);
-        tokio::spawn(crate::mqtt::serve(listener, state.clone()));
+        tokio::spawn(node.clone().serve_mqtt(listener));
     }
     if let Some(mqtts) = config.mqtts {
         let Some((cert, key)) = &config.tls else {
             anyhow::bail!("--mqtts needs --tls-cert and --tls-key");
         };
-        let tls = crate::tls::server_config(cert, key)?;
+        let tls = crate::transport::tls::server_config(cert, key)?;
         let listener = TcpListener::bind(mqtts)
             .await
             .with_context(|| format!("listening for MQTT over TLS on {mqtts}"))?;
         println!("updraft mqtts on {}", listener.local_addr()?);
-        tokio::spawn(crate::mqtt::serve_tls(listener, tls, state.clone()));
+        tokio::spawn(node.clone().serve_mqtts(listener, tls));
     }
     if let Some(lwm2m) = config.lwm2m {
         let socket = tokio::net::UdpSocket::bind(lwm2m)
             .await
             .with_context(|| format!("listening for LwM2M on {lwm2m}"))?;
         println!("updraft lwm2m on {}", socket.local_addr()?);
-        tokio::spawn(crate::lwm2m::serve(socket, state.clone()));
+        tokio::spawn(node.clone().serve_lwm2m(socket));
     }
     if let Some(dtls) = config.lwm2m_dtls {
         let socket = tokio::net::UdpSocket::bind(dtls)
             .await
             .with_context(|| format!("listening for LwM2M over DTLS on {dtls}"))?;
         println!("updraft lwm2m-dtls on {}", socket.local_addr()?);
-        tokio::spawn(crate::lwm2m::serve_dtls(socket, state.clone()));
+        tokio::spawn(node.clone().serve_lwm2m_dtls(socket));
     }
     if config.mqtt.is_some()
         || config.mqtts.is_some()
@@ -193,21 +231,17 @@ pub async fn run(
         || config.lwm2m.is_some()
         || config.lwm2m_dtls.is_some()
     {
-        // Tells connected (MQTT) and observing (CoAP) devices of new updates.
-        tokio::spawn(crate::mqtt::notifier(
-            state.clone(),
-            config.notify_per_second,
-            state.wake.clone(),
-        ));
+        // Tells devices the server can reach (connected, observing, registered) of new updates.
+        tokio::spawn(node.clone().notify(config.notify_per_second));
     }
     if let Some(coap) = config.coap {
         let socket = tokio::net::UdpSocket::bind(coap)
             .await
             .with_context(|| format!("listening for CoAP on {coap}"))?;
         println!("updraft coap on {}", socket.local_addr()?);
-        tokio::spawn(crate::coap::serve(socket, state.clone()));
+        tokio::spawn(node.clone().serve_coap(socket));
     }
-    let app = crate::api::router(state);
+    let app = node.router();
     // Tests and scripts read this line to learn the port; it comes last, when everything listens.
     println!("updraft listening on http://{addr}");
     axum::serve(listener, app)

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use updraft_server::AppState;
 use updraft_server::server::{ServerConfig, prepare};
-use updraft_server::state::AppState;
 
 /// A running Updraft server and an admin client for it.
 pub struct Server {
@@ -44,8 +44,9 @@ impl Server {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let state = prepare(&config, url.clone()).await.unwrap();
-        let router = updraft_server::router(state.clone());
+        let node = prepare(&config, url.clone()).await.unwrap();
+        let state = node.state.clone();
+        let router = node.router();
         tokio::spawn(async move { axum::serve(listener, router).await });
         let admin = std::fs::read_to_string(dir.path().join("admin.token"))
             .unwrap()

@@ -6,30 +6,15 @@ pub mod fleet;
 pub mod wire;
 
 use axum::Json;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
 use axum::{Router, middleware};
 use utoipa::OpenApi;
 
-use crate::error::{ApiError, ErrorBody};
-use crate::state::AppState;
-
-/// A JSON body whose rejections are [`ApiError`]s.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct ApiJson<T>(pub T);
-
-/// A query string whose rejections are [`ApiError`]s.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct ApiQuery<T>(pub T);
-
-/// Path parameters whose rejections are [`ApiError`]s.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct ApiPath<T>(pub T);
+use crate::kernel::error::{ApiError, ErrorBody};
+use crate::kernel::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -59,7 +44,6 @@ pub struct ApiPath<T>(pub T);
         fleet::show_device,
         fleet::delete_device,
         fleet::device_history,
-        fleet::lwm2m_operation,
         fleet::list_assignments,
         fleet::assign,
         fleet::unassign,
@@ -69,8 +53,6 @@ pub struct ApiPath<T>(pub T);
         artifacts::show,
         artifacts::download,
         artifacts::delete,
-        crate::frugal::push,
-        crate::frugal::promote,
     ),
     components(schemas(ErrorBody))
 )]
@@ -116,7 +98,6 @@ pub fn router(state: AppState) -> Router {
             get(fleet::show_device).delete(fleet::delete_device),
         )
         .route("/devices/{id}/history", get(fleet::device_history))
-        .route("/devices/{id}/lwm2m", post(fleet::lwm2m_operation))
         .route(
             "/assignments",
             get(fleet::list_assignments)
@@ -136,29 +117,32 @@ pub fn router(state: AppState) -> Router {
             get(artifacts::show).delete(artifacts::delete),
         )
         .route("/artifacts/{id}/download", get(artifacts::download))
-        .route("/frugal/push", post(crate::frugal::push))
-        .route("/frugal/promote", post(crate::frugal::promote))
-        .route("/openapi.json", get(openapi))
-        .merge(crate::thingsboard::http::routes());
-    Router::new()
+        .route("/openapi.json", get(openapi));
+    let mut router = Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .merge(crate::ddi::routes())
-        .merge(crate::grants::routes())
-        .merge(crate::frugal::routes())
-        .merge(crate::dfu::routes())
+        .merge(crate::kernel::grants::routes());
+    // Each protocol brings its own routes (and, for the management API, their description).
+    for adapter in state.adapters.all() {
+        router = router.merge(adapter.routes());
+    }
+    router
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            crate::metrics::track,
+            crate::kernel::metrics::track,
         ))
         .with_state(state)
 }
 
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+async fn openapi(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
+    let mut doc = ApiDoc::openapi();
+    for part in state.adapters.all().iter().filter_map(|a| a.openapi()) {
+        doc.merge(part);
+    }
+    Json(doc)
 }
 
 async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {

@@ -4,9 +4,12 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use updraft_core::Scope;
 use updraft_store as store;
 use utoipa::ToSchema;
+
+pub use crate::kernel::views::{
+    ArtifactOut, AssignmentOut, ChecksumsOut, attribute_strings, level,
+};
 
 #[derive(Serialize, ToSchema)]
 pub struct TenantOut {
@@ -180,12 +183,13 @@ pub struct DeviceIn {
     /// A PEM client certificate that authenticates the device on the TLS MQTT listener (matched
     /// by its SHA-256 fingerprint), as AWS IoT registers device certificates.
     pub certificate: Option<String>,
-    /// The LwM2M endpoint name the device registers with, when it is not its id.
-    pub lwm2m_endpoint: Option<String>,
-    /// The device's LwM2M DTLS PSK identity; with it the device registers only over DTLS.
-    pub lwm2m_psk_identity: Option<String>,
-    /// The PSK in hex (16 to 64 bytes); generated when an identity comes without one.
-    pub lwm2m_psk_key: Option<String>,
+    /// Fields of the device protocols, each read by its adapter: `lwm2m_endpoint` (the LwM2M
+    /// endpoint name, when it is not the id), `lwm2m_psk_identity` (its DTLS PSK identity; with
+    /// it the device registers only over DTLS) and `lwm2m_psk_key` (the PSK in hex, 16 to 64
+    /// bytes; generated when an identity comes without one).
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub protocol: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -194,9 +198,11 @@ pub struct DeviceCreated {
     pub device: DeviceOut,
     /// The device's access token. Shown once: only its hash is stored.
     pub token: String,
-    /// The LwM2M DTLS pre-shared key (hex), when the device has a PSK identity.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lwm2m_psk_key: Option<String>,
+    /// What the device protocols add, shown once: `lwm2m_psk_key` (hex) when the device has a
+    /// generated or given LwM2M PSK.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub protocol: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -216,16 +222,6 @@ impl From<&store::Desired> for DesiredOut {
             version: d.version.clone(),
             level: level(d.scope).to_owned(),
         }
-    }
-}
-
-pub fn level(scope: Scope) -> &'static str {
-    match scope {
-        Scope::Device(_) => "device",
-        Scope::ProjectProfile(..) => "project_profile",
-        Scope::Project(_) => "project",
-        Scope::Profile(_) => "profile",
-        Scope::Tenant => "tenant",
     }
 }
 
@@ -341,72 +337,6 @@ pub struct ActionHistory {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct ChecksumsOut {
-    pub md5: String,
-    pub sha1: String,
-    pub sha256: String,
-    pub sha384: String,
-    pub sha512: String,
-    /// Little-endian hex of the CRC32, as ThingsBoard prints it.
-    pub crc32: String,
-    pub murmur3_32: String,
-    pub murmur3_128: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ArtifactOut {
-    pub id: i64,
-    pub title: String,
-    pub version: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Profiles it runs on; empty means any.
-    pub profiles: Vec<String>,
-    pub size: u64,
-    pub filename: String,
-    pub checksums: ChecksumsOut,
-    pub signature: Option<String>,
-    pub description: String,
-    pub uploaded_by: String,
-    pub created_at: i64,
-    pub download_url: String,
-}
-
-impl ArtifactOut {
-    pub fn new(a: &store::Artifact, public_url: &str) -> Self {
-        let c = &a.checksums;
-        Self {
-            id: a.key.0,
-            title: a.title.clone(),
-            version: a.version.clone(),
-            kind: a.kind.as_str().to_owned(),
-            profiles: a
-                .profiles
-                .iter()
-                .map(|(_, name)| name.to_string())
-                .collect(),
-            size: a.size,
-            filename: a.filename.clone(),
-            checksums: ChecksumsOut {
-                md5: c.md5.clone(),
-                sha1: c.sha1.clone(),
-                sha256: c.sha256.clone(),
-                sha384: c.sha384.clone(),
-                sha512: c.sha512.clone(),
-                crc32: c.crc32.clone(),
-                murmur3_32: c.murmur3_32.clone(),
-                murmur3_128: c.murmur3_128.clone(),
-            },
-            signature: a.signature.clone(),
-            description: a.description.clone(),
-            uploaded_by: a.uploaded_by.clone(),
-            created_at: a.created_at,
-            download_url: format!("{public_url}/api/v1/artifacts/{}/download", a.key.0),
-        }
-    }
-}
-
-#[derive(Serialize, ToSchema)]
 pub struct ArtifactPage {
     pub items: Vec<ArtifactOut>,
     pub total: u64,
@@ -440,41 +370,6 @@ pub struct AssignmentIn {
     /// The artifact as `TITLE@VERSION`; or give `artifact_id`.
     pub artifact: Option<String>,
     pub artifact_id: Option<i64>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct AssignmentOut {
-    pub id: i64,
-    /// device, project_profile, project, profile or tenant.
-    pub level: String,
-    pub device: Option<String>,
-    pub project: Option<String>,
-    pub profile: Option<String>,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub artifact_id: i64,
-    pub title: String,
-    pub version: String,
-    pub created_by: String,
-    pub created_at: i64,
-}
-
-impl From<&store::Assignment> for AssignmentOut {
-    fn from(a: &store::Assignment) -> Self {
-        Self {
-            id: a.id,
-            level: level(a.scope).to_owned(),
-            device: a.device_id.as_ref().map(ToString::to_string),
-            project: a.project_name.as_ref().map(ToString::to_string),
-            profile: a.profile_name.as_ref().map(ToString::to_string),
-            kind: a.kind.as_str().to_owned(),
-            artifact_id: a.artifact.0,
-            title: a.artifact_title.clone(),
-            version: a.artifact_version.clone(),
-            created_by: a.created_by.clone(),
-            created_at: a.created_at,
-        }
-    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -562,45 +457,4 @@ pub struct TenantSettingsIn {
 pub struct GatewayTokenOut {
     /// The tenant's gateway token (DDI `Authorization: GatewayToken …`). Shown once.
     pub token: String,
-}
-
-/// Attributes a device reported as a JSON object, as the text values the store keeps (strings as
-/// they are, anything else as its JSON).
-pub fn attribute_strings(
-    values: serde_json::Map<String, serde_json::Value>,
-) -> BTreeMap<String, String> {
-    values
-        .into_iter()
-        .map(|(key, value)| {
-            let text = match value {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            };
-            (key, text)
-        })
-        .collect()
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Lwm2mOperationIn {
-    /// read, write, execute, discover, write-attributes, observe or cancel-observe.
-    pub operation: String,
-    /// An object, instance, resource or resource instance: `/3/0/3`.
-    pub path: String,
-    /// The value to write (as text), or Execute's arguments.
-    pub value: Option<String>,
-    /// Write-Attributes: `pmin=10&pmax=60`.
-    pub attributes: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Lwm2mOperationOut {
-    /// The client's CoAP answer code: `2.05`, `4.04`, …
-    pub code: String,
-    pub content_format: Option<u16>,
-    /// The payload as text, when it is text (plain text, link format, JSON).
-    pub text: Option<String>,
-    /// The payload in standard base64.
-    pub payload: String,
 }

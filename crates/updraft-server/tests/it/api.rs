@@ -43,7 +43,7 @@ async fn a_device_gets_its_token_once_and_shows_what_it_should_run() {
         .store
         .device_by_credential(
             updraft_store::CredentialKind::AccessToken,
-            &updraft_server::secret::hash(token),
+            &updraft_server::kernel::secret::hash(token),
         )
         .await
         .unwrap();

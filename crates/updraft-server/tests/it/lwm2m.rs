@@ -410,12 +410,20 @@ async fn the_registration_interface_refuses_what_it_must() {
     .await;
     assert_eq!(code(&named), MessageClass::Response(ResponseType::Created));
     let by_name = app
-        .state
+        .node
+        .protocols
+        .lwm2m
         .lwm2m
         .registration("urn:dev:ops:32473-IoT-7")
         .unwrap();
     assert_eq!(by_name.device_id.as_str(), "board-7");
-    let registration = app.state.lwm2m.registration("known").unwrap();
+    let registration = app
+        .node
+        .protocols
+        .lwm2m
+        .lwm2m
+        .registration("known")
+        .unwrap();
     assert_eq!(registration.version, "1.0");
     assert_eq!(registration.objects, ["/5/0"]);
     let update = coap(
@@ -428,14 +436,25 @@ async fn the_registration_interface_refuses_what_it_must() {
     )
     .await;
     assert_eq!(code(&update), MessageClass::Response(ResponseType::Changed));
-    assert_eq!(app.state.lwm2m.registration("known").unwrap().lifetime, 120);
+    assert_eq!(
+        app.node
+            .protocols
+            .lwm2m
+            .lwm2m
+            .registration("known")
+            .unwrap()
+            .lifetime,
+        120
+    );
     // Garbage is dropped and counted.
     socket.send_to(b"\xff\xfe not coap", server).await.unwrap();
     let started = Instant::now();
     while app
-        .state
-        .metrics
-        .lwm2m_malformed
+        .node
+        .protocols
+        .lwm2m
+        .lwm2m
+        .malformed
         .load(std::sync::atomic::Ordering::Relaxed)
         == 0
     {
@@ -631,16 +650,30 @@ async fn dtls_psk_registers_with_the_right_key_only() {
         return;
     };
     assert!(
-        app.state.lwm2m.registration("secure-1").is_none(),
+        app.node
+            .protocols
+            .lwm2m
+            .lwm2m
+            .registration("secure-1")
+            .is_none(),
         "a wrong key registers nothing"
     );
     // Another device's identity cannot register this endpoint.
     dtls_register(dtls, "secure-1-id", key, "secure-2").await;
-    assert!(app.state.lwm2m.registration("secure-2").is_none());
+    assert!(
+        app.node
+            .protocols
+            .lwm2m
+            .lwm2m
+            .registration("secure-2")
+            .is_none()
+    );
     let ok = dtls_register(dtls, "secure-1-id", key, "secure-1").await;
     assert_eq!(ok, Some(true));
     let registration = app
-        .state
+        .node
+        .protocols
+        .lwm2m
         .lwm2m
         .registration("secure-1")
         .expect("registered over DTLS");

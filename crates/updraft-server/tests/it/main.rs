@@ -24,11 +24,12 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
 use updraft_server::server::{ServerConfig, prepare};
-use updraft_server::state::AppState;
+use updraft_server::{AppState, Node};
 
 pub struct TestApp {
     pub router: Router,
     pub state: AppState,
+    pub node: Node,
     pub admin: String,
     pub dir: tempfile::TempDir,
 }
@@ -86,14 +87,16 @@ impl TestApp {
             tls: None,
             notify_per_second: 1000,
         };
-        let state = prepare(&config, public_url).await.unwrap();
+        let node = prepare(&config, public_url).await.unwrap();
+        let state = node.state.clone();
         let admin = std::fs::read_to_string(dir.path().join("admin.token"))
             .unwrap()
             .trim()
             .to_owned();
         TestApp {
-            router: updraft_server::router(state.clone()),
+            router: node.router(),
             state,
+            node,
             admin,
             dir,
         }
@@ -169,12 +172,8 @@ impl TestApp {
     pub async fn listen_mqtt(&self) -> (String, u16) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        tokio::spawn(updraft_server::mqtt::serve(listener, self.state.clone()));
-        tokio::spawn(updraft_server::mqtt::notifier(
-            self.state.clone(),
-            1000,
-            self.state.wake.clone(),
-        ));
+        tokio::spawn(self.node.clone().serve_mqtt(listener));
+        tokio::spawn(self.node.clone().notify(1000));
         ("127.0.0.1".to_owned(), port)
     }
 
@@ -182,12 +181,8 @@ impl TestApp {
     pub async fn listen_lwm2m(&self) -> std::net::SocketAddr {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
-        tokio::spawn(updraft_server::lwm2m::serve(socket, self.state.clone()));
-        tokio::spawn(updraft_server::mqtt::notifier(
-            self.state.clone(),
-            1000,
-            self.state.wake.clone(),
-        ));
+        tokio::spawn(self.node.clone().serve_lwm2m(socket));
+        tokio::spawn(self.node.clone().notify(1000));
         addr
     }
 
@@ -195,29 +190,18 @@ impl TestApp {
     pub async fn listen_lwm2m_dtls(&self) -> std::net::SocketAddr {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
-        tokio::spawn(updraft_server::lwm2m::serve_dtls(
-            socket,
-            self.state.clone(),
-        ));
+        tokio::spawn(self.node.clone().serve_lwm2m_dtls(socket));
         addr
     }
 
     /// Runs the MQTT endpoint over TLS on a loopback port with the given server certificate and
     /// key (PEM files), and the notification queue.
     pub async fn listen_mqtts(&self, cert: &std::path::Path, key: &std::path::Path) -> u16 {
-        let config = updraft_server::tls::server_config(cert, key).unwrap();
+        let config = updraft_server::transport::tls::server_config(cert, key).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        tokio::spawn(updraft_server::mqtt::serve_tls(
-            listener,
-            config,
-            self.state.clone(),
-        ));
-        tokio::spawn(updraft_server::mqtt::notifier(
-            self.state.clone(),
-            1000,
-            self.state.wake.clone(),
-        ));
+        tokio::spawn(self.node.clone().serve_mqtts(listener, config));
+        tokio::spawn(self.node.clone().notify(1000));
         port
     }
 
@@ -225,12 +209,8 @@ impl TestApp {
     pub async fn listen_coap(&self) -> std::net::SocketAddr {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
-        tokio::spawn(updraft_server::coap::serve(socket, self.state.clone()));
-        tokio::spawn(updraft_server::mqtt::notifier(
-            self.state.clone(),
-            1000,
-            self.state.wake.clone(),
-        ));
+        tokio::spawn(self.node.clone().serve_coap(socket));
+        tokio::spawn(self.node.clone().notify(1000));
         addr
     }
 

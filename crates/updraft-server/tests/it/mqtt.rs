@@ -342,7 +342,7 @@ async fn the_notification_queue_tells_connected_devices_at_its_rate() {
             .unwrap()
             .unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        app.state.mqtt.add(device.key, tx);
+        app.node.protocols.mqtt.sessions().add(&device, tx);
         receivers.push(rx);
     }
     for n in 0..5 {
@@ -353,7 +353,7 @@ async fn the_notification_queue_tells_connected_devices_at_its_rate() {
         json!({"tenant_default": true, "artifact": "fw@9"}),
     )
     .await;
-    let mut queue = updraft_server::mqtt::NotifyQueue::default();
+    let mut queue = updraft_server::kernel::notifier::NotifyQueue::default();
     let rounds: Vec<u64> = {
         let mut counts = Vec::new();
         for _ in 0..4 {
@@ -362,16 +362,16 @@ async fn the_notification_queue_tells_connected_devices_at_its_rate() {
         counts
     };
     assert_eq!(rounds, [4, 4, 2, 0]);
-    for rx in &mut receivers {
+    for (n, rx) in receivers.iter_mut().enumerate() {
         // Told once, in each protocol's words (the connection delivers what it subscribed to).
         for expected in [
-            "v1/devices/me/attributes",
-            "$aws/things/{thing}/jobs/notify",
-            "$aws/things/{thing}/jobs/notify-next",
+            "v1/devices/me/attributes".to_owned(),
+            format!("$aws/things/on-{n}/jobs/notify"),
+            format!("$aws/things/on-{n}/jobs/notify-next"),
         ] {
             let pushed = rx.try_recv().expect("every connected device was told once");
             assert!(
-                matches!(pushed, updraft_server::mqtt::codec::Outbound::Publish { ref topic, .. } if topic == expected)
+                matches!(pushed, updraft_server::transport::mqtt::codec::Outbound::Publish { ref topic, .. } if *topic == expected)
             );
         }
         assert!(rx.try_recv().is_err(), "and only once");

@@ -1,0 +1,153 @@
+//! Who is calling: for the management API the API key in `Authorization: Bearer <key>`, its tenant
+//! and its role; for device protocols the device credential checked ([`Login`]).
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use updraft_core::{DeviceId, Role, TenantKey};
+use updraft_store::{ApiKey, CredentialKind, Device};
+
+use crate::kernel::error::ApiError;
+use crate::kernel::secret;
+use crate::kernel::state::AppState;
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub key: ApiKey,
+}
+
+impl Caller {
+    pub fn tenant(&self) -> TenantKey {
+        self.key.tenant
+    }
+
+    /// Refuses unless the key's role is at least `needed`.
+    pub fn require(&self, needed: Role) -> Result<(), ApiError> {
+        if self.key.role.allows(needed) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this needs the {} role; the key {:?} is {}",
+                needed.as_str(),
+                self.key.name,
+                self.key.role.as_str()
+            )))
+        }
+    }
+
+    pub fn require_server_admin(&self) -> Result<(), ApiError> {
+        if self.key.server_admin {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("this needs the server admin key"))
+        }
+    }
+
+    /// How history records this caller.
+    pub fn source(&self) -> String {
+        format!("user:{}", self.key.name)
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(ApiError::unauthorized)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .ok_or_else(ApiError::unauthorized)?;
+        let key = state
+            .store
+            .api_key_by_hash(&secret::hash(token))
+            .await?
+            .ok_or_else(ApiError::unauthorized)?;
+        Ok(Caller { key })
+    }
+}
+
+/// How a device proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginKind {
+    /// Its access token alone (ThingsBoard's user name, a bearer-like token).
+    Token,
+    /// A user name `{device}@{tenant}` (or `{device}` in the default tenant) and its token as the
+    /// password.
+    UserPassword,
+    /// A registered client certificate on a TLS listener.
+    Certificate,
+}
+
+/// A device's credential, checked.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub device: Device,
+    pub kind: LoginKind,
+    /// The credential is a gateway's: it may speak for the other devices of its tenant.
+    pub gateway: bool,
+}
+
+fn device_unauthorized(message: &str) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        message.to_owned(),
+    )
+}
+
+/// The device an access token belongs to.
+pub async fn device_by_token(state: &AppState, token: &str) -> Result<Device, ApiError> {
+    let device = state
+        .store
+        .device_by_credential(CredentialKind::AccessToken, &secret::hash(token))
+        .await?;
+    device.ok_or_else(|| device_unauthorized("unknown device access token"))
+}
+
+/// The device `{device}@{tenant}` (or `{device}` in the `default` tenant) whose token is `token`.
+pub async fn device_by_login(
+    state: &AppState,
+    user: &str,
+    token: &str,
+) -> Result<Device, ApiError> {
+    let unauthorized = || {
+        device_unauthorized("send Authorization: Basic with {device}@{tenant} and the device token")
+    };
+    let (id, tenant) = user
+        .split_once('@')
+        .unwrap_or((user, crate::kernel::DEFAULT_TENANT));
+    let by_token = state
+        .store
+        .device_by_credential(CredentialKind::AccessToken, &secret::hash(token))
+        .await?
+        .ok_or_else(unauthorized)?;
+    let owner = state
+        .store
+        .tenant_by_name(tenant)
+        .await?
+        .ok_or_else(unauthorized)?;
+    let id = DeviceId::parse(id).map_err(|_| unauthorized())?;
+    if by_token.tenant != owner.key || by_token.id != id {
+        return Err(unauthorized());
+    }
+    Ok(by_token)
+}
+
+/// Whether `token` is the gateway credential of `device`.
+pub async fn is_gateway(state: &AppState, device: &Device, token: &str) -> Result<bool, ApiError> {
+    Ok(state
+        .store
+        .gateway_by_credential(CredentialKind::AccessToken, &secret::hash(token))
+        .await?
+        .is_some_and(|g| g.key == device.key))
+}

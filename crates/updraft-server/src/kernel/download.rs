@@ -1,0 +1,322 @@
+//! Serving blob bytes over HTTP: `Content-Length`, `ETag` (the SHA-256), `Last-Modified`,
+//! `Accept-Ranges`, byte ranges with `206` (several as `multipart/byteranges`) and `416`, and
+//! `If-Range`. Bytes stream from the blob store in constant memory.
+
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt, future, stream};
+use tokio_util::io::ReaderStream;
+
+use crate::kernel::error::ApiError;
+use crate::kernel::state::AppState;
+
+/// A byte range resolved against a blob's size: `start..=end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// What a `Range` header asks of a blob of `size` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// No usable `Range` header (absent, not `bytes=`, or malformed): send everything.
+    Whole,
+    /// One satisfiable range.
+    Single(ByteRange),
+    /// Several ranges, served as `multipart/byteranges`.
+    Many(Vec<ByteRange>),
+    /// No range overlaps the blob.
+    Unsatisfiable,
+}
+
+/// Parses a `Range` header value per RFC 9110 §14.1.2. Malformed headers are ignored (whole
+/// blob), as the RFC allows.
+pub fn parse_range(value: &str, size: u64) -> RangeRequest {
+    let Some(specs) = value.trim().strip_prefix("bytes=") else {
+        return RangeRequest::Whole;
+    };
+    let mut ranges = Vec::new();
+    for spec in specs.split(',') {
+        let spec = spec.trim();
+        let Some((first, last)) = spec.split_once('-') else {
+            return RangeRequest::Whole;
+        };
+        let (first, last) = (first.trim(), last.trim());
+        let range = if first.is_empty() {
+            // Suffix: the last N bytes.
+            let Ok(suffix) = last.parse::<u64>() else {
+                return RangeRequest::Whole;
+            };
+            if suffix == 0 || size == 0 {
+                continue;
+            }
+            ByteRange {
+                start: size.saturating_sub(suffix),
+                end: size - 1,
+            }
+        } else {
+            let Ok(start) = first.parse::<u64>() else {
+                return RangeRequest::Whole;
+            };
+            let end = if last.is_empty() {
+                u64::MAX
+            } else {
+                match last.parse::<u64>() {
+                    Ok(end) if end >= start => end,
+                    _ => return RangeRequest::Whole,
+                }
+            };
+            if start >= size {
+                continue;
+            }
+            ByteRange {
+                start,
+                end: end.min(size - 1),
+            }
+        };
+        ranges.push(range);
+    }
+    match ranges.len() {
+        0 => RangeRequest::Unsatisfiable,
+        1 => RangeRequest::Single(ranges[0]),
+        _ => RangeRequest::Many(ranges),
+    }
+}
+
+/// What to send of a blob.
+pub struct BlobResponse<'a> {
+    pub sha256: &'a str,
+    pub size: u64,
+    pub filename: &'a str,
+    pub content_type: &'static str,
+    /// Milliseconds since the Unix epoch.
+    pub modified_at: i64,
+}
+
+/// Streams the blob (or the requested range of it).
+pub async fn serve_blob(
+    state: &AppState,
+    blob: BlobResponse<'_>,
+    request_headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let etag = format!("\"{}\"", blob.sha256);
+    // If-Match (a device resuming after a restart): only the same bytes, or nothing.
+    if let Some(expected) = request_headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        && expected.trim() != "*"
+        && !expected.split(',').any(|tag| tag.trim() == etag)
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "the artifact is not the one If-Match names",
+        ));
+    }
+    let range_header = request_headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok());
+    // If-Range: serve the range only if the validator still matches, else the whole blob.
+    let if_range_ok = match request_headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(validator) => validator.trim() == etag,
+        None => true,
+    };
+    let request = match range_header {
+        Some(value) if if_range_ok => parse_range(value, blob.size),
+        _ => RangeRequest::Whole,
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", blob.filename))
+    {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    let modified = UNIX_EPOCH + Duration::from_millis(u64::try_from(blob.modified_at).unwrap_or(0));
+    if let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
+        headers.insert(header::LAST_MODIFIED, value);
+    }
+    let (status, range) = match request {
+        RangeRequest::Whole => (StatusCode::OK, None),
+        RangeRequest::Single(range) => (StatusCode::PARTIAL_CONTENT, Some(range)),
+        RangeRequest::Many(ranges) => return serve_ranges(state, &blob, headers, &ranges),
+        RangeRequest::Unsatisfiable => {
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{}", blob.size)) {
+                headers.insert(header::CONTENT_RANGE, value);
+            }
+            return Ok((StatusCode::RANGE_NOT_SATISFIABLE, headers).into_response());
+        }
+    };
+    let (offset, len) = match range {
+        Some(range) => {
+            if let Ok(value) = HeaderValue::from_str(&format!(
+                "bytes {}-{}/{}",
+                range.start, range.end, blob.size
+            )) {
+                headers.insert(header::CONTENT_RANGE, value);
+            }
+            (range.start, range.end - range.start + 1)
+        }
+        None => (0, blob.size),
+    };
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(blob.content_type),
+    );
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(blob.content_type),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    let reader = state
+        .blobs
+        .open(blob.sha256, offset, Some(len))
+        .await
+        .map_err(ApiError::internal)?;
+    let metrics = state.metrics.clone();
+    let stream = ReaderStream::with_capacity(reader, 64 * 1024).inspect(move |chunk| {
+        if let Ok(bytes) = chunk {
+            metrics
+                .download_bytes
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+    });
+    Ok((status, headers, Body::from_stream(stream)).into_response())
+}
+
+/// Several ranges as one `multipart/byteranges` body, each part streamed from the blob store.
+fn serve_ranges(
+    state: &AppState,
+    blob: &BlobResponse<'_>,
+    mut headers: HeaderMap,
+    ranges: &[ByteRange],
+) -> Result<Response, ApiError> {
+    let boundary = format!("updraft-{}", &blob.sha256[..16.min(blob.sha256.len())]);
+    let mut parts = Vec::with_capacity(ranges.len());
+    let mut total = 0u64;
+    for range in ranges {
+        let head = format!(
+            "\r\n--{boundary}\r\nContent-Type: {}\r\nContent-Range: bytes {}-{}/{}\r\n\r\n",
+            blob.content_type, range.start, range.end, blob.size
+        );
+        total += head.len() as u64 + (range.end - range.start + 1);
+        parts.push((head, *range));
+    }
+    let tail = format!("\r\n--{boundary}--\r\n");
+    total += tail.len() as u64;
+    if let Ok(value) = HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}"))
+    {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    let blobs = state.blobs.clone();
+    let sha256 = blob.sha256.to_owned();
+    let metrics = state.metrics.clone();
+    let body = stream::iter(parts)
+        .then(move |(head, range)| {
+            let blobs = blobs.clone();
+            let sha256 = sha256.clone();
+            async move {
+                let reader = blobs
+                    .open(&sha256, range.start, Some(range.end - range.start + 1))
+                    .await?;
+                let head = stream::once(future::ready(Ok(Bytes::from(head))));
+                Ok::<_, std::io::Error>(head.chain(ReaderStream::with_capacity(reader, 64 * 1024)))
+            }
+        })
+        .try_flatten()
+        .chain(stream::once(future::ready(Ok(Bytes::from(tail)))))
+        .inspect(move |chunk| {
+            if let Ok(bytes) = chunk {
+                metrics
+                    .download_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+        });
+    Ok((
+        StatusCode::PARTIAL_CONTENT,
+        headers,
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(header: &str, size: u64, expected: RangeRequest) {
+        assert_eq!(parse_range(header, size), expected, "{header:?} of {size}");
+    }
+
+    fn r(start: u64, end: u64) -> ByteRange {
+        ByteRange { start, end }
+    }
+
+    #[test]
+    fn ranges_parse_per_rfc_9110() {
+        use RangeRequest::*;
+        check("bytes=0-9", 100, Single(r(0, 9)));
+        check("bytes=90-", 100, Single(r(90, 99)));
+        check("bytes=-10", 100, Single(r(90, 99)));
+        check("bytes=-1000", 100, Single(r(0, 99)));
+        check("bytes=50-1000", 100, Single(r(50, 99)));
+        check("bytes=0-0,-1", 100, Many(vec![r(0, 0), r(99, 99)]));
+        check("bytes=100-", 100, Unsatisfiable);
+        check("bytes=100-200, 300-", 100, Unsatisfiable);
+        check("bytes=-0", 100, Unsatisfiable);
+        check("bytes=0-", 0, Unsatisfiable);
+        check("bytes=9-0", 100, Whole);
+        check("bytes=a-b", 100, Whole);
+        check("items=0-1", 100, Whole);
+        check("bytes=5", 100, Whole);
+        check("", 100, Whole);
+    }
+
+    /// Every satisfiable answer stays inside the blob, whatever the header says.
+    #[test]
+    fn resolved_ranges_never_leave_the_blob() {
+        let parts = [
+            "",
+            "0",
+            "1",
+            "5",
+            "9",
+            "10",
+            "11",
+            "18446744073709551615",
+            "x",
+            " ",
+        ];
+        for size in [0u64, 1, 10] {
+            for a in parts {
+                for b in parts {
+                    let header = format!("bytes={a}-{b}");
+                    let ranges = match parse_range(&header, size) {
+                        RangeRequest::Single(range) => vec![range],
+                        RangeRequest::Many(ranges) => ranges,
+                        RangeRequest::Whole | RangeRequest::Unsatisfiable => vec![],
+                    };
+                    for range in ranges {
+                        assert!(
+                            range.start <= range.end && range.end < size,
+                            "{header} of {size}: {range:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

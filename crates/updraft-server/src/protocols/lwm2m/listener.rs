@@ -1,0 +1,475 @@
+//! The LwM2M listener: datagrams in, duplicates answered from a cache, the registration interface
+//! (Register, Update, De-register), Send, and Block2 package downloads.
+
+use super::*;
+
+/// When a request was first seen, and its answer once sent.
+pub(super) type Entry = (i64, Option<Vec<u8>>);
+
+/// Confirmable requests seen lately, by (peer, message ID), with their answers.
+#[derive(Default)]
+pub(super) struct Recent {
+    /// When each was first seen, and its answer once sent.
+    answers: HashMap<(SocketAddr, u16), Entry>,
+    order: VecDeque<(SocketAddr, u16)>,
+}
+
+pub(super) enum Seen {
+    New,
+    InProgress,
+    Answered(Vec<u8>),
+}
+
+impl Recent {
+    /// Records a request as being answered, unless it was seen before.
+    pub(super) fn begin(&mut self, key: (SocketAddr, u16)) -> Seen {
+        let now = now();
+        while let Some(old) = self.order.front().copied() {
+            let stale = self
+                .answers
+                .get(&old)
+                .is_none_or(|(at, _)| now - at > DEDUP_MILLIS);
+            if !stale && self.order.len() <= 65_536 {
+                break;
+            }
+            self.order.pop_front();
+            self.answers.remove(&old);
+        }
+        match self.answers.get(&key) {
+            Some((_, Some(answer))) => Seen::Answered(answer.clone()),
+            Some((_, None)) => Seen::InProgress,
+            None => {
+                self.answers.insert(key, (now, None));
+                self.order.push_back(key);
+                Seen::New
+            }
+        }
+    }
+
+    pub(super) fn answered(&mut self, key: (SocketAddr, u16), answer: Vec<u8>) {
+        if let Some(entry) = self.answers.get_mut(&key) {
+            entry.1 = Some(answer);
+        }
+    }
+}
+
+/// Answers registrations and routes answers to our requests, until the socket fails.
+pub async fn serve(socket: UdpSocket, state: Ctx) {
+    let socket = Arc::new(socket);
+    let _ = state.lwm2m.socket.set(socket.clone());
+    let recent = Arc::new(Mutex::new(Recent::default()));
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (len, peer) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(err) => {
+                tracing::warn!(error = %err, "lwm2m receive failed");
+                continue;
+            }
+        };
+        let link = Link {
+            peer,
+            secure: false,
+        };
+        datagram(&state, link, &buf[..len], &recent).await;
+    }
+}
+
+/// One CoAP message from a client, over either transport.
+pub(super) async fn datagram(state: &Ctx, link: Link, bytes: &[u8], recent: &Arc<Mutex<Recent>>) {
+    let Ok(packet) = Packet::from_bytes(bytes) else {
+        state.lwm2m.malformed.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let lwm2m = state.lwm2m.clone();
+    match packet.header.code {
+        MessageClass::Request(method) => {
+            let key = (link.peer, packet.header.message_id);
+            let confirmable = packet.header.get_type() == MessageType::Confirmable;
+            if confirmable {
+                let seen = recent.lock().unwrap_or_else(|e| e.into_inner()).begin(key);
+                match seen {
+                    Seen::New => {}
+                    // Still being answered: the answer will go out.
+                    Seen::InProgress => return,
+                    Seen::Answered(cached) => {
+                        lwm2m.transmit(link, &cached).await;
+                        return;
+                    }
+                }
+            }
+            // Requests are answered concurrently: a registration waits on the store.
+            let (state, recent) = (state.clone(), recent.clone());
+            tokio::spawn(async move {
+                let response = respond(&state, link, &packet, method).await;
+                let Ok(bytes) = response.to_bytes() else {
+                    return;
+                };
+                state.lwm2m.transmit(link, &bytes).await;
+                if confirmable {
+                    recent
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .answered(key, bytes);
+                }
+            });
+        }
+        MessageClass::Response(_) => {
+            // A separate (confirmable) answer or notification is acknowledged.
+            if packet.header.get_type() == MessageType::Confirmable {
+                let mut ack = Packet::new();
+                ack.header.set_type(MessageType::Acknowledgement);
+                ack.header.message_id = packet.header.message_id;
+                if let Ok(bytes) = ack.to_bytes() {
+                    lwm2m.transmit(link, &bytes).await;
+                }
+            }
+            let token = packet.get_token().to_vec();
+            let waiter = lwm2m.inner().pending.remove(&token);
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(packet);
+                return;
+            }
+            let observation = lwm2m.inner().observations.get(&token).cloned();
+            if let Some(observation) = observation {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let lwm2m = state.lwm2m.clone();
+                    if let Err(err) = lwm2m
+                        .notified(&state, observation.device, &observation.path, &packet)
+                        .await
+                    {
+                        tracing::warn!(error = %err.message, "lwm2m notification failed");
+                    }
+                });
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The answer to a client's request to the registration interface.
+pub(super) async fn respond(
+    state: &Ctx,
+    link: Link,
+    request: &Packet,
+    method: RequestType,
+) -> Packet {
+    let mut response = Packet::new();
+    if request.header.get_type() == MessageType::Confirmable {
+        response.header.set_type(MessageType::Acknowledgement);
+        response.header.message_id = request.header.message_id;
+    } else {
+        response.header.set_type(MessageType::NonConfirmable);
+        response.header.message_id = state.lwm2m.message_id.fetch_add(1, Ordering::Relaxed);
+    }
+    response.set_token(request.get_token().to_vec());
+    let code = match handle(state, link, request, method, &mut response).await {
+        Ok(code) => code,
+        Err((code, message)) => {
+            response.payload = message.into_bytes();
+            code
+        }
+    };
+    response.header.code = MessageClass::Response(code);
+    response
+}
+
+pub(super) type Answer = Result<ResponseType, (ResponseType, String)>;
+
+pub(super) fn bad(message: impl Into<String>) -> (ResponseType, String) {
+    (ResponseType::BadRequest, message.into())
+}
+
+pub(super) async fn handle(
+    state: &Ctx,
+    link: Link,
+    request: &Packet,
+    method: RequestType,
+    response: &mut Packet,
+) -> Answer {
+    let path = strings(request, CoapOption::UriPath);
+    let path: Vec<&str> = path.iter().map(String::as_str).collect();
+    match (method, path.as_slice()) {
+        (RequestType::Post, ["rd"]) => register(state, link, request, response).await,
+        (RequestType::Post, ["dp"]) => send(state, link, request).await,
+        (RequestType::Get, ["fw", token]) => package_block(state, token, request, response).await,
+        (RequestType::Post, ["rd", location]) => update(state, link, request, location),
+        (RequestType::Delete, ["rd", location]) => {
+            let mut inner = state.lwm2m.inner();
+            let endpoint = inner
+                .by_endpoint
+                .iter()
+                .find(|(_, r)| r.location == *location)
+                .map(|(e, _)| e.clone());
+            match endpoint {
+                Some(endpoint) => {
+                    if let Some(gone) = inner.by_endpoint.remove(&endpoint) {
+                        inner.observations.retain(|_, o| o.device != gone.device);
+                    }
+                    Ok(ResponseType::Deleted)
+                }
+                None => Err((ResponseType::NotFound, "no such registration".into())),
+            }
+        }
+        _ => Err((ResponseType::NotFound, "unknown resource".into())),
+    }
+}
+
+pub(super) async fn register(
+    state: &Ctx,
+    link: Link,
+    request: &Packet,
+    response: &mut Packet,
+) -> Answer {
+    let queries = strings(request, CoapOption::UriQuery);
+    let query = lwm2m::register_query(queries.iter().map(String::as_str)).map_err(|e| bad(e.0))?;
+    let version = query.version.clone().unwrap_or_else(|| "1.0".to_owned());
+    if !VERSIONS.contains(&version.as_str()) {
+        // 4.12, never 4.00: a client that gets 4.00 does not try an older version.
+        return Err((
+            ResponseType::PreconditionFailed,
+            format!("LwM2M {version} is not supported: use 1.1 or 1.0"),
+        ));
+    }
+    let endpoint = query
+        .endpoint
+        .clone()
+        .ok_or_else(|| bad("ep is required"))?;
+    let links = lwm2m::links(&request.payload).map_err(|e| {
+        state.lwm2m.malformed.fetch_add(1, Ordering::Relaxed);
+        bad(e.0)
+    })?;
+    let device = match device_for(state, &endpoint).await {
+        Ok(Some(device)) => device,
+        Ok(None) => {
+            return Err((
+                ResponseType::Forbidden,
+                format!("endpoint {endpoint:?} is not a device of this server"),
+            ));
+        }
+        Err(err) => return Err((ResponseType::InternalServerError, err.message)),
+    };
+    // A device with a PSK registers over DTLS only, and over DTLS only as the device whose
+    // identity it used.
+    let allowed = if link.secure {
+        state.lwm2m.dtls_device(link.peer) == Some(device.key)
+    } else {
+        !state.lwm2m.has_psk(device.key)
+    };
+    if !allowed {
+        return Err((
+            ResponseType::Forbidden,
+            format!("endpoint {endpoint:?} must register over DTLS with its own PSK identity"),
+        ));
+    }
+    let location = format!(
+        "{:x}",
+        state.lwm2m.next_location.fetch_add(1, Ordering::Relaxed) + 1
+    );
+    let lifetime = query.lifetime.unwrap_or(DEFAULT_LIFETIME);
+    let registration = Registration {
+        device: device.key,
+        tenant: device.tenant,
+        device_id: device.id.clone(),
+        endpoint: endpoint.clone(),
+        location: location.clone(),
+        link,
+        lifetime,
+        version,
+        root: links.root,
+        objects: links.objects,
+        // A little slack over the lifetime, as clients update at lt minus a margin.
+        expires_at: now() + i64::from(lifetime) * 1000 + 30_000,
+        observed: false,
+        info_read: false,
+        told: None,
+    };
+    {
+        let mut inner = state.lwm2m.inner();
+        // The same endpoint registering again replaces its registration and its observations
+        // (what it was told stays true).
+        inner.observations.retain(|_, o| o.device != device.key);
+        let told = inner.by_endpoint.get(&endpoint).and_then(|r| r.told);
+        let mut registration = registration;
+        registration.told = told;
+        inner.by_endpoint.insert(endpoint, registration);
+    }
+    response.add_option(CoapOption::LocationPath, b"rd".to_vec());
+    response.add_option(CoapOption::LocationPath, location.into_bytes());
+    // Our requests go out after this answer (node-lib only listens once it has it).
+    let (state, key) = (state.clone(), device.key);
+    tokio::spawn(async move {
+        let _ = state.store.touch_device(key).await;
+        state.lwm2m.kick(&state, key);
+    });
+    Ok(ResponseType::Created)
+}
+
+pub(super) fn update(state: &Ctx, link: Link, request: &Packet, location: &str) -> Answer {
+    let queries = strings(request, CoapOption::UriQuery);
+    let query = lwm2m::register_query(queries.iter().map(String::as_str)).map_err(|e| bad(e.0))?;
+    let links = if request.payload.is_empty() {
+        None
+    } else {
+        Some(lwm2m::links(&request.payload).map_err(|e| bad(e.0))?)
+    };
+    let device = {
+        let mut inner = state.lwm2m.inner();
+        let Some(registration) = inner
+            .by_endpoint
+            .values_mut()
+            .find(|r| r.location == location)
+        else {
+            return Err((ResponseType::NotFound, "no such registration".into()));
+        };
+        // The source is the new address (NAT rebinding).
+        registration.link = link;
+        if let Some(lifetime) = query.lifetime {
+            registration.lifetime = lifetime;
+        }
+        if let Some(links) = links {
+            registration.root = links.root;
+            registration.objects = links.objects;
+        }
+        registration.expires_at = now() + i64::from(registration.lifetime) * 1000 + 30_000;
+        registration.device
+    };
+    state.lwm2m.kick(state, device);
+    Ok(ResponseType::Changed)
+}
+
+/// The device an endpoint name stands for: the one registered under that endpoint name, else
+/// the device of that id in the default tenant (created on first contact when the tenant allows).
+pub(super) async fn device_for(
+    state: &Ctx,
+    endpoint: &str,
+) -> Result<Option<updraft_store::Device>, ApiError> {
+    if let Some(device) = state
+        .store
+        .device_by_credential(updraft_store::CredentialKind::Lwm2mEndpoint, endpoint)
+        .await?
+    {
+        return Ok(Some(device));
+    }
+    let Ok(id) = DeviceId::parse(endpoint) else {
+        return Ok(None);
+    };
+    let Some(tenant) = state
+        .store
+        .tenant_by_name(crate::kernel::DEFAULT_TENANT)
+        .await?
+    else {
+        return Ok(None);
+    };
+    if let Some(device) = state.store.device(tenant.key, &id).await? {
+        return Ok(Some(device));
+    }
+    if !tenant.settings.auto_register {
+        return Ok(None);
+    }
+    let new = NewDevice {
+        id,
+        project: None,
+        profile: None,
+        tags: Vec::new(),
+        attributes: Default::default(),
+    };
+    Ok(Some(
+        state.store.create_device(tenant.key, &new, &[]).await?,
+    ))
+}
+
+/// Largest CoAP block we send (SZX 6).
+pub(super) const MAX_BLOCK: u64 = 1024;
+
+/// One Block2 block of the package a download grant opens (CoAP pull). Every block is its own
+/// request (Anjay sends a new token each time); the ETag names the package.
+pub(super) async fn package_block(
+    state: &Ctx,
+    token: &str,
+    request: &Packet,
+    response: &mut Packet,
+) -> Answer {
+    use tokio::io::AsyncReadExt;
+    let (sha256, size) = state.grants.blob(token).ok_or_else(|| {
+        (
+            ResponseType::NotFound,
+            "unknown or expired package".to_owned(),
+        )
+    })?;
+    let (num, szx) = match request.get_first_option(CoapOption::Block2) {
+        Some(value) => {
+            let value = uint(value);
+            (value >> 4, (value & 0x7).min(6))
+        }
+        None => (0, 6),
+    };
+    let block = (1u64 << (szx + 4)).min(MAX_BLOCK);
+    let start = num.saturating_mul(block);
+    if start > 0 && start >= size {
+        return Err((
+            ResponseType::BadOption,
+            "that block is past the end".to_owned(),
+        ));
+    }
+    let len = block.min(size.saturating_sub(start));
+    let more = start + len < size;
+    response.add_option(
+        CoapOption::Block2,
+        encode_uint((num << 4) | (u64::from(more) << 3) | szx),
+    );
+    response.add_option(CoapOption::Size2, encode_uint(size));
+    response.add_option(CoapOption::ETag, sha256.as_bytes()[..8].to_vec());
+    response.add_option(
+        CoapOption::ContentFormat,
+        encode_uint(u64::from(lwm2m::OPAQUE)),
+    );
+    if len > 0 {
+        let mut reader = state
+            .blobs
+            .open(&sha256, start, Some(len))
+            .await
+            .map_err(|e| (ResponseType::InternalServerError, e.to_string()))?;
+        let mut payload = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        reader
+            .read_to_end(&mut payload)
+            .await
+            .map_err(|e| (ResponseType::InternalServerError, e.to_string()))?;
+        response.payload = payload;
+    }
+    Ok(ResponseType::Content)
+}
+
+/// The 1.1 Send operation (`POST /dp`): values of the sender's resources, as a notification
+/// would carry them (flownexus's firmware reports /5/0/3 and /5/0/5 this way).
+pub(super) async fn send(state: &Ctx, link: Link, request: &Packet) -> Answer {
+    let device = state
+        .lwm2m
+        .inner()
+        .by_endpoint
+        .values()
+        .find(|r| r.link == link && r.expires_at > now())
+        .map(|r| r.device)
+        .ok_or_else(|| {
+            (
+                ResponseType::Forbidden,
+                "register before sending".to_owned(),
+            )
+        })?;
+    let content_format = request
+        .get_first_option(CoapOption::ContentFormat)
+        .map_or(lwm2m::SENML_CBOR, |v| {
+            u16::try_from(uint(v)).unwrap_or(u16::MAX)
+        });
+    let values = lwm2m::senml_numbers(content_format, &request.payload).map_err(|e| bad(e.0))?;
+    for (path, value) in values {
+        let path = path.trim_end_matches('/');
+        if matches!(path, "/5/0/3" | "/5/0/5")
+            && let Err(err) = state.lwm2m.value(state, device, path, value as i64).await
+        {
+            return Err((ResponseType::InternalServerError, err.message));
+        }
+    }
+    Ok(ResponseType::Changed)
+}

@@ -1,0 +1,261 @@
+//! The LwM2M server (NoSec, UDP): the registration interface (Register, Update, De-register,
+//! lifetimes) and the firmware update of object 5 driven from the server side. One socket both
+//! answers clients and sends our requests, from the listener's port to the address of the
+//! device's last Register or Update (clients with connected sockets drop anything else).
+//!
+//! The update of a registered device with an active action: observe /5/0/3 (State) and /5/0/5
+//! (Update Result), write a one-time HTTP URL to /5/0/1 (Package URI), follow the notifications
+//! (1 Downloading, 2 Downloaded), Execute /5/0/2 in state 2, and decide on the result resource:
+//! 1 → UPDATED, 2–9 → FAILED with LwM2M's code; after every Register of a device that is
+//! updating, read /5/0/5 again (notifications merge; a reboot ends observations).
+
+pub mod adapter;
+mod dtls;
+mod firmware;
+mod listener;
+mod requests;
+
+pub use self::dtls::serve_dtls;
+pub use self::listener::serve;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use updraft_core::{
+    ArtifactKind, DeviceId, DeviceKey, Failure, FailureCode, Report, TenantKey, UpdateState,
+};
+use updraft_store::NewDevice;
+use updraft_wire::lwm2m;
+
+use crate::kernel::error::ApiError;
+use crate::kernel::state::AppState;
+
+/// The source recorded in history for reports over this protocol.
+pub const SOURCE: &str = "lwm2m";
+/// LwM2M versions we register.
+const VERSIONS: [&str; 2] = ["1.0", "1.1"];
+/// Lifetime when a Register names none (the spec's default).
+const DEFAULT_LIFETIME: u32 = 86_400;
+/// How long an answered confirmable message is remembered for duplicates (EXCHANGE_LIFETIME).
+const DEDUP_MILLIS: i64 = 247_000;
+
+/// Where a client is: its address, and whether over DTLS (our requests go through its session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Link {
+    pub peer: SocketAddr,
+    pub secure: bool,
+}
+
+/// PSK identity → (device, key).
+pub type PskTable = HashMap<Vec<u8>, (DeviceKey, Vec<u8>)>;
+
+/// One registered client.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub device: DeviceKey,
+    pub tenant: TenantKey,
+    pub device_id: DeviceId,
+    pub endpoint: String,
+    pub location: String,
+    pub link: Link,
+    pub lifetime: u32,
+    pub version: String,
+    /// Alternate root path (`/lwm2m`), or empty.
+    pub root: String,
+    pub objects: Vec<String>,
+    pub expires_at: i64,
+    /// /5/0/3 and /5/0/5 are observed for this registration.
+    observed: bool,
+    /// The Device object has been read for this registration.
+    info_read: bool,
+    /// The action whose package the device was last given (URI written or package pushed).
+    told: Option<updraft_core::ActionKey>,
+}
+
+/// Options of one of our requests.
+#[derive(Debug, Clone, Default)]
+struct RequestOptions {
+    content_format: Option<u16>,
+    accept: Option<u16>,
+    /// 0 registers an observation, 1 cancels one.
+    observe: Option<u32>,
+    queries: Vec<String>,
+    /// Reuse a token (cancelling an observation).
+    token: Option<Vec<u8>>,
+    /// Block1 option value (a pushed package's blocks) and the whole size on the first.
+    block1: Option<u64>,
+    size1: Option<u64>,
+}
+
+/// A device-management operation on a registered client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    Read,
+    /// Text value (or empty).
+    Write(String),
+    Execute(String),
+    Discover,
+    /// `pmin=10&pmax=60` and the like.
+    WriteAttributes(String),
+    Observe,
+    CancelObserve,
+}
+
+/// A client's answer to an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationResult {
+    /// CoAP code as `2.05`.
+    pub code: String,
+    pub content_format: Option<u16>,
+    pub payload: Vec<u8>,
+}
+
+/// What an observation's notifications are about.
+#[derive(Debug, Clone)]
+struct Observation {
+    device: DeviceKey,
+    path: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_endpoint: HashMap<String, Registration>,
+    pending: HashMap<Vec<u8>, oneshot::Sender<Packet>>,
+    observations: HashMap<Vec<u8>, Observation>,
+    drivers: HashSet<DeviceKey>,
+    /// One request at a time per device.
+    locks: HashMap<DeviceKey, Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// The LwM2M server's state.
+#[derive(Default)]
+pub struct Lwm2m {
+    socket: OnceLock<Arc<UdpSocket>>,
+    /// Plaintext to encrypt and send on a DTLS session, by peer.
+    dtls_out: OnceLock<tokio::sync::mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>>,
+    /// PSK identities → (device, key), for the DTLS listener.
+    pub psks: Arc<std::sync::RwLock<PskTable>>,
+    /// The device each DTLS peer authenticated as.
+    dtls_peers: Mutex<HashMap<SocketAddr, DeviceKey>>,
+    inner: Mutex<Inner>,
+    message_id: AtomicU16,
+    next_token: AtomicU64,
+    next_location: AtomicU64,
+    /// Messages that could not be read (not CoAP, bad link format, unreadable values).
+    pub malformed: Arc<AtomicU64>,
+}
+
+/// The LwM2M adapter's state: the server's, and the registrations.
+#[derive(Clone)]
+pub struct Ctx {
+    pub app: AppState,
+    pub lwm2m: Arc<Lwm2m>,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.app
+    }
+}
+
+fn now() -> i64 {
+    crate::kernel::clock::now_millis()
+}
+
+impl Lwm2m {
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registered devices (lifetime not expired).
+    pub fn devices(&self) -> Vec<DeviceKey> {
+        let now = now();
+        self.inner()
+            .by_endpoint
+            .values()
+            .filter(|r| r.expires_at > now)
+            .map(|r| r.device)
+            .collect()
+    }
+
+    /// The device's live registration.
+    pub fn registration_of(&self, device: DeviceKey) -> Option<Registration> {
+        let now = now();
+        self.inner()
+            .by_endpoint
+            .values()
+            .find(|r| r.device == device && r.expires_at > now)
+            .cloned()
+    }
+
+    /// The registration of an endpoint name.
+    pub fn registration(&self, endpoint: &str) -> Option<Registration> {
+        let now = now();
+        self.inner()
+            .by_endpoint
+            .get(endpoint)
+            .filter(|r| r.expires_at > now)
+            .cloned()
+    }
+
+    fn device_lock(&self, device: DeviceKey) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner().locks.entry(device).or_default().clone()
+    }
+
+    /// Sends a datagram to a client, through its DTLS session when it has one.
+    async fn transmit(&self, link: Link, bytes: &[u8]) {
+        if link.secure {
+            if let Some(out) = self.dtls_out.get() {
+                let _ = out.send((link.peer, bytes.to_vec()));
+            }
+        } else if let Some(socket) = self.socket.get() {
+            let _ = socket.send_to(bytes, link.peer).await;
+        }
+    }
+}
+
+fn is_success(packet: &Packet) -> bool {
+    matches!(
+        packet.header.code,
+        MessageClass::Response(
+            ResponseType::Created
+                | ResponseType::Deleted
+                | ResponseType::Valid
+                | ResponseType::Changed
+                | ResponseType::Content
+                | ResponseType::Continue
+        )
+    )
+}
+
+fn uint(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .take(8)
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+}
+
+fn encode_uint(value: u64) -> Vec<u8> {
+    let bytes = value.to_be_bytes();
+    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    bytes[first..].to_vec()
+}
+
+fn strings(packet: &Packet, option: CoapOption) -> Vec<String> {
+    packet
+        .get_option(option)
+        .map(|values| {
+            values
+                .iter()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}

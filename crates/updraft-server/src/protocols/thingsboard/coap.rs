@@ -1,0 +1,441 @@
+//! ThingsBoard's CoAP transport (RFC 7252 over UDP): the same device API as over HTTP under
+//! `coap://host/api/v1/{token}/…`, firmware in blocks (RFC 7959 Block2) read straight from the
+//! blob store, and Observe on the attributes, notified by the notification queue.
+//!
+//! Confirmable requests are answered in a piggybacked ACK; a repeated request (same peer and
+//! message ID) gets the cached answer without being handled twice.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use coap_lite::{
+    CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType, ResponseType,
+};
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use updraft_core::{ArtifactKind, DeviceKey};
+
+use crate::kernel::error::{ApiError, ApiResult};
+use crate::kernel::state::AppState;
+use crate::protocols::thingsboard;
+
+/// Largest block we send (SZX 6).
+const MAX_BLOCK: u64 = 1024;
+
+/// Who observes: the peer and the token of its Observe request.
+type Observer = (SocketAddr, Vec<u8>);
+
+/// Devices observing their attributes, and the way out to them.
+#[derive(Default)]
+pub struct Observers {
+    by_device: Mutex<HashMap<DeviceKey, Vec<Observer>>>,
+    out: OnceLock<mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>>,
+    sequence: AtomicU32,
+    message_id: AtomicU16,
+}
+
+impl Observers {
+    fn add(&self, device: DeviceKey, peer: SocketAddr, token: Vec<u8>) {
+        if let Ok(mut map) = self.by_device.lock() {
+            let list = map.entry(device).or_default();
+            list.retain(|(p, t)| !(*p == peer && *t == token));
+            list.push((peer, token));
+        }
+    }
+
+    fn remove(&self, device: DeviceKey, peer: SocketAddr, token: &[u8]) {
+        if let Ok(mut map) = self.by_device.lock()
+            && let Some(list) = map.get_mut(&device)
+        {
+            list.retain(|(p, t)| !(*p == peer && t == token));
+        }
+    }
+
+    /// Whether the device has an observer.
+    pub fn observed(&self, device: DeviceKey) -> bool {
+        self.by_device
+            .lock()
+            .map(|m| m.get(&device).is_some_and(|list| !list.is_empty()))
+            .unwrap_or(false)
+    }
+
+    /// Devices with at least one observer.
+    pub fn devices(&self) -> Vec<DeviceKey> {
+        self.by_device
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, list)| !list.is_empty())
+                    .map(|(k, _)| *k)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn next_sequence(&self) -> u32 {
+        self.sequence.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff
+    }
+
+    fn next_message_id(&self) -> u16 {
+        self.message_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends `shared` (the `{"shared":…}`-less attribute object) to every observer of `device`.
+    pub fn notify(&self, device: DeviceKey, shared: &Value) {
+        let Some(out) = self.out.get() else { return };
+        let observers = self
+            .by_device
+            .lock()
+            .map(|m| m.get(&device).cloned().unwrap_or_default())
+            .unwrap_or_default();
+        for (peer, token) in observers {
+            let mut packet = Packet::new();
+            packet.header.set_type(MessageType::NonConfirmable);
+            packet.header.code = MessageClass::Response(ResponseType::Content);
+            packet.header.message_id = self.next_message_id();
+            packet.set_token(token);
+            packet.set_observe_value(self.next_sequence());
+            packet.set_content_format(ContentFormat::ApplicationJSON);
+            packet.payload = shared.to_string().into_bytes();
+            if let Ok(bytes) = packet.to_bytes() {
+                let _ = out.send((peer, bytes));
+            }
+        }
+    }
+}
+
+/// The CoAP face's state: the server's, and its observers.
+#[derive(Clone)]
+pub struct Ctx {
+    pub app: AppState,
+    pub coap: Arc<Observers>,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.app
+    }
+}
+
+/// Answers requests on `socket` until it fails.
+pub async fn serve(socket: UdpSocket, state: Ctx) {
+    let socket = std::sync::Arc::new(socket);
+    let (tx, mut rx) = mpsc::unbounded_channel::<(SocketAddr, Vec<u8>)>();
+    let _ = state.coap.out.set(tx);
+    let sender = socket.clone();
+    tokio::spawn(async move {
+        while let Some((peer, bytes)) = rx.recv().await {
+            let _ = sender.send_to(&bytes, peer).await;
+        }
+    });
+    let mut recent: HashMap<(SocketAddr, u16), Vec<u8>> = HashMap::new();
+    let mut order: VecDeque<(SocketAddr, u16)> = VecDeque::new();
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (len, peer) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(err) => {
+                tracing::warn!(error = %err, "coap receive failed");
+                continue;
+            }
+        };
+        let Ok(request) = Packet::from_bytes(&buf[..len]) else {
+            continue;
+        };
+        let key = (peer, request.header.message_id);
+        if request.header.get_type() == MessageType::Confirmable
+            && let Some(cached) = recent.get(&key)
+        {
+            let _ = socket.send_to(cached, peer).await;
+            continue;
+        }
+        let Some(response) = respond(&state, peer, &request).await else {
+            continue;
+        };
+        let Ok(bytes) = response.to_bytes() else {
+            continue;
+        };
+        let _ = socket.send_to(&bytes, peer).await;
+        if request.header.get_type() == MessageType::Confirmable {
+            recent.insert(key, bytes);
+            order.push_back(key);
+            if order.len() > 1024
+                && let Some(old) = order.pop_front()
+            {
+                recent.remove(&old);
+            }
+        }
+    }
+}
+
+fn code_of(err: &ApiError) -> ResponseType {
+    match err.status.as_u16() {
+        400 | 422 => ResponseType::BadRequest,
+        401 => ResponseType::Unauthorized,
+        403 => ResponseType::Forbidden,
+        404 => ResponseType::NotFound,
+        405 => ResponseType::MethodNotAllowed,
+        413 => ResponseType::RequestEntityTooLarge,
+        _ => ResponseType::InternalServerError,
+    }
+}
+
+/// The answer to one request (`None` for messages that need none).
+async fn respond(state: &Ctx, peer: SocketAddr, request: &Packet) -> Option<Packet> {
+    let MessageClass::Request(method) = request.header.code else {
+        return None;
+    };
+    let mut response = Packet::new();
+    match request.header.get_type() {
+        MessageType::Confirmable => {
+            response.header.set_type(MessageType::Acknowledgement);
+            response.header.message_id = request.header.message_id;
+        }
+        _ => {
+            response.header.set_type(MessageType::NonConfirmable);
+            response.header.message_id = state.coap.next_message_id();
+        }
+    }
+    response.set_token(request.get_token().to_vec());
+    match handle(state, peer, request, method, &mut response).await {
+        Ok(code) => response.header.code = MessageClass::Response(code),
+        Err(err) => {
+            response.header.code = MessageClass::Response(code_of(&err));
+            response.clear_all_options();
+            response.payload = format!("{}: {}", err.code, err.message).into_bytes();
+        }
+    }
+    Some(response)
+}
+
+fn strings(request: &Packet, option: CoapOption) -> Vec<String> {
+    request
+        .get_option(option)
+        .map(|values| {
+            values
+                .iter()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn uint(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .take(8)
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+}
+
+fn encode_uint(value: u64) -> Vec<u8> {
+    let bytes = value.to_be_bytes();
+    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    bytes[first..].to_vec()
+}
+
+async fn handle(
+    state: &Ctx,
+    peer: SocketAddr,
+    request: &Packet,
+    method: RequestType,
+    response: &mut Packet,
+) -> ApiResult<ResponseType> {
+    let path = strings(request, CoapOption::UriPath);
+    let query: HashMap<String, String> = strings(request, CoapOption::UriQuery)
+        .into_iter()
+        .filter_map(|q| q.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    let segments: Vec<&str> = path.iter().map(String::as_str).collect();
+    let (token, resource) = match segments.as_slice() {
+        ["api", "v1", token, resource] => (*token, *resource),
+        _ => {
+            return Err(ApiError::not_found(
+                "not_found",
+                "use /api/v1/{token}/attributes, telemetry, firmware or software",
+            ));
+        }
+    };
+    let device = thingsboard::device_for_token(state, token).await?;
+    let json = || {
+        serde_json::from_slice::<Value>(&request.payload)
+            .map_err(|_| ApiError::bad_request("invalid_json", "the payload is not JSON"))
+    };
+    match (method, resource) {
+        (RequestType::Get, "attributes") => {
+            let shared = thingsboard::shared_attributes(state, &device).await?;
+            let mut body = serde_json::Map::new();
+            let client_keys = query.get("clientKeys");
+            if query.contains_key("sharedKeys") || client_keys.is_none() {
+                body.insert(
+                    "shared".into(),
+                    Value::Object(thingsboard::select(
+                        shared,
+                        query.get("sharedKeys").map(String::as_str),
+                    )),
+                );
+            }
+            if let Some(keys) = client_keys {
+                body.insert(
+                    "client".into(),
+                    Value::Object(thingsboard::select(
+                        thingsboard::client_attributes(&device),
+                        Some(keys),
+                    )),
+                );
+            }
+            match request
+                .get_first_option(CoapOption::Observe)
+                .map(|v| uint(v))
+            {
+                Some(0) => {
+                    state
+                        .coap
+                        .add(device.key, peer, request.get_token().to_vec());
+                    response.set_observe_value(state.coap.next_sequence());
+                }
+                Some(1) => state.coap.remove(device.key, peer, request.get_token()),
+                _ => {}
+            }
+            response.set_content_format(ContentFormat::ApplicationJSON);
+            response.payload = Value::Object(body).to_string().into_bytes();
+            Ok(ResponseType::Content)
+        }
+        (RequestType::Post, "telemetry") => {
+            state.store.touch_device(device.key).await?;
+            thingsboard::telemetry(state, &device, &json()?).await?;
+            Ok(ResponseType::Changed)
+        }
+        (RequestType::Post, "attributes") => {
+            let Value::Object(values) = json()? else {
+                return Err(ApiError::bad_request(
+                    "invalid_json",
+                    "attributes are a JSON object",
+                ));
+            };
+            let data = crate::kernel::views::attribute_strings(values);
+            state
+                .store
+                .update_attributes(device.key, updraft_store::AttributeMode::Merge, &data)
+                .await?;
+            Ok(ResponseType::Changed)
+        }
+        (RequestType::Get, "firmware" | "software") => {
+            let kind = if resource == "firmware" {
+                ArtifactKind::Firmware
+            } else {
+                ArtifactKind::Software
+            };
+            firmware_block(state, &device, kind, &query, request, response).await
+        }
+        _ => Err(ApiError::new(
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "no such method on this resource",
+        )),
+    }
+}
+
+/// One Block2 block of the chunk the query selects (`size`/`chunk`, or the whole artifact).
+async fn firmware_block(
+    state: &Ctx,
+    device: &updraft_store::Device,
+    kind: ArtifactKind,
+    query: &HashMap<String, String>,
+    request: &Packet,
+    response: &mut Packet,
+) -> ApiResult<ResponseType> {
+    let number = |key: &str| -> ApiResult<u64> {
+        match query.get(key) {
+            Some(text) => text.parse().map_err(|_| {
+                ApiError::bad_request("invalid_request", format!("{key} is not a number"))
+            }),
+            None => Ok(0),
+        }
+    };
+    let (size, index) = (number("size")?, number("chunk")?);
+    let wanted = thingsboard::desired(state, device)
+        .await?
+        .into_iter()
+        .find(|(k, _, a)| {
+            *k == kind
+                && match (query.get("title"), query.get("version")) {
+                    (Some(title), Some(version)) => a.title == *title && a.version == *version,
+                    _ => true,
+                }
+        });
+    let Some((_, _, artifact)) = wanted else {
+        return Err(ApiError::not_found(
+            "artifact_not_found",
+            "that firmware is not assigned to this device",
+        ));
+    };
+    // The representation: one chunk of the artifact.
+    let (chunk_start, chunk_len) = if size == 0 {
+        (0, artifact.size)
+    } else {
+        (index.saturating_mul(size), size)
+    };
+    let chunk_len = if chunk_start >= artifact.size {
+        0
+    } else {
+        chunk_len.min(artifact.size - chunk_start)
+    };
+    // The block of it.
+    let (num, szx) = match request.get_first_option(CoapOption::Block2) {
+        Some(value) => {
+            let value = uint(value);
+            (value >> 4, (value & 0x7).min(6))
+        }
+        None => (0, 6),
+    };
+    let block = 1u64 << (szx + 4);
+    let start = num.saturating_mul(block);
+    if start > 0 && start >= chunk_len {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "that block is past the end",
+        ));
+    }
+    let len = block.min(chunk_len.saturating_sub(start)).min(MAX_BLOCK);
+    let more = start + len < chunk_len;
+    if more || request.get_first_option(CoapOption::Block2).is_some() {
+        let value = (num << 4) | (u64::from(more) << 3) | szx;
+        response.add_option(CoapOption::Block2, encode_uint(value));
+    }
+    response.add_option(CoapOption::Size2, encode_uint(chunk_len));
+    response.set_content_format(ContentFormat::ApplicationOctetStream);
+    if len > 0 {
+        let mut reader = state
+            .blobs
+            .open(&artifact.checksums.sha256, chunk_start + start, Some(len))
+            .await
+            .map_err(ApiError::internal)?;
+        let mut payload = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        reader
+            .read_to_end(&mut payload)
+            .await
+            .map_err(ApiError::internal)?;
+        response.payload = payload;
+    }
+    Ok(ResponseType::Content)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uints_round_trip_in_the_fewest_bytes() {
+        for value in [0u64, 1, 255, 256, 0x0012_3456, u64::from(u32::MAX)] {
+            let bytes = encode_uint(value);
+            assert_eq!(uint(&bytes), value);
+            assert!(bytes.first() != Some(&0));
+        }
+        assert_eq!(encode_uint(0), Vec::<u8>::new());
+    }
+}

@@ -1,0 +1,5 @@
+//! Transports: they know packets, connections and sessions, never a protocol. Protocol adapters
+//! register their topic handlers with them.
+
+pub mod mqtt;
+pub mod tls;

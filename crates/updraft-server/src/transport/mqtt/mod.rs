@@ -1,0 +1,404 @@
+//! The built-in MQTT endpoint (3.1.1 and 5, plain TCP or TLS). It terminates device connections
+//! itself, as ThingsBoard's and AWS IoT's transports do; it is not a general broker: devices talk
+//! to the server, never to each other. It knows packets, logins and subscriptions; what a topic
+//! means is up to the [`TopicHandler`]s that protocol adapters register.
+//!
+//! One task per connection; memory per connection is its read buffer and a small queue of
+//! pushes. Large payloads (firmware chunks) are streamed by handlers into the socket.
+
+pub mod codec;
+pub mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use self::codec::{CodecError, Inbound, Outbound};
+pub use self::session::{DeviceStream, Session, Sessions, topic_matches};
+use crate::kernel::auth::{self, Login, LoginKind};
+use crate::kernel::error::ApiResult;
+use crate::kernel::state::AppState;
+
+/// Largest packet a device may send (a telemetry message, not a firmware: those only go out).
+pub const MAX_INBOUND_PACKET: usize = 256 * 1024;
+
+/// A protocol's topics on the endpoint.
+#[async_trait]
+pub trait TopicHandler: Send + Sync {
+    /// The protocol's name (what a session that used these topics speaks).
+    fn name(&self) -> &'static str;
+    /// Whether `topic` (or a subscription filter) is this protocol's, for this session.
+    fn claims(&self, session: &Session, topic: &str) -> bool;
+    /// Why a topic or filter this session may not touch ends the connection, if it is one.
+    fn forbids(&self, session: &Session, topic: &str) -> Option<&'static str> {
+        let _ = (session, topic);
+        None
+    }
+    /// Handles a PUBLISH on a claimed topic; an error is the device's (logged, the connection
+    /// stays).
+    async fn publish(&self, session: &mut Session, topic: &str, payload: Bytes) -> ApiResult<()>;
+}
+
+/// The endpoint: the state, the connected sessions and the protocols' topic handlers.
+pub struct Endpoint {
+    state: AppState,
+    sessions: Arc<Sessions>,
+    handlers: Vec<Arc<dyn TopicHandler>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("{0}")]
+    Protocol(&'static str),
+}
+
+impl Endpoint {
+    pub fn new(
+        state: AppState,
+        sessions: Arc<Sessions>,
+        handlers: Vec<Arc<dyn TopicHandler>>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            state,
+            sessions,
+            handlers,
+        })
+    }
+
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    /// Accepts device connections until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = this.connection(Box::new(stream), None).await {
+                            tracing::debug!(error = %err, "mqtt connection ended");
+                        }
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "mqtt accept failed");
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+
+    /// Accepts device connections over TLS until the listener fails. A client certificate, if
+    /// the device presents one, is its credential: it must be registered to a device.
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+    ) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let this = self.clone();
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        // The handshake gets as long as a CONNECT does.
+                        let handshake =
+                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                                .await;
+                        let stream = match handshake {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(err)) => {
+                                tracing::debug!(error = %err, "mqtt tls handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                        let fingerprint = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .map(|cert| crate::transport::tls::fingerprint(cert));
+                        if let Err(err) = this.connection(Box::new(stream), fingerprint).await {
+                            tracing::debug!(error = %err, "mqtt connection ended");
+                        }
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "mqtt accept failed");
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+
+    /// The device a CONNECT's credentials name, and how it proved it.
+    async fn login(
+        &self,
+        client_cert: Option<String>,
+        username: Option<String>,
+        password: Option<String>,
+    ) -> Option<Login> {
+        let state = &self.state;
+        // Token-only clients put their token in the user name; others send `{device}@{tenant}`
+        // (or the device id) and the token as the password. AWS's SDKs append
+        // `?SDK=…&Platform=…` metrics to the user name; AWS IoT ignores them. (Only beside a
+        // password: a token alone in the user name is taken whole.)
+        let username = match (username, password.as_deref()) {
+            (Some(user), Some(token)) if !token.is_empty() => match user.split_once('?') {
+                Some((user, _)) => Some(user.to_owned()),
+                None => Some(user),
+            },
+            (user, _) => user,
+        };
+        let (device, kind) = match (client_cert, username.as_deref(), password.as_deref()) {
+            // A client certificate is the credential, whatever else the CONNECT says (AWS IoT):
+            // an unregistered one is refused.
+            (Some(fingerprint), _, _) => (
+                state
+                    .store
+                    .device_by_credential(updraft_store::CredentialKind::Certificate, &fingerprint)
+                    .await
+                    .ok()
+                    .flatten()?,
+                LoginKind::Certificate,
+            ),
+            (None, Some(user), Some(token)) if !token.is_empty() => (
+                auth::device_by_login(state, user, token).await.ok()?,
+                LoginKind::UserPassword,
+            ),
+            (None, Some(token), _) => (
+                auth::device_by_token(state, token).await.ok()?,
+                LoginKind::Token,
+            ),
+            _ => return None,
+        };
+        let gateway = match (kind, password.as_deref()) {
+            (LoginKind::Token, _) | (_, None) => false,
+            (_, Some(token)) => auth::is_gateway(state, &device, token)
+                .await
+                .unwrap_or(false),
+        };
+        Some(Login {
+            device,
+            kind,
+            gateway,
+        })
+    }
+
+    async fn connection(
+        &self,
+        mut stream: Box<dyn DeviceStream>,
+        client_cert: Option<String>,
+    ) -> Result<(), ConnectionError> {
+        let mut buf = BytesMut::with_capacity(1024);
+        // CONNECT within ten seconds, or the connection goes.
+        let version = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(version) = codec::connect_version(&buf)? {
+                    return Ok::<_, ConnectionError>(version);
+                }
+                if stream.read_buf(&mut buf).await? == 0 {
+                    return Err(ConnectionError::Protocol("closed before CONNECT"));
+                }
+            }
+        })
+        .await
+        .map_err(|_| ConnectionError::Protocol("no CONNECT in time"))??;
+        let (username, password, keep_alive) = loop {
+            match codec::read(version, &mut buf, MAX_INBOUND_PACKET)? {
+                Some(Inbound::Connect {
+                    username,
+                    password,
+                    keep_alive,
+                }) => break (username, password, keep_alive),
+                Some(_) => return Err(ConnectionError::Protocol("first packet is not CONNECT")),
+                None => {
+                    if stream.read_buf(&mut buf).await? == 0 {
+                        return Err(ConnectionError::Protocol("closed in CONNECT"));
+                    }
+                }
+            }
+        };
+        let mut out = BytesMut::new();
+        let Some(login) = self.login(client_cert, username, password).await else {
+            codec::write(version, &Outbound::ConnAck { accepted: false }, &mut out)?;
+            stream.write_all(&out).await?;
+            stream.flush().await?;
+            return Err(ConnectionError::Protocol("not authorized"));
+        };
+        codec::write(version, &Outbound::ConnAck { accepted: true }, &mut out)?;
+        stream.write_all(&out).await?;
+        stream.flush().await?;
+        let _ = self.state.store.touch_device(login.device.key).await;
+
+        let (tx, mut rx) = mpsc::channel(16);
+        let id = self.sessions.add(&login.device, tx);
+        let mut session = Session {
+            login,
+            version,
+            stream,
+            out,
+            subscriptions: Vec::new(),
+        };
+        // MQTT: the server may close a connection silent for one and a half keep-alive periods.
+        let idle_limit = match keep_alive {
+            0 => None,
+            secs => Some(Duration::from_millis(u64::from(secs) * 1500)),
+        };
+        let result = self
+            .run(&mut session, id, &mut buf, &mut rx, idle_limit)
+            .await;
+        self.sessions.remove(session.login.device.key, id);
+        result
+    }
+
+    async fn run(
+        &self,
+        session: &mut Session,
+        id: u64,
+        buf: &mut BytesMut,
+        rx: &mut mpsc::Receiver<Outbound>,
+        idle_limit: Option<Duration>,
+    ) -> Result<(), ConnectionError> {
+        loop {
+            while let Some(packet) = codec::read(session.version, buf, MAX_INBOUND_PACKET)? {
+                if !self.handle(session, id, packet).await? {
+                    return Ok(());
+                }
+            }
+            let idle = async {
+                match idle_limit {
+                    Some(limit) => tokio::time::sleep(limit).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                read = session.stream.read_buf(buf) => {
+                    if read? == 0 {
+                        return Ok(());
+                    }
+                }
+                Some(packet) = rx.recv() => {
+                    let deliver = match &packet {
+                        Outbound::Publish { topic, .. } => session.subscribed(topic),
+                        _ => true,
+                    };
+                    if deliver {
+                        session.send(&packet).await?;
+                    }
+                }
+                () = idle => return Err(ConnectionError::Protocol("keep-alive expired")),
+            }
+        }
+    }
+
+    /// The handler whose topic this is, after every handler has had its say on whether the
+    /// session may touch it at all.
+    fn handler_for(
+        &self,
+        session: &Session,
+        topic: &str,
+    ) -> Result<Option<&Arc<dyn TopicHandler>>, ConnectionError> {
+        if let Some(why) = self.handlers.iter().find_map(|h| h.forbids(session, topic)) {
+            return Err(ConnectionError::Protocol(why));
+        }
+        Ok(self.handlers.iter().find(|h| h.claims(session, topic)))
+    }
+
+    /// Handles one packet; false ends the connection.
+    async fn handle(
+        &self,
+        session: &mut Session,
+        id: u64,
+        packet: Inbound,
+    ) -> Result<bool, ConnectionError> {
+        let device = session.login.device.key;
+        match packet {
+            Inbound::Connect { .. } => return Err(ConnectionError::Protocol("a second CONNECT")),
+            Inbound::PingReq => session.send(&Outbound::PingResp).await?,
+            Inbound::Disconnect => return Ok(false),
+            Inbound::Subscribe { pkid, filters } => {
+                for (filter, _) in &filters {
+                    if let Some(handler) = self.handler_for(session, filter)? {
+                        self.sessions.spoke(device, id, handler.name());
+                    }
+                }
+                let granted = filters.iter().map(|(_, qos)| (*qos).min(1)).collect();
+                session
+                    .subscriptions
+                    .extend(filters.into_iter().map(|(filter, _)| filter));
+                session.send(&Outbound::SubAck { pkid, granted }).await?;
+            }
+            Inbound::Unsubscribe { pkid, count } => {
+                session.send(&Outbound::UnsubAck { pkid, count }).await?
+            }
+            Inbound::Publish {
+                topic,
+                payload,
+                qos,
+                pkid,
+            } => {
+                let result = match self.handler_for(session, &topic)? {
+                    Some(handler) => {
+                        self.sessions.spoke(device, id, handler.name());
+                        handler.clone().publish(session, &topic, payload).await
+                    }
+                    None => Err(crate::kernel::error::ApiError::bad_request(
+                        "invalid_request",
+                        "unknown topic",
+                    )),
+                };
+                if let Err(err) = result {
+                    // A bad message is the device's problem: log it, keep the connection.
+                    tracing::debug!(device = %session.login.device.id, topic, error = %err.message, "refused device message");
+                }
+                // Acknowledged once handled, so a device that waits for its PUBACK knows the
+                // server has applied the message.
+                if qos > 0 {
+                    session.send(&Outbound::PubAck { pkid }).await?;
+                }
+            }
+            Inbound::Ignored => {}
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_as_mqtt_says() {
+        for (filter, topic, expected) in [
+            ("v1/devices/me/attributes", "v1/devices/me/attributes", true),
+            (
+                "v1/devices/me/attributes/response/+",
+                "v1/devices/me/attributes/response/7",
+                true,
+            ),
+            ("v2/fw/response/+", "v2/fw/response/1/chunk/0", false),
+            ("v2/fw/response/#", "v2/fw/response/1/chunk/0", true),
+            ("#", "anything/at/all", true),
+            ("a/+/c", "a/b", false),
+        ] {
+            assert_eq!(
+                topic_matches(filter, topic),
+                expected,
+                "{filter} vs {topic}"
+            );
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! One device's MQTT connection as protocol handlers see it, and the table of connected sessions
+//! the server pushes through.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use updraft_core::{DeviceId, DeviceKey};
+use updraft_store::Device;
+
+use super::codec::{self, Outbound, Version};
+use crate::kernel::auth::Login;
+
+/// A device's byte stream: plain TCP or TLS.
+pub trait DeviceStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> DeviceStream for T {}
+
+/// An authenticated connection.
+pub struct Session {
+    pub(super) login: Login,
+    pub(super) version: Version,
+    pub(super) stream: Box<dyn DeviceStream>,
+    pub(super) out: BytesMut,
+    pub(super) subscriptions: Vec<String>,
+}
+
+impl Session {
+    /// The device and how it logged in.
+    pub fn login(&self) -> &Login {
+        &self.login
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.login.device
+    }
+
+    /// Writes several packets with one write.
+    pub async fn send_all(&mut self, packets: &[Outbound]) -> std::io::Result<()> {
+        self.out.clear();
+        for packet in packets {
+            codec::write(self.version, packet, &mut self.out).map_err(std::io::Error::other)?;
+        }
+        self.stream.write_all(&self.out).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    pub async fn send(&mut self, packet: &Outbound) -> std::io::Result<()> {
+        self.send_all(std::slice::from_ref(packet)).await
+    }
+
+    /// Publishes `len` bytes read from `body` on `topic`, streamed into the socket (a firmware
+    /// chunk is never held whole).
+    pub async fn send_streamed(
+        &mut self,
+        topic: &str,
+        len: u64,
+        body: Option<&mut (dyn tokio::io::AsyncRead + Unpin + Send)>,
+    ) -> std::io::Result<()> {
+        let header = codec::publish_header(self.version, topic, len);
+        self.stream.write_all(&header).await?;
+        if let Some(body) = body {
+            tokio::io::copy(body, &mut self.stream).await?;
+        }
+        self.stream.flush().await
+    }
+
+    /// Whether a subscription of the session matches `topic`.
+    pub fn subscribed(&self, topic: &str) -> bool {
+        self.subscriptions
+            .iter()
+            .any(|filter| topic_matches(filter, topic))
+    }
+}
+
+/// MQTT topic filter matching (`+` one level, `#` the rest).
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    for part in filter.split('/') {
+        match part {
+            "#" => return true,
+            "+" => {
+                if levels.next().is_none() {
+                    return false;
+                }
+            }
+            literal => {
+                if levels.next() != Some(literal) {
+                    return false;
+                }
+            }
+        }
+    }
+    levels.next().is_none()
+}
+
+/// One connection: its id, the queue of its pushes and the protocols it has used.
+struct Connection {
+    id: u64,
+    sender: mpsc::Sender<Outbound>,
+    speaks: HashSet<&'static str>,
+}
+
+#[derive(Default)]
+struct Connected {
+    id: Option<DeviceId>,
+    connections: Vec<Connection>,
+}
+
+/// Connected devices, so that the server can push to them.
+#[derive(Default)]
+pub struct Sessions {
+    // Several connections of one device are all told.
+    devices: Mutex<HashMap<DeviceKey, Connected>>,
+    next_id: AtomicU64,
+}
+
+impl Sessions {
+    fn devices(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceKey, Connected>> {
+        self.devices.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a connection of `device`; its pushes arrive on `sender`.
+    pub fn add(&self, device: &Device, sender: mpsc::Sender<Outbound>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut devices = self.devices();
+        let entry = devices.entry(device.key).or_default();
+        entry.id = Some(device.id.clone());
+        entry.connections.push(Connection {
+            id,
+            sender,
+            speaks: HashSet::new(),
+        });
+        id
+    }
+
+    pub(super) fn remove(&self, device: DeviceKey, id: u64) {
+        let mut devices = self.devices();
+        if let Some(entry) = devices.get_mut(&device) {
+            entry.connections.retain(|c| c.id != id);
+            if entry.connections.is_empty() {
+                devices.remove(&device);
+            }
+        }
+    }
+
+    /// Records that connection `id` of `device` used `protocol`'s topics.
+    pub(super) fn spoke(&self, device: DeviceKey, id: u64, protocol: &'static str) {
+        if let Some(entry) = self.devices().get_mut(&device)
+            && let Some(connection) = entry.connections.iter_mut().find(|c| c.id == id)
+        {
+            connection.speaks.insert(protocol);
+        }
+    }
+
+    /// Whether any connection of `device` used `protocol`'s topics.
+    pub fn speaks(&self, device: DeviceKey, protocol: &str) -> bool {
+        self.devices()
+            .get(&device)
+            .is_some_and(|e| e.connections.iter().any(|c| c.speaks.contains(protocol)))
+    }
+
+    /// Connected devices.
+    pub fn connected(&self) -> Vec<DeviceKey> {
+        self.devices().keys().copied().collect()
+    }
+
+    /// A connected device's id.
+    pub fn device_id(&self, device: DeviceKey) -> Option<DeviceId> {
+        self.devices().get(&device).and_then(|e| e.id.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.devices().values().map(|e| e.connections.len()).sum()
+    }
+
+    /// Queues `packet` for every connection of `device`; a full queue drops it (the device asks
+    /// again when it reconnects). A PUBLISH reaches only connections subscribed to its topic.
+    pub fn push(&self, device: DeviceKey, packet: &Outbound) -> usize {
+        let senders: Vec<mpsc::Sender<Outbound>> = self
+            .devices()
+            .get(&device)
+            .map(|e| e.connections.iter().map(|c| c.sender.clone()).collect())
+            .unwrap_or_default();
+        senders
+            .iter()
+            .filter(|tx| tx.try_send(packet.clone()).is_ok())
+            .count()
+    }
+}
