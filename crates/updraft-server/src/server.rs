@@ -10,13 +10,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use updraft_core::{Name, Role};
-use updraft_store::{LocalBlobStore, NewApiKey, SqlStore, Store, collect_garbage};
+use updraft_store::{LocalBlobStore, NewApiKey, SqlStore, collect_garbage};
 
 use crate::kernel::channel::Adapters;
 use crate::kernel::metrics::Metrics;
 use crate::kernel::secret;
 use crate::kernel::state::{AppConfig, AppState};
 use crate::protocols::Protocols;
+use updraft_store::prelude::*;
 
 /// Everything `updraft serve` needs to know.
 #[derive(Debug, Clone)]

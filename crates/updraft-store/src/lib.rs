@@ -25,11 +25,9 @@ use updraft_core::{
     Report, Scope, TenantKey,
 };
 
-/// Everything Updraft persists except artifact bytes. Methods taking a `TenantKey` never see or
-/// change another tenant's rows: a row of another tenant is simply not found.
+/// Tenants, their settings and gateway token, and API keys.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    // Tenants.
+pub trait Tenants: Send + Sync {
     async fn create_tenant(&self, name: &Name) -> StoreResult<Tenant>;
     /// Case-insensitive, as hawkBit matches tenant names.
     async fn tenant_by_name(&self, name: &str) -> StoreResult<Option<Tenant>>;
@@ -46,8 +44,15 @@ pub trait Store: Send + Sync + 'static {
         secret_hash: Option<&str>,
     ) -> StoreResult<()>;
     async fn tenant_by_gateway_token(&self, secret_hash: &str) -> StoreResult<Option<Tenant>>;
+    async fn create_api_key(&self, tenant: TenantKey, new: &NewApiKey) -> StoreResult<ApiKey>;
+    async fn api_key_by_hash(&self, secret_hash: &str) -> StoreResult<Option<ApiKey>>;
+    async fn list_api_keys(&self, tenant: TenantKey) -> StoreResult<Vec<ApiKey>>;
+    async fn delete_api_key(&self, tenant: TenantKey, id: i64) -> StoreResult<bool>;
+}
 
-    // Projects and profiles.
+/// Projects, profiles and devices with their credentials.
+#[async_trait]
+pub trait Fleet: Send + Sync {
     async fn create_project(&self, tenant: TenantKey, name: &Name) -> StoreResult<Project>;
     async fn project_by_name(&self, tenant: TenantKey, name: &Name)
     -> StoreResult<Option<Project>>;
@@ -76,8 +81,6 @@ pub trait Store: Send + Sync + 'static {
         profile: ProfileKey,
         settings: ProfileSettings,
     ) -> StoreResult<bool>;
-
-    // Devices.
     /// Creates the device with its first credential, if any, and queues its update if an
     /// assignment already covers it.
     async fn create_device(
@@ -130,8 +133,11 @@ pub trait Store: Send + Sync + 'static {
         kind: CredentialKind,
         secret_hash: &str,
     ) -> StoreResult<Option<Device>>;
+}
 
-    // Artifacts.
+/// Artifact metadata (the bytes are in the blob store).
+#[async_trait]
+pub trait Artifacts: Send + Sync {
     /// Fails with [`StoreError::Conflict`] when the title + version exists in the tenant.
     async fn insert_artifact(&self, tenant: TenantKey, new: &NewArtifact) -> StoreResult<Artifact>;
     async fn artifact(&self, tenant: TenantKey, key: ArtifactKey) -> StoreResult<Option<Artifact>>;
@@ -156,8 +162,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<DeletedArtifact>;
     /// The SHA-256 of every blob an artifact refers to, in every tenant.
     async fn blob_references(&self) -> StoreResult<HashSet<String>>;
+}
 
-    // Assignments.
+/// What should run where: assigning reconciles every device the scope covers.
+#[async_trait]
+pub trait Assignments: Send + Sync {
     /// Assigns (or reassigns) `artifact` at `scope`, then supersedes or queues the update
     /// actions of every device the scope covers.
     async fn assign(
@@ -175,8 +184,11 @@ pub trait Store: Send + Sync + 'static {
         by: &str,
     ) -> StoreResult<bool>;
     async fn list_assignments(&self, tenant: TenantKey) -> StoreResult<Vec<Assignment>>;
+}
 
-    // Update actions.
+/// Update actions: status, history, reports, the notification queue's work list, cancellations.
+#[async_trait]
+pub trait Actions: Send + Sync {
     /// The device with what it should run and its active action.
     async fn device_status(
         &self,
@@ -222,14 +234,15 @@ pub trait Store: Send + Sync + 'static {
         accepted: bool,
         source: &str,
     ) -> StoreResult<bool>;
+}
 
-    // LwM2M DTLS pre-shared keys.
+/// What device protocols keep per device or per action: LwM2M DTLS pre-shared keys and AWS IoT job executions.
+#[async_trait]
+pub trait ProtocolState: Send + Sync {
     /// Sets (replacing) or removes the device's PSK identity and key (hex).
     async fn set_lwm2m_psk(&self, device: DeviceKey, psk: Option<(&str, &str)>) -> StoreResult<()>;
     /// Every (device, identity, key hex), for the DTLS listener.
     async fn lwm2m_psks(&self) -> StoreResult<Vec<(DeviceKey, String, String)>>;
-
-    // AWS IoT job executions.
     async fn job_execution(&self, action: ActionKey) -> StoreResult<Option<JobExecution>>;
     /// Writes the execution if the stored one still has `expected_version` (`None`: there is
     /// none yet); false when another change came first.
@@ -238,10 +251,23 @@ pub trait Store: Send + Sync + 'static {
         execution: &JobExecution,
         expected_version: Option<i64>,
     ) -> StoreResult<bool>;
+}
 
-    // API keys.
-    async fn create_api_key(&self, tenant: TenantKey, new: &NewApiKey) -> StoreResult<ApiKey>;
-    async fn api_key_by_hash(&self, secret_hash: &str) -> StoreResult<Option<ApiKey>>;
-    async fn list_api_keys(&self, tenant: TenantKey) -> StoreResult<Vec<ApiKey>>;
-    async fn delete_api_key(&self, tenant: TenantKey, id: i64) -> StoreResult<bool>;
+/// Everything Updraft persists except artifact bytes, as one object: every focused trait at
+/// once. Methods taking a `TenantKey` never see or change another tenant's rows: a row of another
+/// tenant is simply not found. Callers bring the traits they use into scope (`use
+/// updraft_store::prelude::*`).
+pub trait Store:
+    Tenants + Fleet + Artifacts + Assignments + Actions + ProtocolState + Send + Sync + 'static
+{
+}
+
+impl<T> Store for T where
+    T: Tenants + Fleet + Artifacts + Assignments + Actions + ProtocolState + Send + Sync + 'static
+{
+}
+
+/// The store's traits, to call any of its methods.
+pub mod prelude {
+    pub use crate::{Actions, Artifacts, Assignments, Fleet, ProtocolState, Store, Tenants};
 }

@@ -1,0 +1,384 @@
+//! Update actions: status, history, reports, the notification queue's work list, cancellations.
+
+use super::*;
+
+#[async_trait]
+impl Actions for SqlStore {
+    async fn device_status(
+        &self,
+        tenant: TenantKey,
+        id: &DeviceId,
+    ) -> StoreResult<Option<DeviceStatus>> {
+        let mut conn = self.read.acquire().await?;
+        let Some(row) = sqlx::query(&format!(
+            "{DEVICE_SELECT} WHERE d.tenant_id = $1 AND d.device_id = $2"
+        ))
+        .bind(tenant.0)
+        .bind(id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let device = device_from(&row)?;
+        let assignments = load_assignments(&mut conn, tenant).await?;
+        let target = DeviceTarget {
+            device: device.key,
+            project: device.project.as_ref().map(|(key, _)| *key),
+            profile: device.profile.as_ref().map(|(key, _)| *key),
+        };
+        let active = sqlx::query(&format!(
+            "{ACTION_SELECT} WHERE a.device_pk = $1 AND a.state NOT IN {FINAL_STATES}"
+        ))
+        .bind(device.key.0)
+        .fetch_optional(&mut *conn)
+        .await?;
+        Ok(Some(DeviceStatus {
+            desired_firmware: desired_for(&target, &assignments, ArtifactKind::Firmware),
+            desired_software: desired_for(&target, &assignments, ArtifactKind::Software),
+            active: active.as_ref().map(action_from).transpose()?,
+            device,
+        }))
+    }
+
+    async fn action(&self, tenant: TenantKey, key: ActionKey) -> StoreResult<Option<Action>> {
+        let row = sqlx::query(&format!(
+            "{ACTION_SELECT} WHERE a.tenant_id = $1 AND a.id = $2"
+        ))
+        .bind(tenant.0)
+        .bind(key.0)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(action_from).transpose()
+    }
+
+    async fn actions_for_device(
+        &self,
+        tenant: TenantKey,
+        id: &DeviceId,
+    ) -> StoreResult<Vec<Action>> {
+        let rows = sqlx::query(&format!(
+            "{ACTION_SELECT} WHERE a.tenant_id = $1 AND d.device_id = $2 ORDER BY a.id DESC"
+        ))
+        .bind(tenant.0)
+        .bind(id.as_str())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(action_from).collect()
+    }
+
+    async fn action_history(
+        &self,
+        tenant: TenantKey,
+        key: ActionKey,
+    ) -> StoreResult<Vec<ActionEvent>> {
+        let rows = sqlx::query(
+            "SELECT e.at, e.from_state, e.to_state, e.source, e.detail, e.refused, e.progress_done, e.progress_total \
+             FROM action_events e JOIN actions a ON a.id = e.action_id WHERE a.tenant_id = $1 AND a.id = $2 ORDER BY e.id",
+        )
+        .bind(tenant.0)
+        .bind(key.0)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ActionEvent {
+                    at: row.try_get("at")?,
+                    from: row
+                        .try_get::<Option<String>, _>("from_state")?
+                        .as_deref()
+                        .map(state_of)
+                        .transpose()?,
+                    to: state_of(&row.try_get::<String, _>("to_state")?)?,
+                    source: row.try_get("source")?,
+                    detail: row.try_get("detail")?,
+                    refused: row.try_get::<i64, _>("refused")? != 0,
+                    progress: progress_of(
+                        row.try_get("progress_done")?,
+                        row.try_get("progress_total")?,
+                    ),
+                })
+            })
+            .collect()
+    }
+
+    async fn report(
+        &self,
+        tenant: TenantKey,
+        key: ActionKey,
+        report: &Report,
+        source: &str,
+    ) -> StoreResult<ReportOutcome> {
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query(&format!(
+            "{ACTION_SELECT} WHERE a.tenant_id = $1 AND a.id = $2"
+        ))
+        .bind(tenant.0)
+        .bind(key.0)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound { what: "action" })?;
+        let action = action_from(&row)?;
+        let target = report.target();
+        let (progress, detail) = match report {
+            Report::Reached { progress, .. } => (*progress, String::new()),
+            Report::Failed(failure) => (
+                None,
+                format!("{}: {}", failure.code.as_str(), failure.reason),
+            ),
+            Report::Succeeded | Report::Canceled => (None, String::new()),
+        };
+        let next = match transition(action.state, report) {
+            Ok(next) => next,
+            Err(refusal) => {
+                let reason = refusal.to_string();
+                insert_event(
+                    &mut tx,
+                    Event {
+                        action: key,
+                        from: Some(action.state),
+                        to: target,
+                        source,
+                        detail: &reason,
+                        refused: true,
+                        progress,
+                    },
+                )
+                .await?;
+                tx.commit().await?;
+                return Ok(ReportOutcome::Refused { action, reason });
+            }
+        };
+        let (failure_code, failure_reason) = match report {
+            Report::Failed(failure) => (Some(failure.code.as_str()), Some(failure.reason.as_str())),
+            _ => (None, None),
+        };
+        // Progress survives reports that carry none, until the action ends.
+        let kept = progress.or(action.progress).filter(|_| !next.is_final());
+        sqlx::query(
+            "UPDATE actions SET state = $1, progress_done = $2, progress_total = $3, failure_code = $4, \
+             failure_reason = $5, updated_at = $6 WHERE id = $7",
+        )
+        .bind(next.as_str())
+        .bind(kept.map(|p| to_i64(p.done)))
+        .bind(kept.map(|p| to_i64(p.total)))
+        .bind(failure_code)
+        .bind(failure_reason)
+        .bind(now_millis())
+        .bind(key.0)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(
+            &mut tx,
+            Event {
+                action: key,
+                from: Some(action.state),
+                to: next,
+                source,
+                detail: &detail,
+                refused: false,
+                progress,
+            },
+        )
+        .await?;
+        if next == UpdateState::Updated {
+            let (title_col, version_col) = match action.kind {
+                ArtifactKind::Firmware => ("fw_title", "fw_version"),
+                ArtifactKind::Software => ("sw_title", "sw_version"),
+            };
+            sqlx::query(&format!(
+                "UPDATE devices SET {title_col} = $1, {version_col} = $2 WHERE id = $3"
+            ))
+            .bind(&action.artifact_title)
+            .bind(&action.artifact_version)
+            .bind(action.device.0)
+            .execute(&mut *tx)
+            .await?;
+            reconcile(
+                &mut tx,
+                self.dialect,
+                tenant,
+                Some(Scope::Device(action.device)),
+                "server",
+                Retry::No,
+            )
+            .await?;
+        }
+        let row = sqlx::query(&format!("{ACTION_SELECT} WHERE a.id = $1"))
+            .bind(key.0)
+            .fetch_one(&mut *tx)
+            .await?;
+        let updated = action_from(&row)?;
+        tx.commit().await?;
+        Ok(ReportOutcome::Applied(updated))
+    }
+
+    async fn fleet_summary(&self, tenant: TenantKey) -> StoreResult<FleetSummary> {
+        let mut conn = self.read.acquire().await?;
+        let devices = to_u64(
+            count(
+                &mut conn,
+                "SELECT COUNT(*) AS n FROM devices WHERE tenant_id = $1",
+                tenant.0,
+            )
+            .await?,
+        );
+        let artifacts = to_u64(
+            count(
+                &mut conn,
+                "SELECT COUNT(*) AS n FROM artifacts WHERE tenant_id = $1",
+                tenant.0,
+            )
+            .await?,
+        );
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) AS n FROM actions WHERE id IN \
+             (SELECT MAX(id) FROM actions WHERE tenant_id = $1 GROUP BY device_pk) GROUP BY state",
+        )
+        .bind(tenant.0)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut latest_action_states = BTreeMap::new();
+        for row in &rows {
+            latest_action_states.insert(
+                row.try_get::<String, _>("state")?,
+                to_u64(row.try_get("n")?),
+            );
+        }
+        Ok(FleetSummary {
+            devices,
+            artifacts,
+            latest_action_states,
+        })
+    }
+
+    async fn queued_actions(&self, after: ActionKey, limit: u64) -> StoreResult<Vec<Queued>> {
+        let rows = sqlx::query(
+            "SELECT a.id, a.device_pk, a.tenant_id, a.artifact_id, a.kind, d.profile_id FROM actions a \
+             JOIN devices d ON d.id = a.device_pk \
+             WHERE a.state = 'QUEUED' AND a.id > $1 ORDER BY a.id LIMIT $2",
+        )
+        .bind(after.0)
+        .bind(to_i64(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Queued {
+                    action: ActionKey(row.try_get("id")?),
+                    device: DeviceKey(row.try_get("device_pk")?),
+                    tenant: TenantKey(row.try_get("tenant_id")?),
+                    artifact: row
+                        .try_get::<Option<i64>, _>("artifact_id")?
+                        .map(ArtifactKey),
+                    kind: kind_of(&row.try_get::<String, _>("kind")?)?,
+                    profile: row.try_get::<Option<i64>, _>("profile_id")?.map(ProfileKey),
+                })
+            })
+            .collect()
+    }
+
+    async fn initiate(&self, actions: &[ActionKey], source: &str) -> StoreResult<Vec<ActionKey>> {
+        let mut tx = self.write.begin().await?;
+        let now = now_millis();
+        let mut done = Vec::with_capacity(actions.len());
+        for action in actions {
+            let changed = sqlx::query("UPDATE actions SET state = 'INITIATED', updated_at = $1 WHERE id = $2 AND state = 'QUEUED'")
+                .bind(now)
+                .bind(action.0)
+                .execute(&mut *tx)
+                .await?;
+            if changed.rows_affected() == 0 {
+                continue;
+            }
+            insert_event(
+                &mut tx,
+                Event {
+                    action: *action,
+                    from: Some(UpdateState::Queued),
+                    to: UpdateState::Initiated,
+                    source,
+                    detail: "the device was told",
+                    refused: false,
+                    progress: None,
+                },
+            )
+            .await?;
+            done.push(*action);
+        }
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    async fn poll_view(&self, device: DeviceKey) -> StoreResult<PollView> {
+        let rows = sqlx::query(&format!(
+            "{ACTION_SELECT} WHERE a.device_pk = $1 AND (a.cancel_pending = 1 OR a.state = 'UPDATED' \
+             OR a.state NOT IN {FINAL_STATES}) ORDER BY a.id DESC"
+        ))
+        .bind(device.0)
+        .fetch_all(&self.read)
+        .await?;
+        let mut view = PollView::default();
+        for row in &rows {
+            let action = action_from(row)?;
+            if action.cancel_pending && view.pending_cancel.is_none() {
+                view.pending_cancel = Some(action.clone());
+            }
+            if !action.state.is_final() && view.active.is_none() {
+                view.active = Some(action.clone());
+            }
+            if action.state == UpdateState::Updated && view.last_updated.is_none() {
+                view.last_updated = Some(action);
+            }
+        }
+        Ok(view)
+    }
+
+    async fn pending_cancel(&self, device: DeviceKey) -> StoreResult<Option<Action>> {
+        let row = sqlx::query(&format!(
+            "{ACTION_SELECT} WHERE a.device_pk = $1 AND a.cancel_pending = 1 ORDER BY a.id DESC LIMIT 1"
+        ))
+        .bind(device.0)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(action_from).transpose()
+    }
+
+    async fn acknowledge_cancel(
+        &self,
+        tenant: TenantKey,
+        key: ActionKey,
+        accepted: bool,
+        source: &str,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write.begin().await?;
+        let done = sqlx::query("UPDATE actions SET cancel_pending = 0 WHERE tenant_id = $1 AND id = $2 AND cancel_pending = 1")
+            .bind(tenant.0)
+            .bind(key.0)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let detail = if accepted {
+            "the device confirmed the cancellation"
+        } else {
+            "the device could not cancel"
+        };
+        insert_event(
+            &mut tx,
+            Event {
+                action: key,
+                from: Some(UpdateState::Canceled),
+                to: UpdateState::Canceled,
+                source,
+                detail,
+                refused: false,
+                progress: None,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}

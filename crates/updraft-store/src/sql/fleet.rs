@@ -1,0 +1,388 @@
+//! Projects, profiles and devices with their credentials.
+
+use super::*;
+
+#[async_trait]
+impl Fleet for SqlStore {
+    async fn create_project(&self, tenant: TenantKey, name: &Name) -> StoreResult<Project> {
+        let now = now_millis();
+        let row = sqlx::query(
+            "INSERT INTO projects (tenant_id, name, created_at) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(tenant.0)
+        .bind(name.as_str())
+        .bind(now)
+        .fetch_one(&self.write)
+        .await
+        .map_err(|e| {
+            conflict(
+                e,
+                "project_exists",
+                format!("project {name} exists already"),
+            )
+        })?;
+        Ok(Project {
+            key: ProjectKey(row.try_get("id")?),
+            name: name.clone(),
+            created_at: now,
+        })
+    }
+
+    async fn project_by_name(
+        &self,
+        tenant: TenantKey,
+        name: &Name,
+    ) -> StoreResult<Option<Project>> {
+        let row = sqlx::query(
+            "SELECT id, name, created_at FROM projects WHERE tenant_id = $1 AND name = $2",
+        )
+        .bind(tenant.0)
+        .bind(name.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(Project {
+                key: ProjectKey(row.try_get("id")?),
+                name: parse_name(row.try_get("name")?)?,
+                created_at: row.try_get("created_at")?,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_projects(&self, tenant: TenantKey) -> StoreResult<Vec<Project>> {
+        let rows = sqlx::query(
+            "SELECT id, name, created_at FROM projects WHERE tenant_id = $1 ORDER BY name",
+        )
+        .bind(tenant.0)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Project {
+                    key: ProjectKey(row.try_get("id")?),
+                    name: parse_name(row.try_get("name")?)?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_profile(
+        &self,
+        tenant: TenantKey,
+        name: &Name,
+        description: &str,
+    ) -> StoreResult<Profile> {
+        let now = now_millis();
+        let row = sqlx::query(
+            "INSERT INTO profiles (tenant_id, name, description, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(tenant.0)
+        .bind(name.as_str())
+        .bind(description)
+        .bind(now)
+        .fetch_one(&self.write)
+        .await
+        .map_err(|e| conflict(e, "profile_exists", format!("profile {name} exists already")))?;
+        Ok(Profile {
+            key: ProfileKey(row.try_get("id")?),
+            name: name.clone(),
+            description: description.to_owned(),
+            settings: ProfileSettings::default(),
+            signing_cert: None,
+            created_at: now,
+        })
+    }
+
+    async fn profile_by_name(
+        &self,
+        tenant: TenantKey,
+        name: &Name,
+    ) -> StoreResult<Option<Profile>> {
+        let row = sqlx::query("SELECT id, name, description, drogue_dfu, aws_http, lwm2m_delivery, lwm2m_path_only, signing_cert, signing_cert_name, created_at FROM profiles WHERE tenant_id = $1 AND name = $2")
+            .bind(tenant.0)
+            .bind(name.as_str())
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(profile_from).transpose()
+    }
+
+    async fn list_profiles(&self, tenant: TenantKey) -> StoreResult<Vec<Profile>> {
+        let rows = sqlx::query("SELECT id, name, description, drogue_dfu, aws_http, lwm2m_delivery, lwm2m_path_only, signing_cert, signing_cert_name, created_at FROM profiles WHERE tenant_id = $1 ORDER BY name")
+            .bind(tenant.0)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(profile_from).collect()
+    }
+
+    async fn set_profile_signing_cert(
+        &self,
+        tenant: TenantKey,
+        profile: ProfileKey,
+        cert: Option<&SigningCert>,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE profiles SET signing_cert = $1, signing_cert_name = $2 WHERE tenant_id = $3 AND id = $4",
+        )
+        .bind(cert.map(|c| c.pem.clone()))
+        .bind(cert.map(|c| c.name.clone()))
+        .bind(tenant.0)
+        .bind(profile.0)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_profile_settings(
+        &self,
+        tenant: TenantKey,
+        profile: ProfileKey,
+        settings: ProfileSettings,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE profiles SET drogue_dfu = $1, aws_http = $2, lwm2m_delivery = $3, \
+             lwm2m_path_only = $4 WHERE tenant_id = $5 AND id = $6",
+        )
+        .bind(i64::from(settings.drogue_dfu))
+        .bind(i64::from(settings.aws_http_delivery))
+        .bind(settings.lwm2m_delivery.as_str())
+        .bind(i64::from(settings.lwm2m_path_only))
+        .bind(tenant.0)
+        .bind(profile.0)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn create_device(
+        &self,
+        tenant: TenantKey,
+        new: &NewDevice,
+        credentials: &[NewCredential],
+    ) -> StoreResult<Device> {
+        let mut tx = self.write.begin().await?;
+        let now = now_millis();
+        let tags = serde_json::to_string(&new.tags).map_err(corrupt)?;
+        let attributes = serde_json::to_string(&new.attributes).map_err(corrupt)?;
+        let row = sqlx::query(
+            "INSERT INTO devices (tenant_id, device_id, project_id, profile_id, tags, attributes, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        )
+        .bind(tenant.0)
+        .bind(new.id.as_str())
+        .bind(new.project.map(|p| p.0))
+        .bind(new.profile.map(|p| p.0))
+        .bind(tags)
+        .bind(attributes)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| conflict(e, "device_exists", format!("device {} exists already", new.id)))?;
+        let key = DeviceKey(row.try_get("id")?);
+        for credential in credentials {
+            sqlx::query(
+                "INSERT INTO device_credentials (device_pk, kind, secret_hash, gateway, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(key.0)
+            .bind(credential.kind.as_str())
+            .bind(&credential.secret_hash)
+            .bind(i64::from(credential.gateway))
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| conflict(e, "credential_exists", "that credential belongs to another device".to_owned()))?;
+        }
+        reconcile(
+            &mut tx,
+            self.dialect,
+            tenant,
+            Some(Scope::Device(key)),
+            "server",
+            Retry::No,
+        )
+        .await?;
+        let row = sqlx::query(&format!("{DEVICE_SELECT} WHERE d.id = $1"))
+            .bind(key.0)
+            .fetch_one(&mut *tx)
+            .await?;
+        let device = device_from(&row)?;
+        tx.commit().await?;
+        Ok(device)
+    }
+
+    async fn device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<Option<Device>> {
+        let row = sqlx::query(&format!(
+            "{DEVICE_SELECT} WHERE d.tenant_id = $1 AND d.device_id = $2"
+        ))
+        .bind(tenant.0)
+        .bind(id.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(device_from).transpose()
+    }
+
+    async fn device_by_key(&self, key: DeviceKey) -> StoreResult<Option<Device>> {
+        let row = sqlx::query(&format!("{DEVICE_SELECT} WHERE d.id = $1"))
+            .bind(key.0)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(device_from).transpose()
+    }
+
+    async fn list_devices(&self, tenant: TenantKey, page: Page) -> StoreResult<Paged<Device>> {
+        let rows = sqlx::query(&format!(
+            "{DEVICE_SELECT} WHERE d.tenant_id = $1 ORDER BY d.device_id LIMIT $2 OFFSET $3"
+        ))
+        .bind(tenant.0)
+        .bind(to_i64(page.limit))
+        .bind(to_i64(page.offset))
+        .fetch_all(&self.read)
+        .await?;
+        let mut conn = self.read.acquire().await?;
+        let total = count(
+            &mut conn,
+            "SELECT COUNT(*) AS n FROM devices WHERE tenant_id = $1",
+            tenant.0,
+        )
+        .await?;
+        Ok(Paged {
+            items: rows.iter().map(device_from).collect::<StoreResult<_>>()?,
+            total: to_u64(total),
+        })
+    }
+
+    async fn delete_device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM devices WHERE tenant_id = $1 AND device_id = $2")
+            .bind(tenant.0)
+            .bind(id.as_str())
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn device_by_credential(
+        &self,
+        kind: CredentialKind,
+        secret_hash: &str,
+    ) -> StoreResult<Option<Device>> {
+        let row = sqlx::query(&format!(
+            "{DEVICE_SELECT} JOIN device_credentials c ON c.device_pk = d.id WHERE c.kind = $1 AND c.secret_hash = $2"
+        ))
+        .bind(kind.as_str())
+        .bind(secret_hash)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(device_from).transpose()
+    }
+
+    async fn gateway_by_credential(
+        &self,
+        kind: CredentialKind,
+        secret_hash: &str,
+    ) -> StoreResult<Option<Device>> {
+        let row = sqlx::query(&format!(
+            "{DEVICE_SELECT} JOIN device_credentials c ON c.device_pk = d.id \
+             WHERE c.kind = $1 AND c.secret_hash = $2 AND c.gateway = 1"
+        ))
+        .bind(kind.as_str())
+        .bind(secret_hash)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(device_from).transpose()
+    }
+
+    async fn place_device(
+        &self,
+        tenant: TenantKey,
+        device: DeviceKey,
+        project: Option<ProjectKey>,
+        profile: Option<ProfileKey>,
+    ) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        let done = sqlx::query(
+            "UPDATE devices SET project_id = $1, profile_id = $2 WHERE tenant_id = $3 AND id = $4",
+        )
+        .bind(project.map(|p| p.0))
+        .bind(profile.map(|p| p.0))
+        .bind(tenant.0)
+        .bind(device.0)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: "device" });
+        }
+        reconcile(
+            &mut tx,
+            self.dialect,
+            tenant,
+            Some(Scope::Device(device)),
+            "server",
+            Retry::No,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_running(
+        &self,
+        device: DeviceKey,
+        kind: ArtifactKind,
+        title: &str,
+        version: &str,
+    ) -> StoreResult<()> {
+        let sql = match kind {
+            ArtifactKind::Firmware => {
+                "UPDATE devices SET fw_title = $1, fw_version = $2 WHERE id = $3"
+            }
+            ArtifactKind::Software => {
+                "UPDATE devices SET sw_title = $1, sw_version = $2 WHERE id = $3"
+            }
+        };
+        sqlx::query(sql)
+            .bind(title)
+            .bind(version)
+            .bind(device.0)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn touch_device(&self, device: DeviceKey) -> StoreResult<()> {
+        sqlx::query("UPDATE devices SET last_seen = $1 WHERE id = $2")
+            .bind(now_millis())
+            .bind(device.0)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn update_attributes(
+        &self,
+        device: DeviceKey,
+        mode: AttributeMode,
+        data: &BTreeMap<String, String>,
+    ) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query("SELECT attributes FROM devices WHERE id = $1")
+            .bind(device.0)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound { what: "device" })?;
+        let mut attributes: BTreeMap<String, String> =
+            serde_json::from_str(&row.try_get::<String, _>("attributes")?).map_err(corrupt)?;
+        match mode {
+            AttributeMode::Merge => attributes.extend(data.clone()),
+            AttributeMode::Replace => attributes = data.clone(),
+            AttributeMode::Remove => attributes.retain(|key, _| !data.contains_key(key)),
+        }
+        sqlx::query("UPDATE devices SET attributes = $1 WHERE id = $2")
+            .bind(serde_json::to_string(&attributes).map_err(corrupt)?)
+            .bind(device.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,383 @@
+//! Reconciliation: inside the transaction that changed what a device should run, load its
+//! assignments, resolve them (`updraft_core::resolve`), plan (`updraft_core::plan`) and apply the
+//! plan with its history events.
+
+use super::*;
+
+/// An assignment with what resolution and planning need of its artifact.
+pub(super) struct LoadedAssignment {
+    pub(super) kind: ArtifactKind,
+    pub(super) candidate: Candidate,
+    pub(super) title: String,
+    pub(super) version: String,
+}
+
+pub(super) async fn artifact_profiles(
+    conn: &mut AnyConnection,
+    artifact: i64,
+) -> StoreResult<Vec<(ProfileKey, Name)>> {
+    let rows = sqlx::query(
+        "SELECT p.id, p.name FROM artifact_profiles ap JOIN profiles p ON p.id = ap.profile_id \
+         WHERE ap.artifact_id = $1 ORDER BY p.name",
+    )
+    .bind(artifact)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                ProfileKey(row.try_get("id")?),
+                parse_name(row.try_get("name")?)?,
+            ))
+        })
+        .collect()
+}
+
+pub(super) async fn load_artifact(conn: &mut AnyConnection, row: &AnyRow) -> StoreResult<Artifact> {
+    let profiles = artifact_profiles(conn, row.try_get("id")?).await?;
+    artifact_from(row, profiles)
+}
+
+pub(super) async fn load_assignments(
+    conn: &mut AnyConnection,
+    tenant: TenantKey,
+) -> StoreResult<Vec<LoadedAssignment>> {
+    let rows = sqlx::query(
+        "SELECT s.device_pk, s.project_id, s.profile_id, s.kind, s.artifact_id, a.title, a.version \
+         FROM assignments s JOIN artifacts a ON a.id = s.artifact_id WHERE s.tenant_id = $1 ORDER BY s.id",
+    )
+    .bind(tenant.0)
+    .fetch_all(&mut *conn)
+    .await?;
+    let compat_rows = sqlx::query(
+        "SELECT DISTINCT ap.artifact_id, ap.profile_id FROM artifact_profiles ap \
+         JOIN assignments s ON s.artifact_id = ap.artifact_id WHERE s.tenant_id = $1",
+    )
+    .bind(tenant.0)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut compat: HashMap<i64, Vec<ProfileKey>> = HashMap::new();
+    for row in &compat_rows {
+        compat
+            .entry(row.try_get("artifact_id")?)
+            .or_default()
+            .push(ProfileKey(row.try_get("profile_id")?));
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let artifact: i64 = row.try_get("artifact_id")?;
+        out.push(LoadedAssignment {
+            kind: kind_of(&row.try_get::<String, _>("kind")?)?,
+            candidate: Candidate {
+                scope: scope_from_columns(
+                    row.try_get("device_pk")?,
+                    row.try_get("project_id")?,
+                    row.try_get("profile_id")?,
+                ),
+                artifact: ArtifactKey(artifact),
+                compatible_profiles: compat.get(&artifact).cloned().unwrap_or_default(),
+            },
+            title: row.try_get("title")?,
+            version: row.try_get("version")?,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn desired_for(
+    target: &DeviceTarget,
+    assignments: &[LoadedAssignment],
+    kind: ArtifactKind,
+) -> Option<Desired> {
+    let of_kind: Vec<&LoadedAssignment> = assignments.iter().filter(|a| a.kind == kind).collect();
+    let candidates: Vec<Candidate> = of_kind.iter().map(|a| a.candidate.clone()).collect();
+    let resolved = resolve(target, &candidates)?;
+    let winner = of_kind
+        .iter()
+        .find(|a| a.candidate.artifact == resolved.artifact)?;
+    Some(Desired {
+        artifact: resolved.artifact,
+        title: winner.title.clone(),
+        version: winner.version.clone(),
+        scope: resolved.scope,
+    })
+}
+
+pub(super) fn kind_status(
+    desired: Option<Desired>,
+    running: Option<(String, String)>,
+) -> KindStatus {
+    KindStatus {
+        desired: desired.map(|d| Release {
+            artifact: d.artifact,
+            title: d.title,
+            version: d.version,
+        }),
+        running,
+    }
+}
+
+/// One history entry to write.
+pub(super) struct Event<'a> {
+    pub(super) action: ActionKey,
+    pub(super) from: Option<UpdateState>,
+    pub(super) to: UpdateState,
+    pub(super) source: &'a str,
+    pub(super) detail: &'a str,
+    pub(super) refused: bool,
+    pub(super) progress: Option<Progress>,
+}
+
+pub(super) async fn insert_event(conn: &mut AnyConnection, event: Event<'_>) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO action_events (action_id, at, from_state, to_state, source, detail, refused, \
+         progress_done, progress_total) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(event.action.0)
+    .bind(now_millis())
+    .bind(event.from.map(|s| s.as_str()))
+    .bind(event.to.as_str())
+    .bind(event.source)
+    .bind(event.detail)
+    .bind(i64::from(event.refused))
+    .bind(event.progress.map(|p| to_i64(p.done)))
+    .bind(event.progress.map(|p| to_i64(p.total)))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether a reconciliation may queue again an artifact whose last action on a device failed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Retry {
+    /// The explicit assignment of this artifact: try it again.
+    Only(ArtifactKey),
+    /// Anything else: a failed update stays failed until someone assigns it again.
+    No,
+}
+
+/// Brings the active action of every device `only` covers (every device of the tenant when
+/// `None`) in line with what the device should run.
+pub(super) async fn reconcile(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    tenant: TenantKey,
+    only: Option<Scope>,
+    source: &str,
+    retry: Retry,
+) -> StoreResult<()> {
+    if dialect == Dialect::Postgres {
+        // One reconciliation per tenant at a time, so two writers cannot both queue an action.
+        sqlx::query("SELECT pg_advisory_xact_lock(7345002, CAST($1 AS INTEGER))")
+            .bind(tenant.0)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let assignments = load_assignments(conn, tenant).await?;
+    let mut devices_query = String::from(
+        "SELECT id, project_id, profile_id, fw_title, fw_version, sw_title, sw_version FROM devices WHERE tenant_id = $1",
+    );
+    if let Some(Scope::Device(_)) = only {
+        devices_query.push_str(" AND id = $2");
+    }
+    let mut query = sqlx::query(&devices_query).bind(tenant.0);
+    if let Some(Scope::Device(device)) = only {
+        query = query.bind(device.0);
+    }
+    let devices = query.fetch_all(&mut *conn).await?;
+
+    // For one device, look at that device's actions only: a report must not cost a scan of the
+    // whole tenant's history.
+    let one_device = match only {
+        Some(Scope::Device(device)) => Some(device.0),
+        _ => None,
+    };
+    let device_filter = if one_device.is_some() {
+        " AND device_pk = $2"
+    } else {
+        ""
+    };
+    let active_sql = format!(
+        "SELECT id, device_pk, artifact_id, state FROM actions WHERE tenant_id = $1{device_filter} AND state NOT IN {FINAL_STATES}"
+    );
+    let mut query = sqlx::query(&active_sql).bind(tenant.0);
+    if let Some(device) = one_device {
+        query = query.bind(device);
+    }
+    let active_rows = query.fetch_all(&mut *conn).await?;
+    let mut active_of: HashMap<i64, (ActionKey, Option<ArtifactKey>, UpdateState)> = HashMap::new();
+    for row in &active_rows {
+        active_of.insert(
+            row.try_get("device_pk")?,
+            (
+                ActionKey(row.try_get("id")?),
+                row.try_get::<Option<i64>, _>("artifact_id")?
+                    .map(ArtifactKey),
+                state_of(&row.try_get::<String, _>("state")?)?,
+            ),
+        );
+    }
+    // (device, artifact) pairs whose latest action failed.
+    let failed_sql = format!(
+        "SELECT device_pk, artifact_id FROM actions WHERE state = 'FAILED' AND id IN \
+         (SELECT MAX(id) FROM actions WHERE tenant_id = $1{device_filter} AND artifact_id IS NOT NULL \
+         GROUP BY device_pk, artifact_id)"
+    );
+    let mut query = sqlx::query(&failed_sql).bind(tenant.0);
+    if let Some(device) = one_device {
+        query = query.bind(device);
+    }
+    let failed_rows = query.fetch_all(&mut *conn).await?;
+    let mut failed: HashSet<(i64, i64)> = HashSet::new();
+    for row in &failed_rows {
+        failed.insert((row.try_get("device_pk")?, row.try_get("artifact_id")?));
+    }
+    let release_of: HashMap<ArtifactKey, (&str, &str, ArtifactKind)> = assignments
+        .iter()
+        .map(|a| {
+            (
+                a.candidate.artifact,
+                (a.title.as_str(), a.version.as_str(), a.kind),
+            )
+        })
+        .collect();
+
+    for row in &devices {
+        let target = DeviceTarget {
+            device: DeviceKey(row.try_get("id")?),
+            project: row.try_get::<Option<i64>, _>("project_id")?.map(ProjectKey),
+            profile: row.try_get::<Option<i64>, _>("profile_id")?.map(ProfileKey),
+        };
+        if let Some(scope) = only
+            && !scope.covers(&target)
+        {
+            continue;
+        }
+        let running = |t: &str, v: &str| -> StoreResult<Option<(String, String)>> {
+            Ok(
+                match (
+                    row.try_get::<Option<String>, _>(t)?,
+                    row.try_get::<Option<String>, _>(v)?,
+                ) {
+                    (Some(t), Some(v)) => Some((t, v)),
+                    _ => None,
+                },
+            )
+        };
+        // A desired artifact that already failed on this device is not planned again, unless
+        // this reconciliation is the explicit assignment of it.
+        let plannable = |desired: Option<Desired>| {
+            desired.filter(|d| {
+                retry == Retry::Only(d.artifact)
+                    || !failed.contains(&(target.device.0, d.artifact.0))
+            })
+        };
+        let firmware = kind_status(
+            plannable(desired_for(&target, &assignments, ArtifactKind::Firmware)),
+            running("fw_title", "fw_version")?,
+        );
+        let software = kind_status(
+            plannable(desired_for(&target, &assignments, ArtifactKind::Software)),
+            running("sw_title", "sw_version")?,
+        );
+        let current = active_of.get(&target.device.0).copied();
+        // An active action whose artifact was deleted cannot be wanted: a key no artifact has
+        // makes the plan supersede it.
+        let active = current.map(|(action, artifact, _)| ActiveAction {
+            action,
+            artifact: artifact.unwrap_or(ArtifactKey(-1)),
+        });
+        let (cancel, next) = match plan(&firmware, &software, active) {
+            Plan::Keep => (None, None),
+            Plan::Queue(artifact) => (None, Some(artifact)),
+            Plan::Supersede { cancel, next } => (Some(cancel), next),
+        };
+        if let Some(cancel) = cancel {
+            let from = current.map(|(_, _, state)| state);
+            // A device that was told about the action must confirm that it stopped.
+            let told = from.is_some_and(|state| state >= UpdateState::Initiated);
+            sqlx::query("UPDATE actions SET state = 'CANCELED', cancel_pending = $1, updated_at = $2 WHERE id = $3")
+                .bind(i64::from(told))
+                .bind(now_millis())
+                .bind(cancel.0)
+                .execute(&mut *conn)
+                .await?;
+            insert_event(
+                conn,
+                Event {
+                    action: cancel,
+                    from,
+                    to: UpdateState::Canceled,
+                    source,
+                    detail: "superseded: the device's desired artifact changed",
+                    refused: false,
+                    progress: None,
+                },
+            )
+            .await?;
+        }
+        let Some(next) = next else { continue };
+        let Some((title, version, kind)) = release_of.get(&next).copied() else {
+            continue;
+        };
+        let now = now_millis();
+        let row = sqlx::query(
+            "INSERT INTO actions (tenant_id, device_pk, artifact_id, artifact_title, artifact_version, kind, \
+             state, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'QUEUED', $7, $7) RETURNING id",
+        )
+        .bind(tenant.0)
+        .bind(target.device.0)
+        .bind(next.0)
+        .bind(title)
+        .bind(version)
+        .bind(kind.as_str())
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?;
+        let action = ActionKey(row.try_get("id")?);
+        insert_event(
+            conn,
+            Event {
+                action,
+                from: None,
+                to: UpdateState::Queued,
+                source,
+                detail: &format!("{title}@{version} desired"),
+                refused: false,
+                progress: None,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Refuses a scope naming a device, project or profile of another tenant.
+pub(super) async fn check_scope_in_tenant(
+    conn: &mut AnyConnection,
+    tenant: TenantKey,
+    scope: Scope,
+) -> StoreResult<()> {
+    let checks: Vec<(&'static str, &'static str, i64)> = match scope {
+        Scope::Device(d) => vec![("devices", "device", d.0)],
+        Scope::ProjectProfile(p, f) => {
+            vec![("projects", "project", p.0), ("profiles", "profile", f.0)]
+        }
+        Scope::Project(p) => vec![("projects", "project", p.0)],
+        Scope::Profile(f) => vec![("profiles", "profile", f.0)],
+        Scope::Tenant => vec![],
+    };
+    for (table, what, key) in checks {
+        let found = sqlx::query(&format!(
+            "SELECT id FROM {table} WHERE tenant_id = $1 AND id = $2"
+        ))
+        .bind(tenant.0)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if found.is_none() {
+            return Err(StoreError::NotFound { what });
+        }
+    }
+    Ok(())
+}
