@@ -1,0 +1,373 @@
+//! `updraft sim`: many virtual devices in one process against a server, for demos and load tests.
+//! Over DDI each device is a real `updraft-agent` (its state machine, in-memory A/B slots); over
+//! Drogue DFU each is an `embedded-update`-style Status → Command loop. Failures are injected
+//! per device from a seed: a connection dropped mid-download, corrupted data, a new image that
+//! fails its health check.
+
+mod ddi;
+mod loops;
+
+use self::ddi::*;
+use self::loops::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use updraft_agent::AgentError;
+use updraft_agent::agent::{Agent, AgentConfig, Hooks, Outcome};
+use updraft_agent::flash::{Flash, HashFlash};
+use updraft_agent::server::{
+    DdiClient, Delivery, Download, Feedback, Offer, PollAnswer, UpdateServer,
+};
+use updraft_agent::state::Release;
+use updraft_agent::state::Slot;
+
+use crate::client::Client;
+
+/// What `updraft sim` was asked to do.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimArgs {
+    /// How many devices.
+    #[arg(long, default_value_t = 50)]
+    pub devices: usize,
+    /// ddi, drogue, frugal or thingsboard (MQTT).
+    #[arg(long, default_value = "ddi")]
+    pub protocol: String,
+    /// The server's device MQTT address, for --protocol thingsboard (default: the server's host,
+    /// port 1883).
+    #[arg(long)]
+    pub mqtt: Option<String>,
+    /// Seconds between polls.
+    #[arg(long, default_value_t = 5.0)]
+    pub poll: f64,
+    /// Random share of the poll interval added or taken away (0 to 1).
+    #[arg(long, default_value_t = 0.2)]
+    pub jitter: f64,
+    /// Device ids are PREFIX-0, PREFIX-1, …; existing devices are reused only if created by sim.
+    #[arg(long, default_value = "sim")]
+    pub prefix: String,
+    /// Profile for new devices (created if missing).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Tag for new devices.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Assign this artifact (TITLE@VERSION) to the simulated devices' profile (or the tenant)
+    /// once they run.
+    #[arg(long)]
+    pub assign: Option<String>,
+    /// Share of devices whose connection drops once mid-download.
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_download: f64,
+    /// Share of devices that receive corrupted data.
+    #[arg(long, default_value_t = 0.0)]
+    pub corrupt: f64,
+    /// Share of devices whose new image fails its health check.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_health: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Stop once every simulated device's update has ended (or after --timeout seconds).
+    #[arg(long)]
+    pub until_done: bool,
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+/// A small deterministic generator (xorshift64*), so that a seed reproduces a run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// What one device will suffer.
+#[derive(Debug, Clone, Copy, Default)]
+struct Faults {
+    drop_download: bool,
+    corrupt: bool,
+    fail_health: bool,
+}
+
+/// Measurements shared by every device.
+#[derive(Default)]
+struct Stats {
+    poll_latencies: Mutex<Vec<Duration>>,
+    time_to_updated: Mutex<Vec<Duration>>,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn percentile(values: &mut [Duration], p: f64) -> Option<Duration> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort();
+    let index = ((values.len() as f64 - 1.0) * p).round() as usize;
+    values.get(index).copied()
+}
+
+struct DeviceSpec {
+    id: String,
+    token: String,
+    faults: Faults,
+    sleep: Duration,
+}
+
+async fn ensure_devices(client: &Client, args: &SimArgs) -> Result<Vec<(String, String)>> {
+    if let Some(profile) = &args.profile {
+        let _ = client
+            .post("/api/v1/profiles", &json!({"name": profile}))
+            .await;
+    }
+    let mut devices = Vec::with_capacity(args.devices);
+    let limit = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for i in 0..args.devices {
+        let id = format!("{}-{i}", args.prefix);
+        // A known token per simulated device, so that a second run reuses the devices.
+        let token = format!("{}-token-{i:08}", args.prefix);
+        let body = json!({"id": id, "token": token, "profile": args.profile, "tags": args.tags});
+        let request = client
+            .request(reqwest::Method::POST, "/api/v1/devices")
+            .json(&body);
+        let limit = limit.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = limit.acquire().await;
+            request.send().await.map(|r| r.status())
+        }));
+        devices.push((id, token));
+    }
+    for task in tasks {
+        let status = task.await?.context("creating a simulated device")?;
+        if !status.is_success() && status != reqwest::StatusCode::CONFLICT {
+            bail!("creating a simulated device answered {status}");
+        }
+    }
+    Ok(devices)
+}
+
+const STATES: [&str; 9] = [
+    "QUEUED",
+    "INITIATED",
+    "DOWNLOADING",
+    "DOWNLOADED",
+    "VERIFIED",
+    "UPDATING",
+    "UPDATED",
+    "FAILED",
+    "CANCELED",
+];
+
+/// Runs the simulation; prints a summary at the end.
+pub async fn run(client: &Client, args: SimArgs, json_output: bool) -> Result<()> {
+    if !matches!(
+        args.protocol.as_str(),
+        "ddi" | "drogue" | "frugal" | "thingsboard"
+    ) {
+        bail!(
+            "unknown protocol {:?}: use ddi, drogue, frugal or thingsboard",
+            args.protocol
+        );
+    }
+    let mqtt = match &args.mqtt {
+        Some(addr) => addr.clone(),
+        None => {
+            let host = client
+                .base
+                .trim_start_matches("http://")
+                .trim_start_matches("https://");
+            let host = host.split(['/', ':']).next().unwrap_or("127.0.0.1");
+            format!("{host}:1883")
+        }
+    };
+    let devices = ensure_devices(client, &args).await?;
+    let stats = Arc::new(Stats::default());
+    // Spread the seed's bits so that small seeds do not start from small states.
+    let mut rng = Rng(args.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    for _ in 0..8 {
+        rng.next();
+    }
+    let mut injected = [0u64; 3];
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.devices.max(1))
+        .build()?;
+    let started = Instant::now();
+    for (id, token) in devices {
+        let faults = Faults {
+            drop_download: rng.unit() < args.drop_download,
+            corrupt: rng.unit() < args.corrupt,
+            fail_health: rng.unit() < args.fail_health,
+        };
+        injected[0] += u64::from(faults.drop_download);
+        injected[1] += u64::from(faults.corrupt);
+        injected[2] += u64::from(faults.fail_health);
+        let jitter = 1.0 + args.jitter.clamp(0.0, 1.0) * (rng.unit() * 2.0 - 1.0);
+        let sleep = Duration::from_secs_f64((args.poll * jitter).max(0.01));
+        let spec = DeviceSpec {
+            id,
+            token,
+            faults,
+            sleep,
+        };
+        let (server, http, stats) = (client.base.clone(), http.clone(), stats.clone());
+        match args.protocol.as_str() {
+            "drogue" => tokio::spawn(drogue_device(server, http, spec, stats, started)),
+            "thingsboard" => tokio::spawn(thingsboard_device(mqtt.clone(), spec, stats, started)),
+            "frugal" => {
+                let ota_key = args
+                    .profile
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-key", args.prefix));
+                tokio::spawn(frugal_device(server, http, spec, ota_key, stats, started))
+            }
+            _ => tokio::spawn(ddi_device(server, http, spec, stats, started)),
+        };
+    }
+    if let Some(release) = &args.assign {
+        let mut body = json!({"artifact": release});
+        match &args.profile {
+            Some(profile) => body["profile"] = json!(profile),
+            None => body["tenant_default"] = json!(true),
+        }
+        client
+            .post("/api/v1/assignments", &body)
+            .await
+            .context("assigning")?;
+    }
+
+    let bars = MultiProgress::new();
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template("{prefix:>12} {bar:40} {pos}/{len}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let by_state: Vec<ProgressBar> = STATES
+        .iter()
+        .map(|state| {
+            let bar = bars.add(ProgressBar::new(args.devices as u64));
+            bar.set_style(style.clone());
+            bar.set_prefix(*state);
+            bar
+        })
+        .collect();
+    let deadline = started + Duration::from_secs(args.timeout);
+    let mut counts;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let history = device_states(client, &args).await.unwrap_or_default();
+        counts = serde_json::Map::new();
+        for state in &history {
+            let n = counts.get(state).and_then(Value::as_u64).unwrap_or(0);
+            counts.insert(state.clone(), json!(n + 1));
+        }
+        for (bar, state) in by_state.iter().zip(STATES) {
+            bar.set_position(counts.get(state).and_then(Value::as_u64).unwrap_or(0));
+        }
+        let finished = history
+            .iter()
+            .filter(|s| matches!(s.as_str(), "UPDATED" | "FAILED" | "CANCELED"))
+            .count();
+        let done = args.until_done && args.assign.is_some() && finished == args.devices;
+        if done || (args.until_done && Instant::now() > deadline) {
+            break;
+        }
+    }
+    for bar in by_state {
+        bar.finish_and_clear();
+    }
+    let duration = started.elapsed();
+    let mut polls = stats
+        .poll_latencies
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    let mut updated = stats
+        .time_to_updated
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+    let summary = json!({
+        "devices": args.devices,
+        "protocol": args.protocol,
+        "final_states": counts,
+        "campaign_seconds": duration.as_secs_f64(),
+        "poll_latency_ms": {"p50": ms(percentile(&mut polls, 0.5)), "p99": ms(percentile(&mut polls, 0.99)), "count": polls.len()},
+        "time_to_updated_ms": {"p50": ms(percentile(&mut updated, 0.5)), "p99": ms(percentile(&mut updated, 0.99)), "count": updated.len()},
+        "bytes": stats.bytes.load(Ordering::Relaxed),
+        "errors": stats.errors.load(Ordering::Relaxed),
+        "injected": {"drop_download": injected[0], "corrupt": injected[1], "fail_health": injected[2]},
+    });
+    if json_output {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
+    } else {
+        println!(
+            "{} {} devices, {:.1} s",
+            args.devices,
+            args.protocol,
+            duration.as_secs_f64()
+        );
+        println!(
+            "final states   {}",
+            Value::Object(
+                summary["final_states"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default()
+            )
+        );
+        let show = |v: &Value| {
+            v.as_f64()
+                .map(|ms| format!("{ms:.1} ms"))
+                .unwrap_or_else(|| "-".to_owned())
+        };
+        let line = |name: &str, key: &str| {
+            println!(
+                "{name:<14} p50 {}, p99 {}",
+                show(&summary[key]["p50"]),
+                show(&summary[key]["p99"])
+            );
+        };
+        line("poll latency", "poll_latency_ms");
+        line("to UPDATED", "time_to_updated_ms");
+        println!("bytes          {}", summary["bytes"]);
+        println!("errors         {}", summary["errors"]);
+        println!("injected       {}", summary["injected"]);
+    }
+    Ok(())
+}
+
+/// The state of each device's latest update in the tenant, as the server counts them (the
+/// simulated devices are the fleet the simulation watches).
+async fn device_states(client: &Client, _args: &SimArgs) -> Result<Vec<String>> {
+    let status = client.get("/api/v1/status").await?;
+    let mut states = Vec::new();
+    if let Some(actions) = status["actions"].as_object() {
+        for (state, n) in actions {
+            for _ in 0..n.as_u64().unwrap_or(0) {
+                states.push(state.clone());
+            }
+        }
+    }
+    Ok(states)
+}
