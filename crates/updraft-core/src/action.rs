@@ -222,6 +222,16 @@ pub enum Refusal {
     NotAProgressState(UpdateState),
 }
 
+/// What telling a device of its action does to the action — handing it a deployment link, its
+/// new attributes, a job document or a package URI, whichever the protocol speaks: a QUEUED action
+/// becomes INITIATED; an action further along is left as it is.
+pub fn told(current: UpdateState) -> Option<Report> {
+    (current == UpdateState::Queued).then_some(Report::Reached {
+        state: UpdateState::Initiated,
+        progress: None,
+    })
+}
+
 /// The next state of an action in `current` state that receives `report`, or why not.
 /// Repeating the current state is allowed (it carries new progress).
 pub fn transition(current: UpdateState, report: &Report) -> Result<UpdateState, Refusal> {
@@ -326,6 +336,29 @@ pub fn plan(firmware: &KindStatus, software: &KindStatus, active: Option<ActiveA
 mod tests {
     use super::*;
     use UpdateState::*;
+
+    #[test]
+    fn telling_a_device_initiates_only_a_queued_action() {
+        assert_eq!(
+            told(Queued),
+            Some(Report::Reached {
+                state: Initiated,
+                progress: None
+            })
+        );
+        for later in [
+            Initiated,
+            Downloading,
+            Downloaded,
+            Verified,
+            Updating,
+            Updated,
+            Failed,
+            Canceled,
+        ] {
+            assert_eq!(told(later), None, "{later:?}");
+        }
+    }
 
     fn reached(state: UpdateState) -> Report {
         Report::Reached {

@@ -11,7 +11,7 @@ pub mod signing;
 
 pub use action::{
     ActiveAction, Failure, FailureCode, KindStatus, Plan, Progress, Refusal, Release, Report,
-    UpdateState, plan, transition,
+    UpdateState, plan, told, transition,
 };
 pub use checksum::{ChecksumAlgorithm, Checksums, MultiHasher};
 pub use model::{

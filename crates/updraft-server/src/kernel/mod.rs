@@ -3,6 +3,7 @@
 //! the clock, download grants and blob streaming, the artifact ingest pipeline, metrics, the
 //! device channels and the notification queue that drives them.
 
+pub mod actions;
 pub mod auth;
 pub mod channel;
 pub mod clock;

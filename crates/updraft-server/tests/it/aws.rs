@@ -138,6 +138,16 @@ async fn a_core_ota_device_updates_with_json_blocks() {
     let notified: Value = serde_json::from_slice(&payload).unwrap();
     assert_eq!(notified["execution"]["status"], "QUEUED");
     assert!(notified["timestamp"].is_i64());
+    // The notification queue told the thing through AWS's channel, and history says so.
+    let history = app.get("/api/v1/devices/thing-1/history").await.json();
+    let initiated = history[0]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["to"] == "INITIATED")
+        .cloned()
+        .unwrap();
+    assert_eq!(initiated["source"], "aws", "{history}");
 
     // start-next (its accepted topic never subscribed, as in the coreOTA demo).
     let (topic, started) = thing

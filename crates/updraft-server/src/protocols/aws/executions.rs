@@ -213,17 +213,14 @@ pub(super) async fn handed_out(
     device: &Device,
     execution: &Execution,
 ) -> Result<(), ApiError> {
-    if execution.action.state == UpdateState::Queued {
-        let report = Report::Reached {
-            state: UpdateState::Initiated,
-            progress: None,
-        };
-        state
-            .store
-            .report(device.tenant, execution.action.key, &report, SOURCE)
-            .await?;
-    }
-    Ok(())
+    crate::kernel::actions::told(
+        state,
+        device.tenant,
+        execution.action.key,
+        execution.action.state,
+        SOURCE,
+    )
+    .await
 }
 
 /// The execution a job id names, if it is one of the device's.

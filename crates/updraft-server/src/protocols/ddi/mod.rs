@@ -242,16 +242,8 @@ async fn poll(
             json!({"href": format!("{base}/cancelAction/{}", cancel.key)}),
         );
     } else if let Some(active) = view.active {
-        if active.state == UpdateState::Queued {
-            let initiated = Report::Reached {
-                state: UpdateState::Initiated,
-                progress: None,
-            };
-            state
-                .store
-                .report(device.tenant, active.key, &initiated, "ddi")
-                .await?;
-        }
+        crate::kernel::actions::told(&state, device.tenant, active.key, active.state, "ddi")
+            .await?;
         links.insert(
             "deploymentBase".into(),
             json!({"href": format!("{base}/deploymentBase/{}?c={}", active.key, cache_key(&active))}),

@@ -211,12 +211,8 @@ impl Lwm2m {
                     None => updraft_store::ProfileSettings::default(),
                 };
                 if settings.lwm2m_delivery == updraft_store::Lwm2mDelivery::Push {
-                    if action.state == UpdateState::Queued {
-                        report(Report::Reached {
-                            state: UpdateState::Initiated,
-                            progress: None,
-                        })
-                        .await?;
+                    if let Some(initiated) = updraft_core::told(action.state) {
+                        report(initiated).await?;
                     }
                     self.told(&registration.endpoint, action.key);
                     if let Err(reason) = self.push_package(state, addr, &root, &artifact).await {
@@ -243,12 +239,8 @@ impl Lwm2m {
                     .map_err(ApiError::internal)?;
                 if is_success(&answer) {
                     self.told(&registration.endpoint, action.key);
-                    if action.state == UpdateState::Queued {
-                        report(Report::Reached {
-                            state: UpdateState::Initiated,
-                            progress: None,
-                        })
-                        .await?;
+                    if let Some(initiated) = updraft_core::told(action.state) {
+                        report(initiated).await?;
                     }
                 } else {
                     report(Report::Failed(Failure {

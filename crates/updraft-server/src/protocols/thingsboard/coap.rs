@@ -358,33 +358,20 @@ async fn firmware_block(
         }
     };
     let (size, index) = (number("size")?, number("chunk")?);
-    let wanted = thingsboard::desired(state, device)
-        .await?
-        .into_iter()
-        .find(|(k, _, a)| {
-            *k == kind
-                && match (query.get("title"), query.get("version")) {
-                    (Some(title), Some(version)) => a.title == *title && a.version == *version,
-                    _ => true,
-                }
-        });
-    let Some((_, _, artifact)) = wanted else {
+    let wanted = thingsboard::served(state, device, kind).await?.filter(|a| {
+        match (query.get("title"), query.get("version")) {
+            (Some(title), Some(version)) => a.title == *title && a.version == *version,
+            _ => true,
+        }
+    });
+    let Some(artifact) = wanted else {
         return Err(ApiError::not_found(
             "artifact_not_found",
             "that firmware is not assigned to this device",
         ));
     };
     // The representation: one chunk of the artifact.
-    let (chunk_start, chunk_len) = if size == 0 {
-        (0, artifact.size)
-    } else {
-        (index.saturating_mul(size), size)
-    };
-    let chunk_len = if chunk_start >= artifact.size {
-        0
-    } else {
-        chunk_len.min(artifact.size - chunk_start)
-    };
+    let (chunk_start, chunk_len) = thingsboard::chunk_window(artifact.size, size, index);
     // The block of it.
     let (num, szx) = match request.get_first_option(CoapOption::Block2) {
         Some(value) => {

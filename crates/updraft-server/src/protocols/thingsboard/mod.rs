@@ -83,14 +83,8 @@ pub async fn shared_attributes(state: &AppState, device: &Device) -> ApiResult<M
         shared.insert(format!("{p}_checksum_algorithm"), json!("SHA256"));
     }
     // The device has been told: its QUEUED action becomes INITIATED.
-    if let Some(active) = status.active.filter(|a| a.state == UpdateState::Queued) {
-        let initiated = Report::Reached {
-            state: UpdateState::Initiated,
-            progress: None,
-        };
-        state
-            .store
-            .report(device.tenant, active.key, &initiated, SOURCE)
+    if let Some(active) = status.active {
+        crate::kernel::actions::told(state, device.tenant, active.key, active.state, SOURCE)
             .await?;
     }
     Ok(shared)
@@ -223,6 +217,27 @@ pub fn report_of(state: &str, error: &str) -> ApiResult<Option<Report>> {
     }
 }
 
+/// The artifact of `kind` whose chunks a device downloads: its active action's (two indexed
+/// lookups, no resolution), else — a device that asks before it was told — what it should run.
+pub async fn served(
+    state: &AppState,
+    device: &Device,
+    kind: ArtifactKind,
+) -> ApiResult<Option<Artifact>> {
+    let view = state.store.poll_view(device.key).await?;
+    if let Some(action) = view.active.filter(|a| a.kind == kind) {
+        return match action.artifact {
+            Some(key) => Ok(state.store.artifact(device.tenant, key).await?),
+            None => Ok(None),
+        };
+    }
+    Ok(desired(state, device)
+        .await?
+        .into_iter()
+        .find(|(k, _, _)| *k == kind)
+        .map(|(_, _, artifact)| artifact))
+}
+
 /// The bytes of chunk `index` of `size` bytes (0: the whole artifact) of an artifact of `total`
 /// bytes, as `(offset, len)`; past the end, `len` is 0. One rule for every transport.
 pub fn chunk_window(total: u64, size: u64, index: u64) -> (u64, u64) {
@@ -248,11 +263,10 @@ pub async fn chunk(
     size: u64,
     index: u64,
 ) -> ApiResult<Bytes> {
-    let wanted = desired(state, device).await?.into_iter().find(|(k, _, a)| {
-        *k == kind
-            && release.is_none_or(|(title, version)| a.title == title && a.version == version)
+    let wanted = served(state, device, kind).await?.filter(|a| {
+        release.is_none_or(|(title, version)| a.title == title && a.version == version)
     });
-    let Some((_, _, artifact)) = wanted else {
+    let Some(artifact) = wanted else {
         return Err(ApiError::not_found(
             "artifact_not_found",
             "that firmware is not assigned to this device",

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use updraft_core::ArtifactKind;
 
-use super::{SOURCE, chunk_window, client_attributes, desired, prefix, select, shared_attributes};
+use super::{SOURCE, chunk_window, client_attributes, prefix, select, served, shared_attributes};
 use crate::kernel::error::{ApiError, ApiResult};
 use crate::kernel::state::AppState;
 use crate::transport::mqtt::codec::Outbound;
@@ -137,11 +137,7 @@ impl Topics {
         index: u64,
         topic: &str,
     ) -> ApiResult<()> {
-        let wanted = desired(&self.state, session.device())
-            .await?
-            .into_iter()
-            .find(|(k, _, _)| *k == kind);
-        let Some((_, _, artifact)) = wanted else {
+        let Some(artifact) = served(&self.state, session.device(), kind).await? else {
             let empty = Outbound::Publish {
                 topic: topic.to_owned(),
                 payload: Bytes::new(),
