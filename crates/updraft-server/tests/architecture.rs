@@ -29,10 +29,7 @@ const LAYERS: [(&str, &[&str]); 4] = [
 
 /// Source files still over the size limit, each waiting to be split along a seam. The list only
 /// shrinks: a file not on it may not grow past the limit.
-const OVERSIZE: [&str; 2] = [
-    "crates/updraft-server/examples/device_load.rs",
-    "crates/updraft-wire/src/dfu.rs",
-];
+const OVERSIZE: [&str; 0] = [];
 
 const MAX_LINES: usize = 600;
 
@@ -250,4 +247,21 @@ fn no_source_file_passes_the_size_limit() {
         }
     }
     assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+/// The checks read code the way the compiler does: names count, comments and strings do not.
+#[test]
+fn the_checks_see_names_not_comments_or_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sample.rs");
+    std::fs::write(
+        &path,
+        "// lwm2m in a comment\nlet topic = \"$aws/things\"; // aws\nlet lwm2m_psk = 1;\n#[cfg(test)]\nmod tests { use crate::protocols::aws; }\n",
+    )
+    .unwrap();
+    let lines = code_lines(&path);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(!lines[0].1.contains("lwm2m"));
+    assert!(!lines[1].1.contains("aws"), "{:?}", lines[1]);
+    assert!(lines[2].1.contains("lwm2m_psk"));
 }
