@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 /// Words that name a device protocol.
-const PROTOCOL_WORDS: [&str; 9] = [
+const PROTOCOL_WORDS: [&str; 8] = [
     "thingsboard",
     "aws",
     "lwm2m",
@@ -16,7 +16,6 @@ const PROTOCOL_WORDS: [&str; 9] = [
     "ddi",
     "hawkbit",
     "frugal",
-    "coap",
 ];
 
 /// The server's top-level modules, each with what it may not use.

@@ -3,6 +3,7 @@
 //! text, TLV, SenML JSON, CBOR).
 
 use ciborium::Value as Cbor;
+use coap_lite::link_format::LinkFormatParser;
 
 /// The query of a Register or Update (`ep`, `lt`, `lwm2m`, `b`; anything else is kept out).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -57,24 +58,17 @@ pub struct Links {
     pub objects: Vec<String>,
 }
 
-/// Parses a link-format (RFC 6690) object list.
+/// Parses a link-format (RFC 6690) object list, with coap-lite's link-format parser.
 pub fn links(payload: &[u8]) -> Result<Links, Malformed> {
     let text = std::str::from_utf8(payload).map_err(|_| Malformed("links are not UTF-8".into()))?;
     let mut parsed = Links::default();
-    for link in text.split(',').map(str::trim).filter(|l| !l.is_empty()) {
-        let mut parts = link.split(';');
-        let target = parts.next().unwrap_or_default().trim();
-        let path = target
-            .strip_prefix('<')
-            .and_then(|t| t.strip_suffix('>'))
-            .ok_or_else(|| Malformed(format!("{target:?} is not <path>")))?;
+    for link in LinkFormatParser::new(text) {
+        let (path, mut attributes) =
+            link.map_err(|_| Malformed(format!("{text:?} is not a list of <path>")))?;
         if !path.starts_with('/') {
             return Err(Malformed(format!("{path:?} does not start with /")));
         }
-        let root_type = parts.any(|p| {
-            let p = p.trim();
-            p == "rt=\"oma.lwm2m\"" || p == "rt=oma.lwm2m"
-        });
+        let root_type = attributes.any(|(key, value)| key == "rt" && value.to_cow() == "oma.lwm2m");
         if root_type {
             parsed.root = path.trim_end_matches('/').to_owned();
             continue;

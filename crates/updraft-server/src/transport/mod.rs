@@ -1,5 +1,6 @@
 //! Transports: they know packets, connections and sessions, never a protocol. Protocol adapters
 //! register their topic handlers with them.
 
+pub mod coap;
 pub mod mqtt;
 pub mod tls;

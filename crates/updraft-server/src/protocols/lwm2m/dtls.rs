@@ -1,7 +1,7 @@
 //! DTLS 1.2 with pre-shared keys (RFC 7925: TLS_PSK_WITH_AES_128_CCM_8), one dimpl session per
 //! peer on the `--lwm2m-dtls` socket; CoAP goes through `datagram` like on the NoSec socket.
 
-use super::listener::{Recent, datagram};
+use super::listener::datagram;
 use super::*;
 
 impl Lwm2m {
@@ -95,7 +95,7 @@ pub async fn serve_dtls(socket: UdpSocket, state: Ctx) {
     if let Err(err) = state.lwm2m.load_psks(&state).await {
         tracing::warn!(error = %err.message, "could not load LwM2M PSKs");
     }
-    let recent = Arc::new(Mutex::new(Recent::default()));
+    let recent = Arc::new(Mutex::new(Dedup::new(DEDUP_MILLIS, 65_536)));
     let mut sessions: HashMap<SocketAddr, DtlsSession> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -191,7 +191,7 @@ pub(super) async fn datagram_secure(
     state: &Ctx,
     link: Link,
     message: Vec<u8>,
-    recent: &Arc<Mutex<Recent>>,
+    recent: &Arc<Mutex<Dedup>>,
 ) {
     datagram(state, link, &message, recent).await;
 }

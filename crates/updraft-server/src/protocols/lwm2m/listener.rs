@@ -3,61 +3,11 @@
 
 use super::*;
 
-/// When a request was first seen, and its answer once sent.
-pub(super) type Entry = (i64, Option<Vec<u8>>);
-
-/// Confirmable requests seen lately, by (peer, message ID), with their answers.
-#[derive(Default)]
-pub(super) struct Recent {
-    /// When each was first seen, and its answer once sent.
-    answers: HashMap<(SocketAddr, u16), Entry>,
-    order: VecDeque<(SocketAddr, u16)>,
-}
-
-pub(super) enum Seen {
-    New,
-    InProgress,
-    Answered(Vec<u8>),
-}
-
-impl Recent {
-    /// Records a request as being answered, unless it was seen before.
-    pub(super) fn begin(&mut self, key: (SocketAddr, u16)) -> Seen {
-        let now = now();
-        while let Some(old) = self.order.front().copied() {
-            let stale = self
-                .answers
-                .get(&old)
-                .is_none_or(|(at, _)| now - at > DEDUP_MILLIS);
-            if !stale && self.order.len() <= 65_536 {
-                break;
-            }
-            self.order.pop_front();
-            self.answers.remove(&old);
-        }
-        match self.answers.get(&key) {
-            Some((_, Some(answer))) => Seen::Answered(answer.clone()),
-            Some((_, None)) => Seen::InProgress,
-            None => {
-                self.answers.insert(key, (now, None));
-                self.order.push_back(key);
-                Seen::New
-            }
-        }
-    }
-
-    pub(super) fn answered(&mut self, key: (SocketAddr, u16), answer: Vec<u8>) {
-        if let Some(entry) = self.answers.get_mut(&key) {
-            entry.1 = Some(answer);
-        }
-    }
-}
-
 /// Answers registrations and routes answers to our requests, until the socket fails.
 pub async fn serve(socket: UdpSocket, state: Ctx) {
     let socket = Arc::new(socket);
     let _ = state.lwm2m.socket.set(socket.clone());
-    let recent = Arc::new(Mutex::new(Recent::default()));
+    let recent = Arc::new(Mutex::new(Dedup::new(DEDUP_MILLIS, 65_536)));
     let mut buf = vec![0u8; 65_536];
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {
@@ -76,7 +26,7 @@ pub async fn serve(socket: UdpSocket, state: Ctx) {
 }
 
 /// One CoAP message from a client, over either transport.
-pub(super) async fn datagram(state: &Ctx, link: Link, bytes: &[u8], recent: &Arc<Mutex<Recent>>) {
+pub(super) async fn datagram(state: &Ctx, link: Link, bytes: &[u8], recent: &Arc<Mutex<Dedup>>) {
     let Ok(packet) = Packet::from_bytes(bytes) else {
         state.lwm2m.malformed.fetch_add(1, Ordering::Relaxed);
         return;
@@ -87,7 +37,10 @@ pub(super) async fn datagram(state: &Ctx, link: Link, bytes: &[u8], recent: &Arc
             let key = (link.peer, packet.header.message_id);
             let confirmable = packet.header.get_type() == MessageType::Confirmable;
             if confirmable {
-                let seen = recent.lock().unwrap_or_else(|e| e.into_inner()).begin(key);
+                let seen = recent
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .begin(key, now());
                 match seen {
                     Seen::New => {}
                     // Still being answered: the answer will go out.
@@ -124,12 +77,10 @@ pub(super) async fn datagram(state: &Ctx, link: Link, bytes: &[u8], recent: &Arc
                     lwm2m.transmit(link, &bytes).await;
                 }
             }
-            let token = packet.get_token().to_vec();
-            let waiter = lwm2m.inner().pending.remove(&token);
-            if let Some(waiter) = waiter {
-                let _ = waiter.send(packet);
+            let Err(packet) = lwm2m.exchanges.answer(link.peer, packet) else {
                 return;
-            }
+            };
+            let token = packet.get_token().to_vec();
             let observation = lwm2m.inner().observations.get(&token).cloned();
             if let Some(observation) = observation {
                 let state = state.clone();
@@ -161,7 +112,7 @@ pub(super) async fn respond(
         response.header.message_id = request.header.message_id;
     } else {
         response.header.set_type(MessageType::NonConfirmable);
-        response.header.message_id = state.lwm2m.message_id.fetch_add(1, Ordering::Relaxed);
+        response.header.message_id = state.lwm2m.exchanges.message_id();
     }
     response.set_token(request.get_token().to_vec());
     let code = match handle(state, link, request, method, &mut response).await {
@@ -380,9 +331,6 @@ pub(super) async fn device_for(
     ))
 }
 
-/// Largest CoAP block we send (SZX 6).
-pub(super) const MAX_BLOCK: u64 = 1024;
-
 /// One Block2 block of the package a download grant opens (CoAP pull). Every block is its own
 /// request (Anjay sends a new token each time); the ETag names the package.
 pub(super) async fn package_block(
@@ -398,27 +346,14 @@ pub(super) async fn package_block(
             "unknown or expired package".to_owned(),
         )
     })?;
-    let (num, szx) = match request.get_first_option(CoapOption::Block2) {
-        Some(value) => {
-            let value = uint(value);
-            (value >> 4, (value & 0x7).min(6))
-        }
-        None => (0, 6),
-    };
-    let block = (1u64 << (szx + 4)).min(MAX_BLOCK);
-    let start = num.saturating_mul(block);
-    if start > 0 && start >= size {
-        return Err((
+    let window = block2(request, size).ok_or_else(|| {
+        (
             ResponseType::BadOption,
             "that block is past the end".to_owned(),
-        ));
-    }
-    let len = block.min(size.saturating_sub(start));
-    let more = start + len < size;
-    response.add_option(
-        CoapOption::Block2,
-        encode_uint((num << 4) | (u64::from(more) << 3) | szx),
-    );
+        )
+    })?;
+    let (start, len) = (window.start, window.len);
+    response.add_option(CoapOption::Block2, window.block.encode());
     response.add_option(CoapOption::Size2, encode_uint(size));
     response.add_option(CoapOption::ETag, sha256.as_bytes()[..8].to_vec());
     response.add_option(

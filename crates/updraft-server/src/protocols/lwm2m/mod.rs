@@ -18,15 +18,14 @@ mod requests;
 pub use self::dtls::serve_dtls;
 pub use self::listener::serve;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use tokio::net::UdpSocket;
-use tokio::sync::oneshot;
 use updraft_core::{
     ArtifactKind, DeviceId, DeviceKey, Failure, FailureCode, Report, TenantKey, UpdateState,
 };
@@ -35,6 +34,7 @@ use updraft_wire::lwm2m;
 
 use crate::kernel::error::ApiError;
 use crate::kernel::state::AppState;
+use crate::transport::coap::{Block, Dedup, Exchanges, Seen, block2, encode_uint, strings, uint};
 
 /// The source recorded in history for reports over this protocol.
 pub const SOURCE: &str = "lwm2m";
@@ -89,7 +89,7 @@ struct RequestOptions {
     /// Reuse a token (cancelling an observation).
     token: Option<Vec<u8>>,
     /// Block1 option value (a pushed package's blocks) and the whole size on the first.
-    block1: Option<u64>,
+    block1: Option<Block>,
     size1: Option<u64>,
 }
 
@@ -126,7 +126,6 @@ struct Observation {
 #[derive(Default)]
 struct Inner {
     by_endpoint: HashMap<String, Registration>,
-    pending: HashMap<Vec<u8>, oneshot::Sender<Packet>>,
     observations: HashMap<Vec<u8>, Observation>,
     drivers: HashSet<DeviceKey>,
     /// One request at a time per device.
@@ -144,8 +143,8 @@ pub struct Lwm2m {
     /// The device each DTLS peer authenticated as.
     dtls_peers: Mutex<HashMap<SocketAddr, DeviceKey>>,
     inner: Mutex<Inner>,
-    message_id: AtomicU16,
-    next_token: AtomicU64,
+    /// Our requests in flight, answered by (peer, token).
+    exchanges: Exchanges,
     next_location: AtomicU64,
     /// Messages that could not be read (not CoAP, bad link format, unreadable values).
     pub malformed: Arc<AtomicU64>,
@@ -233,29 +232,4 @@ fn is_success(packet: &Packet) -> bool {
                 | ResponseType::Continue
         )
     )
-}
-
-fn uint(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .take(8)
-        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
-}
-
-fn encode_uint(value: u64) -> Vec<u8> {
-    let bytes = value.to_be_bytes();
-    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
-    bytes[first..].to_vec()
-}
-
-fn strings(packet: &Packet, option: CoapOption) -> Vec<String> {
-    packet
-        .get_option(option)
-        .map(|values| {
-            values
-                .iter()
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -2,8 +2,8 @@
 //! answers routed back by token, the package pushed in Block1 blocks, Package URIs, and the
 //! management operations (read, write, execute, discover, observe, …).
 
-use super::listener::MAX_BLOCK;
 use super::*;
+use crate::transport::coap::MAX_BLOCK;
 
 impl Lwm2m {
     /// Sends a confirmable request to `link` and awaits its answer, retransmitting with RFC
@@ -35,17 +35,13 @@ impl Lwm2m {
         payload: Vec<u8>,
         options: RequestOptions,
     ) -> Result<Packet, String> {
-        let token = options.token.clone().unwrap_or_else(|| {
-            self.next_token
-                .fetch_add(1, Ordering::Relaxed)
-                .to_be_bytes()
-                .to_vec()
-        });
+        let token = options
+            .token
+            .clone()
+            .unwrap_or_else(|| self.exchanges.token());
         let mut packet = Packet::new();
-        packet.header.set_type(MessageType::Confirmable);
         packet.header.code = MessageClass::Request(method);
-        packet.header.message_id = self.message_id.fetch_add(1, Ordering::Relaxed);
-        packet.set_token(token.clone());
+        packet.set_token(token);
         if let Some(observe) = options.observe {
             packet.add_option(CoapOption::Observe, encode_uint(u64::from(observe)));
         }
@@ -62,28 +58,18 @@ impl Lwm2m {
             packet.add_option(CoapOption::Accept, encode_uint(u64::from(accept)));
         }
         if let Some(block1) = options.block1 {
-            packet.add_option(CoapOption::Block1, encode_uint(block1));
+            packet.add_option(CoapOption::Block1, block1.encode());
         }
         if let Some(size1) = options.size1 {
             packet.add_option(CoapOption::Size1, encode_uint(size1));
         }
         packet.payload = payload;
-        let bytes = packet.to_bytes().map_err(|e| format!("{e:?}"))?;
-        let (tx, mut rx) = oneshot::channel();
-        self.inner().pending.insert(token.clone(), tx);
-        // ACK_TIMEOUT 2 s × ACK_RANDOM_FACTOR (1–1.5), doubling, MAX_RETRANSMIT 4.
-        let jitter = 1.0 + f64::from(token.last().copied().unwrap_or(0) % 50) / 100.0;
-        let mut wait = Duration::from_millis((2000.0 * jitter) as u64);
-        for _attempt in 0..=4 {
-            self.transmit(addr, &bytes).await;
-            match tokio::time::timeout(wait, &mut rx).await {
-                Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(_)) => break,
-                Err(_) => wait *= 2,
-            }
-        }
-        self.inner().pending.remove(&token);
-        Err(format!("no answer from {} to {method:?} {path}", addr.peer))
+        self.exchanges
+            .request(addr.peer, packet, |bytes| async move {
+                self.transmit(addr, &bytes).await;
+            })
+            .await
+            .map_err(|e| format!("{e} to {method:?} {path}"))
     }
 
     /// Writes the package into /5/0/0 (opaque, Block1 blocks of 1 KiB read from the blob store
@@ -113,7 +99,7 @@ impl Lwm2m {
             let more = num + 1 < blocks;
             let options = RequestOptions {
                 content_format: Some(lwm2m::OPAQUE),
-                block1: Some((num << 4) | (u64::from(more) << 3) | 6),
+                block1: Some(Block { num, more, szx: 6 }),
                 size1: (num == 0).then_some(artifact.size),
                 ..RequestOptions::default()
             };

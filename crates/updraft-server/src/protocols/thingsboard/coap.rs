@@ -5,7 +5,7 @@
 //! Confirmable requests are answered in a piggybacked ACK; a repeated request (same peer and
 //! message ID) gets the cached answer without being handled twice.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -19,12 +19,14 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use updraft_core::{ArtifactKind, DeviceKey};
 
+use crate::kernel::clock::now_millis;
 use crate::kernel::error::{ApiError, ApiResult};
 use crate::kernel::state::AppState;
 use crate::protocols::thingsboard;
+use crate::transport::coap::{Dedup, Seen, block2, encode_uint, strings, uint};
 
-/// Largest block we send (SZX 6).
-const MAX_BLOCK: u64 = 1024;
+/// How long a confirmable request's answer is kept for its retransmissions (EXCHANGE_LIFETIME).
+const DEDUP_MILLIS: i64 = 247_000;
 
 /// Who observes: the peer and the token of its Observe request.
 type Observer = (SocketAddr, Vec<u8>);
@@ -133,8 +135,7 @@ pub async fn serve(socket: UdpSocket, state: Ctx) {
             let _ = sender.send_to(&bytes, peer).await;
         }
     });
-    let mut recent: HashMap<(SocketAddr, u16), Vec<u8>> = HashMap::new();
-    let mut order: VecDeque<(SocketAddr, u16)> = VecDeque::new();
+    let mut recent = Dedup::new(DEDUP_MILLIS, 1024);
     let mut buf = vec![0u8; 2048];
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {
@@ -148,11 +149,17 @@ pub async fn serve(socket: UdpSocket, state: Ctx) {
             continue;
         };
         let key = (peer, request.header.message_id);
-        if request.header.get_type() == MessageType::Confirmable
-            && let Some(cached) = recent.get(&key)
-        {
-            let _ = socket.send_to(cached, peer).await;
-            continue;
+        let confirmable = request.header.get_type() == MessageType::Confirmable;
+        if confirmable {
+            match recent.begin(key, now_millis()) {
+                Seen::New => {}
+                // Answered in this loop, so never in progress here.
+                Seen::InProgress => continue,
+                Seen::Answered(cached) => {
+                    let _ = socket.send_to(&cached, peer).await;
+                    continue;
+                }
+            }
         }
         let Some(response) = respond(&state, peer, &request).await else {
             continue;
@@ -161,14 +168,8 @@ pub async fn serve(socket: UdpSocket, state: Ctx) {
             continue;
         };
         let _ = socket.send_to(&bytes, peer).await;
-        if request.header.get_type() == MessageType::Confirmable {
-            recent.insert(key, bytes);
-            order.push_back(key);
-            if order.len() > 1024
-                && let Some(old) = order.pop_front()
-            {
-                recent.remove(&old);
-            }
+        if confirmable {
+            recent.answered(key, bytes);
         }
     }
 }
@@ -211,31 +212,6 @@ async fn respond(state: &Ctx, peer: SocketAddr, request: &Packet) -> Option<Pack
         }
     }
     Some(response)
-}
-
-fn strings(request: &Packet, option: CoapOption) -> Vec<String> {
-    request
-        .get_option(option)
-        .map(|values| {
-            values
-                .iter()
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn uint(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .take(8)
-        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
-}
-
-fn encode_uint(value: u64) -> Vec<u8> {
-    let bytes = value.to_be_bytes();
-    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
-    bytes[first..].to_vec()
 }
 
 async fn handle(
@@ -373,26 +349,11 @@ async fn firmware_block(
     // The representation: one chunk of the artifact.
     let (chunk_start, chunk_len) = thingsboard::chunk_window(artifact.size, size, index);
     // The block of it.
-    let (num, szx) = match request.get_first_option(CoapOption::Block2) {
-        Some(value) => {
-            let value = uint(value);
-            (value >> 4, (value & 0x7).min(6))
-        }
-        None => (0, 6),
-    };
-    let block = 1u64 << (szx + 4);
-    let start = num.saturating_mul(block);
-    if start > 0 && start >= chunk_len {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            "that block is past the end",
-        ));
-    }
-    let len = block.min(chunk_len.saturating_sub(start)).min(MAX_BLOCK);
-    let more = start + len < chunk_len;
-    if more || request.get_first_option(CoapOption::Block2).is_some() {
-        let value = (num << 4) | (u64::from(more) << 3) | szx;
-        response.add_option(CoapOption::Block2, encode_uint(value));
+    let window = block2(request, chunk_len)
+        .ok_or_else(|| ApiError::bad_request("invalid_request", "that block is past the end"))?;
+    let (start, len) = (window.start, window.len);
+    if window.block.more || window.asked {
+        response.add_option(CoapOption::Block2, window.block.encode());
     }
     response.add_option(CoapOption::Size2, encode_uint(chunk_len));
     response.set_content_format(ContentFormat::ApplicationOctetStream);
@@ -410,19 +371,4 @@ async fn firmware_block(
         response.payload = payload;
     }
     Ok(ResponseType::Content)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uints_round_trip_in_the_fewest_bytes() {
-        for value in [0u64, 1, 255, 256, 0x0012_3456, u64::from(u32::MAX)] {
-            let bytes = encode_uint(value);
-            assert_eq!(uint(&bytes), value);
-            assert!(bytes.first() != Some(&0));
-        }
-        assert_eq!(encode_uint(0), Vec::<u8>::new());
-    }
 }
