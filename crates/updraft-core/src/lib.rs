@@ -6,6 +6,7 @@ pub mod action;
 pub mod checksum;
 pub mod model;
 pub mod names;
+pub mod reconcile;
 pub mod resolve;
 pub mod signing;
 
@@ -18,4 +19,5 @@ pub use model::{
     ActionKey, ArtifactKey, ArtifactKind, DeviceKey, ProfileKey, ProjectKey, Role, Scope, TenantKey,
 };
 pub use names::{DeviceId, Filename, Name, NameError, Title, Version, compare_versions};
+pub use reconcile::{Active, Cancel, Changes, Facts, Retry, reconcile};
 pub use resolve::{Candidate, DeviceTarget, Resolved, resolve};

@@ -23,9 +23,9 @@ use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Executor, Row};
 use updraft_core::{
-    ActionKey, ActiveAction, ArtifactKey, ArtifactKind, Candidate, Checksums, DeviceId, DeviceKey,
-    DeviceTarget, FailureCode, KindStatus, Name, Plan, ProfileKey, Progress, ProjectKey, Release,
-    Report, Role, Scope, TenantKey, UpdateState, plan, resolve, transition,
+    ActionKey, Active, ArtifactKey, ArtifactKind, Candidate, Checksums, DeviceId, DeviceKey,
+    DeviceTarget, Facts, FailureCode, Name, ProfileKey, Progress, ProjectKey, Release, Report,
+    Retry, Role, Scope, TenantKey, UpdateState, resolve, transition,
 };
 
 use crate::error::{StoreError, StoreResult};

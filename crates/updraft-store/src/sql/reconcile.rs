@@ -103,20 +103,6 @@ pub(super) fn desired_for(
     })
 }
 
-pub(super) fn kind_status(
-    desired: Option<Desired>,
-    running: Option<(String, String)>,
-) -> KindStatus {
-    KindStatus {
-        desired: desired.map(|d| Release {
-            artifact: d.artifact,
-            title: d.title,
-            version: d.version,
-        }),
-        running,
-    }
-}
-
 /// One history entry to write.
 pub(super) struct Event<'a> {
     pub(super) action: ActionKey,
@@ -145,15 +131,6 @@ pub(super) async fn insert_event(conn: &mut AnyConnection, event: Event<'_>) -> 
     .execute(&mut *conn)
     .await?;
     Ok(())
-}
-
-/// Whether a reconciliation may queue again an artifact whose last action on a device failed.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Retry {
-    /// The explicit assignment of this artifact: try it again.
-    Only(ArtifactKey),
-    /// Anything else: a failed update stays failed until someone assigns it again.
-    No,
 }
 
 /// Brings the active action of every device `only` covers (every device of the tenant when
@@ -228,9 +205,12 @@ pub(super) async fn reconcile(
         query = query.bind(device);
     }
     let failed_rows = query.fetch_all(&mut *conn).await?;
-    let mut failed: HashSet<(i64, i64)> = HashSet::new();
+    let mut failed: HashMap<i64, Vec<ArtifactKey>> = HashMap::new();
     for row in &failed_rows {
-        failed.insert((row.try_get("device_pk")?, row.try_get("artifact_id")?));
+        failed
+            .entry(row.try_get("device_pk")?)
+            .or_default()
+            .push(ArtifactKey(row.try_get("artifact_id")?));
     }
     let release_of: HashMap<ArtifactKey, (&str, &str, ArtifactKind)> = assignments
         .iter()
@@ -264,49 +244,40 @@ pub(super) async fn reconcile(
                 },
             )
         };
-        // A desired artifact that already failed on this device is not planned again, unless
-        // this reconciliation is the explicit assignment of it.
-        let plannable = |desired: Option<Desired>| {
-            desired.filter(|d| {
-                retry == Retry::Only(d.artifact)
-                    || !failed.contains(&(target.device.0, d.artifact.0))
+        let release = |desired: Option<Desired>| {
+            desired.map(|d| Release {
+                artifact: d.artifact,
+                title: d.title,
+                version: d.version,
             })
         };
-        let firmware = kind_status(
-            plannable(desired_for(&target, &assignments, ArtifactKind::Firmware)),
-            running("fw_title", "fw_version")?,
-        );
-        let software = kind_status(
-            plannable(desired_for(&target, &assignments, ArtifactKind::Software)),
-            running("sw_title", "sw_version")?,
-        );
-        let current = active_of.get(&target.device.0).copied();
-        // An active action whose artifact was deleted cannot be wanted: a key no artifact has
-        // makes the plan supersede it.
-        let active = current.map(|(action, artifact, _)| ActiveAction {
-            action,
-            artifact: artifact.unwrap_or(ArtifactKey(-1)),
-        });
-        let (cancel, next) = match plan(&firmware, &software, active) {
-            Plan::Keep => (None, None),
-            Plan::Queue(artifact) => (None, Some(artifact)),
-            Plan::Supersede { cancel, next } => (Some(cancel), next),
+        let facts = Facts {
+            firmware: release(desired_for(&target, &assignments, ArtifactKind::Firmware)),
+            software: release(desired_for(&target, &assignments, ArtifactKind::Software)),
+            running_firmware: running("fw_title", "fw_version")?,
+            running_software: running("sw_title", "sw_version")?,
+            active: active_of
+                .get(&target.device.0)
+                .map(|&(action, artifact, state)| Active {
+                    action,
+                    artifact,
+                    state,
+                }),
+            failed: failed.get(&target.device.0).cloned().unwrap_or_default(),
         };
-        if let Some(cancel) = cancel {
-            let from = current.map(|(_, _, state)| state);
-            // A device that was told about the action must confirm that it stopped.
-            let told = from.is_some_and(|state| state >= UpdateState::Initiated);
+        let changes = updraft_core::reconcile(facts, retry);
+        if let Some(cancel) = changes.cancel {
             sqlx::query("UPDATE actions SET state = 'CANCELED', cancel_pending = $1, updated_at = $2 WHERE id = $3")
-                .bind(i64::from(told))
+                .bind(i64::from(cancel.confirm))
                 .bind(now_millis())
-                .bind(cancel.0)
+                .bind(cancel.action.0)
                 .execute(&mut *conn)
                 .await?;
             insert_event(
                 conn,
                 Event {
-                    action: cancel,
-                    from,
+                    action: cancel.action,
+                    from: Some(cancel.from),
                     to: UpdateState::Canceled,
                     source,
                     detail: "superseded: the device's desired artifact changed",
@@ -316,7 +287,7 @@ pub(super) async fn reconcile(
             )
             .await?;
         }
-        let Some(next) = next else { continue };
+        let Some(next) = changes.queue else { continue };
         let Some((title, version, kind)) = release_of.get(&next).copied() else {
             continue;
         };
