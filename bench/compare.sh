@@ -1,35 +1,37 @@
 #!/usr/bin/env bash
-# This commit's server side by side with an earlier Updraft, in one run on one machine, with the
-# same load generator (this commit's `device_load`) against both: ThingsBoard firmware downloads
+# Two commits' servers side by side (an earlier Updraft and this one), in one run on one machine,
+# with the same load generator (the newer commit's `device_load`) against both: ThingsBoard firmware downloads
 # over MQTT in 4 KiB chunks (the chunk path), and the time from a tenant-wide assignment until
 # every connected device has been told (the notification queue). Runs alternate between the two
 # servers; each figure is the median of RUNS runs.
-# Usage: bench/compare.sh REV [RUNS] [CHUNK_DEVICES] [PUSH_DEVICES]   (default 5 200 2000)
-# REV is built once into /var/tmp (a git worktree and its own target directory). Prints a table.
+# Usage: bench/compare.sh OLD [RUNS] [CHUNK_DEVICES] [PUSH_DEVICES]   (default 5 200 2000)
+# OLD and HEAD are each built from a git worktree of the commit into /var/tmp (the working tree's
+# uncommitted changes are not measured). Prints a table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
-rev=${1:?usage: bench/compare.sh REV [RUNS] [CHUNK_DEVICES] [PUSH_DEVICES]}
+rev=${1:?usage: bench/compare.sh OLD [RUNS] [CHUNK_DEVICES] [PUSH_DEVICES]}
 runs=${2:-5}
 chunk_n=${3:-200}
 push_n=${4:-2000}
 ulimit -n "$(ulimit -Hn)"
 old_commit=$(git rev-parse --short "$rev")
 new_commit=$(git rev-parse --short HEAD)
-[ -z "$(git status --porcelain --untracked-files=no)" ] || new_commit="$new_commit+changes"
 
-# The earlier server, built from its own tree.
-old_tree=/var/tmp/updraft-bench-tree-$old_commit
-old_target=/var/tmp/updraft-bench-target-$old_commit
-if [ ! -d "$old_tree" ]; then
-  git worktree add -q --detach "$old_tree" "$old_commit"
-fi
-(cd "$old_tree" && CARGO_TARGET_DIR=$old_target cargo build --release -q -p updraft-cli)
+# build COMMIT TARGET PACKAGE_ARGS...: builds the commit's tree (a detached worktree) in release.
+build() {
+  local commit=$1 target=$2 tree=/var/tmp/updraft-bench-tree-$1
+  shift 2
+  [ -d "$tree" ] || git worktree add -q --detach "$tree" "$commit"
+  (cd "$tree" && CARGO_TARGET_DIR=$target cargo build --release -q "$@")
+}
+old_target=/var/tmp/updraft-bench-target-old
+new_target=/var/tmp/updraft-bench-target-new
+build "$old_commit" "$old_target" -p updraft-cli
+build "$new_commit" "$new_target" -p updraft-cli -p updraft-server --example device_load
 old_bin=$old_target/release/updraft
-cargo build --release -q -p updraft-cli
-cargo build --release -q -p updraft-server --example device_load
-new_bin=$bin/updraft
-load="$bin/examples/device_load"
+new_bin=$new_target/release/updraft
+load=$new_target/release/examples/device_load
 
 work=$(mktemp -d)
 pids=()
