@@ -28,7 +28,8 @@ build() {
 old_target=/var/tmp/updraft-bench-target-old
 new_target=/var/tmp/updraft-bench-target-new
 build "$old_commit" "$old_target" -p updraft-cli
-build "$new_commit" "$new_target" -p updraft-cli -p updraft-server --example device_load
+build "$new_commit" "$new_target" -p updraft-cli
+build "$new_commit" "$new_target" -p updraft-server --example device_load
 old_bin=$old_target/release/updraft
 new_bin=$new_target/release/updraft
 load=$new_target/release/examples/device_load
@@ -40,7 +41,8 @@ head -c 262144 /dev/urandom > "$work/fw.bin"
 
 # run_once BINARY NAME: one server, both measurements; appends "chunks_rps chunks_mbs push_s".
 run_once() {
-  local binary=$1 name=$2 data="$work/data-$name-$RANDOM"
+  local binary=$1 name=$2
+  local data="$work/data-$name-$RANDOM"
   "$binary" serve --data-dir "$data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --coap off --lwm2m off \
     --notify-per-second 1000000 > "$work/serve.out" 2>/dev/null &
   local server=$!; pids+=("$server")

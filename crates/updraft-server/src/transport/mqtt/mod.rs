@@ -83,6 +83,9 @@ impl Endpoint {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
+                    // A chunk goes out as a PUBLISH header and then its body: without NODELAY
+                    // the body waits for the header's ACK, which the device delays (40 ms).
+                    let _ = stream.set_nodelay(true);
                     let this = self.clone();
                     tokio::spawn(async move {
                         if let Err(err) = this.connection(Box::new(stream), None).await {
@@ -109,6 +112,7 @@ impl Endpoint {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
                     let this = self.clone();
                     let acceptor = acceptor.clone();
                     tokio::spawn(async move {
