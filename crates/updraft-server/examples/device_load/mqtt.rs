@@ -27,19 +27,7 @@ pub(super) async fn push(addr: String, api: String, admin: String, n: usize, art
     let tokens = create_devices(&http, &api, &admin, n, "load").await;
     let told = Arc::new(AtomicUsize::new(0));
     let all_told = Arc::new(tokio::sync::Notify::new());
-    let limit = Arc::new(Semaphore::new(256));
-    let mut connections = Vec::new();
-    for token in tokens {
-        let (addr, limit) = (addr.clone(), limit.clone());
-        connections.push(tokio::spawn(async move {
-            let _permit = limit.acquire().await.unwrap();
-            connect(&addr, &token, true).await
-        }));
-    }
-    let mut streams = Vec::new();
-    for task in connections {
-        streams.push(task.await.unwrap());
-    }
+    let streams = connect_all(&addr, tokens, true).await;
     for mut stream in streams {
         let (told, all_told) = (told.clone(), all_told.clone());
         tokio::spawn(async move {
@@ -103,19 +91,7 @@ pub(super) async fn chunks(
         .await
         .unwrap();
     assert!(response.status().is_success(), "{}", response.status());
-    let limit = Arc::new(Semaphore::new(256));
-    let mut connections = Vec::new();
-    for token in tokens {
-        let (addr, limit) = (addr.clone(), limit.clone());
-        connections.push(tokio::spawn(async move {
-            let _permit = limit.acquire().await.unwrap();
-            connect(&addr, &token, false).await
-        }));
-    }
-    let mut streams = Vec::new();
-    for task in connections {
-        streams.push(task.await.unwrap());
-    }
+    let streams = connect_all(&addr, tokens, false).await;
     let start = Instant::now();
     let mut downloads = Vec::new();
     for stream in streams {
@@ -170,4 +146,22 @@ async fn download_in_chunks(mut stream: TcpStream, chunk: u64) -> (u64, u64) {
             return (bytes, index);
         }
     }
+}
+
+/// Connects one device per token, 256 handshakes at a time.
+async fn connect_all(addr: &str, tokens: Vec<String>, subscribe: bool) -> Vec<TcpStream> {
+    let limit = Arc::new(Semaphore::new(256));
+    let mut connections = Vec::new();
+    for token in tokens {
+        let (addr, limit) = (addr.to_owned(), limit.clone());
+        connections.push(tokio::spawn(async move {
+            let _permit = limit.acquire().await.unwrap();
+            connect(&addr, &token, subscribe).await
+        }));
+    }
+    let mut streams = Vec::new();
+    for task in connections {
+        streams.push(task.await.unwrap());
+    }
+    streams
 }
