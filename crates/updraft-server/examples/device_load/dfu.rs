@@ -57,14 +57,7 @@ pub(super) async fn dfu(
         .build()
         .unwrap();
     let tokens = create_devices(&http, &api, &admin, n, &format!("dfu{mtu}")).await;
-    let assigned = http
-        .post(format!("{api}/api/v1/assignments"))
-        .bearer_auth(&admin)
-        .json(&serde_json::json!({"tenant_default": true, "artifact": artifact}))
-        .send()
-        .await
-        .unwrap();
-    assert!(assigned.status().is_success());
+    assign_tenant_wide(&http, &api, &admin, &artifact).await;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (i, token) in tokens.iter().enumerate() {

@@ -106,14 +106,7 @@ pub(super) async fn lwm2m(addr: String, api: String, admin: String, n: usize, ar
         n as f64 / secs
     );
     let start = Instant::now();
-    let assigned = http
-        .post(format!("{api}/api/v1/assignments"))
-        .bearer_auth(&admin)
-        .json(&serde_json::json!({"tenant_default": true, "artifact": artifact}))
-        .send()
-        .await
-        .unwrap();
-    assert!(assigned.status().is_success());
+    assign_tenant_wide(&http, &api, &admin, &artifact).await;
     while told.load(Ordering::Relaxed) < n {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }

@@ -230,3 +230,15 @@ async fn main() {
         ),
     }
 }
+
+/// Assigns `artifact` (TITLE@VERSION) to every device of the tenant.
+async fn assign_tenant_wide(http: &reqwest::Client, api: &str, admin: &str, artifact: &str) {
+    let response = http
+        .post(format!("{api}/api/v1/assignments"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({"tenant_default": true, "artifact": artifact}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+}

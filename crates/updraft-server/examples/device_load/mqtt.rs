@@ -52,14 +52,7 @@ pub(super) async fn push(addr: String, api: String, admin: String, n: usize, art
     }
     println!("connected {n} devices");
     let start = Instant::now();
-    let response = http
-        .post(format!("{api}/api/v1/assignments"))
-        .bearer_auth(&admin)
-        .json(&serde_json::json!({"tenant_default": true, "artifact": artifact}))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
+    assign_tenant_wide(&http, &api, &admin, &artifact).await;
     let assigned = start.elapsed();
     all_told.notified().await;
     let everyone = start.elapsed();
@@ -83,14 +76,7 @@ pub(super) async fn chunks(
 ) {
     let http = reqwest::Client::new();
     let tokens = create_devices(&http, &api, &admin, n, &format!("chunk{chunk}")).await;
-    let response = http
-        .post(format!("{api}/api/v1/assignments"))
-        .bearer_auth(&admin)
-        .json(&serde_json::json!({"tenant_default": true, "artifact": artifact}))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
+    assign_tenant_wide(&http, &api, &admin, &artifact).await;
     let streams = connect_all(&addr, tokens, false).await;
     let start = Instant::now();
     let mut downloads = Vec::new();
