@@ -40,11 +40,6 @@ pub fn strings(packet: &Packet, option: CoapOption) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The first value of an integer option.
-pub fn uint_option(packet: &Packet, option: CoapOption) -> Option<u64> {
-    packet.get_first_option(option).map(|v| uint(v))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
