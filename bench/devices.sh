@@ -98,7 +98,8 @@ printf "| DDI poll, no update pending (%s B JSON), 64 connections | %s req/s, p9
   "$(wc -c < "$work/poll.json")" "$u_rps" "$u_p99" "$n_rps" "$n_p99" "$(echo "$u_rps / $n_rps" | bc -l)"
 # Frugal-IoT: a registered node with nothing to do gets 304.
 esp=(-H "x-ESP8266-sketch-md5: 0123456789abcdef0123456789abcdef" -H "x-ESP8266-free-space: 1000000" -H "x-ESP8266-mode: sketch")
-frugal="$url/ota_update/default/lotus/esp8266-95a754/esp8266-sht"
+otakey=$(api -H 'Content-Type: application/json' -d '{"project":"lotus","profile":"esp8266-sht"}' "$url/api/v1/frugal/keys" | sed -n 's/.*"secret":"\([^"]*\)".*/\1/p')
+frugal="$url/ota_update/default/lotus/esp8266-95a754/$otakey"
 curl -s -o /dev/null "${esp[@]}" "$frugal"
 read -r u_rps u_p99 _ < <(measure "$frugal" "User-Agent: ESP8266-http-Update" "${esp[@]}")
 read -r n_rps n_p99 _ < <(measure "http://127.0.0.1:$nport/ota304" "User-Agent: ESP8266-http-Update")

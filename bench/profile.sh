@@ -19,7 +19,8 @@ admin=$(cat "$work/data/admin.token")
 token=$(curl -sf -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' -d '{"id":"dev01"}' "$url/api/v1/devices" | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
 case $what in
   ddi) target="$url/DEFAULT/controller/v1/dev01"; header="Authorization: TargetToken $token" ;;
-  frugal) target="$url/ota_update/default/lotus/esp-1/esp8266-sht"; header="x-ESP8266-sketch-md5: 0123456789abcdef0123456789abcdef"
+  frugal) otakey=$(curl -sf -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' -d '{"project":"lotus","profile":"esp8266-sht"}' "$url/api/v1/frugal/keys" | sed -n 's/.*"secret":"\([^"]*\)".*/\1/p')
+          target="$url/ota_update/default/lotus/esp-1/$otakey"; header="x-ESP8266-sketch-md5: 0123456789abcdef0123456789abcdef"
           curl -s -o /dev/null -H "$header" "$target" ;;
   download)
     head -c 2097152 /dev/urandom > "$work/fw.bin"

@@ -25,6 +25,7 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub notify_per_second: Option<u32>,
+    pub max_connections: Option<usize>,
 }
 
 impl FileConfig {
@@ -64,6 +65,7 @@ pub struct Given {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub notify_per_second: Option<u32>,
+    pub max_connections: Option<usize>,
 }
 
 /// Flag/env values merged over the file and the defaults.
@@ -122,6 +124,13 @@ pub fn merge(given: Given, file: FileConfig) -> Result<ServerConfig> {
             .notify_per_second
             .or(file.notify_per_second)
             .unwrap_or(DEFAULT_NOTIFY_PER_SECOND),
+        limits: {
+            let mut limits = updraft_server::Limits::default();
+            if let Some(max) = given.max_connections.or(file.max_connections) {
+                limits.max_connections = max;
+            }
+            limits
+        },
     })
 }
 

@@ -17,5 +17,5 @@ pub mod server;
 pub mod transport;
 
 pub use api::router;
-pub use kernel::state::{AppConfig, AppState};
+pub use kernel::state::{AppConfig, AppState, Limits};
 pub use server::{Node, ServerConfig, run};

@@ -13,9 +13,10 @@ use updraft_core::{Name, Role};
 use updraft_store::{LocalBlobStore, NewApiKey, SqlStore, collect_garbage};
 
 use crate::kernel::channel::Adapters;
+use crate::kernel::limit::RateLimit;
 use crate::kernel::metrics::Metrics;
 use crate::kernel::secret;
-use crate::kernel::state::{AppConfig, AppState};
+use crate::kernel::state::{AppConfig, AppState, Limits};
 use crate::protocols::Protocols;
 use updraft_store::prelude::*;
 
@@ -43,6 +44,8 @@ pub struct ServerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Devices the notification queue tells of a new firmware per second.
     pub notify_per_second: u32,
+    /// Every listener's bounds.
+    pub limits: Limits,
 }
 
 pub use crate::kernel::DEFAULT_TENANT;
@@ -126,12 +129,19 @@ pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<Node> 
         config: Arc::new(AppConfig {
             max_upload_bytes: config.max_upload_bytes,
             public_url,
+            limits: config.limits.clone(),
         }),
         metrics: Arc::new(Metrics::default()),
         blob_lock: Arc::new(tokio::sync::Mutex::new(())),
         wake: Arc::new(tokio::sync::Notify::new()),
         grants: Arc::new(crate::kernel::grants::Grants::default()),
         adapters: Arc::new(Adapters::default()),
+        registrations: Arc::new(RateLimit::new(
+            config.limits.registrations_burst,
+            config.limits.registrations_per_minute,
+            100_000,
+        )),
+        connections: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
     };
     let protocols = Protocols::install(&state);
     Ok(Node { state, protocols })

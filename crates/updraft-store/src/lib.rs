@@ -251,6 +251,43 @@ pub trait ProtocolState: Send + Sync {
         execution: &JobExecution,
         expected_version: Option<i64>,
     ) -> StoreResult<bool>;
+    /// A new Frugal-IoT project key (only the secret's hash is kept).
+    async fn create_frugal_key(
+        &self,
+        tenant: TenantKey,
+        project: ProjectKey,
+        profile: ProfileKey,
+        secret_hash: &str,
+        max_nodes: u64,
+    ) -> StoreResult<FrugalKey>;
+    async fn list_frugal_keys(&self, tenant: TenantKey) -> StoreResult<Vec<FrugalKey>>;
+    async fn frugal_key(&self, tenant: TenantKey, id: i64) -> StoreResult<Option<FrugalKey>>;
+    async fn frugal_key_by_hash(
+        &self,
+        tenant: TenantKey,
+        secret_hash: &str,
+    ) -> StoreResult<Option<FrugalKey>>;
+    /// Deletes the key; nodes it enrolled stop being Frugal nodes unless they have a key of
+    /// their own.
+    async fn delete_frugal_key(&self, tenant: TenantKey, id: i64) -> StoreResult<bool>;
+    /// The device's Frugal-IoT membership; `None`: the device does not speak Frugal.
+    async fn frugal_node(&self, device: DeviceKey) -> StoreResult<Option<FrugalNode>>;
+    /// Makes the device a Frugal node with its own key (replacing an earlier own key), or with
+    /// `None` a node without one yet (keeping any it has), for a project key to claim.
+    async fn set_frugal_node_key(
+        &self,
+        device: DeviceKey,
+        secret_hash: Option<&str>,
+    ) -> StoreResult<()>;
+    /// Ties a Frugal node that has no key at all to the project key `key`; false if it has one.
+    async fn claim_frugal_node(&self, device: DeviceKey, key: i64) -> StoreResult<bool>;
+    /// Creates `new` in the key's project and profile as a node enrolled by `key`, in one
+    /// transaction that also checks the key's node limit.
+    async fn enroll_frugal_node(
+        &self,
+        key: &FrugalKey,
+        new: &NewDevice,
+    ) -> StoreResult<(Enrollment, Option<Device>)>;
 }
 
 /// Everything Updraft persists except artifact bytes, as one object: every focused trait at

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../migrations/0008_aws_http.sql")),
     (9, include_str!("../migrations/0009_lwm2m.sql")),
     (10, include_str!("../migrations/0010_lwm2m_psk.sql")),
+    (11, include_str!("../migrations/0011_frugal_keys.sql")),
 ];
 
 /// Applies every migration newer than the database's version, each in its own transaction.

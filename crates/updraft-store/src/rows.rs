@@ -26,8 +26,8 @@ pub struct TenantSettings {
     pub poll_interval_secs: u32,
     /// Whether an unknown device presenting the tenant's gateway token is registered.
     pub auto_register: bool,
-    /// Whether an unknown Frugal-IoT node is registered on its first check-in (ESP devices
-    /// carry no token, so this is on by default).
+    /// Whether an unknown Frugal-IoT node presenting a project OTA key is registered on its
+    /// first check-in (the key itself is the operator's consent; this turns enrollment off).
     pub frugal_auto_register: bool,
 }
 
@@ -399,4 +399,34 @@ pub struct JobExecution {
     pub started_at: Option<Millis>,
     pub last_updated_at: Millis,
     pub step_deadline: Option<Millis>,
+}
+
+/// A Frugal-IoT project OTA key: nodes presenting it may enroll into its project and profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrugalKey {
+    pub id: i64,
+    pub tenant: TenantKey,
+    pub project: (ProjectKey, Name),
+    pub profile: (ProfileKey, Name),
+    pub secret_hash: String,
+    /// At most this many nodes enroll with the key.
+    pub max_nodes: u64,
+    pub created_at: Millis,
+}
+
+/// What makes a device a Frugal-IoT node: its own OTA key's hash, or the project key that
+/// enrolled it (or both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrugalNode {
+    pub device: DeviceKey,
+    pub secret_hash: Option<String>,
+    pub key: Option<i64>,
+}
+
+/// Why an enrollment was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrollment {
+    Enrolled,
+    /// The key already enrolled `max_nodes` nodes.
+    KeyFull,
 }

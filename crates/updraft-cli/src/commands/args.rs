@@ -94,6 +94,20 @@ pub(super) enum FrugalCommand {
         #[arg(long)]
         ota_key: String,
     },
+    /// Make a project key: the OTA key (`SYSTEM_OTA_KEY`) nodes of a project and profile enroll
+    /// with. Printed once.
+    Key {
+        #[arg(long)]
+        project: String,
+        /// The nodes' profile (Frugal-IoT's firmware type).
+        #[arg(long)]
+        profile: String,
+        /// At most this many nodes enroll with it (default 10000).
+        #[arg(long)]
+        max_nodes: Option<u64>,
+    },
+    /// Give one node an OTA key of its own (replacing its previous one). Printed once.
+    NodeKey { node: String },
 }
 
 #[derive(Args)]
@@ -138,6 +152,9 @@ pub(super) struct ServeArgs {
     /// Devices told of a new firmware per second by the notification queue.
     #[arg(long, env = "UPDRAFT_NOTIFY_PER_SECOND")]
     pub(super) notify_per_second: Option<u32>,
+    /// Open connections across the TCP listeners (default 15000); keep it below `ulimit -n`.
+    #[arg(long, env = "UPDRAFT_MAX_CONNECTIONS")]
+    pub(super) max_connections: Option<usize>,
     /// A TOML file with the same keys as these flags (data-dir, http, …); flags and env win.
     #[arg(long, env = "UPDRAFT_CONFIG")]
     pub(super) config: Option<PathBuf>,

@@ -349,6 +349,30 @@ pub(super) async fn frugal(client: &Client, out: &Output, command: FrugalCommand
                 )
             });
         }
+        FrugalCommand::Key {
+            project,
+            profile,
+            max_nodes,
+        } => {
+            let body = json!({"project": project, "profile": profile, "max_nodes": max_nodes});
+            let key = client.post("/api/v1/frugal/keys", &body).await?;
+            out.show(&key, || {
+                println!("{}", text(&key["secret"]));
+                eprintln!(
+                    "OTA key for nodes of project {project} with profile {profile}: set it as the \
+                     nodes' SYSTEM_OTA_KEY; it is not shown again"
+                );
+            });
+        }
+        FrugalCommand::NodeKey { node } => {
+            let key = client
+                .post(&format!("/api/v1/devices/{node}/frugal-key"), &json!({}))
+                .await?;
+            out.show(&key, || {
+                println!("{}", text(&key["secret"]));
+                eprintln!("OTA key of node {node}: it is not shown again");
+            });
+        }
     }
     Ok(())
 }

@@ -31,6 +31,7 @@ pub(super) async fn serve(args: ServeArgs) -> Result<()> {
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         notify_per_second: args.notify_per_second,
+        max_connections: args.max_connections,
     };
     let config = config::merge(given, file)?;
     updraft_server::run(config, shutdown_signal()).await

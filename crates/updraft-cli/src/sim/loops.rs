@@ -215,18 +215,18 @@ pub(super) async fn thingsboard_device(
 }
 
 /// A Frugal-IoT node: `GET /ota_update/default/sim/{node}/{ota_key}` with its sketch's MD5, as
-/// the Arduino `httpUpdate` client sends it; a 200 is "flashed" if its MD5 matches `x-MD5`.
+/// the Arduino `httpUpdate` client sends it; a 200 is "flashed" if its MD5 matches `x-MD5`. Its
+/// OTA key is its own (in `spec.token`).
 pub(super) async fn frugal_device(
     server: String,
     http: reqwest::Client,
     spec: DeviceSpec,
-    ota_key: String,
     stats: Arc<Stats>,
     started: Instant,
 ) {
     use sha2::Digest;
     let mut running_md5 = "00000000000000000000000000000000".to_owned();
-    let url = format!("{server}/ota_update/default/sim/{}/{ota_key}", spec.id);
+    let url = format!("{server}/ota_update/default/sim/{}/{}", spec.id, spec.token);
     // httpUpdate has no way to report a failure: a bad download is simply retried at the next
     // check-in, so over Frugal the faults strike once.
     let (mut drop_once, mut corrupt_once) = (spec.faults.drop_download, spec.faults.corrupt);

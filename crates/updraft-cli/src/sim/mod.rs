@@ -147,17 +147,36 @@ async fn ensure_devices(client: &Client, args: &SimArgs) -> Result<Vec<(String, 
         let request = client
             .request(reqwest::Method::POST, "/api/v1/devices")
             .json(&body);
+        // A Frugal node's credential is an OTA key of its own, made anew each run.
+        let frugal_key = (args.protocol == "frugal").then(|| {
+            client.request(
+                reqwest::Method::POST,
+                &format!("/api/v1/devices/{id}/frugal-key"),
+            )
+        });
         let limit = limit.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = limit.acquire().await;
-            request.send().await.map(|r| r.status())
+            let status = request.send().await?.status();
+            let key = match frugal_key {
+                Some(request) => {
+                    let answer = request.send().await?.error_for_status()?;
+                    let key: serde_json::Value = answer.json().await?;
+                    key["secret"].as_str().map(str::to_owned)
+                }
+                None => None,
+            };
+            Ok::<_, reqwest::Error>((status, key))
         }));
         devices.push((id, token));
     }
-    for task in tasks {
-        let status = task.await?.context("creating a simulated device")?;
+    for (task, device) in tasks.into_iter().zip(devices.iter_mut()) {
+        let (status, key) = task.await?.context("creating a simulated device")?;
         if !status.is_success() && status != reqwest::StatusCode::CONFLICT {
             bail!("creating a simulated device answered {status}");
+        }
+        if let Some(key) = key {
+            device.1 = key;
         }
     }
     Ok(devices)
@@ -230,13 +249,7 @@ pub async fn run(client: &Client, args: SimArgs, json_output: bool) -> Result<()
         match args.protocol.as_str() {
             "drogue" => tokio::spawn(drogue_device(server, http, spec, stats, started)),
             "thingsboard" => tokio::spawn(thingsboard_device(mqtt.clone(), spec, stats, started)),
-            "frugal" => {
-                let ota_key = args
-                    .profile
-                    .clone()
-                    .unwrap_or_else(|| format!("{}-key", args.prefix));
-                tokio::spawn(frugal_device(server, http, spec, ota_key, stats, started))
-            }
+            "frugal" => tokio::spawn(frugal_device(server, http, spec, stats, started)),
             _ => tokio::spawn(ddi_device(server, http, spec, stats, started)),
         };
     }

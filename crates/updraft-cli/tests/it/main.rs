@@ -343,6 +343,9 @@ fn errors_are_one_line_and_exit_non_zero_without_a_server() {
 fn esp_check_in(server: &ServerProcess, path: &str, running_md5: &str) -> (u16, Option<String>) {
     use std::io::Read;
     let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ESP8266-http-Update\r\nx-ESP8266-sketch-md5: {running_md5}\r\n\
@@ -398,8 +401,33 @@ fn frugal_push_and_promote_from_the_cli() {
             .unwrap()
             .to_owned()
     };
-    let node_a = "/ota_update/dev/lotus/esp8266-95a754/sonoff-r2";
-    let node_b = "/ota_update/dev/lotus/esp8266-000001/sonoff-r2";
+    // The nodes' OTA key is a project key, made by an admin of the org.
+    let dev_admin = admin.json(&[
+        "key",
+        "create",
+        "dev-admin",
+        "--role",
+        "admin",
+        "--tenant",
+        "dev",
+    ]);
+    let dev_admin = Cli {
+        server: &server,
+        token: dev_admin["token"].as_str().unwrap().to_owned(),
+        cwd: dir.path().to_path_buf(),
+    };
+    let ota_key = dev_admin.ok(&[
+        "frugal",
+        "key",
+        "--project",
+        "lotus",
+        "--profile",
+        "sonoff-r2",
+    ]);
+    let ota_key = ota_key.trim();
+    assert!(ota_key.starts_with("fk_"), "{ota_key}");
+    let node_a = &format!("/ota_update/dev/lotus/esp8266-95a754/{ota_key}");
+    let node_b = &format!("/ota_update/dev/lotus/esp8266-000001/{ota_key}");
     assert_eq!(esp_check_in(&server, node_a, "0").0, 304);
     assert_eq!(esp_check_in(&server, node_b, "0").0, 304);
 

@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod grants;
 pub mod ingest;
+pub mod limit;
 pub mod metrics;
 pub mod notifier;
 pub mod secret;

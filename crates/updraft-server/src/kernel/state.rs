@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use updraft_store::{BlobStore, Store};
 
+use updraft_core::TenantKey;
+
 use crate::kernel::channel::Adapters;
+use crate::kernel::limit::RateLimit;
 use crate::kernel::metrics::Metrics;
 
 /// Limits and names the server runs with.
@@ -15,6 +18,44 @@ pub struct AppConfig {
     pub max_upload_bytes: u64,
     /// Base URL written into links (no trailing slash).
     pub public_url: String,
+    pub limits: Limits,
+}
+
+/// What any one client, device or tenant may hold of the server: every listener's bounds.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Devices a tenant may register by themselves (auto-registration, enrollment) at once…
+    pub registrations_burst: u32,
+    /// …and per minute after that.
+    pub registrations_per_minute: u32,
+    /// Open connections across the TCP listeners (HTTP, MQTT, MQTT over TLS): keep it below the
+    /// process's file descriptor limit (`ulimit -n`), with room for the database and blobs.
+    pub max_connections: usize,
+    /// Open connections of one device (MQTT).
+    pub max_connections_per_device: usize,
+    /// Time for a client to send a request's headers, or an MQTT CONNECT / TLS handshake.
+    pub handshake_timeout: std::time::Duration,
+    /// Time an HTTP connection may sit between requests.
+    pub idle_timeout: std::time::Duration,
+    /// Subscriptions one MQTT session may hold.
+    pub max_subscriptions: usize,
+    /// Ranges one `Range` header may ask for (after coalescing).
+    pub max_ranges: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            registrations_burst: 1000,
+            registrations_per_minute: 6000,
+            max_connections: 15_000,
+            max_connections_per_device: 4,
+            handshake_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(120),
+            max_subscriptions: 64,
+            max_ranges: 16,
+        }
+    }
 }
 
 impl Default for AppConfig {
@@ -22,6 +63,7 @@ impl Default for AppConfig {
         Self {
             max_upload_bytes: 4 * 1024 * 1024 * 1024,
             public_url: "http://127.0.0.1:8080".to_owned(),
+            limits: Limits::default(),
         }
     }
 }
@@ -42,4 +84,8 @@ pub struct AppState {
     pub grants: Arc<crate::kernel::grants::Grants>,
     /// The device protocols, installed by the composition root.
     pub adapters: Arc<Adapters>,
+    /// Devices registering themselves, per tenant.
+    pub registrations: Arc<RateLimit<TenantKey>>,
+    /// One permit per open TCP connection, shared by every TCP listener.
+    pub connections: Arc<tokio::sync::Semaphore>,
 }

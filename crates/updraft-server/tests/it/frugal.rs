@@ -1,5 +1,6 @@
 //! Frugal-IoT check-ins exactly as the ESP8266 and ESP32 `httpUpdate` clients send them, and the
-//! developer workflows (push, promote) end to end.
+//! developer workflows (push, promote) end to end. Nodes carry an OTA key that is a secret: a
+//! project key they enroll with, or a key of their own.
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
@@ -53,6 +54,18 @@ async fn push(app: &TestApp, token: &str, query: &str, data: &[u8]) -> Answer {
 
 const OLD: &str = "00000000000000000000000000000000";
 
+/// A new project key enrolling nodes into `project` with `profile`: the secret.
+pub async fn project_key(app: &TestApp, project: &str, profile: &str) -> String {
+    let created = app
+        .post(
+            "/api/v1/frugal/keys",
+            json!({"project": project, "profile": profile}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.json());
+    created.json()["secret"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn the_most_specific_binary_wins_and_the_same_md5_gets_304() {
     let app = TestApp::new().await;
@@ -60,11 +73,13 @@ async fn the_most_specific_binary_wins_and_the_same_md5_gets_304() {
     let org_bin = b"org-wide sht binary".to_vec();
     let project_bin = b"lotus sht binary".to_vec();
     let node_bin = b"binary for one node".to_vec();
-    let node = "/ota_update/default/lotus/esp8266-95a754/esp8266-sht";
-    let sibling = "/ota_update/default/lotus/esp8266-000001/esp8266-sht";
-    let elsewhere = "/ota_update/default/rose/esp32-000002/esp8266-sht";
+    let lotus = project_key(&app, "lotus", "esp8266-sht").await;
+    let rose = project_key(&app, "rose", "esp8266-sht").await;
+    let node = &format!("/ota_update/default/lotus/esp8266-95a754/{lotus}");
+    let sibling = &format!("/ota_update/default/lotus/esp8266-000001/{lotus}");
+    let elsewhere = &format!("/ota_update/default/rose/esp32-000002/{rose}");
 
-    // First check-ins register the nodes; nothing is assigned yet.
+    // First check-ins enroll the nodes; nothing is assigned yet.
     for (path, chip) in [
         (node, "ESP8266"),
         (sibling, "ESP8266"),
@@ -164,7 +179,11 @@ async fn the_most_specific_binary_wins_and_the_same_md5_gets_304() {
 async fn space_versions_and_bad_urls_are_handled() {
     let app = TestApp::new().await;
     let admin = app.admin.clone();
-    let node = "/ota_update/default/lotus/node-1/esp32-cam";
+    let cam = project_key(&app, "lotus", "esp32-cam").await;
+    let small = project_key(&app, "lotus", "esp32-small").await;
+    let node = &format!("/ota_update/default/lotus/node-1/{cam}");
+    let node_2 = &format!("/ota_update/default/lotus/node-2/{small}");
+    let node_3 = &format!("/ota_update/default/lotus/node-3/{small}");
     check_in(&app, node, "ESP32", OLD, &[]).await;
     push(
         &app,
@@ -184,14 +203,7 @@ async fn space_versions_and_bad_urls_are_handled() {
     assert_eq!(device[0]["failure"]["code"], "not_enough_storage");
 
     // A node that says it runs 2.0 is not handed 1.4 by a project-wide assignment…
-    check_in(
-        &app,
-        "/ota_update/default/lotus/node-2/esp32-small",
-        "ESP32",
-        OLD,
-        &[],
-    )
-    .await;
+    check_in(&app, node_2, "ESP32", OLD, &[]).await;
     push(
         &app,
         &admin,
@@ -199,33 +211,12 @@ async fn space_versions_and_bad_urls_are_handled() {
         b"small 1.4",
     )
     .await;
-    let newer = check_in(
-        &app,
-        "/ota_update/default/lotus/node-2/esp32-small",
-        "ESP32",
-        OLD,
-        &[("version", "2.0.0")],
-    )
-    .await;
+    let newer = check_in(&app, node_2, "ESP32", OLD, &[("version", "2.0.0")]).await;
     assert_eq!(newer.status, StatusCode::NOT_MODIFIED);
-    let older = check_in(
-        &app,
-        "/ota_update/default/lotus/node-2/esp32-small",
-        "ESP32",
-        OLD,
-        &[("version", "1.3.9")],
-    )
-    .await;
+    let older = check_in(&app, node_2, "ESP32", OLD, &[("version", "1.3.9")]).await;
     assert_eq!(older.status, StatusCode::OK);
     // …but a binary pushed for the node itself says so.
-    check_in(
-        &app,
-        "/ota_update/default/lotus/node-3/esp32-small",
-        "ESP32",
-        OLD,
-        &[],
-    )
-    .await;
+    check_in(&app, node_3, "ESP32", OLD, &[]).await;
     push(
         &app,
         &admin,
@@ -233,38 +224,50 @@ async fn space_versions_and_bad_urls_are_handled() {
         b"rollback build",
     )
     .await;
-    let pinned = check_in(
-        &app,
-        "/ota_update/default/lotus/node-3/esp32-small",
-        "ESP32",
-        OLD,
-        &[("version", "2.0.0")],
-    )
-    .await;
+    let pinned = check_in(&app, node_3, "ESP32", OLD, &[("version", "2.0.0")]).await;
     assert_eq!(pinned.status, StatusCode::OK);
 
     for (path, code) in [
         (
-            "/ota_update/default/lotus/..%2F..%2Fetc%2Fpasswd/esp32",
-            "invalid_request",
-        ),
-        ("/ota_update/default/lotus/../esp32", "invalid_request"),
-        ("/ota_update/default/lotus/.hidden/esp32", "invalid_request"),
-        ("/ota_update/default/..%2Fx/node/esp32", "invalid_request"),
-        (
-            &format!("/ota_update/default/{}/node/esp32", "p".repeat(65)),
+            format!("/ota_update/default/lotus/..%2F..%2Fetc%2Fpasswd/{cam}"),
             "invalid_request",
         ),
         (
-            &format!("/ota_update/default/lotus/{}/esp32", "n".repeat(129)),
+            format!("/ota_update/default/lotus/../{cam}"),
             "invalid_request",
         ),
         (
-            "/ota_update/nosuch-org/lotus/node/esp32",
-            "tenant_not_found",
+            format!("/ota_update/default/lotus/.hidden/{cam}"),
+            "invalid_request",
+        ),
+        (
+            format!("/ota_update/default/..%2Fx/node/{cam}"),
+            "invalid_request",
+        ),
+        (
+            format!("/ota_update/default/{}/node/{cam}", "p".repeat(65)),
+            "invalid_request",
+        ),
+        (
+            format!("/ota_update/default/lotus/{}/{cam}", "n".repeat(129)),
+            "invalid_request",
+        ),
+        // An unknown org looks like a wrong key: nothing tells them apart.
+        (
+            format!("/ota_update/nosuch-org/lotus/node/{cam}"),
+            "unauthorized",
+        ),
+        (
+            "/ota_update/default/lotus/node/esp32-cam".to_owned(),
+            "unauthorized",
+        ),
+        // A project key enrolls into its own project only.
+        (
+            format!("/ota_update/default/rose/node-9/{cam}"),
+            "wrong_project",
         ),
     ] {
-        let answer = check_in(&app, path, "ESP8266", OLD, &[]).await;
+        let answer = check_in(&app, &path, "ESP8266", OLD, &[]).await;
         assert!(answer.status.is_client_error(), "{path}: {}", answer.status);
         assert_eq!(answer.code(), code, "{path}");
     }
@@ -287,7 +290,7 @@ async fn space_versions_and_bad_urls_are_handled() {
         .unwrap();
     let unknown = check_in(
         &app,
-        "/ota_update/default/lotus/stranger/esp32",
+        &format!("/ota_update/default/lotus/stranger/{cam}"),
         "ESP32",
         OLD,
         &[],
@@ -307,12 +310,9 @@ async fn space_versions_and_bad_urls_are_handled() {
 async fn the_upload_centric_workflow_updates_one_node_then_all_once() {
     let app = TestApp::new().await;
     let admin = app.admin.clone();
-    let nodes = [
-        "/ota_update/default/lotus/a/sonoff-r2",
-        "/ota_update/default/lotus/b/sonoff-r2",
-        "/ota_update/default/lotus/c/sonoff-r2",
-    ];
-    for node in nodes {
+    let key = project_key(&app, "lotus", "sonoff-r2").await;
+    let nodes = ["a", "b", "c"].map(|n| format!("/ota_update/default/lotus/{n}/{key}"));
+    for node in &nodes {
         check_in(&app, node, "ESP8266", OLD, &[]).await;
     }
     // Each build goes to node a first.
@@ -337,7 +337,7 @@ async fn the_upload_centric_workflow_updates_one_node_then_all_once() {
         "only node a"
     );
     assert_eq!(
-        check_in(&app, nodes[0], "ESP8266", &md5(&build), &[])
+        check_in(&app, &nodes[0], "ESP8266", &md5(&build), &[])
             .await
             .status,
         StatusCode::NOT_MODIFIED
@@ -358,7 +358,7 @@ async fn the_upload_centric_workflow_updates_one_node_then_all_once() {
     );
     assert_eq!(promoted.json()["level"], "project_profile");
     assert_eq!(
-        check_in(&app, nodes[0], "ESP8266", &md5(&build), &[])
+        check_in(&app, &nodes[0], "ESP8266", &md5(&build), &[])
             .await
             .status,
         StatusCode::NOT_MODIFIED

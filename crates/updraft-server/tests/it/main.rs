@@ -11,6 +11,7 @@ mod coap;
 mod ddi;
 mod dfu;
 mod frugal;
+mod frugal_keys;
 mod lwm2m;
 mod mqtt;
 mod rustot;
@@ -24,7 +25,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
 use updraft_server::server::{ServerConfig, prepare};
-use updraft_server::{AppState, Node};
+use updraft_server::{AppState, Limits, Node};
 
 pub struct TestApp {
     pub router: Router,
@@ -62,16 +63,26 @@ impl TestApp {
     pub async fn served() -> TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let app = Self::prepared(64 * 1024 * 1024, url).await;
+        let app = Self::prepared(64 * 1024 * 1024, url, Limits::default()).await;
         tokio::spawn(axum::serve(listener, app.router.clone()).into_future());
         app
     }
 
     pub async fn with_limit(max_upload_bytes: u64) -> TestApp {
-        Self::prepared(max_upload_bytes, "http://updraft.test".to_owned()).await
+        Self::prepared(
+            max_upload_bytes,
+            "http://updraft.test".to_owned(),
+            Limits::default(),
+        )
+        .await
     }
 
-    async fn prepared(max_upload_bytes: u64, public_url: String) -> TestApp {
+    /// An app with other bounds than the defaults.
+    pub async fn with_limits(limits: Limits) -> TestApp {
+        Self::prepared(64 * 1024 * 1024, "http://updraft.test".to_owned(), limits).await
+    }
+
+    async fn prepared(max_upload_bytes: u64, public_url: String, limits: Limits) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let config = ServerConfig {
             data_dir: dir.path().to_path_buf(),
@@ -86,6 +97,7 @@ impl TestApp {
             lwm2m_dtls: None,
             tls: None,
             notify_per_second: 1000,
+            limits,
         };
         let node = prepare(&config, public_url).await.unwrap();
         let state = node.state.clone();

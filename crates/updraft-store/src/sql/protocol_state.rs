@@ -1,6 +1,38 @@
 //! What device protocols keep per device or per action: LwM2M DTLS pre-shared keys and AWS IoT job executions.
 
+use super::fleet::insert_device;
 use super::*;
+
+const FRUGAL_KEY_SELECT: &str = "SELECT k.id, k.tenant_id, k.project_id, p.name AS project_name, k.profile_id, \
+     f.name AS profile_name, k.secret_hash, k.max_nodes, k.created_at FROM frugal_keys k \
+     JOIN projects p ON p.id = k.project_id JOIN profiles f ON f.id = k.profile_id";
+
+#[derive(sqlx::FromRow)]
+struct FrugalKeyRecord {
+    id: i64,
+    tenant_id: i64,
+    project_id: i64,
+    project_name: String,
+    profile_id: i64,
+    profile_name: String,
+    secret_hash: String,
+    max_nodes: i64,
+    created_at: i64,
+}
+
+fn frugal_key_from(row: &AnyRow) -> StoreResult<FrugalKey> {
+    use sqlx::FromRow;
+    let r = FrugalKeyRecord::from_row(row)?;
+    Ok(FrugalKey {
+        id: r.id,
+        tenant: TenantKey(r.tenant_id),
+        project: (ProjectKey(r.project_id), parse_name(r.project_name)?),
+        profile: (ProfileKey(r.profile_id), parse_name(r.profile_name)?),
+        secret_hash: r.secret_hash,
+        max_nodes: u64::try_from(r.max_nodes).unwrap_or(0),
+        created_at: r.created_at,
+    })
+}
 
 #[async_trait]
 impl ProtocolState for SqlStore {
@@ -96,5 +128,181 @@ impl ProtocolState for SqlStore {
         }
         let done = bound.execute(&self.write).await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn create_frugal_key(
+        &self,
+        tenant: TenantKey,
+        project: ProjectKey,
+        profile: ProfileKey,
+        secret_hash: &str,
+        max_nodes: u64,
+    ) -> StoreResult<FrugalKey> {
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query(
+            "INSERT INTO frugal_keys (tenant_id, project_id, profile_id, secret_hash, max_nodes, created_at) \
+             SELECT $1, p.id, f.id, $4, $5, $6 FROM projects p, profiles f \
+             WHERE p.id = $2 AND p.tenant_id = $1 AND f.id = $3 AND f.tenant_id = $1 RETURNING id",
+        )
+        .bind(tenant.0)
+        .bind(project.0)
+        .bind(profile.0)
+        .bind(secret_hash)
+        .bind(to_i64(max_nodes))
+        .bind(now_millis())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| conflict(e, "key_exists", "that key exists already".to_owned()))?
+        .ok_or_else(|| StoreError::NotFound { what: "project or profile" })?;
+        let id: i64 = row.try_get("id")?;
+        let row = sqlx::query(&format!("{FRUGAL_KEY_SELECT} WHERE k.id = $1"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let key = frugal_key_from(&row)?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    async fn list_frugal_keys(&self, tenant: TenantKey) -> StoreResult<Vec<FrugalKey>> {
+        let rows = sqlx::query(&format!(
+            "{FRUGAL_KEY_SELECT} WHERE k.tenant_id = $1 ORDER BY k.id"
+        ))
+        .bind(tenant.0)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(frugal_key_from).collect()
+    }
+
+    async fn frugal_key(&self, tenant: TenantKey, id: i64) -> StoreResult<Option<FrugalKey>> {
+        let row = sqlx::query(&format!(
+            "{FRUGAL_KEY_SELECT} WHERE k.tenant_id = $1 AND k.id = $2"
+        ))
+        .bind(tenant.0)
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(frugal_key_from).transpose()
+    }
+
+    async fn frugal_key_by_hash(
+        &self,
+        tenant: TenantKey,
+        secret_hash: &str,
+    ) -> StoreResult<Option<FrugalKey>> {
+        let row = sqlx::query(&format!(
+            "{FRUGAL_KEY_SELECT} WHERE k.tenant_id = $1 AND k.secret_hash = $2"
+        ))
+        .bind(tenant.0)
+        .bind(secret_hash)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(frugal_key_from).transpose()
+    }
+
+    async fn delete_frugal_key(&self, tenant: TenantKey, id: i64) -> StoreResult<bool> {
+        let mut tx = self.write.begin().await?;
+        // Nodes with a key of their own stay Frugal nodes; the others stop being ones.
+        sqlx::query(
+            "UPDATE frugal_nodes SET key_id = NULL WHERE key_id = $1 AND secret_hash IS NOT NULL \
+             AND key_id IN (SELECT id FROM frugal_keys WHERE tenant_id = $2)",
+        )
+        .bind(id)
+        .bind(tenant.0)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query("DELETE FROM frugal_keys WHERE id = $1 AND tenant_id = $2")
+            .bind(id)
+            .bind(tenant.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn frugal_node(&self, device: DeviceKey) -> StoreResult<Option<FrugalNode>> {
+        let row = sqlx::query("SELECT secret_hash, key_id FROM frugal_nodes WHERE device_pk = $1")
+            .bind(device.0)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|row| -> StoreResult<FrugalNode> {
+            Ok(FrugalNode {
+                device,
+                secret_hash: row.try_get("secret_hash")?,
+                key: row.try_get("key_id")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_frugal_node_key(
+        &self,
+        device: DeviceKey,
+        secret_hash: Option<&str>,
+    ) -> StoreResult<()> {
+        let query = match secret_hash {
+            Some(_) => {
+                "INSERT INTO frugal_nodes (device_pk, secret_hash) VALUES ($1, $2) \
+                 ON CONFLICT (device_pk) DO UPDATE SET secret_hash = $2"
+            }
+            None => {
+                "INSERT INTO frugal_nodes (device_pk, secret_hash) VALUES ($1, $2) \
+                 ON CONFLICT (device_pk) DO NOTHING"
+            }
+        };
+        sqlx::query(query)
+            .bind(device.0)
+            .bind(secret_hash)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn claim_frugal_node(&self, device: DeviceKey, key: i64) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE frugal_nodes SET key_id = $2 WHERE device_pk = $1 AND key_id IS NULL \
+             AND secret_hash IS NULL",
+        )
+        .bind(device.0)
+        .bind(key)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn enroll_frugal_node(
+        &self,
+        key: &FrugalKey,
+        new: &NewDevice,
+    ) -> StoreResult<(Enrollment, Option<Device>)> {
+        let mut tx = self.write.begin().await?;
+        if self.dialect == Dialect::Postgres {
+            // Enrollments with one key take turns, so that the node limit holds.
+            sqlx::query("SELECT id FROM frugal_keys WHERE id = $1 FOR UPDATE")
+                .bind(key.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM frugal_nodes WHERE key_id = $1")
+            .bind(key.id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let enrolled: i64 = row.try_get("n")?;
+        if u64::try_from(enrolled).unwrap_or(u64::MAX) >= key.max_nodes {
+            return Ok((Enrollment::KeyFull, None));
+        }
+        let placed = NewDevice {
+            project: Some(key.project.0),
+            profile: Some(key.profile.0),
+            ..new.clone()
+        };
+        let device = insert_device(&mut tx, self.dialect, key.tenant, &placed, &[]).await?;
+        sqlx::query("INSERT INTO frugal_nodes (device_pk, key_id) VALUES ($1, $2)")
+            .bind(device.key.0)
+            .bind(key.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((Enrollment::Enrolled, Some(device)))
     }
 }

@@ -8,6 +8,8 @@ use updraft_store::*;
 
 use crate::Reopen;
 
+pub use crate::frugal_keys::*;
+
 fn name(s: &str) -> Name {
     Name::parse(s).unwrap()
 }

@@ -6,6 +6,7 @@
 
 mod blobs;
 mod conformance;
+mod frugal_keys;
 
 use updraft_store::SqlStore;
 
@@ -74,4 +75,5 @@ backends!(
     reported_attributes_merge_replace_and_remove,
     superseding_an_action_the_device_knew_asks_it_to_confirm,
     placing_a_device_elsewhere_changes_what_it_should_run,
+    frugal_keys_enroll_a_bounded_number_of_nodes_in_their_tenant,
 );
