@@ -474,6 +474,9 @@ async fn the_openapi_document_describes_every_route() {
         ("/api/v1/artifacts/{id}/download", &["get"]),
         ("/api/v1/frugal/push", &["post"]),
         ("/api/v1/frugal/promote", &["post"]),
+        ("/api/v1/frugal/keys", &["get", "post"]),
+        ("/api/v1/frugal/keys/{id}", &["delete"]),
+        ("/api/v1/devices/{id}/frugal-key", &["post"]),
     ];
     assert_eq!(
         paths.len(),

@@ -14,6 +14,7 @@ mod frugal;
 mod frugal_keys;
 mod lwm2m;
 mod mqtt;
+mod mqtt_limits;
 mod rustot;
 mod thingsboard;
 mod tls;

@@ -342,7 +342,7 @@ async fn the_notification_queue_tells_connected_devices_at_its_rate() {
             .unwrap()
             .unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        app.node.protocols.mqtt.sessions().add(&device, tx);
+        app.node.protocols.mqtt.sessions().add(&device, tx, 4);
         receivers.push(rx);
     }
     for n in 0..5 {

@@ -34,7 +34,7 @@ pub enum Inbound {
     },
     Unsubscribe {
         pkid: u16,
-        count: usize,
+        filters: Vec<String>,
     },
     PingReq,
     Disconnect,
@@ -159,7 +159,7 @@ fn from_v4(packet: v4::Packet) -> Inbound {
         },
         v4::Packet::Unsubscribe(unsubscribe) => Inbound::Unsubscribe {
             pkid: unsubscribe.pkid,
-            count: unsubscribe.topics.len(),
+            filters: unsubscribe.topics,
         },
         v4::Packet::PingReq => Inbound::PingReq,
         v4::Packet::Disconnect => Inbound::Disconnect,
@@ -196,7 +196,7 @@ fn from_v5(packet: v5::Packet) -> Inbound {
         },
         v5::Packet::Unsubscribe(unsubscribe) => Inbound::Unsubscribe {
             pkid: unsubscribe.pkid,
-            count: unsubscribe.filters.len(),
+            filters: unsubscribe.filters,
         },
         v5::Packet::PingReq(_) => Inbound::PingReq,
         v5::Packet::Disconnect(_) => Inbound::Disconnect,
@@ -204,8 +204,12 @@ fn from_v5(packet: v5::Packet) -> Inbound {
     }
 }
 
+/// The SUBACK code refusing a subscription.
+pub const SUBSCRIBE_REFUSED: u8 = 0x80;
+
 fn granted_v4(qos: u8) -> v4::SubscribeReasonCode {
     match qos {
+        SUBSCRIBE_REFUSED => v4::SubscribeReasonCode::Failure,
         0 => v4::SubscribeReasonCode::Success(rumqttc::QoS::AtMostOnce),
         _ => v4::SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce),
     }
@@ -213,6 +217,7 @@ fn granted_v4(qos: u8) -> v4::SubscribeReasonCode {
 
 fn granted_v5(qos: u8) -> v5::SubscribeReasonCode {
     match qos {
+        SUBSCRIBE_REFUSED => v5::SubscribeReasonCode::QuotaExceeded,
         0 => v5::SubscribeReasonCode::Success(rumqttc::v5::mqttbytes::QoS::AtMostOnce),
         _ => v5::SubscribeReasonCode::Success(rumqttc::v5::mqttbytes::QoS::AtLeastOnce),
     }

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use self::codec::{CodecError, Inbound, Outbound};
 pub use self::session::{DeviceStream, Session, Sessions, topic_matches};
@@ -26,6 +26,22 @@ use crate::kernel::state::AppState;
 
 /// Largest packet a device may send (a telemetry message, not a firmware: those only go out).
 pub const MAX_INBOUND_PACKET: usize = 256 * 1024;
+
+/// Largest CONNECT: a client id, a user name and a password.
+const MAX_CONNECT_PACKET: usize = 8 * 1024;
+
+/// The longest a connection may stay silent, whatever keep-alive it asked for (0 included: MQTT's
+/// "no keep-alive" does not let a connection hold its socket forever). AWS IoT's own bound.
+const MAX_IDLE: Duration = Duration::from_secs(1200);
+
+/// A connection's idle limit for the keep-alive its CONNECT asked for: one and a half periods
+/// (the server may close a connection silent that long), at most [`MAX_IDLE`].
+fn idle_limit(keep_alive: u16) -> Duration {
+    match keep_alive {
+        0 => MAX_IDLE,
+        secs => Duration::from_millis(u64::from(secs) * 1500).min(MAX_IDLE),
+    }
+}
 
 /// A protocol's topics on the endpoint.
 #[async_trait]
@@ -49,6 +65,8 @@ pub struct Endpoint {
     state: AppState,
     sessions: Arc<Sessions>,
     handlers: Vec<Arc<dyn TopicHandler>>,
+    /// Connections closed at once for want of room.
+    refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,10 +85,17 @@ impl Endpoint {
         sessions: Arc<Sessions>,
         handlers: Vec<Arc<dyn TopicHandler>>,
     ) -> Arc<Self> {
+        let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        state.metrics.register(
+            "updraft_mqtt_refused_connections_total",
+            "MQTT connections closed at once because the server's connection cap was reached.",
+            refused.clone(),
+        );
         Arc::new(Self {
             state,
             sessions,
             handlers,
+            refused,
         })
     }
 
@@ -78,26 +103,46 @@ impl Endpoint {
         &self.sessions
     }
 
+    /// The next connection the server has room for: one over the connection cap is closed at
+    /// once. A failing accept (out of file descriptors) backs off instead of spinning.
+    async fn accept(
+        &self,
+        listener: &TcpListener,
+    ) -> (tokio::net::TcpStream, OwnedSemaphorePermit) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => match self.state.connections.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        // A chunk goes out as a PUBLISH header and then its body: without
+                        // NODELAY the body waits for the header's ACK, which the device delays.
+                        let _ = stream.set_nodelay(true);
+                        return (stream, permit);
+                    }
+                    Err(_) => {
+                        self.refused
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        drop(stream);
+                    }
+                },
+                Err(err) => {
+                    tracing::warn!(error = %err, "mqtt accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
     /// Accepts device connections until the listener fails.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    // A chunk goes out as a PUBLISH header and then its body: without NODELAY
-                    // the body waits for the header's ACK, which the device delays (40 ms).
-                    let _ = stream.set_nodelay(true);
-                    let this = self.clone();
-                    tokio::spawn(async move {
-                        if let Err(err) = this.connection(Box::new(stream), None).await {
-                            tracing::debug!(error = %err, "mqtt connection ended");
-                        }
-                    });
+            let (stream, permit) = self.accept(&listener).await;
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(err) = this.connection(Box::new(stream), None).await {
+                    tracing::debug!(error = %err, "mqtt connection ended");
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, "mqtt accept failed");
-                    tokio::task::yield_now().await;
-                }
-            }
+                drop(permit);
+            });
         }
     }
 
@@ -109,41 +154,33 @@ impl Endpoint {
         config: Arc<rustls::ServerConfig>,
     ) {
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let handshake_timeout = self.state.config.limits.handshake_timeout;
         loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    let this = self.clone();
-                    let acceptor = acceptor.clone();
-                    tokio::spawn(async move {
-                        // The handshake gets as long as a CONNECT does.
-                        let handshake =
-                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                                .await;
-                        let stream = match handshake {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(err)) => {
-                                tracing::debug!(error = %err, "mqtt tls handshake failed");
-                                return;
-                            }
-                            Err(_) => return,
-                        };
-                        let fingerprint = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|chain| chain.first())
-                            .map(|cert| crate::transport::tls::fingerprint(cert));
-                        if let Err(err) = this.connection(Box::new(stream), fingerprint).await {
-                            tracing::debug!(error = %err, "mqtt connection ended");
-                        }
-                    });
+            let (stream, permit) = self.accept(&listener).await;
+            let this = self.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let handshake =
+                    tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await;
+                let stream = match handshake {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(err)) => {
+                        tracing::debug!(error = %err, "mqtt tls handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let fingerprint = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|cert| crate::transport::tls::fingerprint(cert));
+                if let Err(err) = this.connection(Box::new(stream), fingerprint).await {
+                    tracing::debug!(error = %err, "mqtt connection ended");
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, "mqtt accept failed");
-                    tokio::task::yield_now().await;
-                }
-            }
+                drop(permit);
+            });
         }
     }
 
@@ -207,36 +244,43 @@ impl Endpoint {
         client_cert: Option<String>,
     ) -> Result<(), ConnectionError> {
         let mut buf = BytesMut::with_capacity(1024);
-        // CONNECT within ten seconds, or the connection goes.
-        let version = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
+        let limits = &self.state.config.limits;
+        // The whole CONNECT, and the login it carries, within the handshake timeout: a client
+        // that trickles or stalls its CONNECT loses the socket.
+        let handshake = tokio::time::timeout(limits.handshake_timeout, async {
+            let version = loop {
                 if let Some(version) = codec::connect_version(&buf)? {
-                    return Ok::<_, ConnectionError>(version);
+                    break version;
                 }
                 if stream.read_buf(&mut buf).await? == 0 {
                     return Err(ConnectionError::Protocol("closed before CONNECT"));
                 }
-            }
-        })
-        .await
-        .map_err(|_| ConnectionError::Protocol("no CONNECT in time"))??;
-        let (username, password, keep_alive) = loop {
-            match codec::read(version, &mut buf, MAX_INBOUND_PACKET)? {
-                Some(Inbound::Connect {
-                    username,
-                    password,
-                    keep_alive,
-                }) => break (username, password, keep_alive),
-                Some(_) => return Err(ConnectionError::Protocol("first packet is not CONNECT")),
-                None => {
-                    if stream.read_buf(&mut buf).await? == 0 {
-                        return Err(ConnectionError::Protocol("closed in CONNECT"));
+            };
+            let (username, password, keep_alive) = loop {
+                match codec::read(version, &mut buf, MAX_CONNECT_PACKET)? {
+                    Some(Inbound::Connect {
+                        username,
+                        password,
+                        keep_alive,
+                    }) => break (username, password, keep_alive),
+                    Some(_) => {
+                        return Err(ConnectionError::Protocol("first packet is not CONNECT"));
+                    }
+                    None => {
+                        if stream.read_buf(&mut buf).await? == 0 {
+                            return Err(ConnectionError::Protocol("closed in CONNECT"));
+                        }
                     }
                 }
-            }
-        };
+            };
+            let login = self.login(client_cert, username, password).await;
+            Ok((version, login, keep_alive))
+        });
+        let (version, login, keep_alive) = handshake
+            .await
+            .map_err(|_| ConnectionError::Protocol("no CONNECT in time"))??;
         let mut out = BytesMut::new();
-        let Some(login) = self.login(client_cert, username, password).await else {
+        let Some(login) = login else {
             codec::write(version, &Outbound::ConnAck { accepted: false }, &mut out)?;
             stream.write_all(&out).await?;
             stream.flush().await?;
@@ -248,7 +292,11 @@ impl Endpoint {
         let _ = self.state.store.touch_device(login.device.key).await;
 
         let (tx, mut rx) = mpsc::channel(16);
-        let id = self.sessions.add(&login.device, tx);
+        // A device's newest connection wins: beyond its cap, the oldest are closed (a device
+        // that rebooted does not wait for its half-open connection to time out).
+        let (id, taken_over) =
+            self.sessions
+                .add(&login.device, tx, limits.max_connections_per_device);
         let mut session = Session {
             login,
             version,
@@ -256,14 +304,10 @@ impl Endpoint {
             out,
             subscriptions: Vec::new(),
         };
-        // MQTT: the server may close a connection silent for one and a half keep-alive periods.
-        let idle_limit = match keep_alive {
-            0 => None,
-            secs => Some(Duration::from_millis(u64::from(secs) * 1500)),
+        let result = tokio::select! {
+            result = self.run(&mut session, id, &mut buf, &mut rx, idle_limit(keep_alive)) => result,
+            () = taken_over.cancelled() => Err(ConnectionError::Protocol("a newer connection of the device took over")),
         };
-        let result = self
-            .run(&mut session, id, &mut buf, &mut rx, idle_limit)
-            .await;
         self.sessions.remove(session.login.device.key, id);
         result
     }
@@ -274,7 +318,7 @@ impl Endpoint {
         id: u64,
         buf: &mut BytesMut,
         rx: &mut mpsc::Receiver<Outbound>,
-        idle_limit: Option<Duration>,
+        idle_limit: Duration,
     ) -> Result<(), ConnectionError> {
         loop {
             while let Some(packet) = codec::read(session.version, buf, MAX_INBOUND_PACKET)? {
@@ -282,12 +326,7 @@ impl Endpoint {
                     return Ok(());
                 }
             }
-            let idle = async {
-                match idle_limit {
-                    Some(limit) => tokio::time::sleep(limit).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let idle = tokio::time::sleep(idle_limit);
             tokio::select! {
                 read = session.stream.read_buf(buf) => {
                     if read? == 0 {
@@ -334,18 +373,28 @@ impl Endpoint {
             Inbound::PingReq => session.send(&Outbound::PingResp).await?,
             Inbound::Disconnect => return Ok(false),
             Inbound::Subscribe { pkid, filters } => {
-                for (filter, _) in &filters {
-                    if let Some(handler) = self.handler_for(session, filter)? {
+                let max = self.state.config.limits.max_subscriptions;
+                let mut granted = Vec::with_capacity(filters.len());
+                for (filter, qos) in filters {
+                    if let Some(handler) = self.handler_for(session, &filter)? {
                         self.sessions.spoke(device, id, handler.name());
                     }
+                    // The same filter again replaces the first (MQTT); a new one beyond the cap
+                    // is refused in the SUBACK and the connection stays.
+                    if session.subscriptions.contains(&filter) {
+                        granted.push(qos.min(1));
+                    } else if session.subscriptions.len() < max {
+                        session.subscriptions.push(filter);
+                        granted.push(qos.min(1));
+                    } else {
+                        granted.push(codec::SUBSCRIBE_REFUSED);
+                    }
                 }
-                let granted = filters.iter().map(|(_, qos)| (*qos).min(1)).collect();
-                session
-                    .subscriptions
-                    .extend(filters.into_iter().map(|(filter, _)| filter));
                 session.send(&Outbound::SubAck { pkid, granted }).await?;
             }
-            Inbound::Unsubscribe { pkid, count } => {
+            Inbound::Unsubscribe { pkid, filters } => {
+                session.subscriptions.retain(|s| !filters.contains(s));
+                let count = filters.len();
                 session.send(&Outbound::UnsubAck { pkid, count }).await?
             }
             Inbound::Publish {
@@ -383,6 +432,13 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_keep_alive_still_has_an_idle_limit() {
+        assert_eq!(idle_limit(0), MAX_IDLE);
+        assert_eq!(idle_limit(10), Duration::from_secs(15));
+        assert_eq!(idle_limit(u16::MAX), MAX_IDLE);
+    }
 
     #[test]
     fn filters_match_as_mqtt_says() {

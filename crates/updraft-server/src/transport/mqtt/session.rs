@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use updraft_core::{DeviceId, DeviceKey};
 use updraft_store::Device;
 
@@ -97,11 +98,12 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
     levels.next().is_none()
 }
 
-/// One connection: its id, the queue of its pushes and the protocols it has used.
+/// One connection: its id, the queue of its pushes, the protocols it has used, and how to close it.
 struct Connection {
     id: u64,
     sender: mpsc::Sender<Outbound>,
     speaks: HashSet<&'static str>,
+    close: CancellationToken,
 }
 
 #[derive(Default)]
@@ -123,9 +125,17 @@ impl Sessions {
         self.devices.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a connection of `device`; its pushes arrive on `sender`.
-    pub fn add(&self, device: &Device, sender: mpsc::Sender<Outbound>) -> u64 {
+    /// Registers a connection of `device`; its pushes arrive on `sender`. At most `max`
+    /// connections of one device stay: the oldest beyond that are told to close (and forgotten
+    /// at once). Returns the connection's id and the token that closes it.
+    pub fn add(
+        &self,
+        device: &Device,
+        sender: mpsc::Sender<Outbound>,
+        max: usize,
+    ) -> (u64, CancellationToken) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let close = CancellationToken::new();
         let mut devices = self.devices();
         let entry = devices.entry(device.key).or_default();
         entry.id = Some(device.id.clone());
@@ -133,8 +143,13 @@ impl Sessions {
             id,
             sender,
             speaks: HashSet::new(),
+            close: close.clone(),
         });
-        id
+        let excess = entry.connections.len().saturating_sub(max.max(1));
+        for old in entry.connections.drain(..excess) {
+            old.close.cancel();
+        }
+        (id, close)
     }
 
     pub(super) fn remove(&self, device: DeviceKey, id: u64) {
