@@ -66,6 +66,16 @@ impl Node {
         crate::api::router(self.state.clone())
     }
 
+    /// Serves the HTTP surface on `listener`, with the listener's bounds, until `shutdown`.
+    pub async fn serve_http(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let router = self.router();
+        crate::transport::http::serve(listener, router, self.state, shutdown).await;
+    }
+
     /// Serves device MQTT on `listener`.
     pub async fn serve_mqtt(self, listener: TcpListener) {
         self.protocols.mqtt.clone().serve(listener).await;
@@ -255,9 +265,6 @@ pub async fn run(
     let app = node.router();
     // Tests and scripts read this line to learn the port; it comes last, when everything listens.
     println!("updraft listening on http://{addr}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP")?;
+    crate::transport::http::serve(listener, app, node.state.clone(), shutdown).await;
     Ok(())
 }

@@ -83,8 +83,8 @@ async fn upload_multipart(
     let mut multipart = Multipart::from_request(request, state)
         .await
         .map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
-    loop {
-        let field = multipart
+    for _ in 0..MAX_FORM_FIELDS {
+        let mut field = multipart
             .next_field()
             .await
             .map_err(|e| ApiError::bad_request("upload_incomplete", e.body_text()))?
@@ -100,13 +100,39 @@ async fn upload_multipart(
             let received = receive(state, field).await?;
             return store_artifact(state, caller, checked, received).await;
         }
-        let value = field
-            .text()
+        // A metadata field is read in pieces, and only up to its bound.
+        let mut value = Vec::new();
+        while let Some(chunk) = field
+            .chunk()
             .await
-            .map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+            .map_err(|e| ApiError::bad_request("upload_incomplete", e.body_text()))?
+        {
+            if value.len() + chunk.len() > MAX_FORM_FIELD {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "field_too_large",
+                    format!("the form field {name:?} is over {MAX_FORM_FIELD} bytes"),
+                ));
+            }
+            value.extend_from_slice(&chunk);
+        }
+        let value = String::from_utf8(value).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!("the form field {name:?} is not UTF-8"),
+            )
+        })?;
         meta.set(&name, value);
     }
+    Err(ApiError::bad_request(
+        "invalid_request",
+        format!("more than {MAX_FORM_FIELDS} form fields before the `file` part"),
+    ))
 }
+
+/// Form fields before the `file` part, and the bytes of each.
+const MAX_FORM_FIELDS: usize = 32;
+const MAX_FORM_FIELD: usize = 64 * 1024;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {

@@ -36,12 +36,21 @@ pub enum RangeRequest {
     Unsatisfiable,
 }
 
+/// Range specs read from one header; a header with more is ignored whole.
+const MAX_RANGE_SPECS: usize = 1024;
+
 /// Parses a `Range` header value per RFC 9110 §14.1.2. Malformed headers are ignored (whole
-/// blob), as the RFC allows.
-pub fn parse_range(value: &str, size: u64) -> RangeRequest {
+/// blob), as the RFC allows. Overlapping and adjacent ranges are coalesced (in ascending order);
+/// a header with more than `max_ranges` ranges left after that is ignored too (§14.2: a server may
+/// ignore a Range that asks for many small or overlapping ranges), so that one request never
+/// streams more than the blob `max_ranges` times.
+pub fn parse_range(value: &str, size: u64, max_ranges: usize) -> RangeRequest {
     let Some(specs) = value.trim().strip_prefix("bytes=") else {
         return RangeRequest::Whole;
     };
+    if specs.split(',').nth(MAX_RANGE_SPECS).is_some() {
+        return RangeRequest::Whole;
+    }
     let mut ranges = Vec::new();
     for spec in specs.split(',') {
         let spec = spec.trim();
@@ -83,11 +92,31 @@ pub fn parse_range(value: &str, size: u64) -> RangeRequest {
         };
         ranges.push(range);
     }
+    let ranges = coalesce(ranges);
     match ranges.len() {
         0 => RangeRequest::Unsatisfiable,
         1 => RangeRequest::Single(ranges[0]),
+        n if n > max_ranges.max(1) => RangeRequest::Whole,
         _ => RangeRequest::Many(ranges),
     }
+}
+
+/// Ranges sorted, with those that overlap or touch merged; a single range stays as asked.
+fn coalesce(mut ranges: Vec<ByteRange>) -> Vec<ByteRange> {
+    if ranges.len() < 2 {
+        return ranges;
+    }
+    ranges.sort_by_key(|r| r.start);
+    let mut merged: Vec<ByteRange> = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        match merged.last_mut() {
+            Some(last) if range.start <= last.end.saturating_add(1) => {
+                last.end = last.end.max(range.end);
+            }
+            _ => merged.push(range),
+        }
+    }
+    merged
 }
 
 /// What to send of a blob.
@@ -132,7 +161,7 @@ pub async fn serve_blob(
         None => true,
     };
     let request = match range_header {
-        Some(value) if if_range_ok => parse_range(value, blob.size),
+        Some(value) if if_range_ok => parse_range(value, blob.size, state.config.limits.max_ranges),
         _ => RangeRequest::Whole,
     };
     let mut headers = HeaderMap::new();
@@ -258,7 +287,11 @@ mod tests {
     use super::*;
 
     fn check(header: &str, size: u64, expected: RangeRequest) {
-        assert_eq!(parse_range(header, size), expected, "{header:?} of {size}");
+        assert_eq!(
+            parse_range(header, size, 4),
+            expected,
+            "{header:?} of {size}"
+        );
     }
 
     fn r(start: u64, end: u64) -> ByteRange {
@@ -274,6 +307,26 @@ mod tests {
         check("bytes=-1000", 100, Single(r(0, 99)));
         check("bytes=50-1000", 100, Single(r(50, 99)));
         check("bytes=0-0,-1", 100, Many(vec![r(0, 0), r(99, 99)]));
+        // Coalesced: overlapping and touching ranges merge, in ascending order.
+        check(
+            "bytes=50-59,0-9,5-20,21-30",
+            100,
+            Many(vec![r(0, 30), r(50, 59)]),
+        );
+        check("bytes=0-,0-,0-,0-,0-,0-", 100, Single(r(0, 99)));
+        // More distinct ranges than allowed: the whole blob.
+        check("bytes=0-0,2-2,4-4,6-6,8-8", 100, Whole);
+        let thousand = (0..1000)
+            .map(|i| format!("{}-{}", i * 2, i * 2))
+            .collect::<Vec<_>>();
+        check(&format!("bytes={}", thousand.join(",")), 100_000, Whole);
+        let overlapping = vec!["0-"; 1000].join(",");
+        check(&format!("bytes={overlapping}"), 100, Single(r(0, 99)));
+        check(
+            &format!("bytes={},0-", vec!["5-"; 2000].join(",")),
+            100,
+            Whole,
+        );
         check("bytes=100-", 100, Unsatisfiable);
         check("bytes=100-200, 300-", 100, Unsatisfiable);
         check("bytes=-0", 100, Unsatisfiable);
@@ -304,7 +357,7 @@ mod tests {
             for a in parts {
                 for b in parts {
                     let header = format!("bytes={a}-{b}");
-                    let ranges = match parse_range(&header, size) {
+                    let ranges = match parse_range(&header, size, 4) {
                         RangeRequest::Single(range) => vec![range],
                         RangeRequest::Many(ranges) => ranges,
                         RangeRequest::Whole | RangeRequest::Unsatisfiable => vec![],

@@ -100,7 +100,12 @@ impl Metrics {
 /// Middleware counting every request by its route template (not its raw path, which would let
 /// devices blow up the label set).
 pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let method = request.method().as_str().to_owned();
+    // Methods outside the standard set share one label: a client inventing methods must not
+    // grow `/metrics`.
+    let method = match request.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS") => m.to_owned(),
+        _ => "other".to_owned(),
+    };
     let route = request
         .extensions()
         .get::<MatchedPath>()

@@ -2,5 +2,6 @@
 //! register their topic handlers with them.
 
 pub mod coap;
+pub mod http;
 pub mod mqtt;
 pub mod tls;

@@ -12,6 +12,7 @@ mod ddi;
 mod dfu;
 mod frugal;
 mod frugal_keys;
+mod http_limits;
 mod lwm2m;
 mod mqtt;
 mod mqtt_limits;
@@ -65,7 +66,11 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let app = Self::prepared(64 * 1024 * 1024, url, Limits::default()).await;
-        tokio::spawn(axum::serve(listener, app.router.clone()).into_future());
+        tokio::spawn(
+            app.node
+                .clone()
+                .serve_http(listener, std::future::pending()),
+        );
         app
     }
 
@@ -175,8 +180,11 @@ impl TestApp {
     pub async fn listen(&self) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = self.router.clone();
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        tokio::spawn(
+            self.node
+                .clone()
+                .serve_http(listener, std::future::pending()),
+        );
         format!("http://{addr}")
     }
 
