@@ -6,9 +6,12 @@ use updraft_core::signing::{certificate_key, verify_digest};
 
 fn vector(name: &str) -> Vec<u8> {
     std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/vectors")
-            .join(name),
+        std::path::Path::new(
+            &std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
+        )
+        .join("tests/vectors")
+        .join(name),
     )
     .unwrap()
 }

@@ -33,7 +33,11 @@ const OVERSIZE: [&str; 0] = [];
 const MAX_LINES: usize = 600;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
+    )
+    .join("../..")
 }
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {

@@ -47,6 +47,7 @@ pub trait Tenants: Send + Sync {
     async fn create_api_key(&self, tenant: TenantKey, new: &NewApiKey) -> StoreResult<ApiKey>;
     async fn api_key_by_hash(&self, secret_hash: &str) -> StoreResult<Option<ApiKey>>;
     async fn list_api_keys(&self, tenant: TenantKey) -> StoreResult<Vec<ApiKey>>;
+    /// Deletes a key of the tenant; never the server admin key (false).
     async fn delete_api_key(&self, tenant: TenantKey, id: i64) -> StoreResult<bool>;
 }
 

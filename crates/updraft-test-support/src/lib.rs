@@ -26,9 +26,11 @@ pub fn missing(what: &str, how_to_fix: &str) {
 pub fn interop_python() -> Option<std::path::PathBuf> {
     let candidate = match std::env::var_os("UPDRAFT_TEST_PYTHON") {
         Some(path) => std::path::PathBuf::from(path),
-        None => {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-interop/bin/python")
-        }
+        None => std::path::Path::new(
+            &std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
+        )
+        .join("../../.venv-interop/bin/python"),
     };
     if candidate.exists() {
         return Some(candidate);
@@ -44,8 +46,11 @@ pub fn interop_python() -> Option<std::path::PathBuf> {
 /// them into `.node-interop` at the workspace root), or `None` after a loud warning (a failure
 /// under CI).
 pub fn interop_node() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
-    let modules =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.node-interop/node_modules");
+    let modules = std::path::Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
+    )
+    .join("../../.node-interop/node_modules");
     let node = std::process::Command::new("node")
         .arg("--version")
         .output()

@@ -1,8 +1,9 @@
 //! One-time download URLs (`GET /dl/{token}`): a random token that opens one artifact's bytes
 //! (with Range, If-Range and ETag) until it expires, for devices whose protocol hands them a URL
 //! without credentials (AWS IoT OTA over HTTP). One grant per update action, reused while it
-//! lives, so a device restarted mid-download resumes with the same URL. Kept in memory: after a
-//! restart a device gets a fresh URL the next time it reads its job.
+//! lives, so a device restarted mid-download resumes with the same URL. A grant dies with its
+//! action: once the action is UPDATED, FAILED or CANCELED (or gone) the URL answers 404. Kept in
+//! memory: after a restart a device gets a fresh URL the next time it reads its job.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
-use updraft_core::ActionKey;
+use updraft_core::{ActionKey, TenantKey};
 use updraft_store::Artifact;
 
 use crate::kernel::error::{ApiError, ApiResult};
@@ -23,6 +24,7 @@ pub const TTL_MILLIS: i64 = 24 * 60 * 60 * 1000;
 
 #[derive(Clone)]
 struct Grant {
+    tenant: TenantKey,
     action: ActionKey,
     sha256: String,
     size: u64,
@@ -40,6 +42,7 @@ pub struct Grants {
 impl Grants {
     /// The token of the action's live grant, or a new one.
     pub fn issue(&self, action: ActionKey, artifact: &Artifact) -> Result<String, ApiError> {
+        let tenant = artifact.tenant;
         let now = crate::kernel::clock::now_millis();
         let mut grants = self
             .by_token
@@ -56,6 +59,7 @@ impl Grants {
         grants.insert(
             token.clone(),
             Grant {
+                tenant,
                 action,
                 sha256: artifact.checksums.sha256.clone(),
                 size: artifact.size,
@@ -81,6 +85,12 @@ impl Grants {
             .filter(|g| g.expires_at > now)
             .cloned()
     }
+
+    fn revoke(&self, token: &str) {
+        if let Ok(mut grants) = self.by_token.lock() {
+            grants.remove(token);
+        }
+    }
 }
 
 /// The HTTP route.
@@ -93,13 +103,23 @@ async fn download(
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let grant = state.grants.get(&token).ok_or_else(|| {
+    let gone = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             "this download URL is unknown or has expired: read the job again for a fresh one",
         )
-    })?;
+    };
+    let grant = state.grants.get(&token).ok_or_else(gone)?;
+    let live = state
+        .store
+        .action(grant.tenant, grant.action)
+        .await?
+        .is_some_and(|action| !action.state.is_final());
+    if !live {
+        state.grants.revoke(&token);
+        return Err(gone());
+    }
     crate::kernel::download::serve_blob(
         &state,
         crate::kernel::download::BlobResponse {

@@ -163,6 +163,20 @@ pub async fn check(state: &AppState, tenant: TenantKey, meta: &UploadQuery) -> A
             ));
         }
         (Some(text), None) if !certs.is_empty() => Some((decode_signature(text)?, certs)),
+        // A profile that signs its firmware takes nothing unsigned: an artifact compatible with
+        // it (named, or compatible with every profile) must carry a signature.
+        (None, None) if !certs.is_empty() => {
+            let names: Vec<&str> = certs.iter().map(|(name, _)| name.as_str()).collect();
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "signature_required",
+                format!(
+                    "profile {} has a signing certificate: upload with a signature, or name \
+                     only profiles without one",
+                    names.join(", ")
+                ),
+            ));
+        }
         _ => None,
     };
     let filename_text = meta

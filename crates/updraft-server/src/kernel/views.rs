@@ -135,3 +135,29 @@ pub fn attribute_strings(
         })
         .collect()
 }
+
+/// `segment` percent-encoded for one URL path segment: everything but RFC 3986's unreserved
+/// characters is escaped, so a file name with spaces, `?`, `#` or `%` stays one segment.
+pub fn path_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn path_segments_escape_all_but_unreserved() {
+        assert_eq!(super::path_segment("fw-1.0_a~b.bin"), "fw-1.0_a~b.bin");
+        assert_eq!(
+            super::path_segment("my fw?#%/ü.bin"),
+            "my%20fw%3F%23%25%2F%C3%BC.bin"
+        );
+    }
+}

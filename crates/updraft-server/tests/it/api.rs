@@ -371,6 +371,34 @@ async fn keys_are_required_and_roles_limit_what_they_do() {
     let keys = app.get("/api/v1/api-keys").await;
     assert!(!String::from_utf8_lossy(&keys.body).contains(&viewer));
     assert_eq!(keys.json().as_array().unwrap().len(), 3);
+
+    // A tenant admin of the default tenant cannot delete the server admin key.
+    let tenant_admin = app
+        .post(
+            "/api/v1/api-keys",
+            json!({"name": "default-admin", "role": "admin"}),
+        )
+        .await
+        .json();
+    let tenant_admin = tenant_admin["token"].as_str().unwrap();
+    let server_admin = keys
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["server_admin"] == true)
+        .map(|k| k["id"].as_i64().unwrap())
+        .unwrap();
+    let refused = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/api-keys/{server_admin}"),
+            tenant_admin,
+            None,
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.get("/api/v1/api-keys").await.status, StatusCode::OK);
 }
 
 #[tokio::test]

@@ -547,7 +547,11 @@ async fn the_aws_iot_device_sdk_jobs_client_runs_a_job() {
     let app = TestApp::new().await;
     let token = setup(&app, "sdk-thing", &image(2000), true).await;
     let (host, port) = app.listen_mqtt().await;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/aws_jobs.py");
+    let script = std::path::Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
+    )
+    .join("tests/interop/aws_jobs.py");
     let mut child = tokio::process::Command::new(python)
         .arg(script)
         .args([host, port.to_string(), "sdk-thing".into(), token])
@@ -591,8 +595,11 @@ async fn the_aws_iot_device_sdk_jobs_client_runs_a_job() {
 #[tokio::test]
 async fn the_job_document_names_the_profiles_certificate_and_the_checked_signature() {
     use base64::Engine;
-    let vectors =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../updraft-core/tests/vectors");
+    let vectors = std::path::Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
+    )
+    .join("../updraft-core/tests/vectors");
     let pem = std::fs::read_to_string(vectors.join("code-sign.pem")).unwrap();
     let signature = base64::engine::general_purpose::STANDARD
         .encode(std::fs::read(vectors.join("signed.bin.sig")).unwrap());
@@ -751,6 +758,20 @@ async fn profiles_can_offer_the_file_over_a_one_time_http_url() {
         .send(Request::get("/dl/not-a-grant").body(Body::empty()).unwrap())
         .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    // The URL dies with its job: once the operator cancels, it opens nothing.
+    let removed = app
+        .call(
+            axum::http::Method::DELETE,
+            "/api/v1/assignments?device=thing-9",
+            &app.admin.clone(),
+            None,
+        )
+        .await;
+    assert!(removed.status.is_success());
+    let canceled = app
+        .send(Request::get(&path).body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(canceled.status, StatusCode::NOT_FOUND);
 }
 
 /// An operator's cancel (unassigning) ends the execution CANCELED: the device's next look finds

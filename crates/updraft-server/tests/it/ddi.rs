@@ -267,7 +267,10 @@ async fn deployment_feedback_and_downloads_follow_the_reference() {
     let auth = format!("TargetToken {}", app.device("dev01").await);
     let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
     let artifact = app
-        .upload("title=demo-fw&version=1.0.1&filename=fw.bin", &data)
+        .upload(
+            "title=demo-fw&version=1.0.1&filename=my%20fw%20%231.bin",
+            &data,
+        )
         .await
         .json();
     app.post(
@@ -318,12 +321,16 @@ async fn deployment_feedback_and_downloads_follow_the_reference() {
         (Some("os"), Some("demo-fw"), Some("1.0.1"))
     );
     let file = &chunk["artifacts"][0];
-    assert_eq!(file["filename"], "fw.bin");
+    assert_eq!(file["filename"], "my fw #1.bin");
     assert_eq!(file["size"], data.len());
     assert_eq!(file["hashes"]["sha1"], artifact["checksums"]["sha1"]);
     assert_eq!(file["hashes"]["md5"], artifact["checksums"]["md5"]);
     assert_eq!(file["hashes"]["sha256"], artifact["checksums"]["sha256"]);
     let download = file["_links"]["download-http"]["href"].as_str().unwrap();
+    assert!(
+        download.ends_with("/artifacts/my%20fw%20%231.bin"),
+        "the file name is one percent-encoded segment: {download}"
+    );
     assert_eq!(
         file["_links"]["download"]["href"].as_str().unwrap(),
         download,
@@ -384,7 +391,7 @@ async fn deployment_feedback_and_downloads_follow_the_reference() {
     assert_eq!(
         String::from_utf8(md5.body.to_vec()).unwrap(),
         format!(
-            "{}  fw.bin\n",
+            "{}  my fw #1.bin\n",
             artifact["checksums"]["md5"].as_str().unwrap()
         )
     );

@@ -31,8 +31,11 @@ impl NodeDevice {
         mode: &str,
     ) -> Option<NodeDevice> {
         let (node, modules) = updraft_test_support::interop_node()?;
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/lwm2m_client.js");
+        let script = std::path::Path::new(
+            &std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
+        )
+        .join("tests/interop/lwm2m_client.js");
         let mut child = tokio::process::Command::new(node)
             .arg(script)
             .args([

@@ -259,8 +259,11 @@ async fn tb_sdk_update(chunk: u32) {
     .await;
     let (host, port) = app.listen_mqtt().await;
     let workdir = tempfile::tempdir().unwrap();
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/tb_sdk_update.py");
+    let script = std::path::Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
+    )
+    .join("tests/interop/tb_sdk_update.py");
     let out = tokio::process::Command::new(python)
         .arg(script)
         .args([host, port.to_string(), token, chunk.to_string()])

@@ -176,7 +176,11 @@ async fn the_aws_iot_device_sdk_runs_a_job_over_mutual_tls() {
         )
         .await;
     assert!(uploaded.status.is_success());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/aws_jobs.py");
+    let script = Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
+    )
+    .join("tests/interop/aws_jobs.py");
     let mut child = tokio::process::Command::new(python)
         .arg(script)
         .args(["localhost", &port.to_string(), "sdk-tls", "unused"])

@@ -118,11 +118,14 @@ impl Tenants for SqlStore {
     }
 
     async fn delete_api_key(&self, tenant: TenantKey, id: i64) -> StoreResult<bool> {
-        let done = sqlx::query("DELETE FROM api_keys WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant.0)
-            .bind(id)
-            .execute(&self.write)
-            .await?;
+        // The server admin key is never deleted this way: it is the way back in.
+        let done = sqlx::query(
+            "DELETE FROM api_keys WHERE tenant_id = $1 AND id = $2 AND server_admin = 0",
+        )
+        .bind(tenant.0)
+        .bind(id)
+        .execute(&self.write)
+        .await?;
         Ok(done.rows_affected() > 0)
     }
 }

@@ -119,6 +119,12 @@ pub async fn delete_api_key(
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<StatusCode> {
     caller.require(Role::Admin)?;
+    let keys = state.store.list_api_keys(caller.tenant()).await?;
+    if keys.iter().any(|k| k.id == id && k.server_admin) {
+        return Err(ApiError::forbidden(
+            "the server admin key cannot be deleted",
+        ));
+    }
     if state.store.delete_api_key(caller.tenant(), id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

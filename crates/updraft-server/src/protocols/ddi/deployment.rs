@@ -83,7 +83,8 @@ pub(super) async fn deployment_json(
     // prefer it over `download-http`, so an https link on a plain-HTTP server breaks them.
     let file = format!(
         "{base}/softwaremodules/{}/artifacts/{}",
-        artifact.key, artifact.filename
+        artifact.key,
+        crate::kernel::views::path_segment(&artifact.filename)
     );
     let plain = file.replacen("https://", "http://", 1);
     let part = match artifact.kind {
