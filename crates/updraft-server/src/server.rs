@@ -110,7 +110,7 @@ impl Node {
 
 /// Opens everything and returns the state and adapters to serve with.
 pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<Node> {
-    tokio::fs::create_dir_all(&config.data_dir)
+    private_dir(&config.data_dir)
         .await
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     let store = match &config.database_url {
@@ -119,6 +119,15 @@ pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<Node> 
             .await
             .context("opening the SQLite store")?,
     };
+    #[cfg(unix)]
+    if config.database_url.is_none() {
+        // The database holds device secrets' hashes and PSKs: the owner's only.
+        use std::os::unix::fs::PermissionsExt;
+        let db = config.data_dir.join("updraft.db");
+        tokio::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600))
+            .await
+            .with_context(|| format!("restricting {}", db.display()))?;
+    }
     let blobs = LocalBlobStore::open(config.data_dir.join("blobs"))
         .await
         .context("opening the blob directory")?;
@@ -181,6 +190,21 @@ async fn bootstrap(store: &SqlStore, data_dir: &Path) -> Result<()> {
         "created the server admin key; it is in {}",
         token_path.display()
     );
+    Ok(())
+}
+
+/// Creates `dir` (and its parents) readable by the owner only; an existing one is restricted
+/// to the owner too: it holds the database and the admin key.
+async fn private_dir(dir: &Path) -> Result<()> {
+    tokio::fs::create_dir_all(dir).await?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = tokio::fs::metadata(dir).await?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).await?;
+        }
+    }
     Ok(())
 }
 

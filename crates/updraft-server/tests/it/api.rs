@@ -551,3 +551,40 @@ async fn health_readiness_and_metrics_answer() {
     );
     assert!(text.contains("# TYPE updraft_upload_bytes_total counter"));
 }
+
+/// The data directory, the database and the admin key are the owner's only, whatever the umask
+/// and however the directory was made.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let open = parent.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mode =
+        |path: std::path::PathBuf| std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    for dir in [open.clone(), parent.path().join("new/data")] {
+        let config = updraft_server::server::ServerConfig {
+            data_dir: dir.clone(),
+            http: "127.0.0.1:0".parse().unwrap(),
+            database_url: None,
+            max_upload_bytes: 1024,
+            public_url: None,
+            mqtt: None,
+            coap: None,
+            mqtts: None,
+            lwm2m: None,
+            lwm2m_dtls: None,
+            tls: None,
+            notify_per_second: 1,
+            limits: Default::default(),
+        };
+        updraft_server::server::prepare(&config, "http://x".into())
+            .await
+            .unwrap();
+        assert_eq!(mode(dir.clone()), 0o700, "{}", dir.display());
+        assert_eq!(mode(dir.join("updraft.db")), 0o600);
+        assert_eq!(mode(dir.join("admin.token")), 0o600);
+    }
+}
