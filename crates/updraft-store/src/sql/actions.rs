@@ -109,108 +109,18 @@ impl Actions for SqlStore {
         report: &Report,
         source: &str,
     ) -> StoreResult<ReportOutcome> {
-        let mut tx = self.write.begin().await?;
-        let row = sqlx::query(&format!(
-            "{ACTION_SELECT} WHERE a.tenant_id = $1 AND a.id = $2"
-        ))
-        .bind(tenant.0)
-        .bind(key.0)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound { what: "action" })?;
-        let action = action_from(&row)?;
-        let target = report.target();
-        let (progress, detail) = match report {
-            Report::Reached { progress, .. } => (*progress, String::new()),
-            Report::Failed(failure) => (
-                None,
-                format!("{}: {}", failure.code.as_str(), failure.reason),
-            ),
-            Report::Succeeded | Report::Canceled => (None, String::new()),
-        };
-        let next = match transition(action.state, report) {
-            Ok(next) => next,
-            Err(refusal) => {
-                let reason = refusal.to_string();
-                insert_event(
-                    &mut tx,
-                    Event {
-                        action: key,
-                        from: Some(action.state),
-                        to: target,
-                        source,
-                        detail: &reason,
-                        refused: true,
-                        progress,
-                    },
-                )
-                .await?;
-                tx.commit().await?;
-                return Ok(ReportOutcome::Refused { action, reason });
+        // Compare-and-set: a report applies to the state it read. When another writer (a
+        // supersede, a second report) moved the action first, the report is read again against
+        // the new state — so a final state is never turned into another.
+        for _ in 0..MAX_REPORT_ATTEMPTS {
+            if let Some(outcome) = self.report_once(tenant, key, report, source).await? {
+                return Ok(outcome);
             }
-        };
-        let (failure_code, failure_reason) = match report {
-            Report::Failed(failure) => (Some(failure.code.as_str()), Some(failure.reason.as_str())),
-            _ => (None, None),
-        };
-        // Progress survives reports that carry none, until the action ends.
-        let kept = progress.or(action.progress).filter(|_| !next.is_final());
-        sqlx::query(
-            "UPDATE actions SET state = $1, progress_done = $2, progress_total = $3, failure_code = $4, \
-             failure_reason = $5, updated_at = $6 WHERE id = $7",
-        )
-        .bind(next.as_str())
-        .bind(kept.map(|p| to_i64(p.done)))
-        .bind(kept.map(|p| to_i64(p.total)))
-        .bind(failure_code)
-        .bind(failure_reason)
-        .bind(now_millis())
-        .bind(key.0)
-        .execute(&mut *tx)
-        .await?;
-        insert_event(
-            &mut tx,
-            Event {
-                action: key,
-                from: Some(action.state),
-                to: next,
-                source,
-                detail: &detail,
-                refused: false,
-                progress,
-            },
-        )
-        .await?;
-        if next == UpdateState::Updated {
-            let (title_col, version_col) = match action.kind {
-                ArtifactKind::Firmware => ("fw_title", "fw_version"),
-                ArtifactKind::Software => ("sw_title", "sw_version"),
-            };
-            sqlx::query(&format!(
-                "UPDATE devices SET {title_col} = $1, {version_col} = $2 WHERE id = $3"
-            ))
-            .bind(&action.artifact_title)
-            .bind(&action.artifact_version)
-            .bind(action.device.0)
-            .execute(&mut *tx)
-            .await?;
-            reconcile(
-                &mut tx,
-                self.dialect,
-                tenant,
-                Some(Scope::Device(action.device)),
-                "server",
-                Retry::No,
-            )
-            .await?;
         }
-        let row = sqlx::query(&format!("{ACTION_SELECT} WHERE a.id = $1"))
-            .bind(key.0)
-            .fetch_one(&mut *tx)
-            .await?;
-        let updated = action_from(&row)?;
-        tx.commit().await?;
-        Ok(ReportOutcome::Applied(updated))
+        Err(StoreError::Conflict {
+            code: "action_busy",
+            message: format!("action {key} kept changing while a report was applied"),
+        })
     }
 
     async fn fleet_summary(&self, tenant: TenantKey) -> StoreResult<FleetSummary> {
@@ -380,5 +290,128 @@ impl Actions for SqlStore {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+}
+
+/// Times a report is read again because the action moved under it.
+const MAX_REPORT_ATTEMPTS: usize = 16;
+
+impl SqlStore {
+    /// One attempt at a report; `None` when the action moved between reading and writing.
+    async fn report_once(
+        &self,
+        tenant: TenantKey,
+        key: ActionKey,
+        report: &Report,
+        source: &str,
+    ) -> StoreResult<Option<ReportOutcome>> {
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query(&format!(
+            "{ACTION_SELECT} WHERE a.tenant_id = $1 AND a.id = $2"
+        ))
+        .bind(tenant.0)
+        .bind(key.0)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound { what: "action" })?;
+        let action = action_from(&row)?;
+        let target = report.target();
+        let (progress, detail) = match report {
+            Report::Reached { progress, .. } => (*progress, String::new()),
+            Report::Failed(failure) => (
+                None,
+                format!("{}: {}", failure.code.as_str(), failure.reason),
+            ),
+            Report::Succeeded | Report::Canceled => (None, String::new()),
+        };
+        let next = match transition(action.state, report) {
+            Ok(next) => next,
+            Err(refusal) => {
+                let reason = refusal.to_string();
+                insert_event(
+                    &mut tx,
+                    Event {
+                        action: key,
+                        from: Some(action.state),
+                        to: target,
+                        source,
+                        detail: &reason,
+                        refused: true,
+                        progress,
+                    },
+                )
+                .await?;
+                tx.commit().await?;
+                return Ok(Some(ReportOutcome::Refused { action, reason }));
+            }
+        };
+        let (failure_code, failure_reason) = match report {
+            Report::Failed(failure) => (Some(failure.code.as_str()), Some(failure.reason.as_str())),
+            _ => (None, None),
+        };
+        // Progress survives reports that carry none, until the action ends.
+        let kept = progress.or(action.progress).filter(|_| !next.is_final());
+        let moved = sqlx::query(
+            "UPDATE actions SET state = $1, progress_done = $2, progress_total = $3, failure_code = $4, \
+             failure_reason = $5, updated_at = $6 WHERE id = $7 AND state = $8",
+        )
+        .bind(next.as_str())
+        .bind(kept.map(|p| to_i64(p.done)))
+        .bind(kept.map(|p| to_i64(p.total)))
+        .bind(failure_code)
+        .bind(failure_reason)
+        .bind(now_millis())
+        .bind(key.0)
+        .bind(action.state.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() == 0 {
+            // Another writer moved it since it was read: read it again.
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        insert_event(
+            &mut tx,
+            Event {
+                action: key,
+                from: Some(action.state),
+                to: next,
+                source,
+                detail: &detail,
+                refused: false,
+                progress,
+            },
+        )
+        .await?;
+        if next == UpdateState::Updated {
+            let (title_col, version_col) = match action.kind {
+                ArtifactKind::Firmware => ("fw_title", "fw_version"),
+                ArtifactKind::Software => ("sw_title", "sw_version"),
+            };
+            sqlx::query(&format!(
+                "UPDATE devices SET {title_col} = $1, {version_col} = $2 WHERE id = $3"
+            ))
+            .bind(&action.artifact_title)
+            .bind(&action.artifact_version)
+            .bind(action.device.0)
+            .execute(&mut *tx)
+            .await?;
+            reconcile(
+                &mut tx,
+                self.dialect,
+                tenant,
+                Some(Scope::Device(action.device)),
+                "server",
+                Retry::No,
+            )
+            .await?;
+        }
+        let row = sqlx::query(&format!("{ACTION_SELECT} WHERE a.id = $1"))
+            .bind(key.0)
+            .fetch_one(&mut *tx)
+            .await?;
+        let updated = action_from(&row)?;
+        tx.commit().await?;
+        Ok(Some(ReportOutcome::Applied(updated)))
     }
 }

@@ -266,18 +266,14 @@ pub(super) async fn reconcile(
             failed: failed.get(&target.device.0).cloned().unwrap_or_default(),
         };
         let changes = updraft_core::reconcile(facts, retry);
-        if let Some(cancel) = changes.cancel {
-            sqlx::query("UPDATE actions SET state = 'CANCELED', cancel_pending = $1, updated_at = $2 WHERE id = $3")
-                .bind(i64::from(cancel.confirm))
-                .bind(now_millis())
-                .bind(cancel.action.0)
-                .execute(&mut *conn)
-                .await?;
+        if let Some(cancel) = changes.cancel
+            && let Some(from) = cancel_action(conn, cancel.action, cancel.from).await?
+        {
             insert_event(
                 conn,
                 Event {
                     action: cancel.action,
-                    from: Some(cancel.from),
+                    from: Some(from),
                     to: UpdateState::Canceled,
                     source,
                     detail: "superseded: the device's desired artifact changed",
@@ -351,4 +347,42 @@ pub(super) async fn check_scope_in_tenant(
         }
     }
     Ok(())
+}
+
+/// Cancels `action`, which was read in state `read`, compare-and-set: a report that moved it
+/// meanwhile is not overwritten. If it moved, the cancel applies to the state it is in now —
+/// unless that state is final, when there is nothing left to cancel (`None`). Returns the state
+/// the action was canceled from.
+async fn cancel_action(
+    conn: &mut AnyConnection,
+    action: ActionKey,
+    read: UpdateState,
+) -> StoreResult<Option<UpdateState>> {
+    let mut from = read;
+    loop {
+        let confirm = from >= UpdateState::Initiated;
+        let done = sqlx::query(
+            "UPDATE actions SET state = 'CANCELED', cancel_pending = $1, updated_at = $2 \
+             WHERE id = $3 AND state = $4",
+        )
+        .bind(i64::from(confirm))
+        .bind(now_millis())
+        .bind(action.0)
+        .bind(from.as_str())
+        .execute(&mut *conn)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(Some(from));
+        }
+        let row = sqlx::query("SELECT state FROM actions WHERE id = $1")
+            .bind(action.0)
+            .fetch_one(&mut *conn)
+            .await?;
+        let state: String = row.try_get("state")?;
+        let now: UpdateState = state.parse().map_err(corrupt)?;
+        if now.is_final() {
+            return Ok(None);
+        }
+        from = now;
+    }
 }

@@ -9,6 +9,7 @@ use updraft_store::*;
 use crate::Reopen;
 
 pub use crate::frugal_keys::*;
+pub use crate::races::*;
 
 fn name(s: &str) -> Name {
     Name::parse(s).unwrap()

@@ -7,6 +7,7 @@
 mod blobs;
 mod conformance;
 mod frugal_keys;
+mod races;
 
 use updraft_store::SqlStore;
 
@@ -76,4 +77,5 @@ backends!(
     superseding_an_action_the_device_knew_asks_it_to_confirm,
     placing_a_device_elsewhere_changes_what_it_should_run,
     frugal_keys_enroll_a_bounded_number_of_nodes_in_their_tenant,
+    reports_racing_a_supersede_never_leave_a_final_state,
 );
