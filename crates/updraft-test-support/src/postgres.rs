@@ -17,11 +17,28 @@ use sqlx::Connection;
 
 struct Server {
     base_url: String,
+    /// The CA that signed the server's certificate (for `localhost` and 127.0.0.1).
+    ca_pem: PathBuf,
     // Held so that the watchdog's standard input stays open until the process exits.
     _watchdog: Mutex<Child>,
 }
 
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
+
+/// A URL to a new, empty database on the harness's own server, whose TLS certificate is signed
+/// by the CA in the returned file; `None` when `DATABASE_URL` names another server (said loudly)
+/// or there is none.
+pub async fn fresh_tls_database() -> Option<(String, PathBuf)> {
+    if std::env::var("DATABASE_URL").is_ok_and(|url| url.starts_with("postgres")) {
+        eprintln!(
+            "note: DATABASE_URL is set; the TLS test needs the harness's own PostgreSQL and does not run"
+        );
+        return None;
+    }
+    let url = fresh_database().await?;
+    let server = SERVER.get()?.as_ref().ok()?;
+    Some((url, server.ca_pem.clone()))
+}
 
 /// A URL to a new, empty database, or `None` (after a loud warning) when no PostgreSQL can be had
 /// outside CI. Under `CI=true` a missing PostgreSQL panics.
@@ -166,14 +183,18 @@ fn start() -> Result<Server> {
     if !out.status.success() {
         bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
     }
+    let (ca_pem, cert, key) = tls_files(&dir, root)?;
     let port = free_port()?;
     let server = format!(
         "{prefix} {postgres} -D {data} -p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off \
-         -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+         -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
+         -c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key}",
         prefix = prefix.join(" "),
         postgres = quote(&bin.join("postgres")),
         data = quote(&data),
         dir = quote(&dir),
+        cert = quote(&cert),
+        key = quote(&key),
     );
     let script = format!(
         "LC_ALL=C {server} 2>&1 & pid=$!\n\
@@ -209,9 +230,50 @@ fn start() -> Result<Server> {
         stdin.flush().ok();
     }
     Ok(Server {
+        ca_pem,
         base_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
         _watchdog: Mutex::new(child),
     })
+}
+
+/// A CA and a server certificate for `localhost` and 127.0.0.1 signed by it, written into
+/// `dir` (the key readable by the server's user only): (CA, certificate, key).
+fn tls_files(dir: &Path, root: bool) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "updraft test postgres ca");
+    let ca_key = KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?
+        .signed_by(&key, &ca, &ca_key)?;
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca.pem())?;
+    std::fs::write(&paths.1, cert.pem())?;
+    std::fs::write(&paths.2, key.serialize_pem())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&paths.2, std::fs::Permissions::from_mode(0o600))?;
+    }
+    if root {
+        let status = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&paths.1)
+            .arg(&paths.2)
+            .status()?;
+        if !status.success() {
+            bail!("chown of the test server's key to postgres failed");
+        }
+    }
+    Ok(paths)
 }
 
 fn quote(path: &Path) -> String {

@@ -8,6 +8,7 @@ mod blobs;
 mod conformance;
 mod frugal_keys;
 mod races;
+mod tls;
 
 use updraft_store::SqlStore;
 
