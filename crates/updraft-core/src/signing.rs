@@ -54,6 +54,24 @@ pub fn certificate_der(pem: &str) -> Result<Vec<u8>, SigningError> {
         .map_err(|e| SigningError(format!("the certificate does not encode: {e}")))
 }
 
+/// Whether a DER X.509 certificate is valid at `now` (seconds since the Unix epoch): within its
+/// notBefore..=notAfter. A certificate that does not parse is not valid.
+pub fn certificate_valid_at(der: &[u8], now: u64) -> Result<(), SigningError> {
+    use x509_cert::der::Decode;
+    let cert = Certificate::from_der(der)
+        .map_err(|e| SigningError(format!("not a DER X.509 certificate: {e}")))?;
+    let validity = &cert.tbs_certificate.validity;
+    let not_before = validity.not_before.to_unix_duration().as_secs();
+    let not_after = validity.not_after.to_unix_duration().as_secs();
+    if now < not_before {
+        return Err(SigningError("the certificate is not valid yet".into()));
+    }
+    if now > not_after {
+        return Err(SigningError("the certificate has expired".into()));
+    }
+    Ok(())
+}
+
 /// Checks a DER signature over the file whose SHA-256 is `digest`.
 pub fn verify_digest(
     key: &VerifyingKey,

@@ -1,7 +1,8 @@
 //! TLS for device listeners (rustls, ring): the server's certificate and key from PEM files, and
 //! client certificates as device credentials, as AWS IoT takes them. A client certificate is not
-//! chained to a CA: the handshake proves the client holds its key, and the certificate's SHA-256
-//! fingerprint is then looked up among the devices' registered certificates.
+//! chained to a CA: the handshake proves the client holds its key, the certificate must be within
+//! its validity period, and its SHA-256 fingerprint is then looked up among the devices'
+//! registered certificates.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -37,11 +38,17 @@ impl ClientCertVerifier for RegisteredLater {
 
     fn verify_client_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        // Whether the certificate is a device's is decided after the handshake, by fingerprint.
+        // Whether the certificate is a device's is decided after the handshake, by fingerprint;
+        // here only that it is within its validity period (an expired one is refused).
+        updraft_core::signing::certificate_valid_at(end_entity, now.as_secs()).map_err(|e| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(e),
+            )))
+        })?;
         Ok(ClientCertVerified::assertion())
     }
 

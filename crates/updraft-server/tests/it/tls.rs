@@ -53,6 +53,18 @@ impl Pki {
         std::fs::write(self.path(&format!("{name}.key")), key_pair.serialize_pem()).unwrap();
         (cert.pem(), key_pair.serialize_pem())
     }
+
+    /// A self-signed device certificate that expired in 2020.
+    fn expired_device(&self, name: &str) -> String {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
+        cert.pem()
+    }
 }
 
 fn client_config(pki: &Pki, device: &str) -> Arc<rustls::ClientConfig> {
@@ -144,6 +156,12 @@ async fn a_registered_client_certificate_is_the_devices_credential() {
 
     let (accepted, _, _) = connect(&pki, port, "stranger").await;
     assert!(!accepted, "an unregistered certificate is refused");
+
+    // A registered certificate that has expired is refused in the handshake.
+    let expired = pki.expired_device("thing-old");
+    register(&app, "thing-old", &expired).await;
+    let (accepted, _, _) = connect(&pki, port, "thing-old").await;
+    assert!(!accepted, "an expired certificate is refused");
 
     // A certificate that is not one is refused at registration.
     let refused = app
