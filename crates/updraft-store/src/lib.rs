@@ -122,15 +122,25 @@ pub trait Fleet: Send + Sync {
     async fn device_by_key(&self, key: DeviceKey) -> StoreResult<Option<Device>>;
     async fn list_devices(&self, tenant: TenantKey, page: Page) -> StoreResult<Paged<Device>>;
     async fn delete_device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<bool>;
-    /// The device a credential belongs to, whatever the protocol asking.
+    /// The device a credential belongs to when the caller names no tenant (a bare token, a
+    /// certificate). Credentials are unique per tenant only: one held in several tenants names
+    /// no device here (`None`), so that no tenant's credential opens another's device.
     async fn device_by_credential(
         &self,
         kind: CredentialKind,
         secret_hash: &str,
     ) -> StoreResult<Option<Device>>;
-    /// The device a credential belongs to when that credential is marked as a gateway's.
+    /// The device of `tenant` a credential belongs to.
+    async fn device_by_credential_in(
+        &self,
+        tenant: TenantKey,
+        kind: CredentialKind,
+        secret_hash: &str,
+    ) -> StoreResult<Option<Device>>;
+    /// The device of `tenant` a credential belongs to when it is marked as a gateway's.
     async fn gateway_by_credential(
         &self,
+        tenant: TenantKey,
         kind: CredentialKind,
         secret_hash: &str,
     ) -> StoreResult<Option<Device>>;

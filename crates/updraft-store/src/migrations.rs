@@ -20,6 +20,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../migrations/0009_lwm2m.sql")),
     (10, include_str!("../migrations/0010_lwm2m_psk.sql")),
     (11, include_str!("../migrations/0011_frugal_keys.sql")),
+    (
+        12,
+        include_str!("../migrations/0012_credentials_per_tenant.sql"),
+    ),
 ];
 
 /// Applies every migration newer than the database's version, each in its own transaction.

@@ -105,7 +105,8 @@ fn device_unauthorized(message: &str) -> ApiError {
     )
 }
 
-/// The device an access token belongs to.
+/// The device an access token alone names (ThingsBoard's token logins): a token held by devices of
+/// several tenants names none of them.
 pub async fn device_by_token(state: &AppState, token: &str) -> Result<Device, ApiError> {
     let device = state
         .store
@@ -126,18 +127,18 @@ pub async fn device_by_login(
     let (id, tenant) = user
         .split_once('@')
         .unwrap_or((user, crate::kernel::DEFAULT_TENANT));
-    let by_token = state
-        .store
-        .device_by_credential(CredentialKind::AccessToken, &secret::hash(token))
-        .await?
-        .ok_or_else(unauthorized)?;
     let owner = state
         .store
         .tenant_by_name(tenant)
         .await?
         .ok_or_else(unauthorized)?;
+    let by_token = state
+        .store
+        .device_by_credential_in(owner.key, CredentialKind::AccessToken, &secret::hash(token))
+        .await?
+        .ok_or_else(unauthorized)?;
     let id = DeviceId::parse(id).map_err(|_| unauthorized())?;
-    if by_token.tenant != owner.key || by_token.id != id {
+    if by_token.id != id {
         return Err(unauthorized());
     }
     Ok(by_token)
@@ -147,7 +148,11 @@ pub async fn device_by_login(
 pub async fn is_gateway(state: &AppState, device: &Device, token: &str) -> Result<bool, ApiError> {
     Ok(state
         .store
-        .gateway_by_credential(CredentialKind::AccessToken, &secret::hash(token))
+        .gateway_by_credential(
+            device.tenant,
+            CredentialKind::AccessToken,
+            &secret::hash(token),
+        )
         .await?
         .is_some_and(|g| g.key == device.key))
 }

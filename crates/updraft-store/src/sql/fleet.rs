@@ -222,9 +222,31 @@ impl Fleet for SqlStore {
         kind: CredentialKind,
         secret_hash: &str,
     ) -> StoreResult<Option<Device>> {
-        let row = sqlx::query(&format!(
-            "{DEVICE_SELECT} JOIN device_credentials c ON c.device_pk = d.id WHERE c.kind = $1 AND c.secret_hash = $2"
+        let rows = sqlx::query(&format!(
+            "{DEVICE_SELECT} JOIN device_credentials c ON c.device_pk = d.id \
+             WHERE c.kind = $1 AND c.secret_hash = $2 LIMIT 2"
         ))
+        .bind(kind.as_str())
+        .bind(secret_hash)
+        .fetch_all(&self.read)
+        .await?;
+        match rows.as_slice() {
+            [row] => Ok(Some(device_from(row)?)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn device_by_credential_in(
+        &self,
+        tenant: TenantKey,
+        kind: CredentialKind,
+        secret_hash: &str,
+    ) -> StoreResult<Option<Device>> {
+        let row = sqlx::query(&format!(
+            "{DEVICE_SELECT} JOIN device_credentials c ON c.device_pk = d.id \
+             WHERE c.tenant_id = $1 AND c.kind = $2 AND c.secret_hash = $3"
+        ))
+        .bind(tenant.0)
         .bind(kind.as_str())
         .bind(secret_hash)
         .fetch_optional(&self.read)
@@ -234,13 +256,15 @@ impl Fleet for SqlStore {
 
     async fn gateway_by_credential(
         &self,
+        tenant: TenantKey,
         kind: CredentialKind,
         secret_hash: &str,
     ) -> StoreResult<Option<Device>> {
         let row = sqlx::query(&format!(
             "{DEVICE_SELECT} JOIN device_credentials c ON c.device_pk = d.id \
-             WHERE c.kind = $1 AND c.secret_hash = $2 AND c.gateway = 1"
+             WHERE c.tenant_id = $1 AND c.kind = $2 AND c.secret_hash = $3 AND c.gateway = 1"
         ))
+        .bind(tenant.0)
         .bind(kind.as_str())
         .bind(secret_hash)
         .fetch_optional(&self.read)
@@ -372,8 +396,10 @@ pub(super) async fn insert_device(
     let key = DeviceKey(row.try_get("id")?);
     for credential in credentials {
         sqlx::query(
-            "INSERT INTO device_credentials (device_pk, kind, secret_hash, gateway, created_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO device_credentials (tenant_id, device_pk, kind, secret_hash, gateway, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
+        .bind(tenant.0)
         .bind(key.0)
         .bind(credential.kind.as_str())
         .bind(&credential.secret_hash)
@@ -381,7 +407,7 @@ pub(super) async fn insert_device(
         .bind(now)
         .execute(&mut *conn)
         .await
-        .map_err(|e| conflict(e, "credential_exists", "that credential belongs to another device".to_owned()))?;
+        .map_err(|e| conflict(e, "credential_exists", "that credential belongs to another device of this tenant".to_owned()))?;
     }
     reconcile(
         &mut *conn,

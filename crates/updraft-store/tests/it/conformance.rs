@@ -967,7 +967,7 @@ pub async fn profile_settings_and_gateway_credentials_round_trip(store: &SqlStor
                 .unwrap()
                 .map(|d| d.id.to_string()),
             store
-                .gateway_by_credential(CredentialKind::AccessToken, hash)
+                .gateway_by_credential(f.tenant.key, CredentialKind::AccessToken, hash)
                 .await
                 .unwrap()
                 .map(|d| d.key),

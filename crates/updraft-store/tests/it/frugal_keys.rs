@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use updraft_core::{DeviceId, Name};
+
 use updraft_store::*;
 
 use crate::Reopen;
@@ -176,4 +177,75 @@ pub async fn frugal_keys_enroll_a_bounded_number_of_nodes_in_their_tenant(
     );
     assert_eq!(store.frugal_node(n2.key).await.unwrap(), None);
     assert_eq!(store.frugal_key_by_hash(a.key, "h-a").await.unwrap(), None);
+}
+
+/// The same credential in two tenants: creating it is no conflict (nothing tells one tenant what
+/// another holds), a lookup that names the tenant finds that tenant's device, and one that names
+/// none finds neither.
+pub async fn credentials_are_unique_per_tenant_and_ambiguous_ones_open_nothing(
+    store: &SqlStore,
+    _: &Reopen,
+) {
+    let a = store
+        .create_tenant(&Name::parse("ca").unwrap())
+        .await
+        .unwrap();
+    let b = store
+        .create_tenant(&Name::parse("cb").unwrap())
+        .await
+        .unwrap();
+    let with = |secret: &str| {
+        vec![NewCredential {
+            kind: CredentialKind::AccessToken,
+            secret_hash: secret.to_owned(),
+            gateway: true,
+        }]
+    };
+    let in_a = store
+        .create_device(a.key, &new_node("same"), &with("shared"))
+        .await
+        .unwrap();
+    // Only tenant A holds it: found without a tenant, and as A's gateway.
+    assert_eq!(
+        store
+            .device_by_credential(CredentialKind::AccessToken, "shared")
+            .await
+            .unwrap()
+            .map(|d| d.key),
+        Some(in_a.key)
+    );
+    let in_b = store
+        .create_device(b.key, &new_node("same"), &with("shared"))
+        .await
+        .unwrap();
+    // Within one tenant it stays unique.
+    assert!(matches!(
+        store
+            .create_device(a.key, &new_node("other"), &with("shared"))
+            .await,
+        Err(StoreError::Conflict {
+            code: "credential_exists",
+            ..
+        })
+    ));
+    for (tenant, device) in [(a.key, in_a.key), (b.key, in_b.key)] {
+        let found = store
+            .device_by_credential_in(tenant, CredentialKind::AccessToken, "shared")
+            .await
+            .unwrap();
+        assert_eq!(found.map(|d| d.key), Some(device));
+        let gateway = store
+            .gateway_by_credential(tenant, CredentialKind::AccessToken, "shared")
+            .await
+            .unwrap();
+        assert_eq!(gateway.map(|d| d.key), Some(device));
+    }
+    assert_eq!(
+        store
+            .device_by_credential(CredentialKind::AccessToken, "shared")
+            .await
+            .unwrap(),
+        None,
+        "held in two tenants: no device without a tenant"
+    );
 }

@@ -79,4 +79,5 @@ backends!(
     placing_a_device_elsewhere_changes_what_it_should_run,
     frugal_keys_enroll_a_bounded_number_of_nodes_in_their_tenant,
     reports_racing_a_supersede_never_leave_a_final_state,
+    credentials_are_unique_per_tenant_and_ambiguous_ones_open_nothing,
 );

@@ -122,20 +122,22 @@ async fn authenticate_with_settings(
     let (scheme, token) = value.trim().split_once(' ').ok_or_else(unauthorized)?;
     let token = token.trim();
     if scheme.eq_ignore_ascii_case("TargetToken") {
-        let device = state
-            .store
-            .device_by_credential(CredentialKind::AccessToken, &secret::hash(token))
-            .await?
-            .ok_or_else(unauthorized)?;
+        // The tenant the URL names, then the token within it: a token of another tenant opens
+        // nothing here.
         let owner = state
             .store
             .tenant_by_name(tenant)
             .await?
-            .filter(|t| t.key == device.tenant);
-        match owner {
-            Some(owner) if device.id.as_str() == controller => return Ok((device, owner.settings)),
-            _ => return Err(unauthorized()),
+            .ok_or_else(unauthorized)?;
+        let device = state
+            .store
+            .device_by_credential_in(owner.key, CredentialKind::AccessToken, &secret::hash(token))
+            .await?
+            .ok_or_else(unauthorized)?;
+        if device.id.as_str() != controller {
+            return Err(unauthorized());
         }
+        return Ok((device, owner.settings));
     }
     if scheme.eq_ignore_ascii_case("GatewayToken") {
         let owner = state
