@@ -31,6 +31,7 @@ pub trait Tenants: Send + Sync {
     async fn create_tenant(&self, name: &Name) -> StoreResult<Tenant>;
     /// Case-insensitive, as hawkBit matches tenant names.
     async fn tenant_by_name(&self, name: &str) -> StoreResult<Option<Tenant>>;
+    async fn tenant_by_key(&self, key: TenantKey) -> StoreResult<Option<Tenant>>;
     async fn list_tenants(&self) -> StoreResult<Vec<Tenant>>;
     async fn update_tenant_settings(
         &self,
@@ -254,6 +255,8 @@ pub trait ProtocolState: Send + Sync {
     async fn set_lwm2m_psk(&self, device: DeviceKey, psk: Option<(&str, &str)>) -> StoreResult<()>;
     /// Every (device, identity, key hex), for the DTLS listener.
     async fn lwm2m_psks(&self) -> StoreResult<Vec<(DeviceKey, String, String)>>;
+    /// The device's PSK identity, if it has a PSK.
+    async fn lwm2m_psk_identity(&self, device: DeviceKey) -> StoreResult<Option<String>>;
     async fn job_execution(&self, action: ActionKey) -> StoreResult<Option<JobExecution>>;
     /// Writes the execution if the stored one still has `expected_version` (`None`: there is
     /// none yet); false when another change came first.

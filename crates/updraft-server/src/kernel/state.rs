@@ -37,6 +37,8 @@ pub struct Limits {
     pub handshake_timeout: std::time::Duration,
     /// Time an HTTP connection may sit between requests.
     pub idle_timeout: std::time::Duration,
+    /// DTLS associations (LwM2M) held at once, handshaking or established.
+    pub max_dtls_sessions: usize,
     /// Subscriptions one MQTT session may hold.
     pub max_subscriptions: usize,
     /// Ranges one `Range` header may ask for (after coalescing).
@@ -52,6 +54,7 @@ impl Default for Limits {
             max_connections_per_device: 4,
             handshake_timeout: std::time::Duration::from_secs(10),
             idle_timeout: std::time::Duration::from_secs(120),
+            max_dtls_sessions: 10_000,
             max_subscriptions: 64,
             max_ranges: 16,
         }

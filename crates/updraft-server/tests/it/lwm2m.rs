@@ -79,7 +79,7 @@ impl NodeDevice {
 }
 
 /// A profile with the given LwM2M settings, a device in it, and `fw@{version}` assigned to it.
-async fn device_with_update(
+pub(crate) async fn device_with_update(
     app: &TestApp,
     profile: Value,
     device: &str,
@@ -105,7 +105,7 @@ async fn device_with_update(
 
 /// Awaits the device's latest action reaching a final state (the server's own steps run on its
 /// timers and the device's, not on the test's).
-async fn final_action(app: &TestApp, device: &str) -> Value {
+pub(crate) async fn final_action(app: &TestApp, device: &str) -> Value {
     let started = Instant::now();
     loop {
         let history = app
@@ -246,7 +246,11 @@ async fn a_failed_update_result_ends_failed_with_its_code() {
 }
 
 /// Registers a raw CoAP client (message ID 1) with `/5/0`; it must be let in.
-async fn register_raw(socket: &tokio::net::UdpSocket, server: SocketAddr, queries: &[&str]) {
+pub(crate) async fn register_raw(
+    socket: &tokio::net::UdpSocket,
+    server: SocketAddr,
+    queries: &[&str],
+) {
     let registered = coap(socket, server, 1, &["rd"], queries, b"</5/0>").await;
     assert_eq!(
         registered.header.code,
@@ -255,7 +259,7 @@ async fn register_raw(socket: &tokio::net::UdpSocket, server: SocketAddr, querie
 }
 
 /// A raw CoAP client on its own socket.
-async fn coap(
+pub(crate) async fn coap(
     socket: &tokio::net::UdpSocket,
     server: SocketAddr,
     message_id: u16,
@@ -264,6 +268,25 @@ async fn coap(
     payload: &[u8],
 ) -> Packet {
     coap_with(socket, server, message_id, path, queries, None, payload).await
+}
+
+async fn coap_delete(
+    socket: &tokio::net::UdpSocket,
+    server: SocketAddr,
+    message_id: u16,
+    path: &[&str],
+) -> Packet {
+    coap_request(
+        socket,
+        server,
+        RequestType::Delete,
+        message_id,
+        path,
+        &[],
+        None,
+        b"",
+    )
+    .await
 }
 
 async fn coap_with(
@@ -275,9 +298,34 @@ async fn coap_with(
     content_format: Option<u16>,
     payload: &[u8],
 ) -> Packet {
+    coap_request(
+        socket,
+        server,
+        RequestType::Post,
+        message_id,
+        path,
+        queries,
+        content_format,
+        payload,
+    )
+    .await
+}
+
+/// One confirmable request; its ACK (a minute at most).
+#[allow(clippy::too_many_arguments)]
+async fn coap_request(
+    socket: &tokio::net::UdpSocket,
+    server: SocketAddr,
+    method: RequestType,
+    message_id: u16,
+    path: &[&str],
+    queries: &[&str],
+    content_format: Option<u16>,
+    payload: &[u8],
+) -> Packet {
     let mut request = Packet::new();
     request.header.set_type(MessageType::Confirmable);
-    request.header.code = MessageClass::Request(RequestType::Post);
+    request.header.code = MessageClass::Request(method);
     request.header.message_id = message_id;
     request.set_token(vec![1, 2, 3, 4]);
     for segment in path {
@@ -296,7 +344,10 @@ async fn coap_with(
         .unwrap();
     let mut buf = vec![0u8; 2048];
     loop {
-        let (len, _) = socket.recv_from(&mut buf).await.unwrap();
+        let (len, _) = tokio::time::timeout(Duration::from_secs(60), socket.recv_from(&mut buf))
+            .await
+            .expect("no CoAP answer within a minute")
+            .unwrap();
         let answer = Packet::from_bytes(&buf[..len]).unwrap();
         if answer.header.message_id == message_id
             && answer.header.get_type() == MessageType::Acknowledgement
@@ -368,7 +419,7 @@ async fn the_registration_interface_refuses_what_it_must() {
         .map(|v| String::from_utf8(v.clone()).unwrap())
         .collect();
     assert_eq!(location[0], "rd");
-    assert!(location[1].len() <= 12);
+    assert_eq!(location[1].len(), 16, "eight random bytes: {}", location[1]);
     // A retransmission (same message ID) is answered from the cache, not registered twice.
     let again = coap(
         &socket,
@@ -429,6 +480,37 @@ async fn the_registration_interface_refuses_what_it_must() {
         .unwrap();
     assert_eq!(registration.version, "1.0");
     assert_eq!(registration.objects, ["/5/0"]);
+    // Another address cannot update or de-register it: the registration is not found there,
+    // and it still points at the client that made it.
+    let intruder = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for (id, method_delete) in [(30, false), (31, true)] {
+        let answer = if method_delete {
+            coap_delete(&intruder, server, id, &["rd", &registration.location]).await
+        } else {
+            coap(
+                &intruder,
+                server,
+                id,
+                &["rd", &registration.location],
+                &["lt=5"],
+                b"",
+            )
+            .await
+        };
+        assert_eq!(
+            code(&answer),
+            MessageClass::Response(ResponseType::NotFound)
+        );
+    }
+    let kept = app
+        .node
+        .protocols
+        .lwm2m
+        .lwm2m
+        .registration("known")
+        .unwrap();
+    assert_eq!(kept.link.peer, socket.local_addr().unwrap());
+    assert_eq!(kept.lifetime, 60);
     let update = coap(
         &socket,
         server,
@@ -589,7 +671,7 @@ async fn management_operations_reach_a_registered_client() {
 }
 
 /// Registers with libcoap's DTLS client (OpenSSL, PSK); returns whether it exited cleanly.
-async fn dtls_register(
+pub(crate) async fn dtls_register(
     server: SocketAddr,
     identity: &str,
     key: &str,

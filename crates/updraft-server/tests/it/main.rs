@@ -14,6 +14,7 @@ mod frugal;
 mod frugal_keys;
 mod http_limits;
 mod lwm2m;
+mod lwm2m_attacks;
 mod mqtt;
 mod mqtt_limits;
 mod rustot;

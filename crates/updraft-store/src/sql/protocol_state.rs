@@ -76,6 +76,15 @@ impl ProtocolState for SqlStore {
             .collect()
     }
 
+    async fn lwm2m_psk_identity(&self, device: DeviceKey) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT identity FROM lwm2m_psk WHERE device_pk = $1")
+            .bind(device.0)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|row| row.try_get("identity").map_err(Into::into))
+            .transpose()
+    }
+
     async fn job_execution(&self, action: ActionKey) -> StoreResult<Option<JobExecution>> {
         let row = sqlx::query(
             "SELECT action_id, status, status_details, version_number, started_at, last_updated_at, \

@@ -31,6 +31,14 @@ impl Tenants for SqlStore {
         row.as_ref().map(tenant_from).transpose()
     }
 
+    async fn tenant_by_key(&self, key: TenantKey) -> StoreResult<Option<Tenant>> {
+        let row = sqlx::query(&format!("{TENANT_SELECT} WHERE id = $1"))
+            .bind(key.0)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(tenant_from).transpose()
+    }
+
     async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
         let rows = sqlx::query(&format!("{TENANT_SELECT} ORDER BY name"))
             .fetch_all(&self.read)

@@ -4,8 +4,8 @@
 use super::*;
 
 impl Lwm2m {
-    pub(super) fn told(&self, endpoint: &str, action: updraft_core::ActionKey) {
-        if let Some(r) = self.inner().by_endpoint.get_mut(endpoint) {
+    pub(super) fn told(&self, device: DeviceKey, action: updraft_core::ActionKey) {
+        if let Some(r) = self.inner().registrations.get_mut(&device) {
             r.told = Some(action);
         }
     }
@@ -15,7 +15,7 @@ impl Lwm2m {
         let devices: Vec<DeviceKey> = {
             let now = now();
             self.inner()
-                .by_endpoint
+                .registrations
                 .values()
                 .filter(|r| r.tenant == tenant && r.expires_at > now)
                 .map(|r| r.device)
@@ -94,7 +94,7 @@ impl Lwm2m {
             return Ok(());
         };
         if !registration.info_read {
-            if let Some(r) = self.inner().by_endpoint.get_mut(&registration.endpoint) {
+            if let Some(r) = self.inner().registrations.get_mut(&registration.device) {
                 r.info_read = true;
             }
             let lock = self.device_lock(device);
@@ -132,7 +132,7 @@ impl Lwm2m {
                 .await
                 .map_err(ApiError::internal)?;
             }
-            if let Some(r) = self.inner().by_endpoint.get_mut(&registration.endpoint) {
+            if let Some(r) = self.inner().registrations.get_mut(&registration.device) {
                 r.told = None;
             }
         }
@@ -159,7 +159,7 @@ impl Lwm2m {
                 {
                     Ok(answer) if is_success(&answer) => {
                         self.inner().observations.insert(
-                            answer.get_token().to_vec(),
+                            (addr, answer.get_token().to_vec()),
                             Observation {
                                 device,
                                 path: format!("/5/0/{resource}"),
@@ -175,7 +175,7 @@ impl Lwm2m {
                     Err(err) => return Err(ApiError::internal(err)),
                 }
             }
-            if let Some(r) = self.inner().by_endpoint.get_mut(&registration.endpoint) {
+            if let Some(r) = self.inner().registrations.get_mut(&registration.device) {
                 r.observed = true;
             }
         }
@@ -214,7 +214,7 @@ impl Lwm2m {
                     if let Some(initiated) = updraft_core::told(action.state) {
                         report(initiated).await?;
                     }
-                    self.told(&registration.endpoint, action.key);
+                    self.told(registration.device, action.key);
                     if let Err(reason) = self.push_package(state, addr, &root, &artifact).await {
                         report(Report::Failed(Failure {
                             code: FailureCode::ConnectionLost,
@@ -238,7 +238,7 @@ impl Lwm2m {
                     .await
                     .map_err(ApiError::internal)?;
                 if is_success(&answer) {
-                    self.told(&registration.endpoint, action.key);
+                    self.told(registration.device, action.key);
                     if let Some(initiated) = updraft_core::told(action.state) {
                         report(initiated).await?;
                     }

@@ -77,11 +77,12 @@ pub(super) async fn datagram(state: &Ctx, link: Link, bytes: &[u8], recent: &Arc
                     lwm2m.transmit(link, &bytes).await;
                 }
             }
-            let Err(packet) = lwm2m.exchanges.answer(link.peer, packet) else {
+            let Err(packet) = lwm2m.exchanges.answer(link, packet) else {
                 return;
             };
-            let token = packet.get_token().to_vec();
-            let observation = lwm2m.inner().observations.get(&token).cloned();
+            // A notification counts only from the client observed, over the same transport.
+            let key = (link, packet.get_token().to_vec());
+            let observation = lwm2m.inner().observations.get(&key).cloned();
             if let Some(observation) = observation {
                 let state = state.clone();
                 tokio::spawn(async move {
@@ -148,20 +149,10 @@ pub(super) async fn handle(
         (RequestType::Post, ["rd", location]) => update(state, link, request, location),
         (RequestType::Delete, ["rd", location]) => {
             let mut inner = state.lwm2m.inner();
-            let endpoint = inner
-                .by_endpoint
-                .iter()
-                .find(|(_, r)| r.location == *location)
-                .map(|(e, _)| e.clone());
-            match endpoint {
-                Some(endpoint) => {
-                    if let Some(gone) = inner.by_endpoint.remove(&endpoint) {
-                        inner.observations.retain(|_, o| o.device != gone.device);
-                    }
-                    Ok(ResponseType::Deleted)
-                }
-                None => Err((ResponseType::NotFound, "no such registration".into())),
-            }
+            let device = own_registration(state, &inner, link, location)?;
+            inner.registrations.remove(&device);
+            inner.observations.retain(|_, o| o.device != device);
+            Ok(ResponseType::Deleted)
         }
         _ => Err((ResponseType::NotFound, "unknown resource".into())),
     }
@@ -191,7 +182,7 @@ pub(super) async fn register(
         state.lwm2m.malformed.fetch_add(1, Ordering::Relaxed);
         bad(e.0)
     })?;
-    let device = match device_for(state, &endpoint).await {
+    let device = match device_for(state, link, &endpoint).await {
         Ok(Some(device)) => device,
         Ok(None) => {
             return Err((
@@ -202,11 +193,15 @@ pub(super) async fn register(
         Err(err) => return Err((ResponseType::InternalServerError, err.message)),
     };
     // A device with a PSK registers over DTLS only, and over DTLS only as the device whose
-    // identity it used.
+    // identity it used. Whether it has one is the store's answer, not a cache's: when the store
+    // cannot say, the registration is refused.
     let allowed = if link.secure {
         state.lwm2m.dtls_device(link.peer) == Some(device.key)
     } else {
-        !state.lwm2m.has_psk(device.key)
+        match state.store.lwm2m_psk_identity(device.key).await {
+            Ok(identity) => identity.is_none(),
+            Err(err) => return Err((ResponseType::ServiceUnavailable, err.to_string())),
+        }
     };
     if !allowed {
         return Err((
@@ -214,10 +209,8 @@ pub(super) async fn register(
             format!("endpoint {endpoint:?} must register over DTLS with its own PSK identity"),
         ));
     }
-    let location = format!(
-        "{:x}",
-        state.lwm2m.next_location.fetch_add(1, Ordering::Relaxed) + 1
-    );
+    // A location nobody can guess from another's.
+    let location = hex::encode(state.lwm2m.exchanges.token());
     let lifetime = query.lifetime.unwrap_or(DEFAULT_LIFETIME);
     let registration = Registration {
         device: device.key,
@@ -238,13 +231,13 @@ pub(super) async fn register(
     };
     {
         let mut inner = state.lwm2m.inner();
-        // The same endpoint registering again replaces its registration and its observations
+        // The same device registering again replaces its registration and its observations
         // (what it was told stays true).
         inner.observations.retain(|_, o| o.device != device.key);
-        let told = inner.by_endpoint.get(&endpoint).and_then(|r| r.told);
+        let told = inner.registrations.get(&device.key).and_then(|r| r.told);
         let mut registration = registration;
         registration.told = told;
-        inner.by_endpoint.insert(endpoint, registration);
+        inner.registrations.insert(device.key, registration);
     }
     response.add_option(CoapOption::LocationPath, b"rd".to_vec());
     response.add_option(CoapOption::LocationPath, location.into_bytes());
@@ -267,14 +260,12 @@ pub(super) fn update(state: &Ctx, link: Link, request: &Packet, location: &str) 
     };
     let device = {
         let mut inner = state.lwm2m.inner();
-        let Some(registration) = inner
-            .by_endpoint
-            .values_mut()
-            .find(|r| r.location == location)
-        else {
+        let device = own_registration(state, &inner, link, location)?;
+        let Some(registration) = inner.registrations.get_mut(&device) else {
             return Err((ResponseType::NotFound, "no such registration".into()));
         };
-        // The source is the new address (NAT rebinding).
+        // Over DTLS the source may be a new address (NAT rebinding): the session proved the
+        // device. Over NoSec it is the same address (own_registration).
         registration.link = link;
         if let Some(lifetime) = query.lifetime {
             registration.lifetime = lifetime;
@@ -290,33 +281,91 @@ pub(super) fn update(state: &Ctx, link: Link, request: &Packet, location: &str) 
     Ok(ResponseType::Changed)
 }
 
-/// The device an endpoint name stands for: the one registered under that endpoint name, else
-/// the device of that id in the default tenant (created on first contact when the tenant allows).
+/// The registration at `location` if `link` may change it: over DTLS, a session authenticated
+/// as the registered device; over NoSec, the very address that registered over NoSec. Anything
+/// else finds no registration (4.04), so that locations cannot be probed.
+fn own_registration(
+    state: &Ctx,
+    inner: &Inner,
+    link: Link,
+    location: &str,
+) -> Result<DeviceKey, (ResponseType, String)> {
+    let not_found = || (ResponseType::NotFound, "no such registration".to_owned());
+    let registration = inner
+        .registrations
+        .values()
+        .find(|r| r.location == location)
+        .ok_or_else(not_found)?;
+    let own = match (registration.link.secure, link.secure) {
+        (true, true) => state.lwm2m.dtls_device(link.peer) == Some(registration.device),
+        (false, false) => registration.link.peer == link.peer,
+        _ => false,
+    };
+    if own {
+        Ok(registration.device)
+    } else {
+        Err(not_found())
+    }
+}
+
+/// The device an endpoint name stands for, resolved within one tenant. Over DTLS that is the
+/// tenant of the device the session authenticated as. Over NoSec the default tenant comes first
+/// (its endpoint names, then its device ids), so that no other tenant can take one of its
+/// devices' names; then an endpoint name that exactly one other tenant registered; then a new
+/// device of the default tenant, when it lets devices register themselves.
 pub(super) async fn device_for(
     state: &Ctx,
+    link: Link,
     endpoint: &str,
 ) -> Result<Option<updraft_store::Device>, ApiError> {
+    use updraft_store::CredentialKind::Lwm2mEndpoint;
+    let session = if link.secure {
+        match state.lwm2m.dtls_device(link.peer) {
+            Some(device) => state.store.device_by_key(device).await?,
+            None => return Ok(None),
+        }
+    } else {
+        None
+    };
+    let tenant = match &session {
+        Some(device) => state.store.tenant_by_key(device.tenant).await?,
+        None => {
+            state
+                .store
+                .tenant_by_name(crate::kernel::DEFAULT_TENANT)
+                .await?
+        }
+    };
+    let Some(tenant) = tenant else {
+        return Ok(None);
+    };
     if let Some(device) = state
         .store
-        .device_by_credential(updraft_store::CredentialKind::Lwm2mEndpoint, endpoint)
+        .device_by_credential_in(tenant.key, Lwm2mEndpoint, endpoint)
         .await?
     {
         return Ok(Some(device));
     }
-    let Ok(id) = DeviceId::parse(endpoint) else {
-        return Ok(None);
-    };
-    let Some(tenant) = state
-        .store
-        .tenant_by_name(crate::kernel::DEFAULT_TENANT)
-        .await?
-    else {
-        return Ok(None);
-    };
-    if let Some(device) = state.store.device(tenant.key, &id).await? {
+    let id = DeviceId::parse(endpoint).ok();
+    if let Some(id) = &id
+        && let Some(device) = state.store.device(tenant.key, id).await?
+    {
         return Ok(Some(device));
     }
-    if !tenant.settings.auto_register {
+    if session.is_some() {
+        return Ok(None);
+    }
+    if let Some(device) = state
+        .store
+        .device_by_credential(Lwm2mEndpoint, endpoint)
+        .await?
+    {
+        return Ok(Some(device));
+    }
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    if !tenant.settings.auto_register || !state.registrations.allow(&tenant.key) {
         return Ok(None);
     }
     let new = NewDevice {
@@ -382,7 +431,7 @@ pub(super) async fn send(state: &Ctx, link: Link, request: &Packet) -> Answer {
     let device = state
         .lwm2m
         .inner()
-        .by_endpoint
+        .registrations
         .values()
         .find(|r| r.link == link && r.expires_at > now())
         .map(|r| r.device)

@@ -125,8 +125,10 @@ struct Observation {
 
 #[derive(Default)]
 struct Inner {
-    by_endpoint: HashMap<String, Registration>,
-    observations: HashMap<Vec<u8>, Observation>,
+    /// Live registrations by device (endpoint names are unique per tenant only).
+    registrations: HashMap<DeviceKey, Registration>,
+    /// Observations by (the observed client, token): a notification counts only from there.
+    observations: HashMap<(Link, Vec<u8>), Observation>,
     drivers: HashSet<DeviceKey>,
     /// One request at a time per device.
     locks: HashMap<DeviceKey, Arc<tokio::sync::Mutex<()>>>,
@@ -142,10 +144,12 @@ pub struct Lwm2m {
     pub psks: Arc<std::sync::RwLock<PskTable>>,
     /// The device each DTLS peer authenticated as.
     dtls_peers: Mutex<HashMap<SocketAddr, DeviceKey>>,
+    /// DTLS associations (established or handshaking) the listener holds.
+    pub dtls_sessions: std::sync::atomic::AtomicUsize,
     inner: Mutex<Inner>,
-    /// Our requests in flight, answered by (peer, token).
-    exchanges: Exchanges,
-    next_location: AtomicU64,
+    /// Our requests in flight, answered by (client, token): the same address over NoSec is not
+    /// the client of a DTLS session.
+    exchanges: Exchanges<Link>,
     /// Messages that could not be read (not CoAP, bad link format, unreadable values).
     pub malformed: Arc<AtomicU64>,
 }
@@ -177,7 +181,7 @@ impl Lwm2m {
     pub fn devices(&self) -> Vec<DeviceKey> {
         let now = now();
         self.inner()
-            .by_endpoint
+            .registrations
             .values()
             .filter(|r| r.expires_at > now)
             .map(|r| r.device)
@@ -188,19 +192,19 @@ impl Lwm2m {
     pub fn registration_of(&self, device: DeviceKey) -> Option<Registration> {
         let now = now();
         self.inner()
-            .by_endpoint
-            .values()
-            .find(|r| r.device == device && r.expires_at > now)
+            .registrations
+            .get(&device)
+            .filter(|r| r.expires_at > now)
             .cloned()
     }
 
-    /// The registration of an endpoint name.
+    /// A live registration under an endpoint name (of whichever tenant registered it first).
     pub fn registration(&self, endpoint: &str) -> Option<Registration> {
         let now = now();
         self.inner()
-            .by_endpoint
-            .get(endpoint)
-            .filter(|r| r.expires_at > now)
+            .registrations
+            .values()
+            .find(|r| r.endpoint == endpoint && r.expires_at > now)
             .cloned()
     }
 

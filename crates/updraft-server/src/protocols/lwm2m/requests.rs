@@ -65,7 +65,7 @@ impl Lwm2m {
         }
         packet.payload = payload;
         self.exchanges
-            .request(addr.peer, packet, |bytes| async move {
+            .request(addr, packet, |bytes| async move {
                 self.transmit(addr, &bytes).await;
             })
             .await
@@ -203,7 +203,7 @@ impl Lwm2m {
                     .observations
                     .iter()
                     .find(|(_, o)| o.device == device && o.path == path)
-                    .map(|(t, _)| t.clone());
+                    .map(|((_, t), _)| t.clone());
                 options.observe = Some(1);
                 options.token = token;
                 (RequestType::Get, Vec::new())
@@ -217,7 +217,7 @@ impl Lwm2m {
         match operation {
             Operation::Observe if is_success(&answer) => {
                 self.inner().observations.insert(
-                    answer.get_token().to_vec(),
+                    (registration.link, answer.get_token().to_vec()),
                     Observation {
                         device,
                         path: path.to_owned(),

@@ -1,11 +1,15 @@
-//! Our own confirmable requests: message IDs, tokens, RFC 7252's retransmission back-off, and
-//! answers routed back by (peer, token) — a packet from another peer never answers a request.
+//! Our own confirmable requests: message IDs, random tokens, RFC 7252's retransmission back-off,
+//! and answers routed back by (peer, token) — a packet from another peer never answers a request,
+//! and a token cannot be guessed from the ones before it. The peer is whatever the protocol names
+//! a client by (an address, or an address and its transport).
 
 use std::collections::HashMap;
+use std::fmt::Debug;
 use std::future::Future;
+use std::hash::Hash;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use coap_lite::{MessageType, Packet};
@@ -16,23 +20,30 @@ const ACK_TIMEOUT_MILLIS: f64 = 2000.0;
 /// MAX_RETRANSMIT.
 const MAX_RETRANSMIT: u32 = 4;
 
-type Waiting = HashMap<(SocketAddr, Vec<u8>), oneshot::Sender<Packet>>;
+type Waiting<P> = HashMap<(P, Vec<u8>), oneshot::Sender<Packet>>;
 
-/// Requests in flight and the counters new ones draw from.
-#[derive(Default)]
-pub struct Exchanges {
-    waiting: Mutex<Waiting>,
+/// Requests in flight and the message IDs new ones draw from.
+pub struct Exchanges<P = SocketAddr> {
+    waiting: Mutex<Waiting<P>>,
     message_id: AtomicU16,
-    next_token: AtomicU64,
+}
+
+impl<P> Default for Exchanges<P> {
+    fn default() -> Self {
+        Self {
+            waiting: Mutex::new(HashMap::new()),
+            message_id: AtomicU16::new(0),
+        }
+    }
 }
 
 /// Takes the waiter out when a request ends however it ends (answered, timed out, dropped).
-struct Pending<'a> {
-    waiting: &'a Mutex<Waiting>,
-    key: (SocketAddr, Vec<u8>),
+struct Pending<'a, P: Eq + Hash> {
+    waiting: &'a Mutex<Waiting<P>>,
+    key: (P, Vec<u8>),
 }
 
-impl Drop for Pending<'_> {
+impl<P: Eq + Hash> Drop for Pending<'_, P> {
     fn drop(&mut self) {
         self.waiting
             .lock()
@@ -41,18 +52,24 @@ impl Drop for Pending<'_> {
     }
 }
 
-impl Exchanges {
+impl<P: Eq + Hash + Clone + Debug> Exchanges<P> {
     /// A message ID for a message of ours.
     pub fn message_id(&self) -> u16 {
         self.message_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// A token no request in flight has.
+    /// A random eight-byte token (RFC 7252 §5.3.1: tokens should be random to resist spoofed
+    /// answers).
     pub fn token(&self) -> Vec<u8> {
-        self.next_token
-            .fetch_add(1, Ordering::Relaxed)
-            .to_be_bytes()
-            .to_vec()
+        let mut token = [0u8; 8];
+        if getrandom::fill(&mut token).is_err() {
+            // No randomness from the OS: unguessable tokens are impossible, but a unique one
+            // still routes answers.
+            let n =
+                u64::from(self.message_id()) | (crate::kernel::clock::now_millis() as u64) << 16;
+            token = n.to_be_bytes();
+        }
+        token.to_vec()
     }
 
     /// Sends `packet` to `peer` as a confirmable request (its token set by the caller) through
@@ -60,7 +77,7 @@ impl Exchanges {
     /// MAX_RETRANSMIT retransmissions. `Err` when no answer came.
     pub async fn request<F, Fut>(
         &self,
-        peer: SocketAddr,
+        peer: P,
         mut packet: Packet,
         transmit: F,
     ) -> Result<Packet, String>
@@ -73,7 +90,7 @@ impl Exchanges {
         let token = packet.get_token().to_vec();
         let bytes = packet.to_bytes().map_err(|e| format!("{e:?}"))?;
         let (tx, mut rx) = oneshot::channel();
-        let key = (peer, token.clone());
+        let key = (peer.clone(), token.clone());
         self.waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -92,12 +109,12 @@ impl Exchanges {
                 Err(_) => wait *= 2,
             }
         }
-        Err(format!("no answer from {peer}"))
+        Err(format!("no answer from {peer:?}"))
     }
 
     /// Hands an answer from `peer` to the request waiting for its token; gives the packet back
     /// when no request of that peer waits for it (a notification, or a stray).
-    pub fn answer(&self, peer: SocketAddr, packet: Packet) -> Result<(), Packet> {
+    pub fn answer(&self, peer: P, packet: Packet) -> Result<(), Packet> {
         let key = (peer, packet.get_token().to_vec());
         let waiter = self
             .waiting
@@ -125,8 +142,9 @@ mod tests {
 
     #[tokio::test]
     async fn answers_reach_the_request_of_their_peer_and_token_only() {
-        let exchanges = std::sync::Arc::new(Exchanges::default());
+        let exchanges = std::sync::Arc::new(Exchanges::<SocketAddr>::default());
         let token = exchanges.token();
+        assert_ne!(token, exchanges.token(), "tokens are not repeated");
         let mut request = Packet::new();
         request.set_token(token.clone());
         let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel();
