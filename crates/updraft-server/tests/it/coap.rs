@@ -35,7 +35,13 @@ async fn exchange(socket: &UdpSocket, server: SocketAddr, packet: &Packet) -> Pa
 
 async fn receive(socket: &UdpSocket) -> Packet {
     let mut buf = vec![0u8; 2048];
-    let (len, _) = socket.recv_from(&mut buf).await.unwrap();
+    let (len, _) = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        socket.recv_from(&mut buf),
+    )
+    .await
+    .expect("no CoAP answer within a minute")
+    .unwrap();
     Packet::from_bytes(&buf[..len]).unwrap()
 }
 
@@ -209,4 +215,53 @@ async fn telemetry_retransmissions_and_observe_over_coap() {
     );
     let firmware = exchange(&socket, server, &get).await;
     assert_eq!(firmware.payload, b"four");
+}
+
+/// Error answers are never larger than the request (a spoofed request reflects no more bytes
+/// than it cost), and one device holds at most four observations.
+#[tokio::test]
+async fn errors_do_not_amplify_and_observations_are_bounded() {
+    let app = TestApp::new().await;
+    let token = app.device("coap-9").await;
+    let server = app.listen_coap().await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for (n, path) in [
+        "/api/v1/wrong-token/attributes",
+        "/x",
+        "/api/v1/t/nothing-here/at-all",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let asked = request(RequestType::Get, path, &[], 40 + n as u16, b"");
+        let sent = asked.to_bytes().unwrap().len();
+        socket
+            .send_to(&asked.to_bytes().unwrap(), server)
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 2048];
+        let (len, _) = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            socket.recv_from(&mut buf),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let answer = Packet::from_bytes(&buf[..len]).unwrap();
+        assert!(matches!(code(&answer), MessageClass::Response(r) if r != ResponseType::Content));
+        assert!(len <= sent, "{path}: {len} bytes answered {sent}");
+    }
+    for id in 0..10u16 {
+        let mut observe = request(
+            RequestType::Get,
+            &format!("/api/v1/{token}/attributes"),
+            &[],
+            100 + id,
+            b"",
+        );
+        observe.add_option(CoapOption::Observe, vec![]);
+        let answer = exchange(&socket, server, &observe).await;
+        assert_eq!(code(&answer), MessageClass::Response(ResponseType::Content));
+    }
+    assert_eq!(app.node.protocols.coap.coap.count(), 4);
 }

@@ -160,6 +160,13 @@ async fn authenticate_with_settings(
                 ),
             ));
         }
+        if !state.registrations.allow(&owner.key) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many controllers registering at once: poll again later",
+            ));
+        }
         let new = NewDevice {
             id,
             project: None,
@@ -167,7 +174,16 @@ async fn authenticate_with_settings(
             tags: vec![],
             attributes: BTreeMap::new(),
         };
-        let device = state.store.create_device(owner.key, &new, &[]).await?;
+        let device = match state.store.create_device(owner.key, &new, &[]).await {
+            Ok(device) => device,
+            // Two first polls of the same controller: the other one registered it.
+            Err(updraft_store::StoreError::Conflict { .. }) => state
+                .store
+                .device(owner.key, &new.id)
+                .await?
+                .ok_or_else(unauthorized)?,
+            Err(err) => return Err(err.into()),
+        };
         return Ok((device, owner.settings));
     }
     Err(unauthorized())

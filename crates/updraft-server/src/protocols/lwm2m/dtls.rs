@@ -26,15 +26,6 @@ impl Lwm2m {
         }
     }
 
-    /// Whether the device has a PSK (and so may not use the NoSec listener).
-    pub fn has_psk(&self, device: DeviceKey) -> bool {
-        self.psks
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .any(|(d, _)| *d == device)
-    }
-
     pub(super) fn dtls_device(&self, peer: SocketAddr) -> Option<DeviceKey> {
         self.dtls_peers
             .lock()

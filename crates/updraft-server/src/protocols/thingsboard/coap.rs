@@ -3,7 +3,12 @@
 //! blob store, and Observe on the attributes, notified by the notification queue.
 //!
 //! Confirmable requests are answered in a piggybacked ACK; a repeated request (same peer and
-//! message ID) gets the cached answer without being handled twice.
+//! message ID) gets the cached answer without being handled twice. Requests are handled off the
+//! receive loop (at most [`MAX_IN_FLIGHT`] at once; beyond that a request is dropped and its
+//! client retransmits), error answers are never larger than the request (no reflection), and an
+//! observation lasts [`OBSERVER_TTL_MILLIS`] unless the client registers again (as RFC 7641
+//! clients do when a notification's Max-Age runs out), at most [`MAX_OBSERVERS_PER_DEVICE`] per
+//! device and [`MAX_OBSERVERS`] in all.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,8 +33,16 @@ use crate::transport::coap::{Dedup, Seen, block2, encode_uint, strings, uint};
 /// How long a confirmable request's answer is kept for its retransmissions (EXCHANGE_LIFETIME).
 const DEDUP_MILLIS: i64 = 247_000;
 
-/// Who observes: the peer and the token of its Observe request.
-type Observer = (SocketAddr, Vec<u8>);
+/// Requests handled at once.
+const MAX_IN_FLIGHT: usize = 256;
+/// How long an observation lasts without the client registering it again.
+const OBSERVER_TTL_MILLIS: i64 = 60 * 60 * 1000;
+/// Observations of one device (the newest stay) and of all devices.
+const MAX_OBSERVERS_PER_DEVICE: usize = 4;
+const MAX_OBSERVERS: usize = 100_000;
+
+/// Who observes: the peer, the token of its Observe request, and until when.
+type Observer = (SocketAddr, Vec<u8>, i64);
 
 /// Devices observing their attributes, and the way out to them.
 #[derive(Default)]
@@ -41,11 +54,33 @@ pub struct Observers {
 }
 
 impl Observers {
-    fn add(&self, device: DeviceKey, peer: SocketAddr, token: Vec<u8>) {
+    /// Registers (or renews) an observation; false when the server holds as many as it may.
+    fn add(&self, device: DeviceKey, peer: SocketAddr, token: Vec<u8>) -> bool {
+        let now = now_millis();
+        let Ok(mut map) = self.by_device.lock() else {
+            return false;
+        };
+        let total: usize = map.values().map(Vec::len).sum();
+        let list = map.entry(device).or_default();
+        let before = list.len();
+        list.retain(|(p, t, until)| !(*p == peer && *t == token) && *until > now);
+        if total - (before - list.len()) >= MAX_OBSERVERS {
+            return false;
+        }
+        list.push((peer, token, now + OBSERVER_TTL_MILLIS));
+        let excess = list.len().saturating_sub(MAX_OBSERVERS_PER_DEVICE);
+        list.drain(..excess);
+        true
+    }
+
+    /// Forgets observations whose time ran out.
+    fn expire(&self) {
+        let now = now_millis();
         if let Ok(mut map) = self.by_device.lock() {
-            let list = map.entry(device).or_default();
-            list.retain(|(p, t)| !(*p == peer && *t == token));
-            list.push((peer, token));
+            map.retain(|_, list| {
+                list.retain(|(_, _, until)| *until > now);
+                !list.is_empty()
+            });
         }
     }
 
@@ -53,16 +88,28 @@ impl Observers {
         if let Ok(mut map) = self.by_device.lock()
             && let Some(list) = map.get_mut(&device)
         {
-            list.retain(|(p, t)| !(*p == peer && t == token));
+            list.retain(|(p, t, _)| !(*p == peer && t == token));
         }
     }
 
-    /// Whether the device has an observer.
+    /// Whether the device has a live observer.
     pub fn observed(&self, device: DeviceKey) -> bool {
+        let now = now_millis();
         self.by_device
             .lock()
-            .map(|m| m.get(&device).is_some_and(|list| !list.is_empty()))
+            .map(|m| {
+                m.get(&device)
+                    .is_some_and(|list| list.iter().any(|(_, _, until)| *until > now))
+            })
             .unwrap_or(false)
+    }
+
+    /// Observations held, over all devices.
+    pub fn count(&self) -> usize {
+        self.by_device
+            .lock()
+            .map(|m| m.values().map(Vec::len).sum())
+            .unwrap_or(0)
     }
 
     /// Devices with at least one observer.
@@ -94,7 +141,11 @@ impl Observers {
             .lock()
             .map(|m| m.get(&device).cloned().unwrap_or_default())
             .unwrap_or_default();
-        for (peer, token) in observers {
+        let now = now_millis();
+        for (peer, token, until) in observers {
+            if until <= now {
+                continue;
+            }
             let mut packet = Packet::new();
             packet.header.set_type(MessageType::NonConfirmable);
             packet.header.code = MessageClass::Response(ResponseType::Content);
@@ -135,7 +186,9 @@ pub async fn serve(socket: UdpSocket, state: Ctx) {
             let _ = sender.send_to(&bytes, peer).await;
         }
     });
-    let mut recent = Dedup::new(DEDUP_MILLIS, 1024);
+    let recent = Arc::new(Mutex::new(Dedup::new(DEDUP_MILLIS, 65_536)));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let mut expired_at = now_millis();
     let mut buf = vec![0u8; 2048];
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {
@@ -145,15 +198,23 @@ pub async fn serve(socket: UdpSocket, state: Ctx) {
                 continue;
             }
         };
+        if now_millis() - expired_at > 60_000 {
+            state.coap.expire();
+            expired_at = now_millis();
+        }
         let Ok(request) = Packet::from_bytes(&buf[..len]) else {
             continue;
         };
         let key = (peer, request.header.message_id);
         let confirmable = request.header.get_type() == MessageType::Confirmable;
         if confirmable {
-            match recent.begin(key, now_millis()) {
+            let seen = recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .begin(key, now_millis());
+            match seen {
                 Seen::New => {}
-                // Answered in this loop, so never in progress here.
+                // Still being answered: the answer will go out.
                 Seen::InProgress => continue,
                 Seen::Answered(cached) => {
                     let _ = socket.send_to(&cached, peer).await;
@@ -161,16 +222,31 @@ pub async fn serve(socket: UdpSocket, state: Ctx) {
                 }
             }
         }
-        let Some(response) = respond(&state, peer, &request).await else {
+        // The store is awaited off the loop; when too many requests wait already, this one is
+        // dropped (forgotten, so that its retransmission is handled).
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            if confirmable {
+                recent.lock().unwrap_or_else(|e| e.into_inner()).forget(key);
+            }
             continue;
         };
-        let Ok(bytes) = response.to_bytes() else {
-            continue;
-        };
-        let _ = socket.send_to(&bytes, peer).await;
-        if confirmable {
-            recent.answered(key, bytes);
-        }
+        let (state, socket, recent) = (state.clone(), socket.clone(), recent.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Some(response) = respond(&state, peer, &request, len).await else {
+                return;
+            };
+            let Ok(bytes) = response.to_bytes() else {
+                return;
+            };
+            let _ = socket.send_to(&bytes, peer).await;
+            if confirmable {
+                recent
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .answered(key, bytes);
+            }
+        });
     }
 }
 
@@ -186,8 +262,13 @@ fn code_of(err: &ApiError) -> ResponseType {
     }
 }
 
-/// The answer to one request (`None` for messages that need none).
-async fn respond(state: &Ctx, peer: SocketAddr, request: &Packet) -> Option<Packet> {
+/// The answer to one request of `request_len` bytes (`None` for messages that need none).
+async fn respond(
+    state: &Ctx,
+    peer: SocketAddr,
+    request: &Packet,
+    request_len: usize,
+) -> Option<Packet> {
     let MessageClass::Request(method) = request.header.code else {
         return None;
     };
@@ -208,7 +289,12 @@ async fn respond(state: &Ctx, peer: SocketAddr, request: &Packet) -> Option<Pack
         Err(err) => {
             response.header.code = MessageClass::Response(code_of(&err));
             response.clear_all_options();
-            response.payload = format!("{}: {}", err.code, err.message).into_bytes();
+            // The stable code as a diagnostic payload, only when the answer stays no larger
+            // than the request: an error answer must not amplify a spoofed request.
+            let bare = 4 + request.get_token().len();
+            if bare + 1 + err.code.len() <= request_len {
+                response.payload = err.code.as_bytes().to_vec();
+            }
         }
     }
     Some(response)
@@ -268,10 +354,13 @@ async fn handle(
                 .get_first_option(CoapOption::Observe)
                 .map(|v| uint(v))
             {
-                Some(0) => {
-                    state
+                // Registered, or answered without the Observe option (a plain GET) when the
+                // server holds as many observations as it may.
+                Some(0)
+                    if state
                         .coap
-                        .add(device.key, peer, request.get_token().to_vec());
+                        .add(device.key, peer, request.get_token().to_vec()) =>
+                {
                     response.set_observe_value(state.coap.next_sequence());
                 }
                 Some(1) => state.coap.remove(device.key, peer, request.get_token()),

@@ -60,6 +60,14 @@ impl Dedup {
         }
     }
 
+    /// Forgets a request that was not handled after all (dropped for want of room), so that its
+    /// retransmission is handled.
+    pub fn forget(&mut self, key: (SocketAddr, u16)) {
+        if matches!(self.answers.get(&key), Some((_, None))) {
+            self.answers.remove(&key);
+        }
+    }
+
     /// Keeps the answer sent to a request, for its retransmissions.
     pub fn answered(&mut self, key: (SocketAddr, u16), answer: Vec<u8>) {
         if let Some(entry) = self.answers.get_mut(&key) {
