@@ -8,6 +8,7 @@ mod api;
 mod artifacts;
 mod aws;
 mod coap;
+mod cross_tenant;
 mod ddi;
 mod dfu;
 mod frugal;

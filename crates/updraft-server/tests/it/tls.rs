@@ -12,13 +12,13 @@ use serde_json::{Value, json};
 use crate::TestApp;
 
 /// A test CA, the server's certificate for `localhost` signed by it, and files for each.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
     ca_pem: String,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -41,12 +41,12 @@ impl Pki {
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// A self-signed device certificate; returns (cert PEM, key PEM), also written to files.
-    fn device(&self, name: &str) -> (String, String) {
+    pub(crate) fn device(&self, name: &str) -> (String, String) {
         let rcgen::CertifiedKey { cert, key_pair } =
             rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
         std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).unwrap();
@@ -105,7 +105,11 @@ async fn register(app: &TestApp, id: &str, cert_pem: &str) -> String {
 
 /// Connects with the device's certificate and no password; returns whether CONNACK accepted,
 /// and the client for more.
-async fn connect(pki: &Pki, port: u16, device: &str) -> (bool, AsyncClient, rumqttc::EventLoop) {
+pub(crate) async fn connect(
+    pki: &Pki,
+    port: u16,
+    device: &str,
+) -> (bool, AsyncClient, rumqttc::EventLoop) {
     let mut options = MqttOptions::new(device, "localhost", port);
     options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
         client_config(pki, device),
