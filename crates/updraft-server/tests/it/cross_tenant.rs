@@ -41,8 +41,9 @@ async fn setup(
     admin: String,
     cert: &str,
 ) -> Tenant {
-    let call = |method, path: &str, body| as_key(app, &admin, method, path, body);
-    let own = call(
+    let own = as_key(
+        app,
+        &admin,
         Method::POST,
         "/api/v1/devices",
         Some(json!({"id": "same", "lwm2m_endpoint": "ep-same", "certificate": cert})),
@@ -50,7 +51,9 @@ async fn setup(
     .await;
     assert_eq!(own.status, StatusCode::CREATED, "{:?}", own.json());
     let own_token = own.json()["token"].as_str().unwrap().to_owned();
-    let shared = call(
+    let shared = as_key(
+        app,
+        &admin,
         Method::POST,
         "/api/v1/devices",
         Some(json!({"id": "shared-holder", "token": SHARED})),
@@ -71,7 +74,9 @@ async fn setup(
         .unwrap();
     let artifact = app.send(request).await.json();
     for device in ["same", "shared-holder"] {
-        let assigned = call(
+        let assigned = as_key(
+            app,
+            &admin,
             Method::POST,
             "/api/v1/assignments",
             Some(json!({"device": device, "artifact": format!("fw-{name}@1")})),
@@ -233,10 +238,15 @@ async fn nothing_crosses_between_tenants() {
 
     // Management: each key sees its own `same`, and the other's artifact is not found.
     for (mine, other) in [(&a, &b), (&b, &a)] {
-        let call = |method, path: String| as_key(&app, &mine.admin, method, &path, None);
-        let history = call(Method::GET, "/api/v1/devices/same/history".into())
-            .await
-            .json();
+        let history = as_key(
+            &app,
+            &mine.admin,
+            Method::GET,
+            "/api/v1/devices/same/history",
+            None,
+        )
+        .await
+        .json();
         assert_eq!(
             history[0]["title"],
             format!("fw-{}", mine.name),
@@ -253,7 +263,7 @@ async fn nothing_crosses_between_tenants() {
                 format!("/api/v1/artifacts/{}", other.artifact),
             ),
         ] {
-            let answer = call(method.clone(), path.clone()).await;
+            let answer = as_key(&app, &mine.admin, method.clone(), &path, None).await;
             assert_eq!(
                 answer.status,
                 StatusCode::NOT_FOUND,
@@ -270,7 +280,9 @@ async fn nothing_crosses_between_tenants() {
         )
         .await;
         assert!(assign.status.is_client_error(), "{:?}", assign.json());
-        let listed = call(Method::GET, "/api/v1/artifacts".into()).await.json();
+        let listed = as_key(&app, &mine.admin, Method::GET, "/api/v1/artifacts", None)
+            .await
+            .json();
         assert_eq!(listed["total"], 1, "{listed}");
     }
     // The other tenant's artifact is still there, untouched.
