@@ -34,6 +34,10 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features
+# The device-protocol and notifier tests once more, on PostgreSQL (the store conformance suite
+# already runs on both).
+UPDRAFT_TEST_STORE=postgres cargo test -p updraft-server --test it -- \
+  ddi:: frugal thingsboard:: mqtt coap:: lwm2m aws:: dfu:: rustot:: tls:: cross_tenant::
 
 # Every fuzz target for a short while (cargo fuzz, nightly): the decoders of device input.
 scripts/fuzz.sh 15

@@ -57,6 +57,21 @@ impl Answer {
     }
 }
 
+/// The store the tests run on: SQLite in the data directory, or with `UPDRAFT_TEST_STORE=postgres`
+/// a fresh PostgreSQL database (the test command runs the device-protocol tests both ways).
+async fn test_database() -> Option<String> {
+    match std::env::var("UPDRAFT_TEST_STORE").as_deref() {
+        Ok("postgres") => {
+            let url = updraft_test_support::postgres::fresh_database().await;
+            if url.is_none() {
+                eprintln!("note: UPDRAFT_TEST_STORE=postgres but no PostgreSQL: this test runs on SQLite");
+            }
+            url
+        }
+        _ => None,
+    }
+}
+
 impl TestApp {
     pub async fn new() -> TestApp {
         Self::with_limit(64 * 1024 * 1024).await
@@ -95,7 +110,7 @@ impl TestApp {
         let config = ServerConfig {
             data_dir: dir.path().to_path_buf(),
             http: "127.0.0.1:0".parse().unwrap(),
-            database_url: None,
+            database_url: test_database().await,
             max_upload_bytes,
             public_url: None,
             mqtt: None,
