@@ -64,7 +64,9 @@ async fn test_database() -> Option<String> {
         Ok("postgres") => {
             let url = updraft_test_support::postgres::fresh_database().await;
             if url.is_none() {
-                eprintln!("note: UPDRAFT_TEST_STORE=postgres but no PostgreSQL: this test runs on SQLite");
+                eprintln!(
+                    "note: UPDRAFT_TEST_STORE=postgres but no PostgreSQL: this test runs on SQLite"
+                );
             }
             url
         }

@@ -6,6 +6,7 @@
 
 mod blobs;
 mod conformance;
+mod coverage;
 mod frugal_keys;
 mod races;
 mod tls;
@@ -80,4 +81,7 @@ backends!(
     frugal_keys_enroll_a_bounded_number_of_nodes_in_their_tenant,
     reports_racing_a_supersede_never_leave_a_final_state,
     credentials_are_unique_per_tenant_and_ambiguous_ones_open_nothing,
+    tenants_projects_and_devices_are_found_by_key_and_name,
+    the_queue_lists_queued_actions_and_initiates_each_once,
+    lwm2m_psks_are_set_found_and_removed,
 );
