@@ -5,6 +5,22 @@
 pub mod postgres;
 pub mod server;
 
+/// How long a test waits on the network for one thing before it fails.
+pub const NETWORK_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// Awaits `wait` for at most [`NETWORK_WAIT`]: a hang is a failure that says where, not CI's
+/// 90-minute limit.
+#[track_caller]
+pub fn within<F: std::future::Future>(wait: F) -> impl std::future::Future<Output = F::Output> {
+    let caller = std::panic::Location::caller();
+    async move {
+        match tokio::time::timeout(NETWORK_WAIT, wait).await {
+            Ok(output) => output,
+            Err(_) => panic!("no answer within {NETWORK_WAIT:?} at {caller}"),
+        }
+    }
+}
+
 /// Whether we run under CI, where a missing tool is a failure and never a skip.
 pub fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")

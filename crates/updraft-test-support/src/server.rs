@@ -43,7 +43,23 @@ impl ServerProcess {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
+        // Lines are read on a thread of their own, so that a server that never listens is a
+        // failure after a while, not a hang.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Once the server listens nobody reads these any more; draining goes on, so that
+            // the server never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines() {
+                let _ = tx.send(line);
+            }
+        });
+        let mut lines = std::iter::from_fn(|| match rx.recv_timeout(crate::NETWORK_WAIT) {
+            Ok(line) => Some(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Some(Err(std::io::Error::other(
+                "the server printed nothing for a while: it hangs",
+            ))),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+        });
         let mut mqtt = None;
         let mut coap = None;
         let mut lwm2m = None;
@@ -66,7 +82,6 @@ impl ServerProcess {
                 break url.trim().to_owned();
             }
         };
-        std::thread::spawn(move || for _ in lines {});
         Ok(Self {
             child,
             url,

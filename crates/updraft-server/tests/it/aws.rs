@@ -42,7 +42,11 @@ impl Thing {
             .await
             .unwrap();
         loop {
-            if let Event::Incoming(Packet::SubAck(_)) = self.events.poll().await.unwrap() {
+            if let Event::Incoming(Packet::SubAck(_)) =
+                updraft_test_support::within(self.events.poll())
+                    .await
+                    .unwrap()
+            {
                 return;
             }
         }
@@ -58,7 +62,10 @@ impl Thing {
     /// The next message the server publishes: (topic after the thing's prefix, payload).
     async fn next(&mut self) -> (String, Vec<u8>) {
         loop {
-            match self.events.poll().await.unwrap() {
+            match updraft_test_support::within(self.events.poll())
+                .await
+                .unwrap()
+            {
                 Event::Incoming(Packet::Publish(p)) => {
                     let prefix = self.topic("");
                     let topic = p.topic.strip_prefix(&prefix).unwrap_or(&p.topic).to_owned();
@@ -527,7 +534,10 @@ async fn unsigned_artifacts_make_no_job_and_other_things_topics_close_the_connec
         .unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            if thing.events.poll().await.is_err() {
+            if updraft_test_support::within(thing.events.poll())
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -561,7 +571,9 @@ async fn the_aws_iot_device_sdk_jobs_client_runs_a_job() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = lines.next_line().await.unwrap();
+    let ready = updraft_test_support::within(lines.next_line())
+        .await
+        .unwrap();
     if ready.as_deref() != Some("ready") {
         let mut stderr = String::new();
         tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
@@ -570,7 +582,9 @@ async fn the_aws_iot_device_sdk_jobs_client_runs_a_job() {
         panic!("the SDK did not start: {stderr}");
     }
     assign(&app, "sdk-thing").await;
-    let summary = lines.next_line().await.unwrap();
+    let summary = updraft_test_support::within(lines.next_line())
+        .await
+        .unwrap();
     let status = child.wait().await.unwrap();
     let mut stderr = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)

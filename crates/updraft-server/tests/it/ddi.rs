@@ -58,7 +58,7 @@ async fn the_hawkbit_crate_updates_a_device_end_to_end() {
         None,
     )
     .unwrap();
-    let reply = client.poll().await.unwrap();
+    let reply = updraft_test_support::within(client.poll()).await.unwrap();
     assert_eq!(
         reply.polling_sleep().unwrap(),
         std::time::Duration::from_secs(300)
@@ -139,7 +139,7 @@ async fn the_hawkbit_crate_updates_a_device_end_to_end() {
             .all(|e| e["source"] == "ddi")
     );
     // Nothing more to do; the next poll points at what is installed.
-    let reply = client.poll().await.unwrap();
+    let reply = updraft_test_support::within(client.poll()).await.unwrap();
     assert!(reply.update().is_none());
 }
 

@@ -465,7 +465,9 @@ async fn an_embedded_update_device_updates_over_mqtt() {
             .await
             .unwrap();
         let payload = loop {
-            if let Event::Incoming(Packet::Publish(publish)) = events.poll().await.unwrap() {
+            if let Event::Incoming(Packet::Publish(publish)) =
+                updraft_test_support::within(events.poll()).await.unwrap()
+            {
                 assert_eq!(publish.topic, "command/inbox//dfu");
                 break publish.payload;
             }
@@ -594,7 +596,9 @@ async fn a_gateway_speaks_for_devices_on_dfu_slash_device_over_mqtt() {
         .await
         .unwrap();
     loop {
-        if let Event::Incoming(Packet::Publish(publish)) = events.poll().await.unwrap() {
+        if let Event::Incoming(Packet::Publish(publish)) =
+            updraft_test_support::within(events.poll()).await.unwrap()
+        {
             assert_eq!(publish.topic, "command/inbox//dfu");
             break;
         }
@@ -620,7 +624,9 @@ async fn a_gateway_speaks_for_devices_on_dfu_slash_device_over_mqtt() {
             .await
             .unwrap();
         let payload = loop {
-            if let Event::Incoming(Packet::Publish(publish)) = events.poll().await.unwrap() {
+            if let Event::Incoming(Packet::Publish(publish)) =
+                updraft_test_support::within(events.poll()).await.unwrap()
+            {
                 assert_eq!(publish.topic, "command/inbox/leaf-1/dfu");
                 break publish.payload;
             }

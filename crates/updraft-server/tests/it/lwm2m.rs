@@ -806,7 +806,9 @@ async fn a_push_profile_writes_the_package_in_block1_blocks() {
     let started = Instant::now();
     loop {
         assert!(started.elapsed() < Duration::from_secs(60), "no end");
-        let (len, from) = socket.recv_from(&mut buf).await.unwrap();
+        let (len, from) = updraft_test_support::within(socket.recv_from(&mut buf))
+            .await
+            .unwrap();
         let request = Packet::from_bytes(&buf[..len]).unwrap();
         let MessageClass::Request(method) = request.header.code else {
             continue;
@@ -946,7 +948,9 @@ async fn canceling_writes_an_empty_package_uri() {
     let started = Instant::now();
     while uris.len() < 2 {
         assert!(started.elapsed() < Duration::from_secs(60), "{uris:?}");
-        let (len, from) = socket.recv_from(&mut buf).await.unwrap();
+        let (len, from) = updraft_test_support::within(socket.recv_from(&mut buf))
+            .await
+            .unwrap();
         let request = Packet::from_bytes(&buf[..len]).unwrap();
         let MessageClass::Request(method) = request.header.code else {
             continue;
@@ -1043,7 +1047,9 @@ async fn a_pushed_package_is_reassembled_by_libcoaps_server() {
         let mut last_token = None;
         let mut done = Some(done_tx);
         loop {
-            let (len, from) = relay.recv_from(&mut buf).await.unwrap();
+            let (len, from) = updraft_test_support::within(relay.recv_from(&mut buf))
+                .await
+                .unwrap();
             let bytes = &buf[..len];
             let Ok(packet) = Packet::from_bytes(bytes) else {
                 continue;

@@ -21,7 +21,9 @@ fn client(host: &str, port: u16, token: &str, id: &str) -> (AsyncClient, EventLo
 /// The next PUBLISH the server sends, skipping acknowledgements.
 async fn next_publish(events: &mut EventLoop) -> (String, Bytes) {
     loop {
-        if let Event::Incoming(Packet::Publish(publish)) = events.poll().await.unwrap() {
+        if let Event::Incoming(Packet::Publish(publish)) =
+            updraft_test_support::within(events.poll()).await.unwrap()
+        {
             return (publish.topic, publish.payload);
         }
     }
@@ -29,7 +31,9 @@ async fn next_publish(events: &mut EventLoop) -> (String, Bytes) {
 
 async fn connected(events: &mut EventLoop) {
     loop {
-        if let Event::Incoming(Packet::ConnAck(ack)) = events.poll().await.unwrap() {
+        if let Event::Incoming(Packet::ConnAck(ack)) =
+            updraft_test_support::within(events.poll()).await.unwrap()
+        {
             assert_eq!(ack.code, ConnectReturnCode::Success);
             return;
         }
@@ -41,7 +45,7 @@ async fn a_wrong_token_is_not_authorized() {
     let app = TestApp::new().await;
     let (host, port) = app.listen_mqtt().await;
     let (_client, mut events) = client(&host, port, "wrong-token", "intruder");
-    match events.poll().await {
+    match updraft_test_support::within(events.poll()).await {
         Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
             assert_eq!(code, ConnectReturnCode::NotAuthorized)
         }
@@ -72,7 +76,9 @@ async fn a_device_is_told_downloads_in_chunks_and_reports_over_mqtt() {
         .unwrap();
     let mut acks = 0;
     while acks < 3 {
-        if let Event::Incoming(Packet::SubAck(_)) = events.poll().await.unwrap() {
+        if let Event::Incoming(Packet::SubAck(_)) =
+            updraft_test_support::within(events.poll()).await.unwrap()
+        {
             acks += 1;
         }
     }
@@ -408,7 +414,9 @@ async fn a_huge_packet_closes_only_its_connection() {
     stream.write_all(&vec![0u8; 4096]).await.unwrap();
     let mut rest = Vec::new();
     assert_eq!(
-        stream.read_to_end(&mut rest).await.unwrap_or(0),
+        updraft_test_support::within(stream.read_to_end(&mut rest))
+            .await
+            .unwrap_or(0),
         0,
         "closed without an answer"
     );

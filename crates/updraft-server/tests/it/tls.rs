@@ -116,7 +116,7 @@ pub(crate) async fn connect(
     )));
     let (client, mut events) = AsyncClient::new(options, 16);
     let accepted = loop {
-        match events.poll().await {
+        match updraft_test_support::within(events.poll()).await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 break ack.code == rumqttc::ConnectReturnCode::Success;
             }
@@ -150,7 +150,9 @@ async fn a_registered_client_certificate_is_the_devices_credential() {
         .await
         .unwrap();
     let answer = loop {
-        if let Event::Incoming(Packet::Publish(p)) = events.poll().await.unwrap() {
+        if let Event::Incoming(Packet::Publish(p)) =
+            updraft_test_support::within(events.poll()).await.unwrap()
+        {
             break p;
         }
     };
@@ -217,7 +219,12 @@ async fn the_aws_iot_device_sdk_runs_a_job_over_mutual_tls() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    if lines.next_line().await.unwrap().as_deref() != Some("ready") {
+    if updraft_test_support::within(lines.next_line())
+        .await
+        .unwrap()
+        .as_deref()
+        != Some("ready")
+    {
         let mut stderr = String::new();
         tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
             .await
@@ -229,7 +236,9 @@ async fn the_aws_iot_device_sdk_runs_a_job_over_mutual_tls() {
         json!({"device": "sdk-tls", "artifact": "ota-fw@3.0.0"}),
     )
     .await;
-    let summary = lines.next_line().await.unwrap();
+    let summary = updraft_test_support::within(lines.next_line())
+        .await
+        .unwrap();
     assert!(child.wait().await.unwrap().success());
     let seen: Value = serde_json::from_str(&summary.unwrap()).unwrap();
     assert_eq!(seen["updates"], json!(["IN_PROGRESS", "SUCCEEDED"]));
