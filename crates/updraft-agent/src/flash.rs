@@ -3,7 +3,9 @@
 //! fleet simulator, with power cuts injected at a chosen operation).
 //!
 //! Each operation is durable when it returns (files are fsynced, the state file is replaced
-//! atomically). A power cut happens between operations, never inside one.
+//! atomically). In memory a power cut happens between operations; on a [`DirFlash`] given a
+//! [`PowerCut`] it may also tear the operation it hits, as a real power loss does: half of a slot
+//! write reaches the file, a state file is left half written beside the one it was to replace.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -38,6 +40,19 @@ pub struct PowerCut {
     at: Mutex<Option<u64>>,
     count: AtomicU64,
     off: AtomicBool,
+    /// A cut happened (at some point since creation).
+    fired: AtomicBool,
+}
+
+/// What one interruption point found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    /// Power is on: go ahead.
+    On,
+    /// Power goes off right here: the operation may be torn.
+    CutHere,
+    /// Power was off already: nothing happens.
+    Off,
 }
 
 impl PowerCut {
@@ -55,16 +70,25 @@ impl PowerCut {
 
     /// One interruption point: fails if the power is (or goes) off here.
     pub fn tick(&self) -> Result<(), AgentError> {
+        match self.point() {
+            Point::On => Ok(()),
+            Point::CutHere | Point::Off => Err(AgentError::PowerLost),
+        }
+    }
+
+    /// One interruption point, saying whether the power goes off at this very one.
+    pub fn point(&self) -> Point {
         if self.off.load(Ordering::SeqCst) {
-            return Err(AgentError::PowerLost);
+            return Point::Off;
         }
         let n = self.count.fetch_add(1, Ordering::SeqCst);
         let at = self.at.lock().map(|at| *at).unwrap_or(None);
         if at == Some(n) {
             self.off.store(true, Ordering::SeqCst);
-            return Err(AgentError::PowerLost);
+            self.fired.store(true, Ordering::SeqCst);
+            return Point::CutHere;
         }
-        Ok(())
+        Point::On
     }
 
     /// Power comes back, and stays on.
@@ -73,6 +97,25 @@ impl PowerCut {
             *at = None;
         }
         self.off.store(false, Ordering::SeqCst);
+    }
+
+    /// Power comes back, and fails again at the `after`-th interruption point from here (a cut
+    /// during the recovery from a cut).
+    pub fn restore_and_cut_after(&self, after: u64) {
+        if let Ok(mut at) = self.at.lock() {
+            *at = Some(self.count.load(Ordering::SeqCst) + after);
+        }
+        self.off.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether the power is off now.
+    pub fn is_off(&self) -> bool {
+        self.off.load(Ordering::SeqCst)
+    }
+
+    /// Whether a cut happened.
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
     }
 
     /// Interruption points passed so far.
@@ -84,6 +127,9 @@ impl PowerCut {
 /// Slots and state as files in a directory: `slot-a.img`, `slot-b.img`, `state.json`.
 pub struct DirFlash {
     dir: PathBuf,
+    /// Power cuts to inject (tests): each mutating operation is an interruption point, and the
+    /// one a cut hits is torn.
+    power: Option<Arc<PowerCut>>,
 }
 
 impl DirFlash {
@@ -91,7 +137,20 @@ impl DirFlash {
         std::fs::create_dir_all(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
+            power: None,
         })
+    }
+
+    /// A directory flash whose operations `power` can cut, tearing the one it hits.
+    pub fn with_power(dir: &Path, power: Arc<PowerCut>) -> Result<Self, AgentError> {
+        Ok(Self {
+            power: Some(power),
+            ..Self::open(dir)?
+        })
+    }
+
+    fn point(&self) -> Point {
+        self.power.as_ref().map_or(Point::On, |p| p.point())
     }
 
     fn path(&self, slot: Slot) -> PathBuf {
@@ -121,8 +180,18 @@ impl Flash for DirFlash {
     }
 
     fn store_state(&mut self, bytes: &[u8]) -> Result<(), AgentError> {
+        let point = self.point();
+        if point == Point::Off {
+            return Err(AgentError::PowerLost);
+        }
         let tmp = self.dir.join("state.json.tmp");
         let mut file = File::create(&tmp)?;
+        if point == Point::CutHere {
+            // Torn: half the new state reaches the disk, the rename never happens.
+            file.write_all(&bytes[..bytes.len() / 2])?;
+            file.sync_all()?;
+            return Err(AgentError::PowerLost);
+        }
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, self.dir.join("state.json"))?;
@@ -139,14 +208,27 @@ impl Flash for DirFlash {
     }
 
     fn write_slot(&mut self, slot: Slot, offset: u64, data: &[u8]) -> Result<(), AgentError> {
+        let point = self.point();
+        if point == Point::Off {
+            return Err(AgentError::PowerLost);
+        }
         let mut file = self.open_slot(slot)?;
         file.seek(SeekFrom::Start(offset))?;
+        if point == Point::CutHere {
+            // Torn: the first half of the block reaches the disk.
+            file.write_all(&data[..data.len() / 2])?;
+            file.sync_data()?;
+            return Err(AgentError::PowerLost);
+        }
         file.write_all(data)?;
         file.sync_data()?;
         Ok(())
     }
 
     fn truncate_slot(&mut self, slot: Slot) -> Result<(), AgentError> {
+        if self.point() != Point::On {
+            return Err(AgentError::PowerLost);
+        }
         let file = self.open_slot(slot)?;
         file.set_len(0)?;
         file.sync_all()?;

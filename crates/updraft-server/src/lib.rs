@@ -11,6 +11,8 @@
 //!   garbage collection, the first admin key, listeners, graceful shutdown).
 
 pub mod api;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod kernel;
 pub mod protocols;
 pub mod server;

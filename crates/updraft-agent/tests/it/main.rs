@@ -8,6 +8,7 @@
 mod dfu;
 mod faults;
 mod flows;
+mod power;
 
 use std::sync::Arc;
 
@@ -156,3 +157,20 @@ pub fn sha256(data: &[u8]) -> String {
 }
 
 pub type Shared<T> = Arc<std::sync::Mutex<T>>;
+
+/// A download's bytes in fixed 4 KiB pieces, however the network cut them: a run has the same
+/// interruption points every time, so that a power cut at point N is the same cut in every run.
+pub async fn in_fixed_pieces(
+    mut download: updraft_agent::server::Download,
+) -> Result<updraft_agent::server::Download, updraft_agent::AgentError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut download.bytes).await {
+        body.extend_from_slice(&chunk?);
+    }
+    let pieces: Vec<Result<bytes::Bytes, updraft_agent::AgentError>> = body
+        .chunks(4 * 1024)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    download.bytes = Box::pin(futures_util::stream::iter(pieces));
+    Ok(download)
+}

@@ -5,7 +5,7 @@ use super::executions::*;
 use super::*;
 
 /// A request body: JSON object (an empty payload is an empty request).
-pub(super) fn request_body(payload: &[u8]) -> Result<Map<String, Value>, &'static str> {
+pub fn request_body(payload: &[u8]) -> Result<Map<String, Value>, &'static str> {
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
@@ -180,7 +180,7 @@ pub(super) async fn jobs_request(
 
 /// `statusDetails`: `None` when absent; a JSON object of at most 10 strings with AWS's key and
 /// value limits, as text to store verbatim.
-pub(super) fn status_details(body: &Map<String, Value>) -> Result<Option<String>, String> {
+pub fn status_details(body: &Map<String, Value>) -> Result<Option<String>, String> {
     let details = match body.get("statusDetails") {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Object(details)) => details,
@@ -211,7 +211,7 @@ pub(super) fn status_details(body: &Map<String, Value>) -> Result<Option<String>
     Ok(Some(Value::Object(details.clone()).to_string()))
 }
 
-pub(super) fn step_timeout(body: &Map<String, Value>) -> Result<Option<i64>, String> {
+pub fn step_timeout(body: &Map<String, Value>) -> Result<Option<i64>, String> {
     match body.get("stepTimeoutInMinutes") {
         None | Some(Value::Null) => Ok(None),
         Some(value) => value
@@ -223,7 +223,7 @@ pub(super) fn step_timeout(body: &Map<String, Value>) -> Result<Option<i64>, Str
 }
 
 /// `expectedVersion` as a number or a numeric string (the coreOTA demo sends `"2"`).
-pub(super) fn expected_version(body: &Map<String, Value>) -> Result<Option<i64>, String> {
+pub fn expected_version(body: &Map<String, Value>) -> Result<Option<i64>, String> {
     match body.get("expectedVersion") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
@@ -389,7 +389,7 @@ pub(super) async fn update(
 }
 
 /// `k/N` in a progress detail.
-pub(super) fn fraction(text: &str) -> Option<Progress> {
+pub fn fraction(text: &str) -> Option<Progress> {
     let (done, total) = text.trim().split_once('/')?;
     Some(Progress {
         done: done.trim().parse().ok()?,

@@ -7,7 +7,7 @@
 pub mod adapter;
 mod document;
 mod executions;
-mod jobs;
+pub mod jobs;
 mod stream;
 
 pub use self::document::{DocumentOptions, job_document, notify, notify_next};

@@ -104,15 +104,9 @@ pub fn report_of(
     })
 }
 
-pub(super) async fn feedback(
-    State(state): State<AppState>,
-    ApiPath((tenant, controller, action)): ApiPath<(String, String, i64)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<StatusCode> {
-    let device = authenticate(&state, &headers, &tenant, &controller).await?;
-    let action = own_action(&state, &device, action).await?;
-    let body: FeedbackIn = parse_json(&body)?;
+/// A feedback body, decoded into the report it makes on an action in state `current`.
+pub fn decode_feedback(body: &[u8], current: UpdateState) -> ApiResult<Report> {
+    let body: FeedbackIn = parse_json(body)?;
     let result = body.status.result.as_ref();
     let progress = result
         .and_then(|r| r.progress.as_ref())
@@ -123,13 +117,24 @@ pub(super) async fn feedback(
         });
     let finished = result.and_then(|r| r.finished.as_deref());
     let details = body.status.details.unwrap_or_default();
-    let report = report_of(
+    report_of(
         &body.status.execution,
         finished,
         progress,
         &details,
-        action.state,
-    )?;
+        current,
+    )
+}
+
+pub(super) async fn feedback(
+    State(state): State<AppState>,
+    ApiPath((tenant, controller, action)): ApiPath<(String, String, i64)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let device = authenticate(&state, &headers, &tenant, &controller).await?;
+    let action = own_action(&state, &device, action).await?;
+    let report = decode_feedback(&body, action.state)?;
     match state
         .store
         .report(device.tenant, action.key, &report, "ddi")
@@ -202,14 +207,11 @@ pub(super) struct ConfigDataIn {
     data: serde_json::Map<String, Value>,
 }
 
-pub(super) async fn config_data(
-    State(state): State<AppState>,
-    ApiPath((tenant, controller)): ApiPath<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<StatusCode> {
-    let device = authenticate(&state, &headers, &tenant, &controller).await?;
-    let body: ConfigDataIn = parse_json(&body)?;
+/// A configData body: how to apply it, and the attributes as strings.
+pub fn decode_config_data(
+    body: &[u8],
+) -> ApiResult<(AttributeMode, std::collections::BTreeMap<String, String>)> {
+    let body: ConfigDataIn = parse_json(body)?;
     let mode = match body.mode.as_deref().map(str::to_ascii_lowercase).as_deref() {
         None | Some("merge") => AttributeMode::Merge,
         Some("replace") => AttributeMode::Replace,
@@ -221,7 +223,17 @@ pub(super) async fn config_data(
             ));
         }
     };
-    let data = crate::kernel::views::attribute_strings(body.data);
+    Ok((mode, crate::kernel::views::attribute_strings(body.data)))
+}
+
+pub(super) async fn config_data(
+    State(state): State<AppState>,
+    ApiPath((tenant, controller)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let device = authenticate(&state, &headers, &tenant, &controller).await?;
+    let (mode, data) = decode_config_data(&body)?;
     state
         .store
         .update_attributes(device.key, mode, &data)

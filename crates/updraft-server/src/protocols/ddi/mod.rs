@@ -9,7 +9,7 @@
 //! `FailureCode::from_text`).
 
 mod deployment;
-mod feedback;
+pub mod feedback;
 
 use self::deployment::{deployment_base, download, installed_base};
 pub use self::feedback::report_of;

@@ -88,12 +88,25 @@ pub async fn speaking_for(
 }
 
 #[derive(Deserialize)]
-struct DfuQuery {
+pub struct DfuQuery {
     /// How long Drogue Cloud would wait for a command; we always answer at once.
     #[allow(dead_code)]
     ct: Option<u64>,
     #[serde(rename = "as")]
-    on_behalf: Option<String>,
+    pub on_behalf: Option<String>,
+}
+
+/// The user and password of an `Authorization: Basic` header value.
+pub fn basic_credentials(header: Option<&str>) -> Option<(String, String)> {
+    let b64 = header?
+        .strip_prefix("Basic ")
+        .or_else(|| header?.strip_prefix("basic "))?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (user, token) = text.split_once(':')?;
+    Some((user.to_owned(), token.to_owned()))
 }
 
 async fn http_dfu(
@@ -102,23 +115,14 @@ async fn http_dfu(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let credentials = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Basic ")
-                .or_else(|| v.strip_prefix("basic "))
-        })
-        .and_then(|b64| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .ok()
-        })
-        .and_then(|raw| String::from_utf8(raw).ok())
-        .ok_or_else(unauthorized)?;
-    let (user, token) = credentials.split_once(':').ok_or_else(unauthorized)?;
-    let speaker = authenticate(&state, user, token).await?;
-    let device = speaking_for(&state, speaker, token, query.on_behalf.as_deref()).await?;
+    let (user, token) = basic_credentials(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )
+    .ok_or_else(unauthorized)?;
+    let speaker = authenticate(&state, &user, &token).await?;
+    let device = speaking_for(&state, speaker, &token, query.on_behalf.as_deref()).await?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());

@@ -151,7 +151,7 @@ pub async fn telemetry(state: &AppState, device: &Device, message: &Value) -> Ap
 }
 
 /// ThingsBoard accepts one object, `{"ts":…, "values":{…}}`, or an array of either.
-fn telemetry_values(message: &Value) -> ApiResult<Map<String, Value>> {
+pub fn telemetry_values(message: &Value) -> ApiResult<Map<String, Value>> {
     let bad = || {
         ApiError::bad_request(
             "invalid_json",
