@@ -156,7 +156,7 @@ pub(super) fn normalize_records(datagram: &mut [u8]) {
 /// Serves LwM2M over DTLS-PSK on `socket` until it fails.
 pub async fn serve_dtls(socket: UdpSocket, state: Ctx) {
     let socket = Arc::new(socket);
-    let (tx, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<(SocketAddr, Vec<u8>)>();
+    let (tx, mut outgoing) = tokio::sync::mpsc::channel::<(SocketAddr, Vec<u8>)>(4096);
     let _ = state.lwm2m.dtls_out.set(tx);
     if let Err(err) = state.lwm2m.load_psks(&state).await {
         tracing::warn!(error = %err.message, "could not load LwM2M PSKs");

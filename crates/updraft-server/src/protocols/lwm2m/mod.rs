@@ -138,8 +138,9 @@ struct Inner {
 #[derive(Default)]
 pub struct Lwm2m {
     socket: OnceLock<Arc<UdpSocket>>,
-    /// Plaintext to encrypt and send on a DTLS session, by peer.
-    dtls_out: OnceLock<tokio::sync::mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>>,
+    /// Plaintext to encrypt and send on a DTLS session, by peer (bounded: when full a message is
+    /// dropped, and our confirmable requests retransmit).
+    dtls_out: OnceLock<tokio::sync::mpsc::Sender<(SocketAddr, Vec<u8>)>>,
     /// PSK identities → (device, key), for the DTLS listener.
     pub psks: Arc<std::sync::RwLock<PskTable>>,
     /// The device each DTLS peer authenticated as.
@@ -216,7 +217,7 @@ impl Lwm2m {
     async fn transmit(&self, link: Link, bytes: &[u8]) {
         if link.secure {
             if let Some(out) = self.dtls_out.get() {
-                let _ = out.send((link.peer, bytes.to_vec()));
+                let _ = out.try_send((link.peer, bytes.to_vec()));
             }
         } else if let Some(socket) = self.socket.get() {
             let _ = socket.send_to(bytes, link.peer).await;

@@ -48,7 +48,9 @@ type Observer = (SocketAddr, Vec<u8>, i64);
 #[derive(Default)]
 pub struct Observers {
     by_device: Mutex<HashMap<DeviceKey, Vec<Observer>>>,
-    out: OnceLock<mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>>,
+    /// Notifications on their way out; when full, a notification is dropped (the device reads
+    /// its attributes again when it next asks).
+    out: OnceLock<mpsc::Sender<(SocketAddr, Vec<u8>)>>,
     sequence: AtomicU32,
     message_id: AtomicU16,
 }
@@ -155,7 +157,7 @@ impl Observers {
             packet.set_content_format(ContentFormat::ApplicationJSON);
             packet.payload = shared.to_string().into_bytes();
             if let Ok(bytes) = packet.to_bytes() {
-                let _ = out.send((peer, bytes));
+                let _ = out.try_send((peer, bytes));
             }
         }
     }
@@ -178,7 +180,7 @@ impl std::ops::Deref for Ctx {
 /// Answers requests on `socket` until it fails.
 pub async fn serve(socket: UdpSocket, state: Ctx) {
     let socket = std::sync::Arc::new(socket);
-    let (tx, mut rx) = mpsc::unbounded_channel::<(SocketAddr, Vec<u8>)>();
+    let (tx, mut rx) = mpsc::channel::<(SocketAddr, Vec<u8>)>(4096);
     let _ = state.coap.out.set(tx);
     let sender = socket.clone();
     tokio::spawn(async move {
