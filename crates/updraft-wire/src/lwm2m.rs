@@ -68,7 +68,16 @@ pub fn links(payload: &[u8]) -> Result<Links, Malformed> {
         if !path.starts_with('/') {
             return Err(Malformed(format!("{path:?} does not start with /")));
         }
-        let root_type = attributes.any(|(key, value)| key == "rt" && value.to_cow() == "oma.lwm2m");
+        // The raw value, unquoted here: coap-lite's own unquoting panics on a lone `"` (found by
+        // fuzzing), and a device may send one.
+        let root_type = attributes.any(|(key, value)| {
+            let raw = value.into_raw_str();
+            let unquoted = raw
+                .strip_prefix('"')
+                .and_then(|r| r.strip_suffix('"'))
+                .unwrap_or(raw);
+            key == "rt" && unquoted == "oma.lwm2m"
+        });
         if root_type {
             parsed.root = path.trim_end_matches('/').to_owned();
             continue;
@@ -301,6 +310,8 @@ mod tests {
         );
         assert!(links(b"garbage").is_err());
         assert!(links(&[0xff]).is_err());
+        // A lone quote as a value (found by fuzzing: coap-lite's unquoting panicked on it).
+        assert!(links(b"</>;rt=\"").is_ok_and(|l| l.root.is_empty()));
         assert_eq!(links(b"").map(|l| l.objects.len()), Ok(0));
     }
 
