@@ -119,7 +119,12 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
     );
     // Room again once one goes.
     drop(held.pop());
+    let started = std::time::Instant::now();
     loop {
+        assert!(
+            started.elapsed() < WAIT,
+            "the dropped connection's permit never came back"
+        );
         let (_device, mut events) = client(port, &token, "real-2");
         match next(&mut events).await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
