@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Requests (and notifications) handled at once, over both listeners; beyond that a request is
+/// dropped and its client retransmits.
+pub(super) const MAX_IN_FLIGHT: usize = 512;
+
 /// Answers registrations and routes answers to our requests, until the socket fails.
 pub async fn serve(socket: UdpSocket, state: Ctx) {
     let socket = Arc::new(socket);
@@ -51,9 +55,17 @@ pub(super) async fn datagram(state: &Ctx, link: Link, bytes: &[u8], recent: &Arc
                     }
                 }
             }
-            // Requests are answered concurrently: a registration waits on the store.
+            // Requests are answered concurrently (a registration waits on the store), at most
+            // MAX_IN_FLIGHT at once: beyond that the request is forgotten, to be retransmitted.
+            let Ok(permit) = lwm2m.in_flight.clone().try_acquire_owned() else {
+                if confirmable {
+                    recent.lock().unwrap_or_else(|e| e.into_inner()).forget(key);
+                }
+                return;
+            };
             let (state, recent) = (state.clone(), recent.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 let response = respond(&state, link, &packet, method).await;
                 let Ok(bytes) = response.to_bytes() else {
                     return;
@@ -83,9 +95,12 @@ pub(super) async fn datagram(state: &Ctx, link: Link, bytes: &[u8], recent: &Arc
             // A notification counts only from the client observed, over the same transport.
             let key = (link, packet.get_token().to_vec());
             let observation = lwm2m.inner().observations.get(&key).cloned();
-            if let Some(observation) = observation {
+            if let Some(observation) = observation
+                && let Ok(permit) = lwm2m.in_flight.clone().try_acquire_owned()
+            {
                 let state = state.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let lwm2m = state.lwm2m.clone();
                     if let Err(err) = lwm2m
                         .notified(&state, observation.device, &observation.path, &packet)

@@ -135,7 +135,6 @@ struct Inner {
 }
 
 /// The LwM2M server's state.
-#[derive(Default)]
 pub struct Lwm2m {
     socket: OnceLock<Arc<UdpSocket>>,
     /// Plaintext to encrypt and send on a DTLS session, by peer (bounded: when full a message is
@@ -153,6 +152,24 @@ pub struct Lwm2m {
     exchanges: Exchanges<Link>,
     /// Messages that could not be read (not CoAP, bad link format, unreadable values).
     pub malformed: Arc<AtomicU64>,
+    /// Permits for the requests and notifications being handled.
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Lwm2m {
+    fn default() -> Self {
+        Self {
+            socket: OnceLock::new(),
+            dtls_out: OnceLock::new(),
+            psks: Arc::default(),
+            dtls_peers: Mutex::default(),
+            dtls_sessions: std::sync::atomic::AtomicUsize::new(0),
+            inner: Mutex::default(),
+            exchanges: Exchanges::default(),
+            malformed: Arc::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(listener::MAX_IN_FLIGHT)),
+        }
+    }
 }
 
 /// The LwM2M adapter's state: the server's, and the registrations.
