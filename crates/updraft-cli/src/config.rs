@@ -26,6 +26,52 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub notify_per_second: Option<u32>,
     pub max_connections: Option<usize>,
+    /// The other bounds of the listeners (`[limits]`); each key is optional.
+    pub limits: Option<FileLimits>,
+}
+
+/// `[limits]` in the TOML file: the listeners' bounds other than `max-connections`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileLimits {
+    pub handshake_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub max_connections_per_device: Option<usize>,
+    pub max_subscriptions: Option<usize>,
+    pub max_ranges: Option<usize>,
+    pub max_dtls_sessions: Option<usize>,
+    pub registrations_burst: Option<u32>,
+    pub registrations_per_minute: Option<u32>,
+}
+
+impl FileLimits {
+    fn apply(&self, limits: &mut updraft_server::Limits) {
+        use std::time::Duration;
+        if let Some(secs) = self.handshake_timeout_secs {
+            limits.handshake_timeout = Duration::from_secs(secs.max(1));
+        }
+        if let Some(secs) = self.idle_timeout_secs {
+            limits.idle_timeout = Duration::from_secs(secs.max(1));
+        }
+        let set = |target: &mut usize, value: Option<usize>| {
+            if let Some(value) = value {
+                *target = value.max(1);
+            }
+        };
+        set(
+            &mut limits.max_connections_per_device,
+            self.max_connections_per_device,
+        );
+        set(&mut limits.max_subscriptions, self.max_subscriptions);
+        set(&mut limits.max_ranges, self.max_ranges);
+        set(&mut limits.max_dtls_sessions, self.max_dtls_sessions);
+        if let Some(burst) = self.registrations_burst {
+            limits.registrations_burst = burst;
+        }
+        if let Some(rate) = self.registrations_per_minute {
+            limits.registrations_per_minute = rate;
+        }
+    }
 }
 
 impl FileConfig {
@@ -129,6 +175,9 @@ pub fn merge(given: Given, file: FileConfig) -> Result<ServerConfig> {
             if let Some(max) = given.max_connections.or(file.max_connections) {
                 limits.max_connections = max;
             }
+            if let Some(file_limits) = &file.limits {
+                file_limits.apply(&mut limits);
+            }
             limits
         },
     })
@@ -168,5 +217,26 @@ mod tests {
     #[test]
     fn unknown_keys_in_the_file_are_refused() {
         assert!(toml::from_str::<FileConfig>("htp = \"x\"").is_err());
+        assert!(toml::from_str::<FileConfig>("[limits]\nmax-sessions = 3").is_err());
+    }
+
+    #[test]
+    fn the_file_sets_the_listeners_bounds() {
+        let file: FileConfig = toml::from_str(
+            "max-connections = 900\n[limits]\nhandshake-timeout-secs = 3\nmax-subscriptions = 8\nregistrations-per-minute = 60\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let merged = merge(Given::default(), file).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(merged.limits.max_connections, 900);
+        assert_eq!(
+            merged.limits.handshake_timeout,
+            std::time::Duration::from_secs(3)
+        );
+        assert_eq!(merged.limits.max_subscriptions, 8);
+        assert_eq!(merged.limits.registrations_per_minute, 60);
+        assert_eq!(
+            merged.limits.max_ranges,
+            updraft_server::Limits::default().max_ranges
+        );
     }
 }
