@@ -33,9 +33,11 @@ pub struct Limits {
     pub max_connections: usize,
     /// Open connections of one device (MQTT).
     pub max_connections_per_device: usize,
-    /// Time for a client to send a request's headers, or an MQTT CONNECT / TLS handshake.
+    /// Time for a client to send a request's headers (the first, or the next on a kept-alive
+    /// connection), an MQTT CONNECT, a TLS or DTLS handshake.
     pub handshake_timeout: std::time::Duration,
-    /// Time an HTTP connection may sit between requests.
+    /// Silence allowed inside an HTTP request body, and the time open requests get to finish at
+    /// shutdown. (Between requests an HTTP connection gets `handshake_timeout`: the next head.)
     pub idle_timeout: std::time::Duration,
     /// DTLS associations (LwM2M) held at once, handshaking or established.
     pub max_dtls_sessions: usize,
