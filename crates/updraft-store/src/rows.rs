@@ -421,6 +421,8 @@ pub struct FrugalNode {
     pub device: DeviceKey,
     pub secret_hash: Option<String>,
     pub key: Option<i64>,
+    /// The secret hash of the project key that enrolled it (read with it: one query).
+    pub key_hash: Option<String>,
 }
 
 /// Why an enrollment was refused.

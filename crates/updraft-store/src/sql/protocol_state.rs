@@ -230,15 +230,19 @@ impl ProtocolState for SqlStore {
     }
 
     async fn frugal_node(&self, device: DeviceKey) -> StoreResult<Option<FrugalNode>> {
-        let row = sqlx::query("SELECT secret_hash, key_id FROM frugal_nodes WHERE device_pk = $1")
-            .bind(device.0)
-            .fetch_optional(&self.read)
-            .await?;
+        let row = sqlx::query(
+            "SELECT n.secret_hash, n.key_id, k.secret_hash AS key_hash FROM frugal_nodes n \
+             LEFT JOIN frugal_keys k ON k.id = n.key_id WHERE n.device_pk = $1",
+        )
+        .bind(device.0)
+        .fetch_optional(&self.read)
+        .await?;
         row.map(|row| -> StoreResult<FrugalNode> {
             Ok(FrugalNode {
                 device,
                 secret_hash: row.try_get("secret_hash")?,
                 key: row.try_get("key_id")?,
+                key_hash: row.try_get("key_hash")?,
             })
         })
         .transpose()

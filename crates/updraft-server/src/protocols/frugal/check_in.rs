@@ -63,12 +63,18 @@ async fn authenticate(
             .frugal_node(device.key)
             .await?
             .ok_or_else(refused)?;
-        if member
-            .secret_hash
-            .as_deref()
-            .is_some_and(|own| secret::same(own, &hash))
-        {
+        // Its own key, or the project key that enrolled it (read with the membership).
+        let proven = [&member.secret_hash, &member.key_hash]
+            .into_iter()
+            .flatten()
+            .any(|known| secret::same(known, &hash));
+        if proven {
             return Ok(device);
+        }
+        // Pushed for before it ever checked in: the first node of its project with a key of
+        // that project claims it.
+        if member.secret_hash.is_some() || member.key.is_some() {
+            return Err(refused());
         }
         let key = state
             .store
@@ -76,18 +82,11 @@ async fn authenticate(
             .await?
             .filter(|key| secret::same(&key.secret_hash, &hash))
             .ok_or_else(refused)?;
-        return match member.key {
-            Some(enrolled_by) if enrolled_by == key.id => Ok(device),
-            // Pushed for before it ever checked in: the first node of its project with a key of
-            // that project claims it.
-            None if member.secret_hash.is_none()
-                && device.project.as_ref().map(|p| p.0) == Some(key.project.0)
-                && state.store.claim_frugal_node(device.key, key.id).await? =>
-            {
-                Ok(device)
-            }
-            _ => Err(refused()),
-        };
+        let same_project = device.project.as_ref().map(|p| p.0) == Some(key.project.0);
+        if same_project && state.store.claim_frugal_node(device.key, key.id).await? {
+            return Ok(device);
+        }
+        return Err(refused());
     }
     let key = state
         .store
