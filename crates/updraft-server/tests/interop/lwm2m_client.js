@@ -160,9 +160,12 @@ function register(then) {
 
 function reboot() {
     say({ event: 'reboot' });
+    // A device that reboots de-registers on a best-effort basis: node-coap's agent may send the
+    // De-register from a new source port, which the server (rightly, over NoSec) does not take
+    // as the registration's own; the Register after the reboot replaces it anyway.
     client.unregister(device, (error) => {
         if (error) {
-            return fail('unregister', error);
+            say({ event: 'unregister-refused', error: String(error) });
         }
         set('3', '0')
             .then(() => set('5', finalResult))
