@@ -13,10 +13,12 @@ use updraft_agent::state::{Release, Slot};
 
 use crate::{Server, image, sha256};
 
-/// The DDI client with an interruption point before and after every report.
-struct Interruptible {
-    inner: DdiClient,
-    power: Arc<PowerCut>,
+/// The DDI client with an interruption point before and after every report, and downloads in
+/// fixed pieces. With `resumes_at`, every download must start exactly where that slot file ends.
+pub(crate) struct Interruptible {
+    pub(crate) inner: DdiClient,
+    pub(crate) power: Arc<PowerCut>,
+    pub(crate) resumes_at: Option<std::path::PathBuf>,
 }
 
 #[async_trait]
@@ -30,6 +32,13 @@ impl UpdateServer for Interruptible {
     }
 
     async fn download(&self, url: &str, offset: u64) -> Result<Download, AgentError> {
+        if let Some(slot) = &self.resumes_at {
+            let held = std::fs::metadata(slot).map_or(0, |m| m.len());
+            assert_eq!(
+                offset, held,
+                "a download must resume where the slot ends: it holds {held} bytes"
+            );
+        }
         crate::in_fixed_pieces(self.inner.download(url, offset).await?).await
     }
 
@@ -77,6 +86,7 @@ async fn converge(server: &Server, token: &str, flash: &MemFlash, known: &[Strin
         let client = Interruptible {
             inner: DdiClient::new(&server.url, "DEFAULT", "dev01", token).unwrap(),
             power: flash.power.clone(),
+            resumes_at: None,
         };
         let (mut agent, outcome) =
             match Agent::start(flash.clone(), client, config(), Hooks::default()).await {
@@ -199,6 +209,7 @@ async fn a_cancellation_mid_download_stops_the_job_and_the_next_update_runs() {
     let client = Interruptible {
         inner: DdiClient::new(&server.url, "DEFAULT", "dev01", &token).unwrap(),
         power: power.clone(),
+        resumes_at: None,
     };
     let (mut agent, _) = Agent::start(flash.clone(), client, config(), Hooks::default())
         .await

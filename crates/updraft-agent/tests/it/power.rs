@@ -5,64 +5,16 @@
 //! each power-on boots a whole, known image, and that a resumed download asks only for the bytes
 //! the slot does not hold yet.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use updraft_agent::AgentError;
 use updraft_agent::agent::{Agent, AgentConfig, Hooks, Outcome};
 use updraft_agent::flash::{DirFlash, Flash, PowerCut};
-use updraft_agent::server::{
-    DdiClient, Delivery, Download, Feedback, Offer, PollAnswer, UpdateServer,
-};
+use updraft_agent::server::DdiClient;
 use updraft_agent::state::{Release, Slot};
 
+use crate::faults::Interruptible;
 use crate::{Server, image, sha256};
-
-/// The DDI client with an interruption point before and after every report, which checks that
-/// every download starts exactly where the target slot's file ends.
-struct Device {
-    inner: DdiClient,
-    power: Arc<PowerCut>,
-    slot_b: PathBuf,
-}
-
-#[async_trait]
-impl UpdateServer for Device {
-    async fn poll(&self) -> Result<PollAnswer, AgentError> {
-        self.inner.poll().await
-    }
-
-    async fn deployment(&self, url: &str) -> Result<Offer, AgentError> {
-        self.inner.deployment(url).await
-    }
-
-    async fn download(&self, url: &str, offset: u64) -> Result<Download, AgentError> {
-        let held = std::fs::metadata(&self.slot_b).map_or(0, |m| m.len());
-        assert_eq!(
-            offset, held,
-            "a download must resume where the slot ends: it holds {held} bytes"
-        );
-        crate::in_fixed_pieces(self.inner.download(url, offset).await?).await
-    }
-
-    async fn feedback(&self, url: &str, feedback: &Feedback) -> Result<Delivery, AgentError> {
-        self.power.tick()?;
-        let delivery = self.inner.feedback(url, feedback).await?;
-        self.power.tick()?;
-        Ok(delivery)
-    }
-
-    async fn cancel_target(&self, url: &str) -> Result<String, AgentError> {
-        self.inner.cancel_target(url).await
-    }
-
-    async fn cancel_answer(&self, url: &str, stop: &str, accepted: bool) -> Result<(), AgentError> {
-        self.power.tick()?;
-        self.inner.cancel_answer(url, stop, accepted).await?;
-        self.power.tick()
-    }
-}
 
 fn config() -> AgentConfig {
     AgentConfig {
@@ -109,10 +61,10 @@ async fn converge(
                 None => power.restore(),
             }
         }
-        let device = Device {
+        let device = Interruptible {
             inner: DdiClient::new(&server.url, "DEFAULT", "dev01", token).unwrap(),
             power: power.clone(),
-            slot_b: dir.join("slot-b.img"),
+            resumes_at: Some(dir.join("slot-b.img")),
         };
         let flash = DirFlash::with_power(dir, power.clone()).unwrap();
         let hooks = Hooks {

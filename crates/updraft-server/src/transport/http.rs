@@ -50,8 +50,7 @@ pub async fn serve(
     }));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
-    let open = Arc::new(tokio::sync::Semaphore::new(0));
-    let mut connections = 0u32;
+    let open = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -83,9 +82,7 @@ pub async fn serve(
             .max_buf_size(MAX_HEAD_BYTES.max(8192))
             .max_headers(MAX_HEADERS);
         let mut stopped = stopped.clone();
-        let open = open.clone();
-        connections = connections.wrapping_add(1);
-        tokio::spawn(async move {
+        open.spawn(async move {
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
@@ -100,12 +97,12 @@ pub async fn serve(
                 }
             }
             drop(permit);
-            open.add_permits(1);
         });
     }
     let _ = stop.send(true);
-    // Wait for the connections to drain (each returns one permit when it ends).
-    let _ = tokio::time::timeout(idle, open.acquire_many(connections)).await;
+    // Wait for the connections to drain.
+    open.close();
+    let _ = tokio::time::timeout(idle, open.wait()).await;
 }
 
 /// Wraps the request body so that a client that stops sending it for `idle` gets an error

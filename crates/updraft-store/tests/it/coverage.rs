@@ -26,7 +26,8 @@ fn node(id: &str) -> NewDevice {
     }
 }
 
-async fn release(store: &SqlStore, tenant: &Tenant, version: &str) -> Artifact {
+/// A firmware `fw@{version}` of three bytes, for every profile.
+pub async fn release(store: &SqlStore, tenant: &Tenant, version: &str) -> Artifact {
     store
         .insert_artifact(
             tenant.key,

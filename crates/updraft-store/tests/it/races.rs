@@ -3,40 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use updraft_core::{
-    ArtifactKind, Checksums, DeviceId, Failure, FailureCode, MultiHasher, Name, Progress, Report,
-    Scope, UpdateState,
-};
+use updraft_core::{DeviceId, Failure, FailureCode, Name, Progress, Report, Scope, UpdateState};
 use updraft_store::*;
 
 use crate::Reopen;
-
-fn sums(content: &str) -> Checksums {
-    let mut hasher = MultiHasher::new();
-    hasher.update(content.as_bytes());
-    hasher.finish()
-}
-
-async fn release(store: &SqlStore, tenant: &Tenant, version: &str) -> Artifact {
-    store
-        .insert_artifact(
-            tenant.key,
-            &NewArtifact {
-                title: "fw".into(),
-                version: version.into(),
-                kind: ArtifactKind::Firmware,
-                profiles: vec![],
-                size: 3,
-                filename: format!("fw-{version}.bin"),
-                checksums: sums(version),
-                signature: None,
-                description: String::new(),
-                uploaded_by: "test".into(),
-            },
-        )
-        .await
-        .unwrap()
-}
+use crate::coverage::release;
 
 pub async fn reports_racing_a_supersede_never_leave_a_final_state(store: &SqlStore, _: &Reopen) {
     let tenant = store

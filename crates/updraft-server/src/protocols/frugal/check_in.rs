@@ -10,7 +10,7 @@ use serde::Deserialize;
 use updraft_core::{
     DeviceId, Failure, FailureCode, Name, Progress, Report, Scope, UpdateState, compare_versions,
 };
-use updraft_store::{AttributeMode, Device, Enrollment, NewDevice, StoreError, Tenant};
+use updraft_store::{AttributeMode, Device, Enrollment, FrugalKey, NewDevice, StoreError, Tenant};
 
 use super::EspReport;
 use crate::kernel::download::{BlobResponse, serve_blob};
@@ -42,6 +42,16 @@ fn refused() -> ApiError {
         "unauthorized",
         "unknown node or OTA key: give the node its own key, or a project key to enroll with",
     )
+}
+
+/// The tenant's project key whose secret hashes to `hash`.
+async fn project_key(state: &AppState, tenant: &Tenant, hash: &str) -> ApiResult<FrugalKey> {
+    state
+        .store
+        .frugal_key_by_hash(tenant.key, hash)
+        .await?
+        .filter(|key| secret::same(&key.secret_hash, hash))
+        .ok_or_else(refused)
 }
 
 /// The node the OTA key proves: a Frugal node whose own key or enrolling project key it is, or
@@ -76,24 +86,14 @@ async fn authenticate(
         if member.secret_hash.is_some() || member.key.is_some() {
             return Err(refused());
         }
-        let key = state
-            .store
-            .frugal_key_by_hash(tenant.key, &hash)
-            .await?
-            .filter(|key| secret::same(&key.secret_hash, &hash))
-            .ok_or_else(refused)?;
+        let key = project_key(state, tenant, &hash).await?;
         let same_project = device.project.as_ref().map(|p| p.0) == Some(key.project.0);
         if same_project && state.store.claim_frugal_node(device.key, key.id).await? {
             return Ok(device);
         }
         return Err(refused());
     }
-    let key = state
-        .store
-        .frugal_key_by_hash(tenant.key, &hash)
-        .await?
-        .filter(|key| secret::same(&key.secret_hash, &hash))
-        .ok_or_else(refused)?;
+    let key = project_key(state, tenant, &hash).await?;
     if &key.project.1 != project {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
