@@ -41,15 +41,14 @@ impl Thing {
             .subscribe(self.topic(rest), QoS::AtLeastOnce)
             .await
             .unwrap();
-        loop {
-            if let Event::Incoming(Packet::SubAck(_)) =
-                updraft_test_support::within(self.events.poll())
-                    .await
-                    .unwrap()
-            {
-                return;
+        updraft_test_support::within(async {
+            loop {
+                if let Event::Incoming(Packet::SubAck(_)) = self.events.poll().await.unwrap() {
+                    return;
+                }
             }
-        }
+        })
+        .await
     }
 
     async fn send(&self, rest: &str, payload: impl Into<Vec<u8>>) {
@@ -61,19 +60,17 @@ impl Thing {
 
     /// The next message the server publishes: (topic after the thing's prefix, payload).
     async fn next(&mut self) -> (String, Vec<u8>) {
-        loop {
-            match updraft_test_support::within(self.events.poll())
-                .await
-                .unwrap()
-            {
-                Event::Incoming(Packet::Publish(p)) => {
-                    let prefix = self.topic("");
+        let prefix = self.topic("");
+        let events = &mut self.events;
+        updraft_test_support::within(async {
+            loop {
+                if let Event::Incoming(Packet::Publish(p)) = events.poll().await.unwrap() {
                     let topic = p.topic.strip_prefix(&prefix).unwrap_or(&p.topic).to_owned();
                     return (topic, p.payload.to_vec());
                 }
-                _ => continue,
             }
-        }
+        })
+        .await
     }
 
     /// Sends a JSON request and returns the answer's topic suffix and body.

@@ -464,14 +464,15 @@ async fn an_embedded_update_device_updates_over_mqtt() {
             .publish("dfu", QoS::AtLeastOnce, false, device.status(Form::Packed))
             .await
             .unwrap();
-        let payload = loop {
-            if let Event::Incoming(Packet::Publish(publish)) =
-                updraft_test_support::within(events.poll()).await.unwrap()
-            {
-                assert_eq!(publish.topic, "command/inbox//dfu");
-                break publish.payload;
+        let payload = updraft_test_support::within(async {
+            loop {
+                if let Event::Incoming(Packet::Publish(publish)) = events.poll().await.unwrap() {
+                    assert_eq!(publish.topic, "command/inbox//dfu");
+                    break publish.payload;
+                }
             }
-        };
+        })
+        .await;
         if device.follow(&payload) {
             break;
         }
@@ -595,14 +596,15 @@ async fn a_gateway_speaks_for_devices_on_dfu_slash_device_over_mqtt() {
         .publish("dfu", QoS::AtLeastOnce, false, status)
         .await
         .unwrap();
-    loop {
-        if let Event::Incoming(Packet::Publish(publish)) =
-            updraft_test_support::within(events.poll()).await.unwrap()
-        {
-            assert_eq!(publish.topic, "command/inbox//dfu");
-            break;
+    updraft_test_support::within(async {
+        loop {
+            if let Event::Incoming(Packet::Publish(publish)) = events.poll().await.unwrap() {
+                assert_eq!(publish.topic, "command/inbox//dfu");
+                break;
+            }
         }
-    }
+    })
+    .await;
     client.disconnect().await.unwrap();
 
     let mut options = MqttOptions::new("gw-1", host, port);
@@ -623,14 +625,15 @@ async fn a_gateway_speaks_for_devices_on_dfu_slash_device_over_mqtt() {
             )
             .await
             .unwrap();
-        let payload = loop {
-            if let Event::Incoming(Packet::Publish(publish)) =
-                updraft_test_support::within(events.poll()).await.unwrap()
-            {
-                assert_eq!(publish.topic, "command/inbox/leaf-1/dfu");
-                break publish.payload;
+        let payload = updraft_test_support::within(async {
+            loop {
+                if let Event::Incoming(Packet::Publish(publish)) = events.poll().await.unwrap() {
+                    assert_eq!(publish.topic, "command/inbox/leaf-1/dfu");
+                    break publish.payload;
+                }
             }
-        };
+        })
+        .await;
         if device.follow(&payload) {
             break;
         }

@@ -20,24 +20,27 @@ fn client(host: &str, port: u16, token: &str, id: &str) -> (AsyncClient, EventLo
 
 /// The next PUBLISH the server sends, skipping acknowledgements.
 async fn next_publish(events: &mut EventLoop) -> (String, Bytes) {
-    loop {
-        if let Event::Incoming(Packet::Publish(publish)) =
-            updraft_test_support::within(events.poll()).await.unwrap()
-        {
-            return (publish.topic, publish.payload);
+    // The whole wait is bounded: keep-alive pings alone would keep a per-event bound happy.
+    updraft_test_support::within(async {
+        loop {
+            if let Event::Incoming(Packet::Publish(publish)) = events.poll().await.unwrap() {
+                return (publish.topic, publish.payload);
+            }
         }
-    }
+    })
+    .await
 }
 
 async fn connected(events: &mut EventLoop) {
-    loop {
-        if let Event::Incoming(Packet::ConnAck(ack)) =
-            updraft_test_support::within(events.poll()).await.unwrap()
-        {
-            assert_eq!(ack.code, ConnectReturnCode::Success);
-            return;
+    updraft_test_support::within(async {
+        loop {
+            if let Event::Incoming(Packet::ConnAck(ack)) = events.poll().await.unwrap() {
+                assert_eq!(ack.code, ConnectReturnCode::Success);
+                return;
+            }
         }
-    }
+    })
+    .await
 }
 
 #[tokio::test]

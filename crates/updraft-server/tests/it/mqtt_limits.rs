@@ -36,12 +36,15 @@ async fn next(events: &mut EventLoop) -> Result<Event, rumqttc::ConnectionError>
 }
 
 async fn connected(events: &mut EventLoop) {
-    loop {
-        if let Event::Incoming(Packet::ConnAck(ack)) = next(events).await.unwrap() {
-            assert_eq!(ack.code, ConnectReturnCode::Success);
-            return;
+    updraft_test_support::within(async {
+        loop {
+            if let Event::Incoming(Packet::ConnAck(ack)) = next(events).await.unwrap() {
+                assert_eq!(ack.code, ConnectReturnCode::Success);
+                return;
+            }
         }
-    }
+    })
+    .await
 }
 
 /// Reads until the server closes the socket (EOF or reset).
@@ -66,11 +69,14 @@ async fn stalled(port: u16) -> TcpStream {
 }
 
 async fn suback(events: &mut EventLoop) -> Vec<SubscribeReasonCode> {
-    loop {
-        if let Event::Incoming(Packet::SubAck(ack)) = next(events).await.unwrap() {
-            return ack.return_codes;
+    updraft_test_support::within(async {
+        loop {
+            if let Event::Incoming(Packet::SubAck(ack)) = next(events).await.unwrap() {
+                return ack.return_codes;
+            }
         }
-    }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -152,13 +158,8 @@ async fn a_devices_newest_connections_win_beyond_its_cap() {
     connected(&mut second.1).await;
     let mut third = client(port, &token, "c");
     connected(&mut third.1).await;
-    // The oldest is closed by the server.
-    loop {
-        match next(&mut first.1).await {
-            Err(_) => break,
-            Ok(_) => continue,
-        }
-    }
+    // The oldest is closed by the server (keep-alive pings alone would loop here forever).
+    updraft_test_support::within(async { while next(&mut first.1).await.is_ok() {} }).await;
     assert_eq!(app.node.protocols.mqtt.sessions().count(), 2);
 }
 
@@ -195,11 +196,13 @@ async fn subscriptions_are_capped_and_unsubscribe_frees_them() {
         .unwrap();
     assert_eq!(suback(&mut events).await, [SubscribeReasonCode::Failure]);
     device.unsubscribe("t/0").await.unwrap();
-    loop {
-        if let Event::Incoming(Packet::UnsubAck(_)) = next(&mut events).await.unwrap() {
-            break;
-        }
-    }
+    updraft_test_support::within(async {
+        while !matches!(
+            next(&mut events).await.unwrap(),
+            Event::Incoming(Packet::UnsubAck(_))
+        ) {}
+    })
+    .await;
     device
         .subscribe(new_filter, QoS::AtLeastOnce)
         .await

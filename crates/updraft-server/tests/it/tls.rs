@@ -149,13 +149,14 @@ async fn a_registered_client_certificate_is_the_devices_credential() {
         )
         .await
         .unwrap();
-    let answer = loop {
-        if let Event::Incoming(Packet::Publish(p)) =
-            updraft_test_support::within(events.poll()).await.unwrap()
-        {
-            break p;
+    let answer = updraft_test_support::within(async {
+        loop {
+            if let Event::Incoming(Packet::Publish(p)) = events.poll().await.unwrap() {
+                break p;
+            }
         }
-    };
+    })
+    .await;
     assert_eq!(answer.topic, "$aws/things/thing-7/jobs/get/accepted");
     let body: Value = serde_json::from_slice(&answer.payload).unwrap();
     assert_eq!(body["clientToken"], "tls");

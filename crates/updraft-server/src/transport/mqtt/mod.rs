@@ -286,17 +286,28 @@ impl Endpoint {
             stream.flush().await?;
             return Err(ConnectionError::Protocol("not authorized"));
         };
-        codec::write(version, &Outbound::ConnAck { accepted: true }, &mut out)?;
-        stream.write_all(&out).await?;
-        stream.flush().await?;
-        let _ = self.state.store.touch_device(login.device.key).await;
-
         let (tx, mut rx) = mpsc::channel(16);
         // A device's newest connection wins: beyond its cap, the oldest are closed (a device
-        // that rebooted does not wait for its half-open connection to time out).
+        // that rebooted does not wait for its half-open connection to time out). The session is
+        // registered before its CONNACK goes out, so "newest" is the order devices see.
         let (id, taken_over) =
             self.sessions
                 .add(&login.device, tx, limits.max_connections_per_device);
+        let accepted = async {
+            codec::write(version, &Outbound::ConnAck { accepted: true }, &mut out)?;
+            stream.write_all(&out).await?;
+            stream.flush().await?;
+            Ok::<_, ConnectionError>(())
+        };
+        let accepted = tokio::select! {
+            result = accepted => result,
+            () = taken_over.cancelled() => Err(ConnectionError::Protocol("a newer connection of the device took over")),
+        };
+        if let Err(error) = accepted {
+            self.sessions.remove(login.device.key, id);
+            return Err(error);
+        }
+        let _ = self.state.store.touch_device(login.device.key).await;
         let mut session = Session {
             login,
             version,
