@@ -7,6 +7,7 @@ impl Lwm2m {
     pub(super) fn told(&self, device: DeviceKey, action: updraft_core::ActionKey) {
         if let Some(r) = self.inner().registrations.get_mut(&device) {
             r.told = Some(action);
+            r.offered = Some(action);
         }
     }
 
@@ -26,17 +27,32 @@ impl Lwm2m {
         }
     }
 
-    /// Starts the firmware driver of `device` unless one runs.
+    /// Starts the firmware driver of `device`; if one runs, it runs once more when done (what
+    /// kicked it — a cancel, a notification, a new registration — may have come after it read).
     pub fn kick(self: &Arc<Self>, state: &Ctx, device: DeviceKey) {
-        if !self.inner().drivers.insert(device) {
-            return;
+        {
+            let mut inner = self.inner();
+            if let Some(again) = inner.drivers.get_mut(&device) {
+                *again = true;
+                return;
+            }
+            inner.drivers.insert(device, false);
         }
         let (this, state) = (self.clone(), state.clone());
         tokio::spawn(async move {
-            if let Err(err) = this.drive(&state, device).await {
-                tracing::warn!(error = %err.message, "lwm2m firmware update step failed");
+            loop {
+                if let Err(err) = this.drive(&state, device).await {
+                    tracing::warn!(error = %err.message, "lwm2m firmware update step failed");
+                }
+                let mut inner = this.inner();
+                match inner.drivers.get_mut(&device) {
+                    Some(again) if *again => *again = false,
+                    _ => {
+                        inner.drivers.remove(&device);
+                        return;
+                    }
+                }
             }
-            this.inner().drivers.remove(&device);
         });
     }
 
@@ -93,6 +109,20 @@ impl Lwm2m {
         let Some(registration) = self.registration_of(device) else {
             return Ok(());
         };
+        let gone = registration.gone.clone();
+        tokio::select! {
+            result = self.step(state, device, registration) => result,
+            () = gone.cancelled() => Ok(()),
+        }
+    }
+
+    /// One step of `registration`'s firmware update: whatever the action's state asks of us.
+    async fn step(
+        &self,
+        state: &Ctx,
+        device: DeviceKey,
+        registration: Registration,
+    ) -> Result<(), ApiError> {
         if !registration.info_read {
             if let Some(r) = self.inner().registrations.get_mut(&registration.device) {
                 r.info_read = true;
@@ -190,6 +220,9 @@ impl Lwm2m {
         };
         match action.state {
             UpdateState::Queued | UpdateState::Initiated => {
+                if registration.offered == Some(action.key) {
+                    return Ok(());
+                }
                 let Some(artifact_key) = action.artifact else {
                     return Ok(());
                 };

@@ -165,7 +165,10 @@ pub(super) async fn handle(
         (RequestType::Delete, ["rd", location]) => {
             let mut inner = state.lwm2m.inner();
             let device = own_registration(state, &inner, link, location)?;
-            inner.registrations.remove(&device);
+            if let Some(gone) = inner.registrations.remove(&device) {
+                gone.gone.cancel();
+                state.lwm2m.exchanges.abandon(&gone.link);
+            }
             inner.observations.retain(|_, o| o.device != device);
             Ok(ResponseType::Deleted)
         }
@@ -243,15 +246,22 @@ pub(super) async fn register(
         observed: false,
         info_read: false,
         told: None,
+        offered: None,
+        gone: tokio_util::sync::CancellationToken::new(),
     };
     {
         let mut inner = state.lwm2m.inner();
         // The same device registering again replaces its registration and its observations
         // (what it was told stays true).
         inner.observations.retain(|_, o| o.device != device.key);
-        let told = inner.registrations.get(&device.key).and_then(|r| r.told);
         let mut registration = registration;
-        registration.told = told;
+        if let Some(old) = inner.registrations.get(&device.key) {
+            registration.told = old.told;
+            // The old registration's requests will never be answered (the client rebooted):
+            // whatever awaits them moves on now instead of after their back-off.
+            old.gone.cancel();
+            state.lwm2m.exchanges.abandon(&old.link);
+        }
         inner.registrations.insert(device.key, registration);
     }
     response.add_option(CoapOption::LocationPath, b"rd".to_vec());
@@ -281,6 +291,9 @@ pub(super) fn update(state: &Ctx, link: Link, request: &Packet, location: &str) 
         };
         // Over DTLS the source may be a new address (NAT rebinding): the session proved the
         // device. Over NoSec it is the same address (own_registration).
+        if registration.link != link {
+            state.lwm2m.exchanges.abandon(&registration.link);
+        }
         registration.link = link;
         if let Some(lifetime) = query.lifetime {
             registration.lifetime = lifetime;

@@ -18,7 +18,7 @@ mod requests;
 pub use self::dtls::serve_dtls;
 pub use self::listener::serve;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -76,6 +76,12 @@ pub struct Registration {
     info_read: bool,
     /// The action whose package the device was last given (URI written or package pushed).
     told: Option<updraft_core::ActionKey>,
+    /// The action whose package this registration was given: not offered twice to one
+    /// registration (a client re-registering after a reboot is offered it again).
+    offered: Option<updraft_core::ActionKey>,
+    /// Canceled when the registration is replaced or ends: a firmware step working for it
+    /// stops at once (its requests would never be answered) and the next registration's runs.
+    gone: tokio_util::sync::CancellationToken,
 }
 
 /// Options of one of our requests.
@@ -129,7 +135,8 @@ struct Inner {
     registrations: HashMap<DeviceKey, Registration>,
     /// Observations by (the observed client, token): a notification counts only from there.
     observations: HashMap<(Link, Vec<u8>), Observation>,
-    drivers: HashSet<DeviceKey>,
+    /// Devices whose firmware driver runs, and whether it was kicked again meanwhile.
+    drivers: HashMap<DeviceKey, bool>,
     /// One request at a time per device.
     locks: HashMap<DeviceKey, Arc<tokio::sync::Mutex<()>>>,
 }

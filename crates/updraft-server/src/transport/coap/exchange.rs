@@ -112,6 +112,15 @@ impl<P: Eq + Hash + Clone + Debug> Exchanges<P> {
         Err(format!("no answer from {peer:?}"))
     }
 
+    /// Ends every request waiting on `peer` now, as unanswered (the client rebooted or left: its
+    /// old exchanges will never be answered, and whatever awaits them should move on).
+    pub fn abandon(&self, peer: &P) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(p, _), _| p != peer);
+    }
+
     /// Hands an answer from `peer` to the request waiting for its token; gives the packet back
     /// when no request of that peer waits for it (a notification, or a stray).
     pub fn answer(&self, peer: P, packet: Packet) -> Result<(), Packet> {
@@ -172,5 +181,43 @@ mod tests {
         let mut again = Packet::new();
         again.set_token(token);
         assert!(exchanges.answer(peer(1), again).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn abandoning_a_peer_ends_its_requests_at_once_and_no_others() {
+        let exchanges = std::sync::Arc::new(Exchanges::<SocketAddr>::default());
+        let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel();
+        let ask = |port: u16| {
+            let (exchanges, sent_tx) = (exchanges.clone(), sent_tx.clone());
+            let mut request = Packet::new();
+            request.set_token(exchanges.token());
+            tokio::spawn(async move {
+                exchanges
+                    .request(peer(port), request, |bytes| {
+                        let _ = sent_tx.send(bytes);
+                        async {}
+                    })
+                    .await
+            })
+        };
+        let gone = ask(1);
+        let kept = ask(2);
+        let first = Packet::from_bytes(&sent_rx.recv().await.unwrap()).unwrap();
+        let second = Packet::from_bytes(&sent_rx.recv().await.unwrap()).unwrap();
+        let abandoned = tokio::time::Instant::now();
+        exchanges.abandon(&peer(1));
+        // Ended now on the virtual clock, not after the back-off's first retransmission.
+        assert!(gone.await.unwrap().is_err());
+        assert!(abandoned.elapsed() < Duration::from_millis(ACK_TIMEOUT_MILLIS as u64));
+        // The other peer's request still takes its answer.
+        let token = [first.get_token(), second.get_token()]
+            .into_iter()
+            .find(|t| {
+                let mut probe = Packet::new();
+                probe.set_token(t.to_vec());
+                exchanges.answer(peer(2), probe).is_ok()
+            });
+        assert!(token.is_some());
+        assert!(kept.await.unwrap().is_ok());
     }
 }
