@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building Updraft needs on Debian, idempotently: a C compiler (for the bundled
-# SQLite and ring), curl, and the Rust toolchain with rustfmt and clippy. Source it or run it.
+# SQLite and ring), OpenSSL's headers and pkg-config (DTLS links the system's libssl), curl, and
+# the Rust toolchain with rustfmt and clippy. Source it or run it.
 set -euo pipefail
 
 as_root() {
@@ -16,6 +17,8 @@ apt_install() {
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+[ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then

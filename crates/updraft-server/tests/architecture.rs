@@ -252,6 +252,29 @@ fn no_source_file_passes_the_size_limit() {
     assert!(broken.is_empty(), "{}", broken.join("\n"));
 }
 
+/// The workspace denies `unsafe_code`; one file may allow it: the DTLS engine's calls into
+/// libssl that the openssl crates do not wrap. Anything else that wants it is a design question.
+const UNSAFE_ALLOWED: [&str; 1] = ["crates/updraft-server/src/transport/dtls.rs"];
+
+#[test]
+fn unsafe_code_lives_in_the_dtls_engine_only() {
+    let mut broken = Vec::new();
+    for entry in std::fs::read_dir(repo().join("crates")).unwrap() {
+        for path in rust_files(&entry.unwrap().path()) {
+            let name = relative(&path);
+            let allows = code_lines(&path)
+                .iter()
+                .any(|(_, line)| line.contains("allow(unsafe_code)"));
+            if allows && !UNSAFE_ALLOWED.contains(&name.as_str()) {
+                broken.push(format!("{name}: allows unsafe_code"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+    let workspace = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    assert!(workspace.contains("unsafe_code = \"deny\""));
+}
+
 /// The checks read code the way the compiler does: names count, comments and strings do not.
 #[test]
 fn the_checks_see_names_not_comments_or_strings() {

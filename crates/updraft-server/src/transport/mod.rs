@@ -2,6 +2,7 @@
 //! register their topic handlers with them.
 
 pub mod coap;
+pub mod dtls;
 pub mod http;
 pub mod mqtt;
 pub mod tls;

@@ -1,8 +1,10 @@
-//! DTLS 1.2 with pre-shared keys (RFC 7925: TLS_PSK_WITH_AES_128_CCM_8), one dimpl session per
-//! peer on the `--lwm2m-dtls` socket; CoAP goes through `datagram` like on the NoSec socket.
+//! DTLS 1.2 with pre-shared keys (RFC 7925: TLS_PSK_WITH_AES_128_CCM_8) on the `--lwm2m-dtls`
+//! socket: a session per peer once it echoed a stateless cookie (`transport::dtls`, OpenSSL);
+//! CoAP goes through `datagram` like on the NoSec socket.
 
 use super::listener::datagram;
 use super::*;
+use crate::transport::dtls::{Closed, DtlsServer, DtlsSession, Hello, PskLookup};
 
 impl Lwm2m {
     /// Loads every device's PSK from the store (at start-up).
@@ -35,49 +37,17 @@ impl Lwm2m {
     }
 }
 
-/// Looks a PSK identity up, remembering which device it named. One resolver serves every
-/// session: the listener handles one datagram at a time, so the device it names belongs to the
-/// session being fed (`feed` takes it right after).
-pub(super) struct Resolver {
-    psks: Arc<std::sync::RwLock<PskTable>>,
-    device: Arc<Mutex<Option<DeviceKey>>>,
+/// An association with a peer: its session, and a new handshake under way on the same address (a
+/// client that rebooted, or someone spoofing it once it proved the address), which replaces the
+/// session only once it completes (RFC 6347 §4.2.8).
+struct Association {
+    current: Box<DtlsSession>,
+    pending: Option<Box<DtlsSession>>,
 }
 
-impl dimpl::PskResolver for Resolver {
-    fn resolve(&self, identity: &[u8]) -> Option<Vec<u8>> {
-        let found = self
-            .psks
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(identity)
-            .cloned()?;
-        *self.device.lock().unwrap_or_else(|e| e.into_inner()) = Some(found.0);
-        Some(found.1)
-    }
-}
-
-pub(super) struct DtlsSession {
-    dtls: dimpl::Dtls,
-    device: Arc<Mutex<Option<DeviceKey>>>,
-    timeout: Option<std::time::Instant>,
-    last_heard: std::time::Instant,
-    started: std::time::Instant,
-    /// The handshake completed.
-    established: bool,
-}
-
-/// A peer's association: its session, and a new handshake under way on the same address (a
-/// client that rebooted, or someone spoofing it), which replaces the session only once it
-/// completes (RFC 6347 §4.2.8).
-pub(super) struct Association {
-    current: DtlsSession,
-    pending: Option<DtlsSession>,
-}
-
-/// Handshakes under way at once, over all peers; a ClientHello beyond that is dropped (the client
-/// retries). dimpl draws its cookie secret per session, so state is allocated on the first
-/// ClientHello: this bound, and the handshake timeout, are what keep spoofed ClientHellos from
-/// growing memory.
+/// Handshakes under way at once, over all peers. Each exists only after its client echoed a
+/// valid cookie (a spoofed ClientHello gets a stateless HelloVerifyRequest and nothing kept); the
+/// bound and the handshake timeout limit what clients that do receive at their address can hold.
 const MAX_HALF_OPEN: usize = 1024;
 
 /// Whether a datagram starts with an epoch-0 ClientHello record.
@@ -96,44 +66,22 @@ fn epoch(datagram: &[u8]) -> u16 {
     }
 }
 
-/// The listener's one DTLS configuration (building one is costly: tens of milliseconds) and the
-/// slot its resolver names devices in.
-struct Shared {
-    config: Arc<dimpl::Config>,
-    resolved: Arc<Mutex<Option<DeviceKey>>>,
-}
-
-fn shared(state: &Ctx, limits: &crate::kernel::state::Limits) -> Option<Shared> {
-    let resolved = Arc::new(Mutex::new(None));
-    let resolver = Arc::new(Resolver {
-        psks: state.lwm2m.psks.clone(),
-        device: resolved.clone(),
+/// The listener's DTLS server: PSK identities are looked up in the running PSK table.
+fn server(state: &Ctx) -> Option<DtlsServer> {
+    let psks = state.lwm2m.psks.clone();
+    let lookup: PskLookup = Arc::new(move |identity: &[u8]| {
+        psks.read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(identity)
+            .cloned()
     });
-    let config = dimpl::Config::builder()
-        .with_psk_server(None, resolver)
-        .handshake_timeout(limits.handshake_timeout)
-        .build()
-        .ok()?;
-    Some(Shared {
-        config: Arc::new(config),
-        resolved,
-    })
-}
-
-fn new_session(shared: &Shared) -> Option<DtlsSession> {
-    let device = Arc::new(Mutex::new(None));
-    let now = std::time::Instant::now();
-    let mut dtls = dimpl::Dtls::new_12_psk(shared.config.clone(), now);
-    // The engine draws its randoms on its first timeout: before any packet.
-    dtls.handle_timeout(now).ok()?;
-    Some(DtlsSession {
-        dtls,
-        device,
-        timeout: None,
-        last_heard: now,
-        started: now,
-        established: false,
-    })
+    match DtlsServer::new(lookup) {
+        Ok(server) => Some(server),
+        Err(err) => {
+            tracing::error!(error = %err, "the DTLS context could not be built");
+            None
+        }
+    }
 }
 
 /// Record versions of epoch-0 handshake records are rewritten to DTLS 1.2's: mbedTLS 2.x sends
@@ -155,193 +103,249 @@ pub(super) fn normalize_records(datagram: &mut [u8]) {
 
 /// Serves LwM2M over DTLS-PSK on `socket` until it fails.
 pub async fn serve_dtls(socket: UdpSocket, state: Ctx) {
-    let socket = Arc::new(socket);
     let (tx, mut outgoing) = tokio::sync::mpsc::channel::<(SocketAddr, Vec<u8>)>(4096);
     let _ = state.lwm2m.dtls_out.set(tx);
     if let Err(err) = state.lwm2m.load_psks(&state).await {
         tracing::warn!(error = %err.message, "could not load LwM2M PSKs");
     }
     let limits = state.config.limits.clone();
-    let Some(shared) = shared(&state, &limits) else {
-        tracing::error!("the DTLS configuration could not be built: LwM2M over DTLS is off");
+    let Some(server) = server(&state) else {
+        tracing::error!("LwM2M over DTLS is off");
         return;
     };
-    let recent = Arc::new(Mutex::new(Dedup::new(DEDUP_MILLIS, 65_536)));
-    let mut peers: HashMap<SocketAddr, Association> = HashMap::new();
-    let mut half_open = 0usize;
+    let mut listener = Listener {
+        socket,
+        state: state.clone(),
+        server,
+        peers: HashMap::new(),
+        half_open: 0,
+        recent: Arc::new(Mutex::new(Dedup::new(DEDUP_MILLIS, 65_536))),
+        limits,
+    };
     let mut buf = vec![0u8; 65_536];
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
-            received = socket.recv_from(&mut buf) => {
+            received = listener.socket.recv_from(&mut buf) => {
                 let Ok((len, peer)) = received else { continue };
                 let datagram = &mut buf[..len];
                 normalize_records(datagram);
-                let hello = is_client_hello(datagram);
-                // Only a ClientHello starts a handshake, within the bounds.
-                let room = half_open < MAX_HALF_OPEN && peers.len() < limits.max_dtls_sessions;
-                let association = match peers.get_mut(&peer) {
-                    None if hello && room => {
-                        let Some(current) = new_session(&shared) else { continue };
-                        half_open += 1;
-                        peers.entry(peer).or_insert(Association { current, pending: None })
-                    }
-                    None => continue,
-                    Some(association) => {
-                        if hello && association.current.established && association.pending.is_none() {
-                            if half_open >= MAX_HALF_OPEN {
-                                continue;
-                            }
-                            association.pending = new_session(&shared);
-                            half_open += usize::from(association.pending.is_some());
-                        }
-                        association
-                    }
-                };
-                let now = std::time::Instant::now();
-                let link = Link { peer, secure: true };
-                // The new handshake takes epoch-0 records; later epochs go to the session, and
-                // to the new handshake too (each drops what it cannot decrypt).
-                let mut messages = Vec::new();
-                let mut current_failed = false;
-                let to_pending = association.pending.is_some() && (hello || epoch(datagram) == 0);
-                if !to_pending {
-                    let session = &mut association.current;
-                    let was_established = session.established;
-                    session.last_heard = now;
-                    match feed(&socket, &state, &shared, peer, session, datagram).await {
-                        Some(received) => messages.extend(received),
-                        None => current_failed = true,
-                    }
-                    if !was_established && session.established {
-                        half_open = half_open.saturating_sub(1);
-                    }
-                }
-                let mut promoted = false;
-                let mut pending_failed = false;
-                if let Some(pending) = association.pending.as_mut()
-                    && (to_pending || epoch(datagram) > 0)
-                {
-                    pending.last_heard = now;
-                    match feed(&socket, &state, &shared, peer, pending, datagram).await {
-                        Some(received) => {
-                            messages.extend(received);
-                            promoted = pending.established;
-                        }
-                        None => pending_failed = true,
-                    }
-                }
-                if promoted && let Some(pending) = association.pending.take() {
-                    half_open = half_open.saturating_sub(1);
-                    association.current = pending;
-                    current_failed = false;
-                } else if pending_failed {
-                    association.pending = None;
-                    half_open = half_open.saturating_sub(1);
-                }
-                if current_failed {
-                    // A fatal error (a wrong key among them): the session is gone.
-                    forget(&state, &mut peers, &mut half_open, peer);
-                    continue;
-                }
-                for message in messages {
-                    datagram_secure(&state, link, message, &recent).await;
-                }
+                listener.received(peer, datagram).await;
             }
-            Some((peer, plaintext)) = outgoing.recv() => {
-                let Some(association) = peers.get_mut(&peer) else { continue };
-                let session = &mut association.current;
-                if session.dtls.send_application_data(&plaintext).is_err()
-                    || drain(&socket, &state, peer, session).await.is_none()
-                {
-                    forget(&state, &mut peers, &mut half_open, peer);
-                }
-            }
-            _ = tick.tick() => {
-                let now = std::time::Instant::now();
-                let mut gone = Vec::new();
-                for (peer, association) in peers.iter_mut() {
-                    // A handshake that did not finish in time ends; a pending one leaves the
-                    // session it would have replaced.
-                    if association.pending.as_ref().is_some_and(|p| now.duration_since(p.started) > limits.handshake_timeout) {
-                        association.pending = None;
-                        half_open = half_open.saturating_sub(1);
-                    }
-                    let session = &mut association.current;
-                    let stale = if session.established {
-                        // Sessions silent for a day are dropped; clients handshake again.
-                        now.duration_since(session.last_heard) > Duration::from_secs(86_400)
-                    } else {
-                        now.duration_since(session.started) > limits.handshake_timeout
-                    };
-                    if stale
-                        || session.timeout.is_some_and(|t| t <= now)
-                            && (session.dtls.handle_timeout(now).is_err()
-                                || drain(&socket, &state, *peer, session).await.is_none())
-                    {
-                        gone.push(*peer);
-                    }
-                    if let Some(pending) = association.pending.as_mut()
-                        && pending.timeout.is_some_and(|t| t <= now)
-                        && (pending.dtls.handle_timeout(now).is_err()
-                            || drain(&socket, &state, *peer, pending).await.is_none())
-                    {
-                        association.pending = None;
-                        half_open = half_open.saturating_sub(1);
-                    }
-                }
-                for peer in gone {
-                    forget(&state, &mut peers, &mut half_open, peer);
-                }
-                state.lwm2m.dtls_sessions.store(peers.len(), Ordering::Relaxed);
-            }
+            Some((peer, plaintext)) = outgoing.recv() => listener.send(peer, &plaintext).await,
+            _ = tick.tick() => listener.tick().await,
         }
         state
             .lwm2m
             .dtls_sessions
-            .store(peers.len(), Ordering::Relaxed);
+            .store(listener.peers.len(), Ordering::Relaxed);
     }
 }
 
-/// Ends a peer's association, and what it counted.
-fn forget(
-    state: &Ctx,
-    peers: &mut HashMap<SocketAddr, Association>,
-    half_open: &mut usize,
-    peer: SocketAddr,
-) {
-    if let Some(gone) = peers.remove(&peer) {
-        *half_open = half_open
-            .saturating_sub(usize::from(!gone.current.established))
-            .saturating_sub(usize::from(gone.pending.is_some()));
-    }
-    state
-        .lwm2m
-        .dtls_peers
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&peer);
+/// The DTLS listener's state: its socket, the stateless hello answerer, and the associations.
+struct Listener {
+    socket: UdpSocket,
+    state: Ctx,
+    server: DtlsServer,
+    peers: HashMap<SocketAddr, Association>,
+    half_open: usize,
+    recent: Arc<Mutex<Dedup>>,
+    limits: crate::kernel::state::Limits,
 }
 
-/// Feeds one datagram to a session and sends what it answers; the application data it yields,
-/// or `None` when the session failed. A session whose handshake just completed is marked
-/// established.
-async fn feed(
-    socket: &UdpSocket,
-    state: &Ctx,
-    shared: &Shared,
-    peer: SocketAddr,
-    session: &mut DtlsSession,
-    datagram: &[u8],
-) -> Option<Vec<Vec<u8>>> {
-    let slot = || shared.resolved.lock().unwrap_or_else(|e| e.into_inner());
-    slot().take();
-    let fed = session.dtls.handle_packet(datagram);
-    if let Some(device) = slot().take() {
-        *session.device.lock().unwrap_or_else(|e| e.into_inner()) = Some(device);
+impl Listener {
+    async fn transmit(&self, peer: SocketAddr, datagrams: Vec<Vec<u8>>) {
+        for datagram in datagrams {
+            let _ = self.socket.send_to(&datagram, peer).await;
+        }
     }
-    fed.ok()?;
-    drain(socket, state, peer, session).await
+
+    /// A ClientHello from an address without a session, or one that starts over: answered
+    /// statelessly; a session (pending when the address has one) only for a valid cookie.
+    async fn hello(&mut self, peer: SocketAddr, datagram: &[u8]) -> Option<Box<DtlsSession>> {
+        if self.half_open >= MAX_HALF_OPEN {
+            return None;
+        }
+        match self.server.hello(peer, datagram) {
+            Hello::Verify(out) => {
+                self.transmit(peer, out).await;
+                None
+            }
+            Hello::Session(session, fed) => {
+                self.half_open += 1;
+                self.transmit(peer, fed.out).await;
+                Some(session)
+            }
+            Hello::Dropped => None,
+        }
+    }
+
+    async fn received(&mut self, peer: SocketAddr, datagram: &[u8]) {
+        let hello = is_client_hello(datagram);
+        let Some(association) = self.peers.get_mut(&peer) else {
+            if hello
+                && self.peers.len() < self.limits.max_dtls_sessions
+                && let Some(current) = self.hello(peer, datagram).await
+            {
+                self.peers.insert(
+                    peer,
+                    Association {
+                        current,
+                        pending: None,
+                    },
+                );
+            }
+            return;
+        };
+        if hello && association.current.established() && association.pending.is_none() {
+            if let Some(pending) = self.hello(peer, datagram).await
+                && let Some(association) = self.peers.get_mut(&peer)
+            {
+                association.pending = Some(pending);
+            }
+            return;
+        }
+        // The new handshake takes epoch-0 records; later epochs go to the session, and to the
+        // new handshake too (each drops what it cannot decrypt).
+        let mut messages = Vec::new();
+        let mut out = Vec::new();
+        let to_pending = association.pending.is_some() && epoch(datagram) == 0;
+        let mut current_failed = false;
+        if !to_pending {
+            let session = &mut association.current;
+            let was_established = session.established();
+            match session.feed(datagram) {
+                Ok(fed) => {
+                    out.extend(fed.out);
+                    messages.extend(fed.app);
+                }
+                Err(Closed) => current_failed = true,
+            }
+            if !was_established && session.established() {
+                self.half_open = self.half_open.saturating_sub(1);
+                connected(&self.state, peer, session);
+            }
+        }
+        let mut promoted = false;
+        let mut pending_failed = false;
+        if let Some(pending) = association.pending.as_mut()
+            && (to_pending || epoch(datagram) > 0)
+        {
+            match pending.feed(datagram) {
+                Ok(fed) => {
+                    out.extend(fed.out);
+                    messages.extend(fed.app);
+                    promoted = pending.established();
+                }
+                Err(Closed) => pending_failed = true,
+            }
+        }
+        if promoted && let Some(pending) = association.pending.take() {
+            self.half_open = self.half_open.saturating_sub(1);
+            connected(&self.state, peer, &pending);
+            association.current = pending;
+            current_failed = false;
+        } else if pending_failed {
+            association.pending = None;
+            self.half_open = self.half_open.saturating_sub(1);
+        }
+        self.transmit(peer, out).await;
+        if current_failed {
+            // A fatal error (a wrong key among them): the session is gone.
+            self.forget(peer);
+            return;
+        }
+        let link = Link { peer, secure: true };
+        for message in messages {
+            datagram_secure(&self.state, link, message, &self.recent).await;
+        }
+    }
+
+    async fn send(&mut self, peer: SocketAddr, plaintext: &[u8]) {
+        let Some(association) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        match association.current.send(plaintext) {
+            Ok(records) => {
+                // One record per datagram: some clients read only the first of several.
+                self.transmit(peer, records).await;
+            }
+            Err(Closed) => self.forget(peer),
+        }
+    }
+
+    /// Retransmissions, handshakes that ran out of time, sessions silent for a day.
+    async fn tick(&mut self) {
+        let now = std::time::Instant::now();
+        let timeout = self.limits.handshake_timeout;
+        let mut gone = Vec::new();
+        let mut out = Vec::new();
+        for (peer, association) in &mut self.peers {
+            if let Some(pending) = association.pending.as_mut() {
+                let expired = now.duration_since(pending.started) > timeout;
+                let resent = retransmit(pending, now);
+                match resent {
+                    Ok(records) if !expired => out.push((*peer, records)),
+                    _ => {
+                        association.pending = None;
+                        self.half_open = self.half_open.saturating_sub(1);
+                    }
+                }
+            }
+            let session = &mut association.current;
+            let stale = if session.established() {
+                now.duration_since(session.last_heard) > Duration::from_secs(86_400)
+            } else {
+                now.duration_since(session.started) > timeout
+            };
+            match retransmit(session, now) {
+                Ok(records) if !stale => out.push((*peer, records)),
+                _ => gone.push(*peer),
+            }
+        }
+        for (peer, records) in out {
+            self.transmit(peer, records).await;
+        }
+        for peer in gone {
+            self.forget(peer);
+        }
+    }
+
+    /// Ends a peer's association, and what it counted.
+    fn forget(&mut self, peer: SocketAddr) {
+        if let Some(gone) = self.peers.remove(&peer) {
+            self.half_open = self
+                .half_open
+                .saturating_sub(usize::from(!gone.current.established()))
+                .saturating_sub(usize::from(gone.pending.is_some()));
+        }
+        self.state
+            .lwm2m
+            .dtls_peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer);
+    }
+}
+
+/// A handshaking session's flight again if its timer fired; nothing for an established one.
+fn retransmit(session: &mut DtlsSession, now: std::time::Instant) -> Result<Vec<Vec<u8>>, Closed> {
+    if session.established() || session.timeout().is_none_or(|at| at > now) {
+        return Ok(Vec::new());
+    }
+    session.handle_timeout()
+}
+
+/// A handshake completed: the address now speaks for the device its PSK identity named.
+fn connected(state: &Ctx, peer: SocketAddr, session: &DtlsSession) {
+    if let Some(device) = session.device() {
+        state
+            .lwm2m
+            .dtls_peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer, device);
+    }
 }
 
 pub(super) async fn datagram_secure(
@@ -351,45 +355,4 @@ pub(super) async fn datagram_secure(
     recent: &Arc<Mutex<Dedup>>,
 ) {
     datagram(state, link, &message, recent).await;
-}
-
-/// Sends what the session has to send; returns the application data it received, or `None`
-/// when the session failed.
-pub(super) async fn drain(
-    socket: &UdpSocket,
-    state: &Ctx,
-    peer: SocketAddr,
-    session: &mut DtlsSession,
-) -> Option<Vec<Vec<u8>>> {
-    let mut out = vec![0u8; 2048];
-    let mut received = Vec::new();
-    loop {
-        match session.dtls.poll_output(&mut out) {
-            dimpl::Output::Packet(record) => {
-                // One record per datagram: some clients read only the first of several.
-                let _ = socket.send_to(record, peer).await;
-            }
-            dimpl::Output::BufferTooSmall { needed } => out.resize(needed, 0),
-            dimpl::Output::Timeout(at) => {
-                session.timeout = Some(at);
-                break;
-            }
-            dimpl::Output::Connected => {
-                session.established = true;
-                let device = *session.device.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(device) = device {
-                    state
-                        .lwm2m
-                        .dtls_peers
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(peer, device);
-                }
-            }
-            dimpl::Output::ApplicationData(data) => received.push(data.to_vec()),
-            dimpl::Output::CloseNotify => return None,
-            _ => {}
-        }
-    }
-    Some(received)
 }
