@@ -126,3 +126,32 @@ pub fn coap_datagram(data: &[u8]) {
     let _ = updraft_wire::lwm2m::register_query(queries.iter().map(String::as_str));
     let _ = updraft_wire::lwm2m::links(&packet.payload);
 }
+
+/// Datagrams at the DTLS listener (each behind a two-byte length): records normalized, epoch-0
+/// ClientHellos answered statelessly, and what follows a session's opening fed to it. Random bytes
+/// never carry a valid cookie, so they never open a session.
+pub fn dtls_datagrams(data: &[u8]) {
+    use crate::transport::dtls::{DtlsServer, Hello, is_client_hello, normalize_records};
+    thread_local! {
+        static SERVER: std::cell::RefCell<Option<DtlsServer>> = const { std::cell::RefCell::new(None) };
+    }
+    let peer = std::net::SocketAddr::from(([192, 0, 2, 1], 5684));
+    SERVER.with_borrow_mut(|server| {
+        let server = server.get_or_insert_with(|| {
+            DtlsServer::new(std::sync::Arc::new(|_: &[u8]| None)).expect("a DTLS context")
+        });
+        let mut rest = data;
+        while let Some((len, tail)) = rest.split_first_chunk::<2>() {
+            let len = usize::from(u16::from_be_bytes(*len)).min(tail.len());
+            let mut datagram = tail[..len].to_vec();
+            rest = &tail[len..];
+            normalize_records(&mut datagram);
+            if is_client_hello(&datagram) {
+                assert!(
+                    !matches!(server.hello(peer, &datagram), Hello::Session(..)),
+                    "a session without a cookie round trip"
+                );
+            }
+        }
+    });
+}

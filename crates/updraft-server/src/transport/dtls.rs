@@ -342,6 +342,39 @@ impl DtlsServer {
     }
 }
 
+/// Whether a datagram starts with an epoch-0 ClientHello record.
+pub fn is_client_hello(datagram: &[u8]) -> bool {
+    datagram.len() > 13
+        && datagram[0] == 22
+        && u16::from_be_bytes([datagram[3], datagram[4]]) == 0
+        && datagram[13] == 1
+}
+
+/// The epoch of a datagram's first record.
+pub fn epoch(datagram: &[u8]) -> u16 {
+    match datagram.get(3..5) {
+        Some(e) => u16::from_be_bytes([e[0], e[1]]),
+        None => 0,
+    }
+}
+
+/// Record versions of epoch-0 handshake records are rewritten to DTLS 1.2's: mbedTLS 2.x sends
+/// 0xFE00 in its ClientHello, which some engines drop (the handshake hash does not cover
+/// record headers).
+pub fn normalize_records(datagram: &mut [u8]) {
+    let mut at = 0;
+    while at + 13 <= datagram.len() {
+        let content_type = datagram[at];
+        let epoch = u16::from_be_bytes([datagram[at + 3], datagram[at + 4]]);
+        let len = usize::from(u16::from_be_bytes([datagram[at + 11], datagram[at + 12]]));
+        if content_type == 22 && epoch == 0 {
+            datagram[at + 1] = 0xfe;
+            datagram[at + 2] = 0xfd;
+        }
+        at += 13 + len;
+    }
+}
+
 fn period_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

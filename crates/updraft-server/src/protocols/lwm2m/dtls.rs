@@ -4,7 +4,9 @@
 
 use super::listener::datagram;
 use super::*;
-use crate::transport::dtls::{Closed, DtlsServer, DtlsSession, Hello, PskLookup};
+use crate::transport::dtls::{
+    Closed, DtlsServer, DtlsSession, Hello, PskLookup, epoch, is_client_hello, normalize_records,
+};
 
 impl Lwm2m {
     /// Loads every device's PSK from the store (at start-up).
@@ -50,22 +52,6 @@ struct Association {
 /// bound and the handshake timeout limit what clients that do receive at their address can hold.
 const MAX_HALF_OPEN: usize = 1024;
 
-/// Whether a datagram starts with an epoch-0 ClientHello record.
-fn is_client_hello(datagram: &[u8]) -> bool {
-    datagram.len() > 13
-        && datagram[0] == 22
-        && u16::from_be_bytes([datagram[3], datagram[4]]) == 0
-        && datagram[13] == 1
-}
-
-/// The epoch of a datagram's first record.
-fn epoch(datagram: &[u8]) -> u16 {
-    match datagram.get(3..5) {
-        Some(e) => u16::from_be_bytes([e[0], e[1]]),
-        None => 0,
-    }
-}
-
 /// The listener's DTLS server: PSK identities are looked up in the running PSK table.
 fn server(state: &Ctx) -> Option<DtlsServer> {
     let psks = state.lwm2m.psks.clone();
@@ -81,23 +67,6 @@ fn server(state: &Ctx) -> Option<DtlsServer> {
             tracing::error!(error = %err, "the DTLS context could not be built");
             None
         }
-    }
-}
-
-/// Record versions of epoch-0 handshake records are rewritten to DTLS 1.2's: mbedTLS 2.x sends
-/// 0xFE00 in its ClientHello, which the engine would drop (the handshake hash does not cover
-/// record headers).
-pub(super) fn normalize_records(datagram: &mut [u8]) {
-    let mut at = 0;
-    while at + 13 <= datagram.len() {
-        let content_type = datagram[at];
-        let epoch = u16::from_be_bytes([datagram[at + 3], datagram[at + 4]]);
-        let len = usize::from(u16::from_be_bytes([datagram[at + 11], datagram[at + 12]]));
-        if content_type == 22 && epoch == 0 {
-            datagram[at + 1] = 0xfe;
-            datagram[at + 2] = 0xfd;
-        }
-        at += 13 + len;
     }
 }
 
