@@ -8,6 +8,30 @@ pub mod server;
 /// How long a test waits on the network for one thing before it fails.
 pub const NETWORK_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
 
+/// How long a device client run as a process (an SDK's whole update, a CoAP download) may take.
+pub const PROCESS_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Runs a device client to its end within [`PROCESS_WAIT`]; a client that hangs is killed and
+/// the test fails naming it. `Err` when the program cannot be started (missing).
+#[track_caller]
+pub fn run_bounded(
+    command: &mut tokio::process::Command,
+) -> impl std::future::Future<Output = std::io::Result<std::process::Output>> + '_ {
+    let caller = std::panic::Location::caller();
+    let program = command
+        .as_std()
+        .get_program()
+        .to_string_lossy()
+        .into_owned();
+    command.kill_on_drop(true);
+    async move {
+        match tokio::time::timeout(PROCESS_WAIT, command.output()).await {
+            Ok(output) => output,
+            Err(_) => panic!("{program} did not finish within {PROCESS_WAIT:?} at {caller}"),
+        }
+    }
+}
+
 /// Awaits `wait` for at most [`NETWORK_WAIT`]: a hang is a failure that says where, not CI's
 /// 90-minute limit.
 #[track_caller]

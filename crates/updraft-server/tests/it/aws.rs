@@ -582,7 +582,7 @@ async fn the_aws_iot_device_sdk_jobs_client_runs_a_job() {
     let summary = updraft_test_support::within(lines.next_line())
         .await
         .unwrap();
-    let status = child.wait().await.unwrap();
+    let status = updraft_test_support::within(child.wait()).await.unwrap();
     let mut stderr = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
         .await

@@ -67,29 +67,31 @@ async fn coap_client_downloads_the_firmware_block_wise() {
     let out = tempfile::tempdir().unwrap();
     for (block, name) in [("512", "a.bin"), ("1024", "b.bin")] {
         let file = out.path().join(name);
-        let status = tokio::process::Command::new(&client)
-            .args(["-m", "get", "-b", block, "-o"])
-            .arg(&file)
-            .arg(format!(
-                "coap://{server}/api/v1/{token}/firmware?title=cfw&version=3"
-            ))
-            .status()
-            .await
-            .unwrap();
-        assert!(status.success());
+        let done = updraft_test_support::run_bounded(
+            tokio::process::Command::new(&client)
+                .args(["-m", "get", "-b", block, "-o"])
+                .arg(&file)
+                .arg(format!(
+                    "coap://{server}/api/v1/{token}/firmware?title=cfw&version=3"
+                )),
+        )
+        .await
+        .unwrap();
+        assert!(done.status.success(), "{done:?}");
         assert_eq!(std::fs::read(&file).unwrap(), data, "{block}-byte blocks");
     }
     // A chunk of the firmware, itself in blocks.
     let file = out.path().join("chunk.bin");
-    tokio::process::Command::new(&client)
-        .args(["-m", "get", "-b", "256", "-o"])
-        .arg(&file)
-        .arg(format!(
-            "coap://{server}/api/v1/{token}/firmware?size=4000&chunk=2"
-        ))
-        .status()
-        .await
-        .unwrap();
+    updraft_test_support::run_bounded(
+        tokio::process::Command::new(&client)
+            .args(["-m", "get", "-b", "256", "-o"])
+            .arg(&file)
+            .arg(format!(
+                "coap://{server}/api/v1/{token}/firmware?size=4000&chunk=2"
+            )),
+    )
+    .await
+    .unwrap();
     assert_eq!(std::fs::read(&file).unwrap(), &data[8000..12000]);
 }
 

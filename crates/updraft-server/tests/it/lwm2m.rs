@@ -204,12 +204,13 @@ async fn a_coap_pull_profile_gets_a_block2_package_uri() {
     // libcoap's client, blocks of 512 bytes: byte-identical too.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("fw.bin");
-    match tokio::process::Command::new("coap-client-notls")
-        .args(["-m", "get", "-b", "512", "-o"])
-        .arg(&out)
-        .arg(&url)
-        .output()
-        .await
+    match updraft_test_support::run_bounded(
+        tokio::process::Command::new("coap-client-notls")
+            .args(["-m", "get", "-b", "512", "-o"])
+            .arg(&out)
+            .arg(&url),
+    )
+    .await
     {
         Ok(done) => {
             assert!(done.status.success(), "{done:?}");
@@ -681,13 +682,14 @@ pub(crate) async fn dtls_register(
         "coaps://127.0.0.1:{}/rd?ep={endpoint}&lt=60&lwm2m=1.1",
         server.port()
     );
-    match tokio::process::Command::new("coap-client-openssl")
-        .args([
-            "-m", "post", "-u", identity, "-k", key, "-e", "</5/0>", "-B", "10",
-        ])
-        .arg(&uri)
-        .output()
-        .await
+    match updraft_test_support::run_bounded(
+        tokio::process::Command::new("coap-client-openssl")
+            .args([
+                "-m", "post", "-u", identity, "-k", key, "-e", "</5/0>", "-B", "10",
+            ])
+            .arg(&uri),
+    )
+    .await
     {
         Ok(out) => Some(out.status.success()),
         Err(_) => {
@@ -1089,13 +1091,14 @@ async fn a_pushed_package_is_reassembled_by_libcoaps_server() {
     );
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("pushed.bin");
-    let got = tokio::process::Command::new("coap-client-notls")
-        .args(["-m", "get", "-b", "1024", "-o"])
-        .arg(&out)
-        .arg(format!("coap://127.0.0.1:{port}/5/0/0"))
-        .output()
-        .await
-        .unwrap();
+    let got = updraft_test_support::run_bounded(
+        tokio::process::Command::new("coap-client-notls")
+            .args(["-m", "get", "-b", "1024", "-o"])
+            .arg(&out)
+            .arg(format!("coap://127.0.0.1:{port}/5/0/0")),
+    )
+    .await
+    .unwrap();
     assert!(got.status.success(), "{got:?}");
     assert_eq!(std::fs::read(&out).unwrap(), image, "byte-identical");
     coap_server.kill().await.unwrap();

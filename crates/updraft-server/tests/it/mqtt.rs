@@ -273,13 +273,14 @@ async fn tb_sdk_update(chunk: u32) {
             .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
     )
     .join("tests/interop/tb_sdk_update.py");
-    let out = tokio::process::Command::new(python)
-        .arg(script)
-        .args([host, port.to_string(), token, chunk.to_string()])
-        .current_dir(workdir.path())
-        .output()
-        .await
-        .unwrap();
+    let out = updraft_test_support::run_bounded(
+        tokio::process::Command::new(python)
+            .arg(script)
+            .args([host, port.to_string(), token, chunk.to_string()])
+            .current_dir(workdir.path()),
+    )
+    .await
+    .unwrap();
     assert!(
         out.status.success(),
         "the SDK failed: {}\n{}",

@@ -240,7 +240,12 @@ async fn the_aws_iot_device_sdk_runs_a_job_over_mutual_tls() {
     let summary = updraft_test_support::within(lines.next_line())
         .await
         .unwrap();
-    assert!(child.wait().await.unwrap().success());
+    assert!(
+        updraft_test_support::within(child.wait())
+            .await
+            .unwrap()
+            .success()
+    );
     let seen: Value = serde_json::from_str(&summary.unwrap()).unwrap();
     assert_eq!(seen["updates"], json!(["IN_PROGRESS", "SUCCEEDED"]));
     let shown = app.get("/api/v1/devices/sdk-tls").await.json();
