@@ -4,6 +4,7 @@
 
 pub mod action;
 pub mod checksum;
+pub mod filter;
 pub mod model;
 pub mod names;
 pub mod reconcile;
@@ -15,6 +16,7 @@ pub use action::{
     UpdateState, plan, told, transition,
 };
 pub use checksum::{ChecksumAlgorithm, Checksums, MultiHasher};
+pub use filter::{DeviceFacts, Filter, FilterError};
 pub use model::{
     ActionKey, ArtifactKey, ArtifactKind, DeviceKey, ProfileKey, ProjectKey, Role, Scope, TenantKey,
 };

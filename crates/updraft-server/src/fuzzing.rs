@@ -155,3 +155,32 @@ pub fn dtls_datagrams(data: &[u8]) {
         }
     });
 }
+
+/// A device filter expression (`?filter=`, rollout targets): parsed, and if it parses, evaluated
+/// against a device; an error names a column within the text (or just past it).
+pub fn device_filter(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match updraft_core::Filter::parse(text) {
+        Ok(filter) => {
+            let tags = vec!["beta".to_owned(), "ünï*".to_owned()];
+            let attributes = [("region".to_owned(), "eu-β".to_owned())].into();
+            let _ = filter.matches(&updraft_core::DeviceFacts {
+                id: "sensor-17",
+                project: Some("plant"),
+                profile: None,
+                tags: &tags,
+                attributes: &attributes,
+                firmware: Some(("fw", "1.10.2-rc1")),
+                software: None,
+                last_seen: Some(0),
+                now: i64::MAX,
+            });
+        }
+        Err(error) => assert!(
+            error.column >= 1 && error.column <= text.chars().count() + 1,
+            "{error}"
+        ),
+    }
+}

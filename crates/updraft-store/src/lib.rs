@@ -122,6 +122,14 @@ pub trait Fleet: Send + Sync {
     /// The device with this row key, whatever its tenant (for server-side workers).
     async fn device_by_key(&self, key: DeviceKey) -> StoreResult<Option<Device>>;
     async fn list_devices(&self, tenant: TenantKey, page: Page) -> StoreResult<Paged<Device>>;
+    /// Up to `limit` devices of a tenant after `after` in id order (keyset paging: a scan of the
+    /// whole fleet costs the same per batch at its end as at its start).
+    async fn devices_after(
+        &self,
+        tenant: TenantKey,
+        after: Option<&DeviceId>,
+        limit: u64,
+    ) -> StoreResult<Vec<Device>>;
     async fn delete_device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<bool>;
     /// The device a credential belongs to when the caller names no tenant (a bare token, a
     /// certificate). Credentials are unique per tenant only: one held in several tenants names

@@ -151,6 +151,29 @@ pub struct Device {
     pub created_at: Millis,
 }
 
+impl Device {
+    /// What the filter language sees of the device, at `now` (milliseconds).
+    pub fn facts(&self, now: Millis) -> updraft_core::DeviceFacts<'_> {
+        updraft_core::DeviceFacts {
+            id: self.id.as_str(),
+            project: self.project.as_ref().map(|(_, n)| n.as_str()),
+            profile: self.profile.as_ref().map(|(_, n)| n.as_str()),
+            tags: &self.tags,
+            attributes: &self.attributes,
+            firmware: self
+                .firmware
+                .as_ref()
+                .map(|r| (r.title.as_str(), r.version.as_str())),
+            software: self
+                .software
+                .as_ref()
+                .map(|r| (r.title.as_str(), r.version.as_str())),
+            last_seen: self.last_seen,
+            now,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDevice {
     pub id: DeviceId,

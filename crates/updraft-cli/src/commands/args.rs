@@ -307,6 +307,11 @@ pub(super) enum DeviceCommand {
         offset: u64,
         #[arg(long, default_value_t = 100)]
         limit: u64,
+        /// Only devices matching a filter, e.g. `profile==esp32;tag==beta,attr.region==eu`
+        /// (`;` and, `,` or; `==` `!=` `=in=(a,b)` `=out=(a,b)`; `<` `>` on `fw.version` and
+        /// `seen`, e.g. `seen>24h`; `*` in a value matches anything).
+        #[arg(long)]
+        filter: Option<String>,
     },
     /// What the device runs, should run, and its active update.
     Show {

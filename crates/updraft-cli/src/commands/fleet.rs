@@ -135,14 +135,18 @@ pub(super) async fn device(client: &Client, out: &Output, command: DeviceCommand
                 }
             });
         }
-        DeviceCommand::List { offset, limit } => {
-            let list = client
-                .json(
-                    client
-                        .request(Method::GET, "/api/v1/devices")
-                        .query(&[("offset", offset), ("limit", limit)]),
-                )
-                .await?;
+        DeviceCommand::List {
+            offset,
+            limit,
+            filter,
+        } => {
+            let mut request = client
+                .request(Method::GET, "/api/v1/devices")
+                .query(&[("offset", offset), ("limit", limit)]);
+            if let Some(filter) = &filter {
+                request = request.query(&[("filter", filter)]);
+            }
+            let list = client.json(request).await?;
             out.show(&list, || {
                 let rows: Vec<Vec<String>> = list["items"]
                     .as_array()

@@ -182,6 +182,12 @@ fn round_trip(extra: &[&str]) {
     assert_eq!(status["actions"]["QUEUED"], 1);
     let gateway = cli.json(&["device", "create", "gw", "--gateway"]);
     assert!(gateway["token"].is_string());
+    let esp32 = cli.json(&["device", "list", "--filter", "profile==esp32"]);
+    assert_eq!(esp32["total"], 1);
+    assert_eq!(esp32["items"][0]["id"], "dev-1");
+    let bad = cli.run(&["device", "list", "--filter", "profile=esp32"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("column 8"));
 
     let settings = cli.json(&[
         "tenant",

@@ -420,6 +420,26 @@ pub struct ApiKeyCreated {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+pub struct DeviceQuery {
+    pub offset: Option<u64>,
+    /// At most 500; 50 when absent.
+    pub limit: Option<u64>,
+    /// Only devices matching this filter expression, e.g. `profile==esp32;tag==beta,attr.region==eu`
+    /// (`;` and, `,` or; `==`, `!=`, `=in=`, `=out=`, `<`/`>` on versions and `seen`).
+    pub filter: Option<String>,
+}
+
+impl DeviceQuery {
+    pub fn page(&self) -> store::Page {
+        PageQuery {
+            offset: self.offset,
+            limit: self.limit,
+        }
+        .page()
+    }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
 pub struct PageQuery {
     pub offset: Option<u64>,
     /// At most 500; 50 when absent.

@@ -208,6 +208,24 @@ impl Fleet for SqlStore {
         })
     }
 
+    async fn devices_after(
+        &self,
+        tenant: TenantKey,
+        after: Option<&DeviceId>,
+        limit: u64,
+    ) -> StoreResult<Vec<Device>> {
+        let rows = sqlx::query(&format!(
+            "{DEVICE_SELECT} WHERE d.tenant_id = $1 AND d.device_id > $2 \
+             ORDER BY d.device_id LIMIT $3"
+        ))
+        .bind(tenant.0)
+        .bind(after.map_or("", DeviceId::as_str))
+        .bind(to_i64(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(device_from).collect()
+    }
+
     async fn delete_device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<bool> {
         let done = sqlx::query("DELETE FROM devices WHERE tenant_id = $1 AND device_id = $2")
             .bind(tenant.0)

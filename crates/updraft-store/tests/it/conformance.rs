@@ -772,6 +772,23 @@ pub async fn devices_are_found_by_credential_and_paged(store: &SqlStore, _: &Reo
     assert_eq!(page.total, 7);
     let ids: Vec<&str> = page.items.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(ids, ["dev-5", "dev-6"]);
+    // Keyset paging walks the same order, from the start and from a device.
+    let first = store.devices_after(f.tenant.key, None, 2).await.unwrap();
+    let ids: Vec<&str> = first.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["dev-0", "dev-1"]);
+    let rest = store
+        .devices_after(f.tenant.key, Some(&first[1].id), 100)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = rest.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["dev-2", "dev-3", "dev-4", "dev-5", "dev-6"]);
+    assert!(
+        store
+            .devices_after(f.tenant.key, Some(&id("dev-6")), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let err = store
         .create_device(
             f.tenant.key,

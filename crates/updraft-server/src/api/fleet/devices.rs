@@ -3,8 +3,8 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use updraft_core::{DeviceId, Role};
-use updraft_store::{CredentialKind, NewCredential, NewDevice};
+use updraft_core::{DeviceId, Filter, Role, TenantKey};
+use updraft_store::{CredentialKind, Device, NewCredential, NewDevice, Page, Paged};
 
 use crate::api::wire::*;
 use crate::kernel::auth::Caller;
@@ -14,6 +14,44 @@ use crate::kernel::ingest::{profile_key, project_key};
 use crate::kernel::secret;
 use crate::kernel::state::AppState;
 
+/// Devices are scanned in batches of this many, in id order.
+const SCAN_BATCH: u64 = 1000;
+
+/// The page of a tenant's devices that match `filter`, and how many match in all: one pass over
+/// the fleet in keyset batches, holding at most one batch and the page.
+async fn matching_devices(
+    state: &AppState,
+    tenant: TenantKey,
+    filter: &Filter,
+    page: Page,
+) -> ApiResult<Paged<Device>> {
+    let now = crate::kernel::clock::now_millis();
+    let mut after: Option<DeviceId> = None;
+    let mut found = Paged {
+        items: Vec::new(),
+        total: 0,
+    };
+    loop {
+        let batch = state
+            .store
+            .devices_after(tenant, after.as_ref(), SCAN_BATCH)
+            .await?;
+        for device in &batch {
+            if !filter.matches(&device.facts(now)) {
+                continue;
+            }
+            if found.total >= page.offset && (found.items.len() as u64) < page.limit {
+                found.items.push(device.clone());
+            }
+            found.total += 1;
+        }
+        if (batch.len() as u64) < SCAN_BATCH {
+            return Ok(found);
+        }
+        after = batch.last().map(|d| d.id.clone());
+    }
+}
+
 pub(super) fn device_not_found(id: &str) -> ApiError {
     ApiError::not_found(
         "device_not_found",
@@ -21,15 +59,22 @@ pub(super) fn device_not_found(id: &str) -> ApiError {
     )
 }
 
-#[utoipa::path(get, path = "/api/v1/devices", tag = "devices", params(PageQuery),
-    responses((status = 200, body = DevicePage)))]
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices", params(DeviceQuery),
+    responses((status = 200, body = DevicePage), (status = 400, body = ErrorBody)))]
 pub async fn list_devices(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(query): ApiQuery<PageQuery>,
+    ApiQuery(query): ApiQuery<DeviceQuery>,
 ) -> ApiResult<Json<DevicePage>> {
     let page = query.page();
-    let devices = state.store.list_devices(caller.tenant(), page).await?;
+    let devices = match &query.filter {
+        Some(text) => {
+            let filter = Filter::parse(text)
+                .map_err(|e| ApiError::bad_request("bad_filter", e.to_string()))?;
+            matching_devices(&state, caller.tenant(), &filter, page).await?
+        }
+        None => state.store.list_devices(caller.tenant(), page).await?,
+    };
     Ok(Json(DevicePage {
         items: devices.items.iter().map(DeviceOut::from).collect(),
         total: devices.total,
