@@ -9,6 +9,7 @@ pub mod model;
 pub mod names;
 pub mod reconcile;
 pub mod resolve;
+pub mod rollout;
 pub mod signing;
 
 pub use action::{
