@@ -119,7 +119,9 @@ pub(super) async fn thingsboard_device(
     let _ = client
         .subscribe("v1/devices/me/attributes/response/+", QoS::AtLeastOnce)
         .await;
-    let _ = client.subscribe("v2/fw/response/+", QoS::AtLeastOnce).await;
+    let _ = client
+        .subscribe("v2/fw/response/+/chunk/+", QoS::AtLeastOnce)
+        .await;
     let mut current = ("factory".to_owned(), "0".to_owned());
     let mut request = 0u64;
     let _ = publish(
@@ -171,14 +173,21 @@ pub(super) async fn thingsboard_device(
             let _ = client
                 .publish(topic, QoS::AtLeastOnce, false, "16384")
                 .await;
-            let Ok(Some((_, data))) =
-                tokio::time::timeout(Duration::from_secs(30), rx.recv()).await
-            else {
+            // Only this chunk's answer is firmware: an attributes push, a late attributes
+            // response or an answer to an earlier request may arrive meanwhile, and are not.
+            let expected = format!("v2/fw/response/{request}/chunk/{chunk}");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let data = loop {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some((topic, data))) if topic == expected => break Some(data),
+                    Ok(Some(_)) => continue,
+                    _ => break None,
+                }
+            };
+            let Some(data) = data.filter(|d| !d.is_empty()) else {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
                 break;
             };
-            if data.is_empty() {
-                break;
-            }
             received += data.len() as u64;
             hasher.update(&data);
             chunk += 1;

@@ -13,18 +13,20 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use updraft_test_support::server::ServerProcess;
 
-fn binary() -> PathBuf {
+mod sim;
+
+pub(crate) fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_updraft"))
 }
 
-struct Cli<'a> {
-    server: &'a ServerProcess,
-    token: String,
-    cwd: PathBuf,
+pub(crate) struct Cli<'a> {
+    pub(crate) server: &'a ServerProcess,
+    pub(crate) token: String,
+    pub(crate) cwd: PathBuf,
 }
 
 impl Cli<'_> {
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         Command::new(binary())
             .args(args)
             .current_dir(&self.cwd)
@@ -35,7 +37,7 @@ impl Cli<'_> {
     }
 
     /// Runs and expects success; returns standard output.
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(
             out.status.success(),
@@ -45,14 +47,14 @@ impl Cli<'_> {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
         let mut with_json = args.to_vec();
         with_json.push("--json");
         serde_json::from_str(&self.ok(&with_json)).unwrap()
     }
 }
 
-fn firmware(len: usize) -> Vec<u8> {
+pub(crate) fn firmware(len: usize) -> Vec<u8> {
     let mut state = 0x2545_f491_u32;
     (0..len)
         .map(|_| {
@@ -481,68 +483,6 @@ fn frugal_push_and_promote_from_the_cli() {
     assert_eq!(esp_check_in(&server, node_b, &md5).0, 304);
     let history = dev.json(&["device", "history", "esp8266-000001"]);
     assert_eq!(history[0]["state"], "UPDATED");
-}
-
-/// `updraft sim` drives a small campaign to its end over each protocol, with failures injected.
-#[test]
-fn the_simulator_runs_a_campaign_to_its_end() {
-    for (protocol, extra) in [
-        ("ddi", vec!["--drop-download", "0.3", "--corrupt", "0.2"]),
-        ("drogue", vec!["--fail-health", "0.3"]),
-    ] {
-        let dir = tempfile::tempdir().unwrap();
-        let server = ServerProcess::start(&binary(), &dir.path().join("data"), &[]).unwrap();
-        let cli = Cli {
-            server: &server,
-            token: server.admin_token().unwrap(),
-            cwd: dir.path().to_path_buf(),
-        };
-        let file = dir.path().join("fw.bin");
-        std::fs::write(&file, firmware(20_000)).unwrap();
-        cli.ok(&[
-            "artifact",
-            "upload",
-            file.to_str().unwrap(),
-            "--title",
-            "fw",
-            "--version",
-            "2",
-        ]);
-        let mut args = vec![
-            "sim",
-            "--protocol",
-            protocol,
-            "--devices",
-            "12",
-            "--poll",
-            "0.05",
-            "--assign",
-            "fw@2",
-            "--until-done",
-            "--timeout",
-            "60",
-            "--seed",
-            "7",
-        ];
-        args.extend(extra.iter());
-        let summary = cli.json(&args);
-        let states = summary["final_states"].as_object().unwrap();
-        let total: u64 = states.values().map(|n| n.as_u64().unwrap()).sum();
-        assert_eq!(total, 12, "{protocol}: every device ended: {summary}");
-        let injected = &summary["injected"];
-        let failing =
-            injected["corrupt"].as_u64().unwrap() + injected["fail_health"].as_u64().unwrap();
-        assert_eq!(
-            states.get("FAILED").and_then(|n| n.as_u64()).unwrap_or(0),
-            failing,
-            "{protocol}: only the faulty ones fail: {summary}"
-        );
-        assert!(
-            summary["bytes"].as_u64().unwrap() >= 20_000 * (12 - failing),
-            "{summary}"
-        );
-        assert!(summary["poll_latency_ms"]["p99"].as_f64().is_some());
-    }
 }
 
 /// Code signing as its users do it: OpenSSL makes the key, the certificate and the signature; the
