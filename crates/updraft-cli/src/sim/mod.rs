@@ -166,6 +166,45 @@ struct DeviceSpec {
     sleep: Duration,
 }
 
+/// The profile the simulated devices take so that `release` reaches them: the one asked for if
+/// the artifact runs on it, else the artifact's first profile. An artifact that runs on named
+/// profiles only would never reach profile-less devices: say so now, not after `--timeout`.
+async fn profile_for(
+    client: &Client,
+    release: &str,
+    asked: Option<String>,
+) -> Result<Option<String>> {
+    let artifact = client.artifact(release).await?;
+    let profiles: Vec<String> = artifact["profiles"]
+        .as_array()
+        .map(|p| {
+            p.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if profiles.is_empty() {
+        return Ok(asked);
+    }
+    match asked {
+        Some(profile) if profiles.contains(&profile) => Ok(Some(profile)),
+        Some(profile) => bail!(
+            "{release} runs on profile {} only, not on {profile:?}: assigned, it would reach none \
+             of the simulated devices (artifact_incompatible); pass --profile {} or none",
+            profiles.join(", "),
+            profiles[0]
+        ),
+        None => {
+            eprintln!(
+                "simulated devices take profile {} ({release} runs on {})",
+                profiles[0],
+                profiles.join(", ")
+            );
+            Ok(Some(profiles[0].clone()))
+        }
+    }
+}
+
 async fn ensure_devices(client: &Client, args: &SimArgs) -> Result<Vec<(String, String)>> {
     if let Some(profile) = &args.profile {
         let _ = client
@@ -218,6 +257,9 @@ async fn ensure_devices(client: &Client, args: &SimArgs) -> Result<Vec<(String, 
     Ok(devices)
 }
 
+/// How often a simulation not on a terminal prints a progress line.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 const STATES: [&str; 9] = [
     "QUEUED",
     "INITIATED",
@@ -231,7 +273,7 @@ const STATES: [&str; 9] = [
 ];
 
 /// Runs the simulation; prints a summary at the end.
-pub async fn run(client: &Client, args: SimArgs, json_output: bool) -> Result<()> {
+pub async fn run(client: &Client, mut args: SimArgs, json_output: bool) -> Result<()> {
     if !matches!(
         args.protocol.as_str(),
         "ddi" | "drogue" | "frugal" | "thingsboard"
@@ -252,6 +294,9 @@ pub async fn run(client: &Client, args: SimArgs, json_output: bool) -> Result<()
             format!("{host}:1883")
         }
     };
+    if let Some(release) = &args.assign {
+        args.profile = profile_for(client, release, args.profile.take()).await?;
+    }
     let devices = ensure_devices(client, &args).await?;
     let stats = Arc::new(Stats::default());
     // Spread the seed's bits so that small seeds do not start from small states.
@@ -307,9 +352,12 @@ pub async fn run(client: &Client, args: SimArgs, json_output: bool) -> Result<()
     }
 
     let bars = MultiProgress::new();
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+    // Not on a terminal (CI logs, pipes): a progress line every few seconds instead of bars.
+    let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if !on_terminal {
         bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    let mut last_line = Instant::now();
     let style = ProgressStyle::with_template("{prefix:>12} {bar:40} {pos}/{len}")
         .unwrap_or_else(|_| ProgressStyle::default_bar());
     let by_state: Vec<ProgressBar> = STATES
@@ -338,6 +386,15 @@ pub async fn run(client: &Client, args: SimArgs, json_output: bool) -> Result<()
             .iter()
             .filter(|s| matches!(s.as_str(), "UPDATED" | "FAILED" | "CANCELED"))
             .count();
+        if !on_terminal && last_line.elapsed() >= PROGRESS_EVERY {
+            last_line = Instant::now();
+            eprintln!(
+                "{:>6.1} s  {finished}/{} ended  {}",
+                started.elapsed().as_secs_f64(),
+                args.devices,
+                Value::Object(counts.clone())
+            );
+        }
         let done = args.until_done && args.assign.is_some() && finished == args.devices;
         if done || (args.until_done && Instant::now() > deadline) {
             break;

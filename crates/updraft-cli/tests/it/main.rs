@@ -13,6 +13,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use updraft_test_support::server::ServerProcess;
 
+mod readme;
 mod sim;
 
 pub(crate) fn binary() -> PathBuf {

@@ -111,3 +111,60 @@ fn frugal_nodes_at_a_thousand_devices() {
 fn drogue_devices_at_a_thousand_devices() {
     at_a_thousand_devices("drogue", 2_000);
 }
+
+/// An artifact for named profiles never reaches devices of another profile: the simulator says so
+/// at once instead of waiting out its timeout; with no profile given its devices take the
+/// artifact's.
+#[test]
+fn the_simulator_refuses_an_assignment_that_reaches_none_of_its_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&binary(), &dir.path().join("data"), &[]).unwrap();
+    let cli = Cli {
+        server: &server,
+        token: server.admin_token().unwrap(),
+        cwd: dir.path().to_path_buf(),
+    };
+    cli.ok(&["profile", "create", "esp32"]);
+    let file = dir.path().join("fw.bin");
+    std::fs::write(&file, firmware(5_000)).unwrap();
+    cli.ok(&[
+        "artifact",
+        "upload",
+        file.to_str().unwrap(),
+        "--title",
+        "fw",
+        "--version",
+        "1",
+        "--profile",
+        "esp32",
+    ]);
+    let sim = |profile: Option<&str>| {
+        let mut args = vec![
+            "sim",
+            "--devices",
+            "3",
+            "--poll",
+            "0.2",
+            "--assign",
+            "fw@1",
+            "--until-done",
+            "--timeout",
+            "120",
+        ];
+        if let Some(profile) = profile {
+            args.extend(["--profile", profile]);
+        }
+        cli.run(&args)
+    };
+    let refused = sim(Some("esp8266"));
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("artifact_incompatible"), "{said}");
+    let ran = sim(None);
+    assert!(ran.status.success());
+    let said = String::from_utf8_lossy(&ran.stderr);
+    assert!(said.contains("take profile esp32"), "{said}");
+    let out = String::from_utf8_lossy(&ran.stdout);
+    assert!(out.contains("\"UPDATED\":3"), "{out}");
+    server.kill().unwrap();
+}

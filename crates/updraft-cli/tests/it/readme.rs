@@ -1,0 +1,65 @@
+//! The README's CLI tour, run as written: every `sh` block of "Five minutes with the CLI" against
+//! a real server (the server start itself is the harness's, and `updraft` is this build).
+
+use std::process::Command;
+
+use updraft_test_support::server::ServerProcess;
+
+use crate::binary;
+
+/// The shell blocks of the README section that starts with `heading`.
+fn tour(heading: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"),
+    )
+    .unwrap();
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with(heading))
+        .expect("the README has the section");
+    let mut blocks = Vec::new();
+    let mut lines = section.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == "```sh" {
+            let block: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+            blocks.push(block.join("\n"));
+        }
+    }
+    blocks
+}
+
+#[test]
+fn the_readme_cli_tour_runs_as_written() {
+    let blocks = tour("Five minutes with the CLI");
+    assert!(blocks.len() >= 3, "{blocks:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&binary(), &dir.path().join("data"), &[]).unwrap();
+    let token = server.admin_token().unwrap();
+    for block in blocks {
+        // The server is running already; `updraft` is the binary under test.
+        let script: Vec<&str> = block
+            .lines()
+            .filter(|l| !l.starts_with("scripts/serve.sh") && !l.starts_with("alias "))
+            .collect();
+        let script = format!(
+            "set -euo pipefail\nupdraft() {{ {:?} \"$@\"; }}\n{}\n",
+            binary(),
+            script.join("\n")
+        );
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(dir.path())
+            .env("UPDRAFT_SERVER", &server.url)
+            .env("UPDRAFT_TOKEN", &token)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the README's block failed:\n{script}\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    server.kill().unwrap();
+}
