@@ -206,6 +206,22 @@ pub(super) async fn device(client: &Client, out: &Output, command: DeviceCommand
                         text(&action["state"])
                     );
                 }
+                // Once an update ends, how it ended: UPDATED, or FAILED with its code.
+                let latest = &device["latest_action"];
+                if !latest.is_null() && latest["id"] != action["id"] {
+                    let failure = match latest["failure"].as_object() {
+                        Some(f) => format!(" ({}: {})", text(&f["code"]), text(&f["reason"])),
+                        None => String::new(),
+                    };
+                    println!(
+                        "last update       #{} {}@{} {} at {}{failure}",
+                        text(&latest["id"]),
+                        text(&latest["title"]),
+                        text(&latest["version"]),
+                        text(&latest["state"]),
+                        rfc3339(&latest["updated_at"])
+                    );
+                }
             });
         }
         DeviceCommand::History { id } => {

@@ -166,5 +166,12 @@ fn the_simulator_refuses_an_assignment_that_reaches_none_of_its_devices() {
     assert!(said.contains("take profile esp32"), "{said}");
     let out = String::from_utf8_lossy(&ran.stdout);
     assert!(out.contains("\"UPDATED\":3"), "{out}");
+    // Once its update ended, `device show` still says how (and when, in RFC 3339).
+    let shown = cli.json(&["device", "show", "sim-0"]);
+    assert!(shown["active_action"].is_null(), "{shown}");
+    assert_eq!(shown["latest_action"]["state"], "UPDATED", "{shown}");
+    let text = cli.ok(&["device", "show", "sim-0"]);
+    assert!(text.contains("last update"), "{text}");
+    assert!(text.contains("fw@1 UPDATED at 20"), "{text}");
     server.kill().unwrap();
 }

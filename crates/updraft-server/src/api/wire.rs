@@ -232,15 +232,18 @@ pub struct DeviceDetail {
     pub desired_firmware: Option<DesiredOut>,
     pub desired_software: Option<DesiredOut>,
     pub active_action: Option<ActionOut>,
+    /// The device's most recent update, active or ended (with its outcome and failure code).
+    pub latest_action: Option<ActionOut>,
 }
 
-impl From<&store::DeviceStatus> for DeviceDetail {
-    fn from(s: &store::DeviceStatus) -> Self {
+impl DeviceDetail {
+    pub fn new(s: &store::DeviceStatus, latest: Option<&store::Action>) -> Self {
         Self {
             device: DeviceOut::from(&s.device),
             desired_firmware: s.desired_firmware.as_ref().map(DesiredOut::from),
             desired_software: s.desired_software.as_ref().map(DesiredOut::from),
             active_action: s.active.as_ref().map(ActionOut::from),
+            latest_action: latest.map(ActionOut::from),
         }
     }
 }

@@ -181,7 +181,13 @@ pub async fn show_device(
         .device_status(caller.tenant(), &device_id)
         .await?
         .ok_or_else(|| device_not_found(&id))?;
-    Ok(Json(DeviceDetail::from(&status)))
+    let latest = state
+        .store
+        .actions_for_device(caller.tenant(), &device_id)
+        .await?
+        .into_iter()
+        .next();
+    Ok(Json(DeviceDetail::new(&status, latest.as_ref())))
 }
 
 #[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = String, Path)),
