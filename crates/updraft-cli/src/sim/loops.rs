@@ -70,6 +70,11 @@ pub(super) async fn drogue_device(
     }
 }
 
+/// How long a simulated ThingsBoard device waits for a chunk before it asks again, and how many
+/// times it asks.
+const CHUNK_WAIT: Duration = Duration::from_secs(30);
+const CHUNK_ATTEMPTS: u32 = 4;
+
 /// A ThingsBoard device as its SDK behaves: connects with its token, asks for its `fw_*`
 /// attributes (and hears pushed ones), downloads in 16 KiB chunks, checks the SHA-256 and reports
 /// every `fw_state`.
@@ -169,21 +174,29 @@ pub(super) async fn thingsboard_device(
         let mut chunk = 0u64;
         let mut received = 0u64;
         while received < size {
-            let topic = format!("v2/fw/request/{request}/chunk/{chunk}");
-            let _ = client
-                .publish(topic, QoS::AtLeastOnce, false, "16384")
-                .await;
             // Only this chunk's answer is firmware: an attributes push, a late attributes
-            // response or an answer to an earlier request may arrive meanwhile, and are not.
+            // response or an answer to an earlier request may arrive meanwhile, and are not. A
+            // chunk that does not come in time is asked for again, as a device would; the
+            // download fails only after CHUNK_ATTEMPTS.
             let expected = format!("v2/fw/response/{request}/chunk/{chunk}");
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            let data = loop {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some((topic, data))) if topic == expected => break Some(data),
-                    Ok(Some(_)) => continue,
-                    _ => break None,
+            let mut data = None;
+            for _attempt in 0..CHUNK_ATTEMPTS {
+                let topic = format!("v2/fw/request/{request}/chunk/{chunk}");
+                let _ = client
+                    .publish(topic, QoS::AtLeastOnce, false, "16384")
+                    .await;
+                let deadline = tokio::time::Instant::now() + CHUNK_WAIT;
+                data = loop {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some((topic, data))) if topic == expected => break Some(data),
+                        Ok(Some(_)) => continue,
+                        _ => break None,
+                    }
+                };
+                if data.is_some() {
+                    break;
                 }
-            };
+            }
             let Some(data) = data.filter(|d| !d.is_empty()) else {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 break;
