@@ -26,6 +26,39 @@ pub(crate) struct Cli<'a> {
     pub(crate) cwd: PathBuf,
 }
 
+/// A server on a fresh data directory under `dir`.
+pub(crate) fn serve(dir: &Path) -> ServerProcess {
+    ServerProcess::start(&binary(), &dir.join("data"), &[]).unwrap()
+}
+
+impl<'a> Cli<'a> {
+    /// The CLI with the server admin key, working in `dir`.
+    pub(crate) fn admin(server: &'a ServerProcess, dir: &Path) -> Self {
+        Cli {
+            server,
+            token: server.admin_token().unwrap(),
+            cwd: dir.to_path_buf(),
+        }
+    }
+
+    /// Uploads `len` bytes of firmware as `title`@`version` (and any more upload options).
+    pub(crate) fn upload(&self, len: usize, title: &str, version: &str, more: &[&str]) {
+        let file = self.cwd.join(format!("{title}-{version}.bin"));
+        std::fs::write(&file, firmware(len)).unwrap();
+        let mut args = vec![
+            "artifact",
+            "upload",
+            file.to_str().unwrap(),
+            "--title",
+            title,
+            "--version",
+            version,
+        ];
+        args.extend(more);
+        self.ok(&args);
+    }
+}
+
 impl Cli<'_> {
     pub(crate) fn run(&self, args: &[&str]) -> Output {
         Command::new(binary())
@@ -377,12 +410,8 @@ fn esp_check_in(server: &ServerProcess, path: &str, running_md5: &str) -> (u16, 
 #[test]
 fn frugal_push_and_promote_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(&binary(), &dir.path().join("data"), &[]).unwrap();
-    let admin = Cli {
-        server: &server,
-        token: server.admin_token().unwrap(),
-        cwd: dir.path().to_path_buf(),
-    };
+    let server = serve(dir.path());
+    let admin = Cli::admin(&server, dir.path());
     admin.ok(&["tenant", "create", "dev"]);
     admin.ok(&["tenant", "create", "other"]);
     let key = admin.json(&[
@@ -559,12 +588,8 @@ fn openssl_signed_uploads_are_checked_against_the_profiles_certificate() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let server = ServerProcess::start(&binary(), &dir.path().join("data"), &[]).unwrap();
-    let cli = Cli {
-        server: &server,
-        token: server.admin_token().unwrap(),
-        cwd: dir.path().to_path_buf(),
-    };
+    let server = serve(dir.path());
+    let cli = Cli::admin(&server, dir.path());
     let profile = cli.json(&[
         "profile",
         "create",

@@ -3,8 +3,6 @@
 
 use std::process::Command;
 
-use updraft_test_support::server::ServerProcess;
-
 use crate::binary;
 
 /// The shell blocks of the README section that starts with `heading`.
@@ -33,7 +31,7 @@ fn the_readme_cli_tour_runs_as_written() {
     let blocks = tour("Five minutes with the CLI");
     assert!(blocks.len() >= 3, "{blocks:?}");
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(&binary(), &dir.path().join("data"), &[]).unwrap();
+    let server = crate::serve(dir.path());
     let token = server.admin_token().unwrap();
     for block in blocks {
         // The server is running already; `updraft` is the binary under test.

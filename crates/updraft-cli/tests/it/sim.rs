@@ -3,9 +3,8 @@
 //! failure end FAILED (the summary's `expected_failed`), the others UPDATED.
 
 use serde_json::Value;
-use updraft_test_support::server::ServerProcess;
 
-use crate::{Cli, binary, firmware};
+use crate::{Cli, serve};
 
 const DEVICES: u64 = 1000;
 
@@ -13,23 +12,9 @@ const DEVICES: u64 = 1000;
 /// firmware assigned to `DEVICES` simulated devices, run to the end; the summary.
 fn campaign(protocol: &str, image: usize, faults: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(&binary(), &dir.path().join("data"), &[]).unwrap();
-    let cli = Cli {
-        server: &server,
-        token: server.admin_token().unwrap(),
-        cwd: dir.path().to_path_buf(),
-    };
-    let file = dir.path().join("fw.bin");
-    std::fs::write(&file, firmware(image)).unwrap();
-    cli.ok(&[
-        "artifact",
-        "upload",
-        file.to_str().unwrap(),
-        "--title",
-        "fw",
-        "--version",
-        "2",
-    ]);
+    let server = serve(dir.path());
+    let cli = Cli::admin(&server, dir.path());
+    cli.upload(image, "fw", "2", &[]);
     let devices = DEVICES.to_string();
     let mut args = vec![
         "sim",
@@ -123,26 +108,10 @@ fn drogue_devices_at_a_thousand_devices() {
 #[test]
 fn the_simulator_refuses_an_assignment_that_reaches_none_of_its_devices() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(&binary(), &dir.path().join("data"), &[]).unwrap();
-    let cli = Cli {
-        server: &server,
-        token: server.admin_token().unwrap(),
-        cwd: dir.path().to_path_buf(),
-    };
+    let server = serve(dir.path());
+    let cli = Cli::admin(&server, dir.path());
     cli.ok(&["profile", "create", "esp32"]);
-    let file = dir.path().join("fw.bin");
-    std::fs::write(&file, firmware(5_000)).unwrap();
-    cli.ok(&[
-        "artifact",
-        "upload",
-        file.to_str().unwrap(),
-        "--title",
-        "fw",
-        "--version",
-        "1",
-        "--profile",
-        "esp32",
-    ]);
+    cli.upload(5_000, "fw", "1", &["--profile", "esp32"]);
     let sim = |profile: Option<&str>| {
         let mut args = vec![
             "sim",

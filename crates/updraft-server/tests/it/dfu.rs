@@ -440,7 +440,7 @@ async fn bad_credentials_and_bad_statuses_get_clear_errors() {
 
 #[tokio::test]
 async fn an_embedded_update_device_updates_over_mqtt() {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
     let app = TestApp::new().await;
     let data = image(3000);
     let token = app.device("dfu-m").await;
@@ -464,15 +464,7 @@ async fn an_embedded_update_device_updates_over_mqtt() {
             .publish("dfu", QoS::AtLeastOnce, false, device.status(Form::Packed))
             .await
             .unwrap();
-        let payload = updraft_test_support::within(async {
-            loop {
-                if let Event::Incoming(Packet::Publish(publish)) = events.poll().await.unwrap() {
-                    assert_eq!(publish.topic, "command/inbox//dfu");
-                    break publish.payload;
-                }
-            }
-        })
-        .await;
+        let payload = command(&mut events, "command/inbox//dfu").await;
         if device.follow(&payload) {
             break;
         }
@@ -572,7 +564,7 @@ async fn a_gateway_updates_a_device_it_speaks_for_over_http() {
 
 #[tokio::test]
 async fn a_gateway_speaks_for_devices_on_dfu_slash_device_over_mqtt() {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
     let app = TestApp::new().await;
     let data = image(700);
     let (gateway, leaf) = gateway_setup(&app, &data).await;
@@ -596,15 +588,7 @@ async fn a_gateway_speaks_for_devices_on_dfu_slash_device_over_mqtt() {
         .publish("dfu", QoS::AtLeastOnce, false, status)
         .await
         .unwrap();
-    updraft_test_support::within(async {
-        loop {
-            if let Event::Incoming(Packet::Publish(publish)) = events.poll().await.unwrap() {
-                assert_eq!(publish.topic, "command/inbox//dfu");
-                break;
-            }
-        }
-    })
-    .await;
+    command(&mut events, "command/inbox//dfu").await;
     client.disconnect().await.unwrap();
 
     let mut options = MqttOptions::new("gw-1", host, port);
@@ -625,15 +609,7 @@ async fn a_gateway_speaks_for_devices_on_dfu_slash_device_over_mqtt() {
             )
             .await
             .unwrap();
-        let payload = updraft_test_support::within(async {
-            loop {
-                if let Event::Incoming(Packet::Publish(publish)) = events.poll().await.unwrap() {
-                    assert_eq!(publish.topic, "command/inbox/leaf-1/dfu");
-                    break publish.payload;
-                }
-            }
-        })
-        .await;
+        let payload = command(&mut events, "command/inbox/leaf-1/dfu").await;
         if device.follow(&payload) {
             break;
         }
@@ -737,4 +713,19 @@ async fn versions_too_long_for_dfu_profiles_are_refused_when_assigned() {
         )
         .await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
+}
+
+/// The next command the server publishes, which must be on `topic`.
+async fn command(events: &mut rumqttc::EventLoop, topic: &str) -> bytes::Bytes {
+    updraft_test_support::within(async {
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish)) =
+                events.poll().await.unwrap()
+            {
+                assert_eq!(publish.topic, topic);
+                return publish.payload;
+            }
+        }
+    })
+    .await
 }
