@@ -464,8 +464,8 @@ fn field(name: &str) -> Option<Field> {
     })
 }
 
-/// `30s`, `10m`, `24h`, `7d` in milliseconds.
-fn duration(text: &str) -> Option<i64> {
+/// `30s`, `10m`, `24h`, `7d` in milliseconds (rollouts' soak, jitter and windows use it too).
+pub fn duration(text: &str) -> Option<i64> {
     let unit = text.chars().last()?;
     let number: i64 = text[..text.len() - unit.len_utf8()].parse().ok()?;
     let scale = match unit {

@@ -11,15 +11,17 @@ pub mod reconcile;
 pub mod resolve;
 pub mod rollout;
 pub mod signing;
+pub mod time;
 
 pub use action::{
     ActiveAction, Failure, FailureCode, KindStatus, Plan, Progress, Refusal, Release, Report,
     UpdateState, plan, told, transition,
 };
 pub use checksum::{ChecksumAlgorithm, Checksums, MultiHasher};
-pub use filter::{DeviceFacts, Filter, FilterError};
+pub use filter::{DeviceFacts, Filter, FilterError, duration};
 pub use model::{
-    ActionKey, ArtifactKey, ArtifactKind, DeviceKey, ProfileKey, ProjectKey, Role, Scope, TenantKey,
+    ActionKey, ArtifactKey, ArtifactKind, DeviceKey, ProfileKey, ProjectKey, Role, RolloutKey,
+    Scope, TenantKey,
 };
 pub use names::{DeviceId, Filename, Name, NameError, Title, Version, compare_versions};
 pub use reconcile::{Active, Cancel, Changes, Facts, Retry, reconcile};

@@ -42,6 +42,10 @@ key!(
     /// An update action's row key; also the DDI action id.
     ActionKey
 );
+key!(
+    /// A rollout's row key.
+    RolloutKey
+);
 
 /// What an artifact updates: the device's firmware or a software package on it. A device has one
 /// desired artifact of each kind.
@@ -118,6 +122,9 @@ impl FromStr for Role {
 pub enum Scope {
     /// One device.
     Device(DeviceKey),
+    /// One device as a member of a rollout whose group reached it. Below a device's own
+    /// assignment (the operator's override), above every fleet-wide level.
+    Rollout(RolloutKey, DeviceKey),
     /// Devices of one profile within one project (Frugal-IoT's project + OTA key).
     ProjectProfile(ProjectKey, ProfileKey),
     /// Every compatible device of a project.
@@ -134,10 +141,11 @@ impl Scope {
     pub fn rank(self) -> u8 {
         match self {
             Scope::Device(_) => 0,
-            Scope::ProjectProfile(..) => 1,
-            Scope::Project(_) => 2,
-            Scope::Profile(_) => 3,
-            Scope::Tenant => 4,
+            Scope::Rollout(..) => 1,
+            Scope::ProjectProfile(..) => 2,
+            Scope::Project(_) => 3,
+            Scope::Profile(_) => 4,
+            Scope::Tenant => 5,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The resolution rule: which artifact a device should run. The most specific assignment whose
-//! artifact is compatible with the device's profile wins: device > profile within the device's
-//! project > project default > profile anywhere in the tenant > tenant default. Every protocol
+//! artifact is compatible with the device's profile wins: device > rollout membership (the newest
+//! rollout first) > profile within the device's project > project default > profile anywhere in the tenant > tenant default. Every protocol
 //! asks this one function; none has a lookup of its own.
 
 use crate::model::{ArtifactKey, DeviceKey, ProfileKey, ProjectKey, Scope};
@@ -41,7 +41,11 @@ pub fn resolve(device: &DeviceTarget, candidates: &[Candidate]) -> Option<Resolv
         }
         let beats_best = match best {
             None => true,
-            Some(current) => candidate.scope.rank() <= current.scope.rank(),
+            Some(current) => match (candidate.scope, current.scope) {
+                // A device in two rollouts runs the newer one.
+                (Scope::Rollout(new, _), Scope::Rollout(old, _)) => new >= old,
+                _ => candidate.scope.rank() <= current.scope.rank(),
+            },
         };
         if beats_best {
             best = Some(Resolved {
@@ -57,7 +61,7 @@ impl Scope {
     /// Whether an assignment with this scope is about `device` (compatibility aside).
     pub fn covers(self, device: &DeviceTarget) -> bool {
         match self {
-            Scope::Device(key) => key == device.device,
+            Scope::Device(key) | Scope::Rollout(_, key) => key == device.device,
             Scope::ProjectProfile(project, profile) => {
                 device.project == Some(project) && device.profile == Some(profile)
             }
@@ -189,6 +193,25 @@ mod tests {
             check(&device, kept, Some(kept.len() as i64).map(|len| 6 - len));
         }
         check(&device, &[], None);
+    }
+
+    #[test]
+    fn a_rollout_ranks_below_the_device_and_the_newest_rollout_wins() {
+        use crate::model::RolloutKey;
+        let older = cand(Scope::Rollout(RolloutKey(1), D1.device), 11);
+        let newer = cand(Scope::Rollout(RolloutKey(2), D1.device), 12);
+        let profile = cand(Scope::Profile(P1), 13);
+        check(&D1, &[profile.clone(), older.clone()], Some(11));
+        check(
+            &D1,
+            &[newer.clone(), older.clone(), profile.clone()],
+            Some(12),
+        );
+        check(&D1, &[older.clone(), newer.clone()], Some(12));
+        // Another device's membership is not this one's.
+        check(&D2, &[newer.clone(), profile.clone()], Some(13));
+        // The device's own assignment is the operator's override.
+        check(&D1, &[cand(Scope::Device(D1.device), 14), newer], Some(14));
     }
 
     #[test]

@@ -206,6 +206,40 @@ impl Lifecycle {
     }
 }
 
+/// How a rollout's devices are asked to install (hawkBit's action types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpdateType {
+    /// Download and install at once.
+    #[default]
+    Forced,
+    /// Download; the device (or its user) decides when to install.
+    Soft,
+    /// Download only; installing waits for another rollout or command.
+    DownloadOnly,
+}
+
+impl UpdateType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateType::Forced => "forced",
+            UpdateType::Soft => "soft",
+            UpdateType::DownloadOnly => "download-only",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<UpdateType, RolloutError> {
+        match text {
+            "forced" => Ok(UpdateType::Forced),
+            "soft" => Ok(UpdateType::Soft),
+            "download-only" => Ok(UpdateType::DownloadOnly),
+            other => Err(RolloutError::new(
+                "bad_type",
+                format!("unknown update type {other:?}: use forced, soft or download-only"),
+            )),
+        }
+    }
+}
+
 /// What an operator asks of a rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -286,8 +320,11 @@ impl GroupProgress {
         self.updated + self.failed + self.dropped >= self.size
     }
 
+    /// Enough of the devices still in the group's reckoning (canceled, superseded and skipped
+    /// ones are not) run the artifact.
     fn passed(&self, thresholds: &Thresholds) -> bool {
-        self.updated * 100 >= u64::from(thresholds.success_pct) * self.size
+        let reckoned = self.size.saturating_sub(self.dropped);
+        self.updated * 100 >= u64::from(thresholds.success_pct) * reckoned
     }
 
     fn failing(&self, thresholds: &Thresholds) -> bool {

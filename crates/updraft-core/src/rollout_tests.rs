@@ -130,6 +130,19 @@ fn the_next_group_starts_after_the_threshold_and_the_soak() {
 }
 
 #[test]
+fn devices_out_of_the_reckoning_do_not_hold_a_group_back() {
+    // 80% of 10, but two were superseded by a newer rollout: 7 of the 8 left pass.
+    let mut groups = vec![group(10, 6, 0, true), group(10, 0, 0, false)];
+    groups[0].dropped = 2;
+    assert_eq!(next_step(Lifecycle::Running, &groups, &T, 0), Step::Wait);
+    groups[0].updated = 7;
+    assert_eq!(
+        next_step(Lifecycle::Running, &groups, &T, 0),
+        Step::Passed(0)
+    );
+}
+
+#[test]
 fn failures_beyond_the_error_threshold_halt_with_later_groups_untouched() {
     let mut groups = vec![group(20, 5, 2, true), group(80, 0, 0, false)];
     // 2 of 20 is 10%: at the threshold, not beyond it.

@@ -101,6 +101,11 @@ impl Node {
         crate::protocols::lwm2m::serve_dtls(socket, self.protocols.lwm2m.clone()).await;
     }
 
+    /// Runs the rollout scheduler (on whichever replica holds the store's lease).
+    pub async fn schedule(self) {
+        crate::kernel::scheduler::scheduler(self.state).await;
+    }
+
     /// Runs the notification queue, telling at most `per_second` devices a second.
     pub async fn notify(self, per_second: u32) {
         let wake = self.state.wake.clone();
@@ -153,6 +158,7 @@ pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<Node> 
         metrics: Arc::new(Metrics::default()),
         blob_lock: Arc::new(tokio::sync::Mutex::new(())),
         wake: Arc::new(tokio::sync::Notify::new()),
+        schedule: Arc::new(tokio::sync::Notify::new()),
         grants: Arc::new(crate::kernel::grants::Grants::default()),
         adapters: Arc::new(Adapters::default()),
         registrations: Arc::new(RateLimit::new(
@@ -279,6 +285,7 @@ pub async fn run(
         // Tells devices the server can reach (connected, observing, registered) of new updates.
         tokio::spawn(node.clone().notify(config.notify_per_second));
     }
+    tokio::spawn(node.clone().schedule());
     if let Some(coap) = config.coap {
         let socket = tokio::net::UdpSocket::bind(coap)
             .await

@@ -10,19 +10,22 @@
 mod blob;
 mod error;
 mod migrations;
+mod rollout_rows;
 mod rows;
 mod sql;
 
 pub use blob::{BlobReader, BlobStore, BlobWriter, GcReport, LocalBlobStore, collect_garbage};
 pub use error::{StoreError, StoreResult};
+pub use rollout_rows::*;
 pub use rows::*;
-pub use sql::SqlStore;
+pub use sql::{SchedulerLease, SqlStore};
 
 use async_trait::async_trait;
 use std::collections::HashSet;
+use updraft_core::rollout::Lifecycle;
 use updraft_core::{
     ActionKey, ArtifactKey, ArtifactKind, DeviceId, DeviceKey, Name, ProfileKey, ProjectKey,
-    Report, Scope, TenantKey,
+    Report, RolloutKey, Scope, TenantKey,
 };
 
 /// Tenants, their settings and gateway token, and API keys.
@@ -256,6 +259,64 @@ pub trait Actions: Send + Sync {
     ) -> StoreResult<bool>;
 }
 
+/// Rollouts: their groups and members, counters, and the steps the scheduler takes.
+#[async_trait]
+pub trait Rollouts: Send + Sync {
+    /// Creates the rollout with one group per entry of `members` (each the group's devices, in
+    /// the order they are activated within equal delays). Fails with [`StoreError::Conflict`]
+    /// when the tenant has a rollout of that name.
+    async fn create_rollout(
+        &self,
+        tenant: TenantKey,
+        new: &NewRollout,
+        members: &[Vec<DeviceKey>],
+    ) -> StoreResult<Rollout>;
+    async fn rollout_by_name(&self, tenant: TenantKey, name: &str) -> StoreResult<Option<Rollout>>;
+    async fn list_rollouts(&self, tenant: TenantKey) -> StoreResult<Vec<Rollout>>;
+    async fn rollout_groups(&self, rollout: RolloutKey) -> StoreResult<Vec<RolloutGroup>>;
+    /// The newest failures of the rollout's devices, at most `limit`.
+    async fn rollout_failures(
+        &self,
+        rollout: RolloutKey,
+        limit: u64,
+    ) -> StoreResult<Vec<RolloutFailure>>;
+    /// Moves the rollout from `from` to `to` (compare-and-set: false when another change came
+    /// first). To CANCELED it also withdraws every member that is not UPDATED, canceling their
+    /// still-active actions; devices then run what their assignments say.
+    async fn set_rollout_state(
+        &self,
+        rollout: RolloutKey,
+        from: Lifecycle,
+        to: Lifecycle,
+        by: &str,
+    ) -> StoreResult<bool>;
+    /// The rollouts the scheduler moves: RUNNING ones, and READY ones whose start time came.
+    async fn live_rollouts(&self, now: Millis) -> StoreResult<Vec<Rollout>>;
+    /// Records that group `group` started (or passed its success threshold) at `now`.
+    async fn mark_group(&self, group: i64, mark: GroupMark, now: Millis) -> StoreResult<()>;
+    /// How many members of the rollout were activated at or after `since`.
+    async fn activated_since(&self, rollout: RolloutKey, since: Millis) -> StoreResult<u64>;
+    /// Activates up to `limit` waiting members of the rollout's started groups whose delay has
+    /// passed at `now`, and queues their actions; returns how many it activated.
+    async fn activate_members(
+        &self,
+        rollout: &Rollout,
+        limit: u64,
+        now: Millis,
+    ) -> StoreResult<u64>;
+    /// The right to run the rollout scheduler: `None` while another replica holds it. Held
+    /// until the lease is dropped (with PostgreSQL, a session advisory lock; with SQLite, the
+    /// one process).
+    async fn scheduler_lease(&self) -> StoreResult<Option<SchedulerLease>>;
+}
+
+/// What [`Rollouts::mark_group`] records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupMark {
+    Started,
+    Passed,
+}
+
 /// What device protocols keep per device or per action: LwM2M DTLS pre-shared keys and AWS IoT job executions.
 #[async_trait]
 pub trait ProtocolState: Send + Sync {
@@ -317,16 +378,36 @@ pub trait ProtocolState: Send + Sync {
 /// tenant is simply not found. Callers bring the traits they use into scope (`use
 /// updraft_store::prelude::*`).
 pub trait Store:
-    Tenants + Fleet + Artifacts + Assignments + Actions + ProtocolState + Send + Sync + 'static
+    Tenants
+    + Fleet
+    + Artifacts
+    + Assignments
+    + Actions
+    + Rollouts
+    + ProtocolState
+    + Send
+    + Sync
+    + 'static
 {
 }
 
 impl<T> Store for T where
-    T: Tenants + Fleet + Artifacts + Assignments + Actions + ProtocolState + Send + Sync + 'static
+    T: Tenants
+        + Fleet
+        + Artifacts
+        + Assignments
+        + Actions
+        + Rollouts
+        + ProtocolState
+        + Send
+        + Sync
+        + 'static
 {
 }
 
 /// The store's traits, to call any of its methods.
 pub mod prelude {
-    pub use crate::{Actions, Artifacts, Assignments, Fleet, ProtocolState, Store, Tenants};
+    pub use crate::{
+        Actions, Artifacts, Assignments, Fleet, ProtocolState, Rollouts, Store, Tenants,
+    };
 }

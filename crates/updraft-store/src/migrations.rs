@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         12,
         include_str!("../migrations/0012_credentials_per_tenant.sql"),
     ),
+    (13, include_str!("../migrations/0013_rollouts.sql")),
 ];
 
 /// Applies every migration newer than the database's version, each in its own transaction.

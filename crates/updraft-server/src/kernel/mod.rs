@@ -1,7 +1,7 @@
 //! The kernel: what every protocol adapter and the management API share, and nothing that knows
 //! a protocol — application state, authentication of API keys and device credentials, errors,
 //! the clock, download grants and blob streaming, the artifact ingest pipeline, metrics, the
-//! device channels and the notification queue that drives them.
+//! device channels and the notification queue that drives them, and the rollout scheduler.
 
 pub mod actions;
 pub mod auth;
@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod limit;
 pub mod metrics;
 pub mod notifier;
+pub mod scheduler;
 pub mod secret;
 pub mod state;
 pub mod views;

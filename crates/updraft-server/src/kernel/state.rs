@@ -85,6 +85,8 @@ pub struct AppState {
     pub blob_lock: Arc<tokio::sync::Mutex<()>>,
     /// Wakes the notification queue (an assignment changed).
     pub wake: Arc<tokio::sync::Notify>,
+    /// Wakes the rollout scheduler (a rollout was created or commanded).
+    pub schedule: Arc<tokio::sync::Notify>,
     /// One-time download URLs.
     pub grants: Arc<crate::kernel::grants::Grants>,
     /// The device protocols, installed by the composition root.

@@ -112,6 +112,7 @@ impl From<&store::Assignment> for AssignmentOut {
 pub fn level(scope: Scope) -> &'static str {
     match scope {
         Scope::Device(_) => "device",
+        Scope::Rollout(..) => "rollout",
         Scope::ProjectProfile(..) => "project_profile",
         Scope::Project(_) => "project",
         Scope::Profile(_) => "profile",

@@ -22,6 +22,13 @@ impl Actions for SqlStore {
         };
         let device = device_from(&row)?;
         let assignments = load_assignments(&mut conn, tenant).await?;
+        let memberships =
+            load_memberships(&mut conn, tenant, " AND device_pk = $2", Some(device.key.0)).await?;
+        let extra: Vec<&LoadedAssignment> = memberships
+            .values()
+            .flatten()
+            .map(|m: &Member| &m.assignment)
+            .collect();
         let target = DeviceTarget {
             device: device.key,
             project: device.project.as_ref().map(|(key, _)| *key),
@@ -34,8 +41,8 @@ impl Actions for SqlStore {
         .fetch_optional(&mut *conn)
         .await?;
         Ok(Some(DeviceStatus {
-            desired_firmware: desired_for(&target, &assignments, ArtifactKind::Firmware),
-            desired_software: desired_for(&target, &assignments, ArtifactKind::Software),
+            desired_firmware: desired_for(&target, &assignments, &extra, ArtifactKind::Firmware),
+            desired_software: desired_for(&target, &assignments, &extra, ArtifactKind::Software),
             active: active.as_ref().map(action_from).transpose()?,
             device,
         }))
@@ -201,6 +208,13 @@ impl Actions for SqlStore {
             if changed.rows_affected() == 0 {
                 continue;
             }
+            count_move(
+                &mut tx,
+                *action,
+                Some(UpdateState::Queued),
+                UpdateState::Initiated,
+            )
+            .await?;
             insert_event(
                 &mut tx,
                 Event {
@@ -370,6 +384,7 @@ impl SqlStore {
             tx.rollback().await?;
             return Ok(None);
         }
+        count_move(&mut tx, key, Some(action.state), next).await?;
         insert_event(
             &mut tx,
             Event {

@@ -36,7 +36,7 @@ impl Assignments for SqlStore {
                         .map(ProfileKey)
                 }
                 Scope::ProjectProfile(_, profile) | Scope::Profile(profile) => Some(profile),
-                Scope::Project(_) | Scope::Tenant => None,
+                Scope::Project(_) | Scope::Tenant | Scope::Rollout(..) => None,
             };
             let fits = match scope {
                 Scope::Project(_) | Scope::Tenant => true,

@@ -9,10 +9,13 @@ mod assignments;
 mod fleet;
 mod protocol_state;
 mod reconcile;
+mod rollouts;
 mod select;
 mod tenants;
 
 use self::reconcile::*;
+pub use self::rollouts::SchedulerLease;
+use self::rollouts::{Member, count_in_group, count_move, load_memberships};
 use self::select::*;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -194,12 +197,13 @@ fn scope_key(scope: Scope) -> String {
         Scope::Project(p) => format!("project:{p}"),
         Scope::Profile(f) => format!("profile:{f}"),
         Scope::Tenant => "tenant".to_owned(),
+        Scope::Rollout(r, d) => format!("rollout:{r}/device:{d}"),
     }
 }
 
 fn scope_columns(scope: Scope) -> (Option<i64>, Option<i64>, Option<i64>) {
     match scope {
-        Scope::Device(d) => (Some(d.0), None, None),
+        Scope::Device(d) | Scope::Rollout(_, d) => (Some(d.0), None, None),
         Scope::ProjectProfile(p, f) => (None, Some(p.0), Some(f.0)),
         Scope::Project(p) => (None, Some(p.0), None),
         Scope::Profile(f) => (None, None, Some(f.0)),

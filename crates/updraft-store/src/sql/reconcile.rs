@@ -84,17 +84,24 @@ pub(super) async fn load_assignments(
     Ok(out)
 }
 
+/// What `target` should run of `kind`, from the tenant's assignments and `extra`: the device's
+/// rollout memberships.
 pub(super) fn desired_for(
     target: &DeviceTarget,
     assignments: &[LoadedAssignment],
+    extra: &[&LoadedAssignment],
     kind: ArtifactKind,
 ) -> Option<Desired> {
-    let of_kind: Vec<&LoadedAssignment> = assignments.iter().filter(|a| a.kind == kind).collect();
+    let of_kind: Vec<&LoadedAssignment> = assignments
+        .iter()
+        .chain(extra.iter().copied())
+        .filter(|a| a.kind == kind)
+        .collect();
     let candidates: Vec<Candidate> = of_kind.iter().map(|a| a.candidate.clone()).collect();
     let resolved = resolve(target, &candidates)?;
-    let winner = of_kind
-        .iter()
-        .find(|a| a.candidate.artifact == resolved.artifact)?;
+    let winner = of_kind.iter().find(|a| {
+        a.candidate.artifact == resolved.artifact && a.candidate.scope == resolved.scope
+    })?;
     Some(Desired {
         artifact: resolved.artifact,
         title: winner.title.clone(),
@@ -133,6 +140,15 @@ pub(super) async fn insert_event(conn: &mut AnyConnection, event: Event<'_>) -> 
     Ok(())
 }
 
+/// Which devices a reconciliation looks at.
+#[derive(Clone, Copy)]
+pub(super) enum Only<'a> {
+    /// Every device the scope covers.
+    Scope(Scope),
+    /// These devices (row keys).
+    Devices(&'a [i64]),
+}
+
 /// Brings the active action of every device `only` covers (every device of the tenant when
 /// `None`) in line with what the device should run.
 pub(super) async fn reconcile(
@@ -143,6 +159,22 @@ pub(super) async fn reconcile(
     source: &str,
     retry: Retry,
 ) -> StoreResult<()> {
+    let only = only.unwrap_or(Scope::Tenant);
+    reconcile_in(conn, dialect, tenant, Only::Scope(only), source, retry).await
+}
+
+/// [`reconcile`] over the devices `only` names.
+pub(super) async fn reconcile_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    tenant: TenantKey,
+    only: Only<'_>,
+    source: &str,
+    retry: Retry,
+) -> StoreResult<()> {
+    if let Only::Devices([]) = only {
+        return Ok(());
+    }
     if dialect == Dialect::Postgres {
         // One reconciliation per tenant at a time, so two writers cannot both queue an action.
         sqlx::query("SELECT pg_advisory_xact_lock(7345002, CAST($1 AS INTEGER))")
@@ -151,29 +183,33 @@ pub(super) async fn reconcile(
             .await?;
     }
     let assignments = load_assignments(conn, tenant).await?;
-    let mut devices_query = String::from(
-        "SELECT id, project_id, profile_id, fw_title, fw_version, sw_title, sw_version FROM devices WHERE tenant_id = $1",
-    );
-    if let Some(Scope::Device(_)) = only {
-        devices_query.push_str(" AND id = $2");
-    }
-    let mut query = sqlx::query(&devices_query).bind(tenant.0);
-    if let Some(Scope::Device(device)) = only {
-        query = query.bind(device.0);
-    }
-    let devices = query.fetch_all(&mut *conn).await?;
-
-    // For one device, look at that device's actions only: a report must not cost a scan of the
-    // whole tenant's history.
+    // For one device, look at that device's rows only (bound, so the statement is prepared
+    // once): a report must not cost a scan of the whole tenant's history. A list of devices is
+    // spelled out (integers only).
     let one_device = match only {
-        Some(Scope::Device(device)) => Some(device.0),
+        Only::Scope(Scope::Device(device)) => Some(device.0),
         _ => None,
     };
-    let device_filter = if one_device.is_some() {
-        " AND device_pk = $2"
-    } else {
-        ""
+    let device_filter = match only {
+        Only::Scope(Scope::Device(_)) => " AND device_pk = $2".to_owned(),
+        Only::Devices(keys) => {
+            let list: Vec<String> = keys.iter().map(i64::to_string).collect();
+            format!(" AND device_pk IN ({})", list.join(","))
+        }
+        Only::Scope(_) => String::new(),
     };
+    let devices_query = format!(
+        "SELECT id, project_id, profile_id, fw_title, fw_version, sw_title, sw_version FROM devices \
+         WHERE tenant_id = $1{}",
+        device_filter.replace("device_pk", "id")
+    );
+    let mut query = sqlx::query(&devices_query).bind(tenant.0);
+    if let Some(device) = one_device {
+        query = query.bind(device);
+    }
+    let devices = query.fetch_all(&mut *conn).await?;
+    let memberships = load_memberships(conn, tenant, &device_filter, one_device).await?;
+
     let active_sql = format!(
         "SELECT id, device_pk, artifact_id, state FROM actions WHERE tenant_id = $1{device_filter} AND state NOT IN {FINAL_STATES}"
     );
@@ -212,7 +248,7 @@ pub(super) async fn reconcile(
             .or_default()
             .push(ArtifactKey(row.try_get("artifact_id")?));
     }
-    let release_of: HashMap<ArtifactKey, (&str, &str, ArtifactKind)> = assignments
+    let mut release_of: HashMap<ArtifactKey, (&str, &str, ArtifactKind)> = assignments
         .iter()
         .map(|a| {
             (
@@ -221,6 +257,13 @@ pub(super) async fn reconcile(
             )
         })
         .collect();
+    for member in memberships.values().flatten() {
+        let a = &member.assignment;
+        release_of.insert(
+            a.candidate.artifact,
+            (a.title.as_str(), a.version.as_str(), a.kind),
+        );
+    }
 
     for row in &devices {
         let target = DeviceTarget {
@@ -228,11 +271,15 @@ pub(super) async fn reconcile(
             project: row.try_get::<Option<i64>, _>("project_id")?.map(ProjectKey),
             profile: row.try_get::<Option<i64>, _>("profile_id")?.map(ProfileKey),
         };
-        if let Some(scope) = only
+        if let Only::Scope(scope) = only
             && !scope.covers(&target)
         {
             continue;
         }
+        let member = memberships
+            .get(&target.device.0)
+            .map_or(&[][..], Vec::as_slice);
+        let extra: Vec<&LoadedAssignment> = member.iter().map(|m| &m.assignment).collect();
         let running = |t: &str, v: &str| -> StoreResult<Option<(String, String)>> {
             Ok(
                 match (
@@ -252,8 +299,18 @@ pub(super) async fn reconcile(
             })
         };
         let facts = Facts {
-            firmware: release(desired_for(&target, &assignments, ArtifactKind::Firmware)),
-            software: release(desired_for(&target, &assignments, ArtifactKind::Software)),
+            firmware: release(desired_for(
+                &target,
+                &assignments,
+                &extra,
+                ArtifactKind::Firmware,
+            )),
+            software: release(desired_for(
+                &target,
+                &assignments,
+                &extra,
+                ArtifactKind::Software,
+            )),
             running_firmware: running("fw_title", "fw_version")?,
             running_software: running("sw_title", "sw_version")?,
             active: active_of
@@ -269,6 +326,7 @@ pub(super) async fn reconcile(
         if let Some(cancel) = changes.cancel
             && let Some(from) = cancel_action(conn, cancel.action, cancel.from).await?
         {
+            count_move(conn, cancel.action, Some(from), UpdateState::Canceled).await?;
             insert_event(
                 conn,
                 Event {
@@ -287,10 +345,18 @@ pub(super) async fn reconcile(
         let Some((title, version, kind)) = release_of.get(&next).copied() else {
             continue;
         };
+        // An action a rollout's membership asked for counts in its group.
+        let group = desired_for(&target, &assignments, &extra, kind).and_then(|d| match d.scope {
+            Scope::Rollout(rollout, _) => member
+                .iter()
+                .find(|m| m.rollout == rollout.0)
+                .map(|m| m.group),
+            _ => None,
+        });
         let now = now_millis();
         let row = sqlx::query(
             "INSERT INTO actions (tenant_id, device_pk, artifact_id, artifact_title, artifact_version, kind, \
-             state, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'QUEUED', $7, $7) RETURNING id",
+             state, created_at, updated_at, rollout_group_id) VALUES ($1, $2, $3, $4, $5, $6, 'QUEUED', $7, $7, $8) RETURNING id",
         )
         .bind(tenant.0)
         .bind(target.device.0)
@@ -299,9 +365,13 @@ pub(super) async fn reconcile(
         .bind(version)
         .bind(kind.as_str())
         .bind(now)
+        .bind(group)
         .fetch_one(&mut *conn)
         .await?;
         let action = ActionKey(row.try_get("id")?);
+        if let Some(group) = group {
+            count_in_group(conn, group, None, UpdateState::Queued).await?;
+        }
         insert_event(
             conn,
             Event {
@@ -333,6 +403,12 @@ pub(super) async fn check_scope_in_tenant(
         Scope::Project(p) => vec![("projects", "project", p.0)],
         Scope::Profile(f) => vec![("profiles", "profile", f.0)],
         Scope::Tenant => vec![],
+        Scope::Rollout(..) => {
+            return Err(StoreError::Invalid {
+                code: "invalid_scope",
+                message: "a rollout's members are not assigned one by one".to_owned(),
+            });
+        }
     };
     for (table, what, key) in checks {
         let found = sqlx::query(&format!(

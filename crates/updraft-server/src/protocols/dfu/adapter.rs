@@ -59,12 +59,12 @@ async fn check_versions(
         .iter()
         .filter(|p| p.settings.drogue_dfu && compatible(p))
         .filter(|p| match scope {
-            Scope::Device(_) | Scope::Project(_) | Scope::Tenant => true,
+            Scope::Device(_) | Scope::Rollout(..) | Scope::Project(_) | Scope::Tenant => true,
             Scope::ProjectProfile(_, f) | Scope::Profile(f) => p.key == f,
         })
         .collect();
     let offending = match scope {
-        Scope::Device(device) => {
+        Scope::Device(device) | Scope::Rollout(_, device) => {
             let devices = state.store.device_by_key(device).await?;
             reached.into_iter().find(|p| {
                 devices

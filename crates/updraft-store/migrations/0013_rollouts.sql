@@ -1,0 +1,69 @@
+-- Schema version 13: rollouts. A rollout's target is snapshot into rollout_devices when it is
+-- created, each member in one group; a member counts in resolution once the scheduler activated
+-- it (its group started and pacing let it through). Each group keeps one counter per update
+-- state of its actions, moved in the transaction that moves the action.
+CREATE TABLE rollouts (
+    id {pk},
+    tenant_id BIGINT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    artifact_id BIGINT NOT NULL REFERENCES artifacts(id),
+    target TEXT NOT NULL,
+    groups_spec TEXT NOT NULL,
+    success_pct BIGINT NOT NULL,
+    error_pct BIGINT NOT NULL,
+    soak_ms BIGINT NOT NULL,
+    update_type TEXT NOT NULL,
+    start_at BIGINT,
+    max_per_minute BIGINT,
+    max_downloads BIGINT,
+    jitter_ms BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+CREATE INDEX rollouts_state ON rollouts (state);
+
+CREATE TABLE rollout_groups (
+    id {pk},
+    rollout_id BIGINT NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
+    idx BIGINT NOT NULL,
+    size BIGINT NOT NULL,
+    started_at BIGINT,
+    passed_at BIGINT,
+    n_queued BIGINT NOT NULL DEFAULT 0,
+    n_initiated BIGINT NOT NULL DEFAULT 0,
+    n_downloading BIGINT NOT NULL DEFAULT 0,
+    n_downloaded BIGINT NOT NULL DEFAULT 0,
+    n_verified BIGINT NOT NULL DEFAULT 0,
+    n_updating BIGINT NOT NULL DEFAULT 0,
+    n_updated BIGINT NOT NULL DEFAULT 0,
+    n_failed BIGINT NOT NULL DEFAULT 0,
+    n_canceled BIGINT NOT NULL DEFAULT 0,
+    -- Members that got no action: they ran the artifact already (counted updated too) or
+    -- something else wins for them (their own assignment, an artifact failed before).
+    n_skipped BIGINT NOT NULL DEFAULT 0,
+    UNIQUE (rollout_id, idx)
+);
+
+CREATE TABLE rollout_devices (
+    rollout_id BIGINT NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
+    device_pk BIGINT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    group_id BIGINT NOT NULL REFERENCES rollout_groups(id) ON DELETE CASCADE,
+    delay_ms BIGINT NOT NULL,
+    activated_at BIGINT,
+    -- Set when activated without an action of its own: 'already' (ran the artifact),
+    -- 'adopted' (its active action installs it), 'skipped' (something else wins for it).
+    outcome TEXT,
+    PRIMARY KEY (rollout_id, device_pk)
+);
+CREATE INDEX rollout_devices_active ON rollout_devices (device_pk, rollout_id)
+    WHERE activated_at IS NOT NULL;
+CREATE INDEX rollout_devices_waiting ON rollout_devices (group_id, delay_ms, device_pk)
+    WHERE activated_at IS NULL;
+CREATE INDEX rollout_devices_activated ON rollout_devices (rollout_id, activated_at);
+
+ALTER TABLE actions ADD COLUMN rollout_group_id BIGINT REFERENCES rollout_groups(id) ON DELETE SET NULL;
+CREATE INDEX actions_rollout_group ON actions (rollout_group_id, state)
+    WHERE rollout_group_id IS NOT NULL;
