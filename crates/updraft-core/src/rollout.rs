@@ -306,6 +306,9 @@ pub struct GroupProgress {
     pub size: u64,
     pub updated: u64,
     pub failed: u64,
+    /// Failures an operator accepted by resuming the halted rollout: they no longer count
+    /// towards the error threshold.
+    pub failed_accepted: u64,
     /// Canceled or superseded: out of the group's reckoning either way.
     pub dropped: u64,
     /// When the group started; `None` while it waits its turn.
@@ -328,7 +331,8 @@ impl GroupProgress {
     }
 
     fn failing(&self, thresholds: &Thresholds) -> bool {
-        self.failed * 100 > u64::from(thresholds.error_pct) * self.size
+        let counted = self.failed.saturating_sub(self.failed_accepted);
+        counted * 100 > u64::from(thresholds.error_pct) * self.size
     }
 }
 

@@ -82,6 +82,7 @@ fn group(size: u64, updated: u64, failed: u64, started: bool) -> GroupProgress {
         size,
         updated,
         failed,
+        failed_accepted: 0,
         dropped: 0,
         started_at: started.then_some(0),
         passed_at: None,
@@ -127,6 +128,17 @@ fn the_next_group_starts_after_the_threshold_and_the_soak() {
         next_step(Lifecycle::Running, &groups, &T, 200_000),
         Step::Finish
     );
+}
+
+#[test]
+fn resuming_accepts_the_failures_that_halted_it() {
+    let mut groups = vec![group(20, 5, 3, true), group(80, 0, 0, false)];
+    assert_eq!(next_step(Lifecycle::Running, &groups, &T, 0), Step::Halt(0));
+    groups[0].failed_accepted = 3;
+    assert_eq!(next_step(Lifecycle::Running, &groups, &T, 0), Step::Wait);
+    // Three more failures are beyond 10% again.
+    groups[0].failed = 6;
+    assert_eq!(next_step(Lifecycle::Running, &groups, &T, 0), Step::Halt(0));
 }
 
 #[test]

@@ -44,6 +44,8 @@ CREATE TABLE rollout_groups (
     -- Members that got no action: they ran the artifact already (counted updated too) or
     -- something else wins for them (their own assignment, an artifact failed before).
     n_skipped BIGINT NOT NULL DEFAULT 0,
+    -- Failures accepted by resuming a halted rollout: the error threshold counts those after.
+    failed_accepted BIGINT NOT NULL DEFAULT 0,
     UNIQUE (rollout_id, idx)
 );
 

@@ -67,6 +67,8 @@ pub struct RolloutGroup {
     /// Members that got no action because something else wins for them (their own
     /// assignment, a newer rollout, the artifact failed on them before).
     pub skipped: u64,
+    /// FAILED actions accepted by resuming the halted rollout.
+    pub failed_accepted: u64,
 }
 
 impl RolloutGroup {
@@ -90,6 +92,7 @@ impl RolloutGroup {
             size: self.size,
             updated: self.count(UpdateState::Updated),
             failed: self.count(UpdateState::Failed),
+            failed_accepted: self.failed_accepted,
             dropped: self.count(UpdateState::Canceled) + self.skipped,
             started_at: self.started_at,
             passed_at: self.passed_at,

@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 pub mod fleet;
+pub mod rollouts;
 pub mod wire;
 
 use axum::Json;
@@ -53,6 +54,10 @@ use crate::kernel::state::AppState;
         artifacts::show,
         artifacts::download,
         artifacts::delete,
+        rollouts::create,
+        rollouts::list,
+        rollouts::show,
+        rollouts::command,
     ),
     components(schemas(ErrorBody))
 )]
@@ -105,6 +110,9 @@ pub fn router(state: AppState) -> Router {
                 .delete(fleet::unassign),
         )
         .route("/status", get(fleet::status))
+        .route("/rollouts", get(rollouts::list).post(rollouts::create))
+        .route("/rollouts/{name}", get(rollouts::show))
+        .route("/rollouts/{name}/{command}", post(rollouts::command))
         .route(
             "/artifacts",
             get(artifacts::list)

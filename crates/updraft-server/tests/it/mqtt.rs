@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::TestApp;
 
-fn client(host: &str, port: u16, token: &str, id: &str) -> (AsyncClient, EventLoop) {
+pub(crate) fn client(host: &str, port: u16, token: &str, id: &str) -> (AsyncClient, EventLoop) {
     let mut options = MqttOptions::new(id, host, port);
     options.set_credentials(token, "");
     options.set_keep_alive(Duration::from_secs(30));
@@ -19,7 +19,7 @@ fn client(host: &str, port: u16, token: &str, id: &str) -> (AsyncClient, EventLo
 }
 
 /// The next PUBLISH the server sends, skipping acknowledgements.
-async fn next_publish(events: &mut EventLoop) -> (String, Bytes) {
+pub(crate) async fn next_publish(events: &mut EventLoop) -> (String, Bytes) {
     // The whole wait is bounded: keep-alive pings alone would keep a per-event bound happy.
     updraft_test_support::within(async {
         loop {
@@ -31,7 +31,7 @@ async fn next_publish(events: &mut EventLoop) -> (String, Bytes) {
     .await
 }
 
-async fn connected(events: &mut EventLoop) {
+pub(crate) async fn connected(events: &mut EventLoop) {
     updraft_test_support::within(async {
         loop {
             if let Event::Incoming(Packet::ConnAck(ack)) = events.poll().await.unwrap() {

@@ -39,9 +39,9 @@ pub(super) async fn load_memberships(
     let mut compat: HashMap<i64, Vec<ProfileKey>> = HashMap::new();
     for row in &rows {
         let artifact: i64 = row.try_get("artifact_id")?;
-        if !compat.contains_key(&artifact) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = compat.entry(artifact) {
             let profiles = artifact_profiles(conn, artifact).await?;
-            compat.insert(artifact, profiles.into_iter().map(|(key, _)| key).collect());
+            slot.insert(profiles.into_iter().map(|(key, _)| key).collect());
         }
     }
     let mut out: HashMap<i64, Vec<Member>> = HashMap::new();
@@ -172,6 +172,7 @@ fn group_from(row: &AnyRow) -> StoreResult<RolloutGroup> {
         passed_at: row.try_get("passed_at")?,
         counts,
         skipped: to_u64(row.try_get("n_skipped")?),
+        failed_accepted: to_u64(row.try_get("failed_accepted")?),
     })
 }
 
@@ -372,6 +373,15 @@ impl Rollouts for SqlStore {
         .await?;
         if done.rows_affected() == 0 {
             return Ok(false);
+        }
+        if from == Lifecycle::Halted && to == Lifecycle::Running {
+            // Resuming accepts the failures that halted it.
+            sqlx::query(
+                "UPDATE rollout_groups SET failed_accepted = n_failed WHERE rollout_id = $1",
+            )
+            .bind(rollout.0)
+            .execute(&mut *tx)
+            .await?;
         }
         if to == Lifecycle::Canceled {
             let tenant: i64 = sqlx::query("SELECT tenant_id FROM rollouts WHERE id = $1")

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::json;
-use updraft_core::DeviceKey;
+use updraft_core::{DeviceKey, TenantKey};
 
 use super::coap::Observers;
 use super::{SOURCE, prefix};
@@ -53,6 +53,52 @@ impl DeviceChannel for ThingsBoard {
         };
         self.sessions.push(tell.queued.device, &push);
         self.observers.notify(tell.queued.device, &attributes);
+    }
+
+    /// ThingsBoard withdraws firmware by deleting its shared attributes: each connected device
+    /// whose update was canceled, and that has no other to go to (the queue tells that one), is
+    /// sent `{"deleted": ["fw_title", …]}`; there is no confirmation to wait for.
+    fn withdrawn(&self, state: &AppState, tenant: TenantKey) {
+        let devices: Vec<DeviceKey> = self
+            .reachable()
+            .into_iter()
+            .filter(|d| self.speaks(*d))
+            .collect();
+        if devices.is_empty() {
+            return;
+        }
+        let (sessions, observers, state) =
+            (self.sessions.clone(), self.observers.clone(), state.clone());
+        tokio::spawn(async move {
+            for device in devices {
+                let Ok(view) = state.store.poll_view(device).await else {
+                    continue;
+                };
+                let (Some(canceled), None) = (view.pending_cancel, view.active) else {
+                    continue;
+                };
+                let p = prefix(canceled.kind);
+                let deleted = json!({"deleted": [
+                    format!("{p}_title"),
+                    format!("{p}_version"),
+                    format!("{p}_size"),
+                    format!("{p}_checksum"),
+                    format!("{p}_checksum_algorithm"),
+                ]});
+                sessions.push(
+                    device,
+                    &Outbound::Publish {
+                        topic: "v1/devices/me/attributes".into(),
+                        payload: Bytes::from(deleted.to_string()),
+                    },
+                );
+                observers.notify(device, &deleted);
+                let _ = state
+                    .store
+                    .acknowledge_cancel(tenant, canceled.key, true, SOURCE)
+                    .await;
+            }
+        });
     }
 }
 
