@@ -59,6 +59,9 @@ pub(super) enum Command {
     /// API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Staged rollouts: groups, thresholds, pacing, pause/resume/cancel.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Simulate many devices against the server (DDI agents or Drogue DFU devices).
     Sim(crate::sim::SimArgs),
     /// Frugal-IoT developer workflow: push binaries for a node or an OTA key, promote them.
@@ -412,4 +415,92 @@ pub(super) enum KeyCommand {
     Delete {
         id: i64,
     },
+}
+
+#[derive(Subcommand)]
+pub(super) enum RolloutCommand {
+    /// Create a rollout over a snapshot of its target.
+    Create(Box<RolloutCreateArgs>),
+    /// Start a READY rollout.
+    Start { name: String },
+    /// Pause a running rollout (devices already told go on).
+    Pause { name: String },
+    /// Resume a paused rollout, or a halted one (accepting its failures so far).
+    Resume { name: String },
+    /// Cancel: still-active actions are withdrawn through each device's protocol.
+    Cancel { name: String },
+    /// Every rollout of the tenant.
+    List,
+    /// A rollout's groups, counts and failures.
+    Show {
+        name: String,
+        /// Follow it live, one progress bar per group, until it ends or halts.
+        #[arg(long)]
+        watch: bool,
+    },
+}
+
+#[derive(Args)]
+pub(super) struct RolloutCreateArgs {
+    pub(super) name: String,
+    /// The artifact as TITLE@VERSION.
+    #[arg(long)]
+    pub(super) artifact: String,
+    /// The target as a device filter, e.g. 'profile==esp32;tag==beta'.
+    #[arg(long, conflicts_with = "devices", required_unless_present = "devices")]
+    pub(super) filter: Option<String>,
+    /// The target as device ids: A,B,C.
+    #[arg(long, value_delimiter = ',')]
+    pub(super) devices: Option<Vec<String>>,
+    /// Group sizes: 10%,40%,50% or 5,100,rest (one group when absent).
+    #[arg(long)]
+    pub(super) groups: Option<String>,
+    /// Percent of a group UPDATED before the next starts (default 100).
+    #[arg(long)]
+    pub(super) success_threshold: Option<u8>,
+    /// Percent of a group FAILED beyond which the rollout halts (default 0).
+    #[arg(long)]
+    pub(super) error_threshold: Option<u8>,
+    /// Wait this long after a group passes before the next starts (30m).
+    #[arg(long)]
+    pub(super) soak: Option<String>,
+    /// forced, soft or download-only.
+    #[arg(long = "type")]
+    pub(super) update_type: Option<String>,
+    /// manual (default), auto or an RFC 3339 time.
+    #[arg(long)]
+    pub(super) start: Option<String>,
+    /// At most N devices started per minute.
+    #[arg(long)]
+    pub(super) max_per_minute: Option<u64>,
+    /// At most N devices downloading at once.
+    #[arg(long)]
+    pub(super) max_downloads: Option<u64>,
+    /// Spread each device's start over this long (10m).
+    #[arg(long)]
+    pub(super) jitter: Option<String>,
+    /// Leave out target devices the artifact does not run on instead of refusing.
+    #[arg(long)]
+    pub(super) skip_incompatible: bool,
+}
+
+impl RolloutCreateArgs {
+    pub(super) fn to_json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "artifact": self.artifact,
+            "filter": self.filter,
+            "devices": self.devices,
+            "groups": self.groups,
+            "success_threshold": self.success_threshold,
+            "error_threshold": self.error_threshold,
+            "soak": self.soak,
+            "type": self.update_type,
+            "start": self.start,
+            "max_per_minute": self.max_per_minute,
+            "max_downloads": self.max_downloads,
+            "jitter": self.jitter,
+            "skip_incompatible": self.skip_incompatible,
+        })
+    }
 }

@@ -5,11 +5,13 @@ mod args;
 mod artifact;
 mod fleet;
 mod output;
+mod rollout;
 mod serve;
 
 pub use self::args::Cli;
 use self::artifact::*;
 use self::fleet::*;
+use self::rollout::*;
 use self::serve::*;
 use std::path::Path;
 
@@ -49,6 +51,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Profile(command) => profile(&client, &out, command).await,
         Command::Project(command) => named(&client, &out, "projects", command).await,
         Command::Device(command) => device(&client, &out, command).await,
+        Command::Rollout(command) => rollout(&client, &out, command).await,
         Command::Assign(args) => {
             let mut body = args.scope.to_json();
             body["artifact"] = json!(args.artifact);

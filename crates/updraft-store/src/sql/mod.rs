@@ -7,15 +7,16 @@ mod actions;
 mod artifacts;
 mod assignments;
 mod fleet;
+mod membership;
 mod protocol_state;
 mod reconcile;
 mod rollouts;
 mod select;
 mod tenants;
 
+use self::membership::{Member, count_in_group, count_move, load_memberships};
 use self::reconcile::*;
 pub use self::rollouts::SchedulerLease;
-use self::rollouts::{Member, count_in_group, count_move, load_memberships};
 use self::select::*;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -1,123 +1,14 @@
-//! Rollouts: groups and members, the per-state counters moved with every action of a group, and
-//! the scheduler's steps (start a group, activate members, cancel). A member counts in
-//! resolution (`Scope::Rollout`) from its activation on; reconciliation does the rest.
+//! Rollouts: creating one with its groups and members, reading progress, and the scheduler's
+//! steps (start a group, activate members, cancel). A member counts in resolution
+//! (`Scope::Rollout`) from its activation on; reconciliation does the rest (`membership.rs`).
 
 use crate::GroupMark;
 use crate::rollout_rows::*;
 use updraft_core::RolloutKey;
 use updraft_core::rollout::{Lifecycle, Thresholds, UpdateType};
 
+use super::membership::{count_in_group, counter};
 use super::*;
-
-/// A device's activated membership in a rollout, as reconciliation sees it.
-pub(super) struct Member {
-    pub(super) rollout: i64,
-    pub(super) group: i64,
-    pub(super) assignment: LoadedAssignment,
-}
-
-/// The activated memberships of the devices `device_filter` selects (the reconciliation's
-/// `AND device_pk …` clause; `$2` is `one_device`).
-pub(super) async fn load_memberships(
-    conn: &mut AnyConnection,
-    tenant: TenantKey,
-    device_filter: &str,
-    one_device: Option<i64>,
-) -> StoreResult<HashMap<i64, Vec<Member>>> {
-    let sql = format!(
-        "SELECT rd.device_pk, rd.rollout_id, rd.group_id, r.artifact_id, a.kind, a.title, a.version \
-         FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
-         JOIN artifacts a ON a.id = r.artifact_id \
-         WHERE r.tenant_id = $1 AND rd.activated_at IS NOT NULL{}",
-        device_filter.replace(" device_pk", " rd.device_pk")
-    );
-    let mut query = sqlx::query(&sql).bind(tenant.0);
-    if let Some(device) = one_device {
-        query = query.bind(device);
-    }
-    let rows = query.fetch_all(&mut *conn).await?;
-    let mut compat: HashMap<i64, Vec<ProfileKey>> = HashMap::new();
-    for row in &rows {
-        let artifact: i64 = row.try_get("artifact_id")?;
-        if let std::collections::hash_map::Entry::Vacant(slot) = compat.entry(artifact) {
-            let profiles = artifact_profiles(conn, artifact).await?;
-            slot.insert(profiles.into_iter().map(|(key, _)| key).collect());
-        }
-    }
-    let mut out: HashMap<i64, Vec<Member>> = HashMap::new();
-    for row in &rows {
-        let device: i64 = row.try_get("device_pk")?;
-        let rollout: i64 = row.try_get("rollout_id")?;
-        let artifact: i64 = row.try_get("artifact_id")?;
-        out.entry(device).or_default().push(Member {
-            rollout,
-            group: row.try_get("group_id")?,
-            assignment: LoadedAssignment {
-                kind: kind_of(&row.try_get::<String, _>("kind")?)?,
-                candidate: Candidate {
-                    scope: Scope::Rollout(RolloutKey(rollout), DeviceKey(device)),
-                    artifact: ArtifactKey(artifact),
-                    compatible_profiles: compat.get(&artifact).cloned().unwrap_or_default(),
-                },
-                title: row.try_get("title")?,
-                version: row.try_get("version")?,
-            },
-        });
-    }
-    Ok(out)
-}
-
-fn counter(state: UpdateState) -> String {
-    format!("n_{}", state.as_str().to_ascii_lowercase())
-}
-
-fn move_clause(from: Option<UpdateState>, to: UpdateState) -> String {
-    let to = counter(to);
-    match from {
-        Some(from) => {
-            let from = counter(from);
-            format!("{to} = {to} + 1, {from} = {from} - 1")
-        }
-        None => format!("{to} = {to} + 1"),
-    }
-}
-
-/// Counts an action of group `group` moving from `from` (`None`: new) to `to`.
-pub(super) async fn count_in_group(
-    conn: &mut AnyConnection,
-    group: i64,
-    from: Option<UpdateState>,
-    to: UpdateState,
-) -> StoreResult<()> {
-    sqlx::query(&format!(
-        "UPDATE rollout_groups SET {} WHERE id = $1",
-        move_clause(from, to)
-    ))
-    .bind(group)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Counts `action` moving from `from` to `to` in its rollout group, if it has one.
-pub(super) async fn count_move(
-    conn: &mut AnyConnection,
-    action: ActionKey,
-    from: Option<UpdateState>,
-    to: UpdateState,
-) -> StoreResult<()> {
-    if from == Some(to) {
-        return Ok(());
-    }
-    sqlx::query(&format!(
-        "UPDATE rollout_groups SET {} WHERE id = (SELECT rollout_group_id FROM actions WHERE id = $1)",
-        move_clause(from, to)
-    ))
-    .bind(action.0)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
 
 const ROLLOUT_SELECT: &str = "SELECT r.id, r.tenant_id, r.name, r.artifact_id, a.title, a.version, a.kind, \
     r.target, r.groups_spec, r.success_pct, r.error_pct, r.soak_ms, r.update_type, r.state, r.start_at, \
