@@ -505,6 +505,9 @@ async fn the_openapi_document_describes_every_route() {
         ("/api/v1/frugal/keys", &["get", "post"]),
         ("/api/v1/frugal/keys/{id}", &["delete"]),
         ("/api/v1/devices/{id}/frugal-key", &["post"]),
+        ("/api/v1/rollouts", &["get", "post"]),
+        ("/api/v1/rollouts/{name}", &["get"]),
+        ("/api/v1/rollouts/{name}/{command}", &["post"]),
     ];
     assert_eq!(
         paths.len(),

@@ -509,4 +509,14 @@ impl SchedulerLease {
             Some(conn) => sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok(),
         }
     }
+
+    /// Gives the lease up now (a server shutting down); dropping it gives it up when the
+    /// session closes.
+    pub async fn release(mut self) {
+        if let Some(conn) = &mut self.conn {
+            let _ = sqlx::query("SELECT pg_advisory_unlock(7345003)")
+                .execute(&mut *conn)
+                .await;
+        }
+    }
 }

@@ -11,6 +11,7 @@ use crate::Reopen;
 pub use crate::coverage::*;
 pub use crate::frugal_keys::*;
 pub use crate::races::*;
+pub use crate::rollouts::*;
 
 fn name(s: &str) -> Name {
     Name::parse(s).unwrap()

@@ -9,6 +9,7 @@ mod conformance;
 mod coverage;
 mod frugal_keys;
 mod races;
+mod rollouts;
 mod tls;
 
 use updraft_store::SqlStore;
@@ -84,4 +85,7 @@ backends!(
     tenants_projects_and_devices_are_found_by_key_and_name,
     the_queue_lists_queued_actions_and_initiates_each_once,
     lwm2m_psks_are_set_found_and_removed,
+    rollouts_count_actions_in_their_groups_and_survive_a_restart,
+    a_rollout_never_takes_another_tenants_devices,
+    one_scheduler_holds_the_lease_at_a_time,
 );

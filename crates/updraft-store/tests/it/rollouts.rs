@@ -1,0 +1,245 @@
+//! Rollouts in the store: members and counters, what a reopened store still knows, the
+//! compare-and-set lifecycle, cancel withdrawing members, and the scheduler lease.
+
+use updraft_core::rollout::{Lifecycle, Thresholds, UpdateType};
+use updraft_core::{
+    ArtifactKind, DeviceId, DeviceKey, MultiHasher, Name, Report, Scope, UpdateState,
+};
+use updraft_store::*;
+
+use crate::Reopen;
+
+fn new_rollout(name: &str, artifact: &Artifact, state: Lifecycle) -> NewRollout {
+    NewRollout {
+        name: Name::parse(name).unwrap(),
+        artifact: artifact.key,
+        target: "test".into(),
+        groups_spec: "4,rest".into(),
+        thresholds: Thresholds {
+            success_pct: 50,
+            error_pct: 50,
+            soak_millis: 0,
+        },
+        update_type: UpdateType::Forced,
+        state,
+        start_at: None,
+        max_per_minute: None,
+        max_downloads: None,
+        jitter_millis: 0,
+        created_by: "test".into(),
+    }
+}
+
+async fn setup(store: &SqlStore, tenant: &str, n: usize) -> (Tenant, Artifact, Vec<DeviceKey>) {
+    let tenant = store
+        .create_tenant(&Name::parse(tenant).unwrap())
+        .await
+        .unwrap();
+    let mut hasher = MultiHasher::new();
+    hasher.update(b"fw2");
+    let artifact = store
+        .insert_artifact(
+            tenant.key,
+            &NewArtifact {
+                title: "fw".into(),
+                version: "2".into(),
+                kind: ArtifactKind::Firmware,
+                profiles: vec![],
+                size: 3,
+                filename: "fw.bin".into(),
+                checksums: hasher.finish(),
+                signature: None,
+                description: String::new(),
+                uploaded_by: "test".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let mut devices = Vec::new();
+    for i in 0..n {
+        let device = store
+            .create_device(
+                tenant.key,
+                &NewDevice {
+                    id: DeviceId::parse(&format!("d{i:02}")).unwrap(),
+                    project: None,
+                    profile: None,
+                    tags: vec![],
+                    attributes: Default::default(),
+                },
+                &[],
+            )
+            .await
+            .unwrap();
+        devices.push(device.key);
+    }
+    (tenant, artifact, devices)
+}
+
+async fn active_of(store: &SqlStore, tenant: &Tenant, i: usize) -> Option<Action> {
+    store
+        .device_status(tenant.key, &DeviceId::parse(&format!("d{i:02}")).unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .active
+}
+
+pub async fn rollouts_count_actions_in_their_groups_and_survive_a_restart(
+    store: &SqlStore,
+    reopen: &Reopen,
+) {
+    let (tenant, artifact, devices) = setup(store, "ra", 10).await;
+    let members = vec![devices[..4].to_vec(), devices[4..].to_vec()];
+    let rollout = store
+        .create_rollout(
+            tenant.key,
+            &new_rollout("r", &artifact, Lifecycle::Running),
+            &members,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_rollout(
+                tenant.key,
+                &new_rollout("r", &artifact, Lifecycle::Ready),
+                &members
+            )
+            .await,
+        Err(StoreError::Conflict {
+            code: "rollout_exists",
+            ..
+        })
+    ));
+    let groups = store.rollout_groups(rollout.key).await.unwrap();
+    assert_eq!(groups.iter().map(|g| g.size).collect::<Vec<_>>(), [4, 6]);
+    // Nothing is activated before its group starts.
+    assert_eq!(
+        store.activate_members(&rollout, 100, 1_000).await.unwrap(),
+        0
+    );
+    store
+        .mark_group(groups[0].id, GroupMark::Started, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(store.activate_members(&rollout, 3, 1_000).await.unwrap(), 3);
+    assert_eq!(
+        store.activate_members(&rollout, 100, 1_000).await.unwrap(),
+        1
+    );
+    assert_eq!(store.activated_since(rollout.key, 1_000).await.unwrap(), 4);
+    assert_eq!(store.activated_since(rollout.key, 1_001).await.unwrap(), 0);
+
+    // A restarted server reads the same progress, and reports keep moving it.
+    let reopened = reopen.open().await;
+    let groups = reopened.rollout_groups(rollout.key).await.unwrap();
+    assert_eq!(groups[0].count(UpdateState::Queued), 4);
+    assert_eq!(groups[1].count(UpdateState::Queued), 0);
+    let mut keys = Vec::new();
+    for i in 0..4 {
+        keys.push(active_of(&reopened, &tenant, i).await.unwrap().key);
+    }
+    assert!(active_of(&reopened, &tenant, 4).await.is_none());
+    reopened.initiate(&keys[..2], "test").await.unwrap();
+    reopened
+        .report(tenant.key, keys[0], &Report::Succeeded, "test")
+        .await
+        .unwrap();
+    let groups = reopened.rollout_groups(rollout.key).await.unwrap();
+    assert_eq!(groups[0].count(UpdateState::Queued), 2);
+    assert_eq!(groups[0].count(UpdateState::Initiated), 1);
+    assert_eq!(groups[0].count(UpdateState::Updated), 1);
+    let status = reopened
+        .device_status(tenant.key, &DeviceId::parse("d00").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status.desired_firmware.unwrap().scope,
+        Scope::Rollout(rollout.key, devices[0])
+    );
+
+    // The lifecycle moves by compare-and-set.
+    assert!(
+        reopened
+            .set_rollout_state(rollout.key, Lifecycle::Running, Lifecycle::Paused, "test")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !reopened
+            .set_rollout_state(rollout.key, Lifecycle::Running, Lifecycle::Halted, "test")
+            .await
+            .unwrap()
+    );
+    assert!(reopened.live_rollouts(0).await.unwrap().is_empty());
+
+    // Cancel: the updated member keeps the release, the others are withdrawn.
+    assert!(
+        reopened
+            .set_rollout_state(rollout.key, Lifecycle::Paused, Lifecycle::Canceled, "test")
+            .await
+            .unwrap()
+    );
+    let groups = reopened.rollout_groups(rollout.key).await.unwrap();
+    assert_eq!(groups[0].count(UpdateState::Canceled), 3);
+    assert_eq!(groups[0].count(UpdateState::Updated), 1);
+    assert_eq!(groups[0].in_flight(), 0);
+    for i in 1..10 {
+        assert!(active_of(&reopened, &tenant, i).await.is_none(), "d{i:02}");
+    }
+    let kept = reopened
+        .device_status(tenant.key, &DeviceId::parse("d00").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.desired_firmware.unwrap().version, "2");
+    let listed = reopened.list_rollouts(tenant.key).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, Lifecycle::Canceled);
+}
+
+pub async fn a_rollout_never_takes_another_tenants_devices(store: &SqlStore, _: &Reopen) {
+    let (a, artifact, _) = setup(store, "rb", 2).await;
+    let (_, _, theirs) = setup(store, "rc", 2).await;
+    let refused = store
+        .create_rollout(
+            a.key,
+            &new_rollout("steal", &artifact, Lifecycle::Ready),
+            &[theirs],
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::NotFound { what: "device" })),
+        "{refused:?}"
+    );
+    assert!(
+        store
+            .rollout_by_name(a.key, "steal")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+pub async fn one_scheduler_holds_the_lease_at_a_time(store: &SqlStore, reopen: &Reopen) {
+    let mut first = store.scheduler_lease().await.unwrap().unwrap();
+    assert!(first.held().await);
+    let other = reopen.open().await;
+    let second = other.scheduler_lease().await.unwrap();
+    match reopen {
+        // SQLite is one process's database: its scheduler is alone by construction.
+        Reopen::Sqlite(_) => assert!(second.is_some()),
+        Reopen::Url(_) => {
+            assert!(
+                second.is_none(),
+                "PostgreSQL gives the lease to one session"
+            );
+            first.release().await;
+            let mut taken = other.scheduler_lease().await.unwrap().unwrap();
+            assert!(taken.held().await);
+            assert!(store.scheduler_lease().await.unwrap().is_none());
+        }
+    }
+}
