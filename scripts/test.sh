@@ -36,10 +36,10 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 # A bound on each run, so that a test that hangs fails the run with the test named (libtest
 # prints "has been running for over 60 seconds") instead of holding CI to its own limit.
 timeout 45m cargo test --workspace --all-features
-# The device-protocol and notifier tests once more, on PostgreSQL (the store conformance suite
+# The device-protocol, notifier and rollout tests once more, on PostgreSQL (the store conformance suite
 # already runs on both).
 UPDRAFT_TEST_STORE=postgres timeout 20m cargo test -p updraft-server --test it -- \
-  ddi:: frugal thingsboard:: mqtt coap:: lwm2m aws:: dfu:: rustot:: tls:: cross_tenant::
+  ddi:: frugal thingsboard:: mqtt coap:: lwm2m aws:: dfu:: rustot:: tls:: cross_tenant:: rollouts::
 
 # Every fuzz target for a short while (cargo fuzz, nightly): the decoders of device input.
 scripts/fuzz.sh 15
