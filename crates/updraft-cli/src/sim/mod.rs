@@ -6,9 +6,11 @@
 
 mod ddi;
 mod loops;
+mod rollout;
 
 use self::ddi::*;
 use self::loops::*;
+use self::rollout::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,8 +62,15 @@ pub struct SimArgs {
     pub tags: Vec<String>,
     /// Assign this artifact (TITLE@VERSION) to the simulated devices' profile (or the tenant)
     /// once they run.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "rollout")]
     pub assign: Option<String>,
+    /// Run against this rollout (created over the simulated devices): start it if it is READY,
+    /// follow its groups, and with --until-done stop when it finishes, halts or is canceled.
+    #[arg(long)]
+    pub rollout: Option<String>,
+    /// Create (or check) the simulated devices and exit, so that a rollout can target them.
+    #[arg(long)]
+    pub create_only: bool,
     /// Share of devices whose connection drops once mid-download.
     #[arg(long, default_value_t = 0.0)]
     pub drop_download: f64,
@@ -294,10 +303,25 @@ pub async fn run(client: &Client, mut args: SimArgs, json_output: bool) -> Resul
             format!("{host}:1883")
         }
     };
-    if let Some(release) = &args.assign {
+    let rollout_path = args
+        .rollout
+        .as_ref()
+        .map(|name| format!("/api/v1/rollouts/{name}"));
+    let release = match &rollout_path {
+        Some(path) => {
+            let rollout = client.get(path).await.context("finding the rollout")?;
+            Some(rollout["artifact"].as_str().unwrap_or_default().to_owned())
+        }
+        None => args.assign.clone(),
+    };
+    if let Some(release) = &release {
         args.profile = profile_for(client, release, args.profile.take()).await?;
     }
     let devices = ensure_devices(client, &args).await?;
+    if args.create_only {
+        println!("{} {} devices ready", devices.len(), args.prefix);
+        return Ok(());
+    }
     let stats = Arc::new(Stats::default());
     // Spread the seed's bits so that small seeds do not start from small states.
     let mut rng = Rng(args.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
@@ -350,6 +374,15 @@ pub async fn run(client: &Client, mut args: SimArgs, json_output: bool) -> Resul
             .await
             .context("assigning")?;
     }
+    if let Some(path) = &rollout_path {
+        let rollout = client.get(path).await?;
+        if rollout["state"] == "READY" {
+            client
+                .post(&format!("{path}/start"), &json!({}))
+                .await
+                .context("starting the rollout")?;
+        }
+    }
 
     let bars = MultiProgress::new();
     // Not on a terminal (CI logs, pipes): a progress line every few seconds instead of bars.
@@ -371,6 +404,7 @@ pub async fn run(client: &Client, mut args: SimArgs, json_output: bool) -> Resul
         .collect();
     let deadline = started + Duration::from_secs(args.timeout);
     let mut counts;
+    let mut rollout = Value::Null;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let history = device_states(client, &args).await.unwrap_or_default();
@@ -386,16 +420,28 @@ pub async fn run(client: &Client, mut args: SimArgs, json_output: bool) -> Resul
             .iter()
             .filter(|s| matches!(s.as_str(), "UPDATED" | "FAILED" | "CANCELED"))
             .count();
+        if let Some(path) = &rollout_path {
+            rollout = client.get(path).await.unwrap_or(rollout);
+        }
         if !on_terminal && last_line.elapsed() >= PROGRESS_EVERY {
             last_line = Instant::now();
             eprintln!(
-                "{:>6.1} s  {finished}/{} ended  {}",
+                "{:>6.1} s  {finished}/{} ended  {}{}",
                 started.elapsed().as_secs_f64(),
                 args.devices,
-                Value::Object(counts.clone())
+                Value::Object(counts.clone()),
+                group_progress(&rollout)
             );
         }
-        let done = args.until_done && args.assign.is_some() && finished == args.devices;
+        let done = if rollout_path.is_some() {
+            args.until_done
+                && matches!(
+                    rollout["state"].as_str(),
+                    Some("FINISHED" | "HALTED" | "CANCELED")
+                )
+        } else {
+            args.until_done && args.assign.is_some() && finished == args.devices
+        };
         if done || (args.until_done && Instant::now() > deadline) {
             break;
         }
@@ -427,6 +473,7 @@ pub async fn run(client: &Client, mut args: SimArgs, json_output: bool) -> Resul
         "injected": {"drop_download": injected[0], "corrupt": injected[1], "fail_health": injected[2]},
         // Devices whose injected faults end their update FAILED on this protocol.
         "expected_failed": expected_failed,
+        "rollout": rollout_summary(&rollout),
     });
     if json_output {
         println!(
@@ -469,6 +516,21 @@ pub async fn run(client: &Client, mut args: SimArgs, json_output: bool) -> Resul
             "injected       {} ({} should end FAILED)",
             summary["injected"], expected_failed
         );
+        if !rollout.is_null() {
+            println!(
+                "rollout        {} {}",
+                text(&rollout["name"]),
+                text(&rollout["state"])
+            );
+            for group in rollout["groups"].as_array().into_iter().flatten() {
+                println!(
+                    "  group {:<3} {:>6} devices  {}",
+                    text(&group["group"]),
+                    text(&group["size"]),
+                    group["states"]
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! The README's CLI tour, run as written: every `sh` block of "Five minutes with the CLI" against
+//! The README's CLI tour and rollout walkthrough, run as written: every `sh` block of their sections against
 //! a real server (the server start itself is the harness's, and `updraft` is this build).
 
 use std::process::Command;
@@ -28,8 +28,18 @@ fn tour(heading: &str) -> Vec<String> {
 
 #[test]
 fn the_readme_cli_tour_runs_as_written() {
-    let blocks = tour("Five minutes with the CLI");
-    assert!(blocks.len() >= 3, "{blocks:?}");
+    runs_as_written("Five minutes with the CLI", 3);
+}
+
+#[test]
+fn the_readme_rollout_walkthrough_runs_as_written() {
+    runs_as_written("Rollouts", 1);
+}
+
+/// Runs the `sh` blocks of the section (at least `blocks`) against a fresh server.
+fn runs_as_written(heading: &str, at_least: usize) {
+    let blocks = tour(heading);
+    assert!(blocks.len() >= at_least, "{blocks:?}");
     let dir = tempfile::tempdir().unwrap();
     let server = crate::serve(dir.path());
     let token = server.admin_token().unwrap();
