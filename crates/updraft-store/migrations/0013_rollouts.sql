@@ -17,6 +17,10 @@ CREATE TABLE rollouts (
     max_per_minute BIGINT,
     max_downloads BIGINT,
     jitter_ms BIGINT NOT NULL,
+    -- Devices created later, or that come to match the filter, join new groups.
+    dynamic BIGINT NOT NULL DEFAULT 0,
+    -- An auto-assignment rule: one dynamic group, no thresholds.
+    is_rule BIGINT NOT NULL DEFAULT 0,
     state TEXT NOT NULL,
     created_by TEXT NOT NULL,
     created_at BIGINT NOT NULL,
@@ -24,12 +28,15 @@ CREATE TABLE rollouts (
     UNIQUE (tenant_id, name)
 );
 CREATE INDEX rollouts_state ON rollouts (state);
+CREATE INDEX rollouts_dynamic ON rollouts (tenant_id) WHERE dynamic = 1;
 
 CREATE TABLE rollout_groups (
     id {pk},
     rollout_id BIGINT NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
     idx BIGINT NOT NULL,
     size BIGINT NOT NULL,
+    -- Built after the static groups, for devices that joined later.
+    dynamic BIGINT NOT NULL DEFAULT 0,
     started_at BIGINT,
     passed_at BIGINT,
     n_queued BIGINT NOT NULL DEFAULT 0,

@@ -25,6 +25,11 @@ pub struct NewRollout {
     pub max_per_minute: Option<u64>,
     pub max_downloads: Option<u64>,
     pub jitter_millis: i64,
+    /// Devices created later, or that come to match the filter, join new groups built like the
+    /// last one (the target must be a filter).
+    pub dynamic: bool,
+    /// An auto-assignment rule: its one group is dynamic and unbounded.
+    pub rule: bool,
     pub created_by: String,
 }
 
@@ -46,6 +51,8 @@ pub struct Rollout {
     pub max_per_minute: Option<u64>,
     pub max_downloads: Option<u64>,
     pub jitter_millis: i64,
+    pub dynamic: bool,
+    pub rule: bool,
     pub created_by: String,
     pub created_at: Millis,
     pub updated_at: Millis,
@@ -59,6 +66,8 @@ pub struct RolloutGroup {
     /// 0 for the first group.
     pub index: usize,
     pub size: u64,
+    /// Built for devices that joined after the rollout was created.
+    pub dynamic: bool,
     pub started_at: Option<Millis>,
     pub passed_at: Option<Millis>,
     /// Actions per state, in [`UpdateState::ALL`]'s order. UPDATED also counts members that ran

@@ -62,6 +62,9 @@ pub(super) enum Command {
     /// Staged rollouts: groups, thresholds, pacing, pause/resume/cancel.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Auto-assignment rules: a filter and an artifact, applied as devices come to match.
+    #[command(subcommand)]
+    Rule(RuleCommand),
     /// Simulate many devices against the server (DDI agents or Drogue DFU devices).
     Sim(crate::sim::SimArgs),
     /// Frugal-IoT developer workflow: push binaries for a node or an OTA key, promote them.
@@ -482,6 +485,33 @@ pub(super) struct RolloutCreateArgs {
     /// Leave out target devices the artifact does not run on instead of refusing.
     #[arg(long)]
     pub(super) skip_incompatible: bool,
+    /// Devices created later, or that come to match the filter, join new groups.
+    #[arg(long, requires = "filter")]
+    pub(super) dynamic: bool,
+}
+
+#[derive(Subcommand)]
+pub(super) enum RuleCommand {
+    /// Give an artifact to every device matching a filter, now and whenever one comes to match.
+    Create {
+        name: String,
+        #[arg(long)]
+        filter: String,
+        /// TITLE@VERSION.
+        #[arg(long)]
+        artifact: String,
+        /// forced, soft or download-only.
+        #[arg(long = "type")]
+        update_type: Option<String>,
+        #[arg(long)]
+        max_per_minute: Option<u64>,
+        #[arg(long)]
+        max_downloads: Option<u64>,
+    },
+    /// Every rule of the tenant.
+    List,
+    /// Stop the rule: no device joins it any more (those it reached keep their update).
+    Delete { name: String },
 }
 
 impl RolloutCreateArgs {
@@ -501,6 +531,7 @@ impl RolloutCreateArgs {
             "max_downloads": self.max_downloads,
             "jitter": self.jitter,
             "skip_incompatible": self.skip_incompatible,
+            "dynamic": self.dynamic,
         })
     }
 }

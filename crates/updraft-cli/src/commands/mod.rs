@@ -52,6 +52,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Project(command) => named(&client, &out, "projects", command).await,
         Command::Device(command) => device(&client, &out, command).await,
         Command::Rollout(command) => rollout(&client, &out, command).await,
+        Command::Rule(command) => rule(&client, &out, command).await,
         Command::Assign(args) => {
             let mut body = args.scope.to_json();
             body["artifact"] = json!(args.artifact);

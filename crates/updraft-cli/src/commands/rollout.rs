@@ -8,7 +8,7 @@ use anyhow::Result;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use super::args::RolloutCommand;
+use super::args::{RolloutCommand, RuleCommand};
 use super::output::{Output, rfc3339, text};
 use crate::client::Client;
 use crate::table;
@@ -79,6 +79,70 @@ pub(super) async fn rollout(client: &Client, out: &Output, command: RolloutComma
                 return Ok(());
             }
             follow(client, out, &path).await
+        }
+    }
+}
+
+pub(super) async fn rule(client: &Client, out: &Output, command: RuleCommand) -> Result<()> {
+    match command {
+        RuleCommand::Create {
+            name,
+            filter,
+            artifact,
+            update_type,
+            max_per_minute,
+            max_downloads,
+        } => {
+            let body = json!({"name": name, "filter": filter, "artifact": artifact,
+                "type": update_type, "max_per_minute": max_per_minute, "max_downloads": max_downloads});
+            let created = client.post("/api/v1/rules", &body).await?;
+            out.show(&created, || {
+                println!(
+                    "created rule {}: {} to devices matching {} ({} now)",
+                    text(&created["name"]),
+                    text(&created["artifact"]),
+                    text(&created["target"]),
+                    text(&created["devices"])
+                )
+            });
+            Ok(())
+        }
+        RuleCommand::List => {
+            let list = client.get("/api/v1/rules").await?;
+            out.show(&list, || {
+                let rows: Vec<Vec<String>> = list
+                    .as_array()
+                    .map(|items| {
+                        items
+                            .iter()
+                            .map(|r| {
+                                vec![
+                                    text(&r["name"]),
+                                    text(&r["target"]),
+                                    text(&r["artifact"]),
+                                    text(&r["state"]),
+                                    text(&r["devices"]),
+                                    count(&r["states"], "UPDATED").to_string(),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table::print(
+                    &["name", "filter", "artifact", "state", "devices", "updated"],
+                    &rows,
+                );
+            });
+            Ok(())
+        }
+        RuleCommand::Delete { name } => {
+            client
+                .json(client.request(reqwest::Method::DELETE, &format!("/api/v1/rules/{name}")))
+                .await?;
+            out.show(&json!({"deleted": name}), || {
+                println!("deleted rule {name}")
+            });
+            Ok(())
         }
     }
 }

@@ -58,6 +58,9 @@ use crate::kernel::state::AppState;
         rollouts::list,
         rollouts::show,
         rollouts::command,
+        rollouts::create_rule,
+        rollouts::list_rules,
+        rollouts::delete_rule,
     ),
     components(schemas(ErrorBody))
 )]
@@ -113,6 +116,11 @@ pub fn router(state: AppState) -> Router {
         .route("/rollouts", get(rollouts::list).post(rollouts::create))
         .route("/rollouts/{name}", get(rollouts::show))
         .route("/rollouts/{name}/{command}", post(rollouts::command))
+        .route(
+            "/rules",
+            get(rollouts::list_rules).post(rollouts::create_rule),
+        )
+        .route("/rules/{name}", delete(rollouts::delete_rule))
         .route(
             "/artifacts",
             get(artifacts::list)

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub artifacts_uploaded: AtomicU64,
     pub uploads_refused: AtomicU64,
     pub download_bytes: AtomicU64,
+    /// Passes over a tenant's whole fleet (a rollout's or rule's target, a filtered list).
+    pub fleet_scans: AtomicU64,
+    /// Members the rollout scheduler activated.
+    pub rollout_activations: AtomicU64,
     /// Counters that adapters register: (name, help, value).
     registered: Mutex<Vec<(&'static str, &'static str, Arc<AtomicU64>)>>,
 }
@@ -78,6 +82,16 @@ impl Metrics {
                 "updraft_download_bytes_total",
                 "Artifact bytes sent.",
                 &self.download_bytes,
+            ),
+            (
+                "updraft_fleet_scans_total",
+                "Passes over a tenant's whole fleet (rollout and rule targets, filtered lists).",
+                &self.fleet_scans,
+            ),
+            (
+                "updraft_rollout_activations_total",
+                "Rollout members the scheduler let start.",
+                &self.rollout_activations,
             ),
         ];
         let registered = self

@@ -55,6 +55,10 @@ pub async fn pass(state: &AppState, now: i64) -> Result<u64, ApiError> {
         activated += advance(state, rollout, now).await?;
     }
     if activated > 0 {
+        state
+            .metrics
+            .rollout_activations
+            .fetch_add(activated, std::sync::atomic::Ordering::Relaxed);
         state.wake.notify_one();
     }
     Ok(activated)
@@ -93,6 +97,8 @@ async fn advance(state: &AppState, mut rollout: Rollout, now: i64) -> Result<u64
                     .await?;
                 return Ok(0);
             }
+            // A dynamic rollout (or rule) waits for the devices that will join it.
+            Step::Finish if rollout.dynamic => break,
             Step::Finish => {
                 store
                     .set_rollout_state(rollout.key, rollout.state, Lifecycle::Finished, "scheduler")

@@ -508,6 +508,8 @@ async fn the_openapi_document_describes_every_route() {
         ("/api/v1/rollouts", &["get", "post"]),
         ("/api/v1/rollouts/{name}", &["get"]),
         ("/api/v1/rollouts/{name}/{command}", &["post"]),
+        ("/api/v1/rules", &["get", "post"]),
+        ("/api/v1/rules/{name}", &["delete"]),
     ];
     assert_eq!(
         paths.len(),

@@ -502,3 +502,125 @@ async fn bad_rollouts_get_clear_errors_and_create_nothing() {
         (StatusCode::NOT_FOUND, "rollout_not_found".to_owned())
     );
 }
+
+#[tokio::test]
+async fn a_device_created_after_the_start_joins_a_dynamic_rollouts_new_group() {
+    let app = TestApp::new().await;
+    fleet(&app, "dyn", 10).await;
+    app.upload("title=fw&version=2", b"two").await;
+    let created = app
+        .post(
+            "/api/v1/rollouts",
+            json!({"name": "d1", "artifact": "fw@2", "filter": "id==dyn-*", "groups": "5,rest",
+                   "dynamic": true, "start": "auto"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.json());
+    assert_eq!(pass(&app.state, T0).await.unwrap(), 5);
+    // Six newcomers: five fill a group shaped like the last (5), the sixth opens another.
+    fleet(&app, "dyn-late", 6).await;
+    let rollout = show(&app, "d1").await;
+    let sizes: Vec<u64> = rollout["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [5, 5, 5, 1], "{rollout}");
+    assert!(rollout["groups"][2]["started_at"].is_null());
+    for (step, expect) in [(1, 5), (2, 5), (3, 5), (4, 1)] {
+        let queued = actions_in(&app, "dyn", 10, UpdateState::Queued).await;
+        let late = actions_in(&app, "dyn-late", 6, UpdateState::Queued).await;
+        assert_eq!(queued.len() + late.len(), expect, "group {step}");
+        report(&app, &queued, Report::Succeeded).await;
+        report(&app, &late, Report::Succeeded).await;
+        pass(&app.state, T0 + step * MINUTE).await.unwrap();
+    }
+    let rollout = show(&app, "d1").await;
+    assert_eq!(rollout["states"]["UPDATED"], 16);
+    assert_eq!(
+        rollout["state"], "RUNNING",
+        "a dynamic rollout waits for more"
+    );
+}
+
+#[tokio::test]
+async fn a_rule_fires_when_a_device_comes_to_match_without_scanning_the_fleet() {
+    let app = TestApp::new().await;
+    fleet(&app, "r", 3).await;
+    app.upload("title=fw&version=2", b"two").await;
+    let scans = || {
+        app.state
+            .metrics
+            .fleet_scans
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let created = app
+        .post(
+            "/api/v1/rules",
+            json!({"name": "beta", "filter": "attr.channel==beta", "artifact": "fw@2"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.json());
+    assert_eq!(created.json()["devices"], 0);
+    assert_eq!(scans(), 1, "the rule looked at the fleet once");
+    fleet(&app, "many", 1000).await;
+    assert_eq!(scans(), 1, "creating devices scans nothing");
+    pass(&app.state, T0).await.unwrap();
+    assert!(
+        actions_in(&app, "r", 3, UpdateState::Queued)
+            .await
+            .is_empty()
+    );
+
+    // r-0001's attribute changes: it alone joins, and the next pass starts it.
+    let tenant = default_tenant(&app).await;
+    let device = app
+        .state
+        .store
+        .device(tenant, &DeviceId::parse("r-0001").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let beta = [("channel".to_owned(), "beta".to_owned())].into();
+    app.state
+        .store
+        .update_attributes(device.key, updraft_store::AttributeMode::Merge, &beta)
+        .await
+        .unwrap();
+    assert_eq!(pass(&app.state, T0 + 1_000).await.unwrap(), 1);
+    assert_eq!(actions_in(&app, "r", 3, UpdateState::Queued).await.len(), 1);
+    // A device created matching joins too.
+    let made = app
+        .post(
+            "/api/v1/devices",
+            json!({"id": "fresh", "attributes": {"channel": "beta"}}),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{:?}", made.json());
+    assert_eq!(pass(&app.state, T0 + 2_000).await.unwrap(), 1);
+    let listed = app.get("/api/v1/rules").await.json();
+    assert_eq!(listed[0]["devices"], 2, "{listed}");
+    assert_eq!(app.get("/api/v1/rollouts").await.json(), json!([]));
+    assert_eq!(scans(), 1);
+
+    // Deleted, the rule takes no one more; what it gave stays.
+    let answer = app
+        .call(Method::DELETE, "/api/v1/rules/beta", &app.admin, None)
+        .await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT);
+    let other = app
+        .state
+        .store
+        .device(tenant, &DeviceId::parse("r-0002").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    app.state
+        .store
+        .update_attributes(other.key, updraft_store::AttributeMode::Merge, &beta)
+        .await
+        .unwrap();
+    assert_eq!(pass(&app.state, T0 + 3_000).await.unwrap(), 0);
+    assert_eq!(actions_in(&app, "r", 3, UpdateState::Queued).await.len(), 1);
+}

@@ -310,6 +310,7 @@ impl Fleet for SqlStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound { what: "device" });
         }
+        join_dynamic(&mut tx, tenant, device).await?;
         reconcile(
             &mut tx,
             self.dialect,
@@ -363,7 +364,7 @@ impl Fleet for SqlStore {
         data: &BTreeMap<String, String>,
     ) -> StoreResult<()> {
         let mut tx = self.write.begin().await?;
-        let row = sqlx::query("SELECT attributes FROM devices WHERE id = $1")
+        let row = sqlx::query("SELECT tenant_id, attributes FROM devices WHERE id = $1")
             .bind(device.0)
             .fetch_optional(&mut *tx)
             .await?
@@ -380,6 +381,9 @@ impl Fleet for SqlStore {
             .bind(device.0)
             .execute(&mut *tx)
             .await?;
+        // The device may now match a dynamic rollout or rule: it joins, and its next scheduler
+        // pass activates it.
+        join_dynamic(&mut tx, TenantKey(row.try_get("tenant_id")?), device).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -427,6 +431,7 @@ pub(super) async fn insert_device(
         .await
         .map_err(|e| conflict(e, "credential_exists", "that credential belongs to another device of this tenant".to_owned()))?;
     }
+    join_dynamic(conn, tenant, key).await?;
     reconcile(
         &mut *conn,
         dialect,

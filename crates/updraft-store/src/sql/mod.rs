@@ -6,6 +6,7 @@
 mod actions;
 mod artifacts;
 mod assignments;
+mod dynamic;
 mod fleet;
 mod membership;
 mod protocol_state;
@@ -14,6 +15,7 @@ mod rollouts;
 mod select;
 mod tenants;
 
+use self::dynamic::join_dynamic;
 use self::membership::{Member, count_in_group, count_move, load_memberships};
 use self::reconcile::*;
 pub use self::rollouts::SchedulerLease;

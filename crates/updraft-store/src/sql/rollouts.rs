@@ -12,7 +12,7 @@ use super::*;
 
 const ROLLOUT_SELECT: &str = "SELECT r.id, r.tenant_id, r.name, r.artifact_id, a.title, a.version, a.kind, \
     r.target, r.groups_spec, r.success_pct, r.error_pct, r.soak_ms, r.update_type, r.state, r.start_at, \
-    r.max_per_minute, r.max_downloads, r.jitter_ms, r.created_by, r.created_at, r.updated_at \
+    r.max_per_minute, r.max_downloads, r.jitter_ms, r.dynamic, r.is_rule, r.created_by, r.created_at, r.updated_at \
     FROM rollouts r JOIN artifacts a ON a.id = r.artifact_id";
 
 fn rollout_from(row: &AnyRow) -> StoreResult<Rollout> {
@@ -44,6 +44,8 @@ fn rollout_from(row: &AnyRow) -> StoreResult<Rollout> {
         max_per_minute: row.try_get::<Option<i64>, _>("max_per_minute")?.map(to_u64),
         max_downloads: row.try_get::<Option<i64>, _>("max_downloads")?.map(to_u64),
         jitter_millis: row.try_get("jitter_ms")?,
+        dynamic: row.try_get::<i64, _>("dynamic")? != 0,
+        rule: row.try_get::<i64, _>("is_rule")? != 0,
         created_by: row.try_get("created_by")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -59,6 +61,7 @@ fn group_from(row: &AnyRow) -> StoreResult<RolloutGroup> {
         id: row.try_get("id")?,
         index: usize::try_from(row.try_get::<i64, _>("idx")?).map_err(corrupt)?,
         size: to_u64(row.try_get("size")?),
+        dynamic: row.try_get::<i64, _>("dynamic")? != 0,
         started_at: row.try_get("started_at")?,
         passed_at: row.try_get("passed_at")?,
         counts,
@@ -96,8 +99,8 @@ impl Rollouts for SqlStore {
         let row = sqlx::query(
             "INSERT INTO rollouts (tenant_id, name, artifact_id, target, groups_spec, success_pct, \
              error_pct, soak_ms, update_type, start_at, max_per_minute, max_downloads, jitter_ms, \
-             state, created_by, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16) RETURNING id",
+             state, created_by, created_at, updated_at, dynamic, is_rule) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16, $17, $18) RETURNING id",
         )
         .bind(tenant.0)
         .bind(new.name.as_str())
@@ -115,6 +118,8 @@ impl Rollouts for SqlStore {
         .bind(new.state.as_str())
         .bind(&new.created_by)
         .bind(now)
+        .bind(i64::from(new.dynamic || new.rule))
+        .bind(i64::from(new.rule))
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
@@ -127,11 +132,12 @@ impl Rollouts for SqlStore {
         let rollout: i64 = row.try_get("id")?;
         for (index, devices) in members.iter().enumerate() {
             let row = sqlx::query(
-                "INSERT INTO rollout_groups (rollout_id, idx, size) VALUES ($1, $2, $3) RETURNING id",
+                "INSERT INTO rollout_groups (rollout_id, idx, size, dynamic) VALUES ($1, $2, $3, $4) RETURNING id",
             )
             .bind(rollout)
             .bind(i64::try_from(index).unwrap_or(i64::MAX))
             .bind(i64::try_from(devices.len()).unwrap_or(i64::MAX))
+            .bind(i64::from(new.rule))
             .fetch_one(&mut *tx)
             .await?;
             let group: i64 = row.try_get("id")?;

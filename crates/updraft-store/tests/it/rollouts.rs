@@ -26,6 +26,8 @@ fn new_rollout(name: &str, artifact: &Artifact, state: Lifecycle) -> NewRollout 
         max_per_minute: None,
         max_downloads: None,
         jitter_millis: 0,
+        dynamic: false,
+        rule: false,
         created_by: "test".into(),
     }
 }

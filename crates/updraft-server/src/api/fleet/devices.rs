@@ -26,6 +26,10 @@ async fn matching_devices(
     page: Page,
 ) -> ApiResult<Paged<Device>> {
     let now = crate::kernel::clock::now_millis();
+    state
+        .metrics
+        .fleet_scans
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut after: Option<DeviceId> = None;
     let mut found = Paged {
         items: Vec::new(),

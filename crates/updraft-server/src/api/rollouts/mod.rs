@@ -2,7 +2,10 @@
 //! progress, and start / pause / resume / cancel it. The scheduler (`kernel::scheduler`) does the
 //! rest; canceling reaches devices through every adapter's channel.
 
+mod rules;
 pub mod wire;
+
+pub use self::rules::*;
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -77,6 +80,10 @@ async fn target(
             let filter = Filter::parse(text)
                 .map_err(|e| ApiError::bad_request("bad_filter", e.to_string()))?;
             let now = now_millis();
+            state
+                .metrics
+                .fleet_scans
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut found = Vec::new();
             let mut after: Option<DeviceId> = None;
             loop {
@@ -202,6 +209,22 @@ pub async fn create(
     ApiJson(body): ApiJson<RolloutIn>,
 ) -> ApiResult<(StatusCode, Json<RolloutOut>)> {
     caller.require(Role::Maintainer)?;
+    let created = create_rollout(&state, &caller, &body, false).await?;
+    let groups = state.store.rollout_groups(created.key).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RolloutOut::new(&created, &groups, None)),
+    ))
+}
+
+/// Creates a rollout (or, with `rule`, an auto-assignment rule: one unbounded dynamic group,
+/// which may start empty) over a snapshot of its target.
+async fn create_rollout(
+    state: &AppState,
+    caller: &Caller,
+    body: &RolloutIn,
+    rule: bool,
+) -> ApiResult<Rollout> {
     let tenant = caller.tenant();
     let name = Name::parse(&body.name)?;
     let groups_spec = body.groups.clone().unwrap_or_else(|| "100%".to_owned());
@@ -224,10 +247,20 @@ pub async fn create(
             "max_per_minute and max_downloads are at least 1",
         ));
     }
-    let artifact = artifact_named(&state, tenant, Some(&body.artifact), None).await?;
-    let (target_text, devices) = target(&state, tenant, &body).await?;
-    let mut devices = compatible_only(&artifact, devices, body.skip_incompatible)?;
-    let sizes = group_sizes(devices.len() as u64, &groups).map_err(refused)?;
+    if body.dynamic && body.filter.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "a dynamic rollout targets a filter, which devices can come to match",
+        ));
+    }
+    let artifact = artifact_named(state, tenant, Some(&body.artifact), None).await?;
+    let (target_text, devices) = target(state, tenant, body).await?;
+    let mut devices = compatible_only(&artifact, devices, body.skip_incompatible || rule)?;
+    let sizes = if rule {
+        vec![devices.len() as u64]
+    } else {
+        group_sizes(devices.len() as u64, &groups).map_err(refused)?
+    };
     // What every adapter refuses for an assignment it refuses here too, per profile reached.
     let profiles: BTreeSet<ProfileKey> = devices
         .iter()
@@ -236,7 +269,7 @@ pub async fn create(
     for profile in profiles {
         state
             .adapters
-            .check_assignment(&state, tenant, Scope::Profile(profile), &artifact, None)
+            .check_assignment(state, tenant, Scope::Profile(profile), &artifact, None)
             .await?;
     }
     // Groups are drawn in a stable shuffled order, so that the first group is a sample of the
@@ -263,15 +296,13 @@ pub async fn create(
         max_per_minute: body.max_per_minute,
         max_downloads: body.max_downloads,
         jitter_millis,
+        dynamic: body.dynamic,
+        rule,
         created_by: caller.source(),
     };
     let created = state.store.create_rollout(tenant, &new, &members).await?;
     state.schedule.notify_one();
-    let groups = state.store.rollout_groups(created.key).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(RolloutOut::new(&created, &groups, None)),
-    ))
+    Ok(created)
 }
 
 #[utoipa::path(get, path = "/api/v1/rollouts", tag = "rollouts", responses((status = 200, body = Vec<RolloutOut>)))]
@@ -281,7 +312,8 @@ pub async fn list(
 ) -> ApiResult<Json<Vec<RolloutOut>>> {
     let rollouts = state.store.list_rollouts(caller.tenant()).await?;
     let mut out = Vec::with_capacity(rollouts.len());
-    for rollout in &rollouts {
+    // Rules are listed by `/api/v1/rules`.
+    for rollout in rollouts.iter().filter(|r| !r.rule) {
         let groups = state.store.rollout_groups(rollout.key).await?;
         out.push(RolloutOut::new(rollout, &groups, None));
     }

@@ -40,6 +40,26 @@ pub struct RolloutIn {
     /// Leave out target devices whose profile the artifact does not run on, instead of refusing.
     #[serde(default)]
     pub skip_incompatible: bool,
+    /// Devices created later, or that come to match the filter, join new groups built like the
+    /// last one, with the same thresholds (needs `filter`).
+    #[serde(default)]
+    pub dynamic: bool,
+}
+
+/// An auto-assignment rule to create: devices matching the filter get the artifact — those that
+/// match now, and each device when it is created or comes to match.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleIn {
+    pub name: String,
+    pub filter: String,
+    /// TITLE@VERSION.
+    pub artifact: String,
+    /// `forced` (default), `soft` or `download-only`.
+    #[serde(rename = "type")]
+    pub update_type: Option<String>,
+    pub max_per_minute: Option<u64>,
+    pub max_downloads: Option<u64>,
 }
 
 /// Counts per update state (only states with devices in them), plus `SKIPPED`.
@@ -85,6 +105,7 @@ pub struct RolloutOut {
     pub max_per_minute: Option<u64>,
     pub max_downloads: Option<u64>,
     pub jitter_ms: i64,
+    pub dynamic: bool,
     pub devices: u64,
     /// Every group's counts added up.
     pub states: StateCounts,
@@ -149,6 +170,7 @@ impl RolloutOut {
             max_per_minute: rollout.max_per_minute,
             max_downloads: rollout.max_downloads,
             jitter_ms: rollout.jitter_millis,
+            dynamic: rollout.dynamic,
             devices: groups.iter().map(|g| g.size).sum(),
             states,
             groups: groups_out,
