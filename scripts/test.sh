@@ -39,7 +39,7 @@ timeout 45m cargo test --workspace --all-features
 # The device-protocol, notifier and rollout tests once more, on PostgreSQL (the store conformance suite
 # already runs on both).
 UPDRAFT_TEST_STORE=postgres timeout 20m cargo test -p updraft-server --test it -- \
-  ddi:: frugal thingsboard:: mqtt coap:: lwm2m aws:: dfu:: rustot:: tls:: cross_tenant:: rollouts::
+  ddi:: frugal thingsboard:: mqtt coap:: lwm2m aws:: dfu:: rustot:: tls:: cross_tenant:: rollouts:: rollout_windows::
 
 # Every fuzz target for a short while (cargo fuzz, nightly): the decoders of device input.
 scripts/fuzz.sh 15

@@ -12,6 +12,7 @@ pub mod resolve;
 pub mod rollout;
 pub mod signing;
 pub mod time;
+pub mod window;
 
 pub use action::{
     ActiveAction, Failure, FailureCode, KindStatus, Plan, Progress, Refusal, Release, Report,

@@ -159,6 +159,7 @@ pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<Node> 
         blob_lock: Arc::new(tokio::sync::Mutex::new(())),
         wake: Arc::new(tokio::sync::Notify::new()),
         schedule: Arc::new(tokio::sync::Notify::new()),
+        windows: Arc::default(),
         grants: Arc::new(crate::kernel::grants::Grants::default()),
         adapters: Arc::new(Adapters::default()),
         registrations: Arc::new(RateLimit::new(

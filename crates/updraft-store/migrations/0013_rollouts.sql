@@ -17,6 +17,10 @@ CREATE TABLE rollouts (
     max_per_minute BIGINT,
     max_downloads BIGINT,
     jitter_ms BIGINT NOT NULL,
+    -- Maintenance window: a cron schedule in window_tz opening for window_ms (installs only).
+    window_cron TEXT,
+    window_ms BIGINT,
+    window_tz TEXT,
     -- Devices created later, or that come to match the filter, join new groups.
     dynamic BIGINT NOT NULL DEFAULT 0,
     -- An auto-assignment rule: one dynamic group, no thresholds.

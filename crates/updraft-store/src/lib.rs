@@ -273,6 +273,11 @@ pub trait Rollouts: Send + Sync {
     ) -> StoreResult<Rollout>;
     async fn rollout_by_name(&self, tenant: TenantKey, name: &str) -> StoreResult<Option<Rollout>>;
     async fn list_rollouts(&self, tenant: TenantKey) -> StoreResult<Vec<Rollout>>;
+    /// The rollout with this key, whatever its tenant (for server-side workers).
+    async fn rollout_by_key(&self, rollout: RolloutKey) -> StoreResult<Option<Rollout>>;
+    /// The rollout whose group an action belongs to, if any: its update type and window say
+    /// how the device may install.
+    async fn rollout_of_action(&self, action: ActionKey) -> StoreResult<Option<Rollout>>;
     async fn rollout_groups(&self, rollout: RolloutKey) -> StoreResult<Vec<RolloutGroup>>;
     /// The newest failures of the rollout's devices, at most `limit`.
     async fn rollout_failures(

@@ -8,6 +8,15 @@ use updraft_core::{
 
 use crate::rows::Millis;
 
+/// When a rollout's devices may install: a cron schedule in a time zone opening a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSpec {
+    pub cron: String,
+    pub duration_millis: i64,
+    /// An IANA zone name (`Europe/Berlin`) or `UTC`.
+    pub tz: String,
+}
+
 /// A rollout as it is created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRollout {
@@ -25,6 +34,7 @@ pub struct NewRollout {
     pub max_per_minute: Option<u64>,
     pub max_downloads: Option<u64>,
     pub jitter_millis: i64,
+    pub window: Option<WindowSpec>,
     /// Devices created later, or that come to match the filter, join new groups built like the
     /// last one (the target must be a filter).
     pub dynamic: bool,
@@ -51,6 +61,7 @@ pub struct Rollout {
     pub max_per_minute: Option<u64>,
     pub max_downloads: Option<u64>,
     pub jitter_millis: i64,
+    pub window: Option<WindowSpec>,
     pub dynamic: bool,
     pub rule: bool,
     pub created_by: String,

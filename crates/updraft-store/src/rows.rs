@@ -407,6 +407,8 @@ pub struct Queued {
     pub kind: ArtifactKind,
     /// The device's profile.
     pub profile: Option<ProfileKey>,
+    /// The rollout that asked for the action, if one did.
+    pub rollout: Option<updraft_core::RolloutKey>,
 }
 
 /// An AWS IoT job execution: the device's view of one update action.

@@ -488,6 +488,15 @@ pub(super) struct RolloutCreateArgs {
     /// Devices created later, or that come to match the filter, join new groups.
     #[arg(long, requires = "filter")]
     pub(super) dynamic: bool,
+    /// Maintenance window for installing, as a cron schedule: '0 2 * * *'.
+    #[arg(long)]
+    pub(super) window: Option<String>,
+    /// How long the window stays open (default 1h).
+    #[arg(long, requires = "window")]
+    pub(super) window_duration: Option<String>,
+    /// The window's time zone (default UTC): Europe/Berlin.
+    #[arg(long, requires = "window")]
+    pub(super) tz: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -532,6 +541,9 @@ impl RolloutCreateArgs {
             "jitter": self.jitter,
             "skip_incompatible": self.skip_incompatible,
             "dynamic": self.dynamic,
+            "window": self.window,
+            "window_duration": self.window_duration,
+            "tz": self.tz,
         })
     }
 }

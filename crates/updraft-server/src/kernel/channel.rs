@@ -44,6 +44,17 @@ pub trait DeviceChannel: Send + Sync {
     fn withdrawn(&self, state: &AppState, tenant: TenantKey) {
         let _ = (state, tenant);
     }
+    /// Whether the protocol can download an update without installing it, so that a
+    /// maintenance window only holds back installing; otherwise the update is not offered
+    /// while the window is closed.
+    fn separates_install(&self) -> bool {
+        false
+    }
+    /// A maintenance window of the tenant opened: devices that downloaded and wait for it may
+    /// be told to install.
+    fn window_opened(&self, state: &AppState, tenant: TenantKey) {
+        let _ = (state, tenant);
+    }
 }
 
 /// A device protocol as the kernel and the management API see it.
@@ -158,6 +169,13 @@ impl Adapters {
     pub fn withdrawn(&self, state: &AppState, tenant: TenantKey) {
         for channel in self.channels() {
             channel.withdrawn(state, tenant);
+        }
+    }
+
+    /// Tells every channel that a maintenance window of the tenant opened.
+    pub fn window_opened(&self, state: &AppState, tenant: TenantKey) {
+        for channel in self.channels() {
+            channel.window_opened(state, tenant);
         }
     }
 

@@ -18,6 +18,7 @@ pub mod notifier;
 pub mod scheduler;
 pub mod secret;
 pub mod state;
+pub mod terms;
 pub mod views;
 
 /// The name of the tenant that keys and devices belong to unless told otherwise.

@@ -7,12 +7,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use updraft_core::{ActionKey, ArtifactKey, DeviceKey};
+use updraft_core::{ActionKey, ArtifactKey, DeviceKey, RolloutKey};
 use updraft_store::{Artifact, Queued};
 
 use crate::kernel::channel::{DeviceChannel, ProfileMap, Tell};
+use crate::kernel::clock::now_millis;
 use crate::kernel::error::ApiError;
 use crate::kernel::state::AppState;
+use crate::kernel::terms::Terms;
 
 /// Runs the queue until the process ends.
 pub async fn notifier(state: AppState, per_second: u32, wake: Arc<tokio::sync::Notify>) {
@@ -66,7 +68,15 @@ impl NotifyQueue {
             .map(|c| c.reachable().into_iter().collect())
             .collect();
         let any: HashSet<DeviceKey> = reachable.iter().flatten().copied().collect();
-        let chosen = self.choose(state, &any, budget).await?;
+        // Devices a channel reaches that can download without installing: a maintenance window
+        // never holds their offer back.
+        let separating: HashSet<DeviceKey> = channels
+            .iter()
+            .zip(&reachable)
+            .filter(|(c, _)| c.separates_install())
+            .flat_map(|(_, r)| r.iter().copied())
+            .collect();
+        let chosen = self.choose(state, &any, &separating, budget).await?;
         if chosen.is_empty() {
             return Ok(0);
         }
@@ -114,14 +124,19 @@ impl NotifyQueue {
         Ok(told)
     }
 
-    /// Up to `budget` QUEUED actions of reachable devices, from where the walk stands.
+    /// Up to `budget` QUEUED actions of reachable devices, from where the walk stands; an
+    /// action whose rollout's maintenance window is closed waits (unless its device can download
+    /// without installing), and is told on a later round inside the window.
     async fn choose(
         &mut self,
         state: &AppState,
         reachable: &HashSet<DeviceKey>,
+        separating: &HashSet<DeviceKey>,
         budget: u64,
     ) -> Result<Vec<Queued>, ApiError> {
         let mut chosen = Vec::new();
+        let mut terms: HashMap<RolloutKey, Terms> = HashMap::new();
+        let now = now_millis();
         if reachable.is_empty() {
             return Ok(chosen);
         }
@@ -136,9 +151,24 @@ impl NotifyQueue {
                     break;
                 }
                 self.after = queued.action;
-                if reachable.contains(&queued.device) {
-                    chosen.push(queued);
+                if !reachable.contains(&queued.device) {
+                    continue;
                 }
+                if let Some(rollout) = queued.rollout
+                    && !separating.contains(&queued.device)
+                {
+                    let known = match terms.entry(rollout) {
+                        std::collections::hash_map::Entry::Occupied(known) => *known.get(),
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            let found = state.store.rollout_by_key(rollout).await?;
+                            *slot.insert(Terms::of(found.as_ref(), now))
+                        }
+                    };
+                    if !known.may_offer() {
+                        continue;
+                    }
+                }
+                chosen.push(queued);
             }
             if chosen.len() as u64 >= budget {
                 break;

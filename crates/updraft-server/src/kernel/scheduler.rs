@@ -51,7 +51,9 @@ pub async fn scheduler(state: AppState) {
 /// notification queue is woken when any were).
 pub async fn pass(state: &AppState, now: i64) -> Result<u64, ApiError> {
     let mut activated = 0;
-    for rollout in state.store.live_rollouts(now).await? {
+    let live = state.store.live_rollouts(now).await?;
+    windows_opened(state, &live, now);
+    for rollout in live {
         activated += advance(state, rollout, now).await?;
     }
     if activated > 0 {
@@ -62,6 +64,32 @@ pub async fn pass(state: &AppState, now: i64) -> Result<u64, ApiError> {
         state.wake.notify_one();
     }
     Ok(activated)
+}
+
+/// Tells the channels of each tenant whose rollout's maintenance window opened since the last
+/// pass (or is open at the first), so that devices waiting to install are told; forgets
+/// rollouts that are no longer live.
+fn windows_opened(state: &AppState, live: &[Rollout], now: i64) {
+    let mut opened = Vec::new();
+    if let Ok(mut windows) = state.windows.lock() {
+        windows.retain(|key, _| live.iter().any(|r| r.key == *key));
+        for rollout in live {
+            let Some(spec) = &rollout.window else {
+                continue;
+            };
+            let open = crate::kernel::terms::window_open(spec, now);
+            if open && windows.insert(rollout.key, open) != Some(true) {
+                opened.push(rollout.tenant);
+            } else {
+                windows.insert(rollout.key, open);
+            }
+        }
+    }
+    opened.dedup();
+    for tenant in opened {
+        state.adapters.window_opened(state, tenant);
+        state.wake.notify_one();
+    }
 }
 
 /// Moves one rollout as far as its groups allow at `now`, then activates what pacing allows.

@@ -87,6 +87,9 @@ pub struct AppState {
     pub wake: Arc<tokio::sync::Notify>,
     /// Wakes the rollout scheduler (a rollout was created or commanded).
     pub schedule: Arc<tokio::sync::Notify>,
+    /// Whether each live rollout's maintenance window was open at the scheduler's last pass
+    /// (so that devices waiting for it are told when it opens).
+    pub windows: Arc<std::sync::Mutex<std::collections::HashMap<updraft_core::RolloutKey, bool>>>,
     /// One-time download URLs.
     pub grants: Arc<crate::kernel::grants::Grants>,
     /// The device protocols, installed by the composition root.

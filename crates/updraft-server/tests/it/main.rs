@@ -18,6 +18,7 @@ mod lwm2m;
 mod lwm2m_attacks;
 mod mqtt;
 mod mqtt_limits;
+mod rollout_windows;
 mod rollouts;
 mod rustot;
 mod thingsboard;

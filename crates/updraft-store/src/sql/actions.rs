@@ -171,8 +171,9 @@ impl Actions for SqlStore {
 
     async fn queued_actions(&self, after: ActionKey, limit: u64) -> StoreResult<Vec<Queued>> {
         let rows = sqlx::query(
-            "SELECT a.id, a.device_pk, a.tenant_id, a.artifact_id, a.kind, d.profile_id FROM actions a \
-             JOIN devices d ON d.id = a.device_pk \
+            "SELECT a.id, a.device_pk, a.tenant_id, a.artifact_id, a.kind, d.profile_id, g.rollout_id \
+             FROM actions a JOIN devices d ON d.id = a.device_pk \
+             LEFT JOIN rollout_groups g ON g.id = a.rollout_group_id \
              WHERE a.state = 'QUEUED' AND a.id > $1 ORDER BY a.id LIMIT $2",
         )
         .bind(after.0)
@@ -190,6 +191,9 @@ impl Actions for SqlStore {
                         .map(ArtifactKey),
                     kind: kind_of(&row.try_get::<String, _>("kind")?)?,
                     profile: row.try_get::<Option<i64>, _>("profile_id")?.map(ProfileKey),
+                    rollout: row
+                        .try_get::<Option<i64>, _>("rollout_id")?
+                        .map(updraft_core::RolloutKey),
                 })
             })
             .collect()

@@ -12,7 +12,7 @@ use super::*;
 
 const ROLLOUT_SELECT: &str = "SELECT r.id, r.tenant_id, r.name, r.artifact_id, a.title, a.version, a.kind, \
     r.target, r.groups_spec, r.success_pct, r.error_pct, r.soak_ms, r.update_type, r.state, r.start_at, \
-    r.max_per_minute, r.max_downloads, r.jitter_ms, r.dynamic, r.is_rule, r.created_by, r.created_at, r.updated_at \
+    r.max_per_minute, r.max_downloads, r.jitter_ms, r.window_cron, r.window_ms, r.window_tz, r.dynamic, r.is_rule, r.created_by, r.created_at, r.updated_at \
     FROM rollouts r JOIN artifacts a ON a.id = r.artifact_id";
 
 fn rollout_from(row: &AnyRow) -> StoreResult<Rollout> {
@@ -44,6 +44,18 @@ fn rollout_from(row: &AnyRow) -> StoreResult<Rollout> {
         max_per_minute: row.try_get::<Option<i64>, _>("max_per_minute")?.map(to_u64),
         max_downloads: row.try_get::<Option<i64>, _>("max_downloads")?.map(to_u64),
         jitter_millis: row.try_get("jitter_ms")?,
+        window: match (
+            row.try_get::<Option<String>, _>("window_cron")?,
+            row.try_get::<Option<i64>, _>("window_ms")?,
+            row.try_get::<Option<String>, _>("window_tz")?,
+        ) {
+            (Some(cron), Some(duration_millis), Some(tz)) => Some(WindowSpec {
+                cron,
+                duration_millis,
+                tz,
+            }),
+            _ => None,
+        },
         dynamic: row.try_get::<i64, _>("dynamic")? != 0,
         rule: row.try_get::<i64, _>("is_rule")? != 0,
         created_by: row.try_get("created_by")?,
@@ -99,8 +111,9 @@ impl Rollouts for SqlStore {
         let row = sqlx::query(
             "INSERT INTO rollouts (tenant_id, name, artifact_id, target, groups_spec, success_pct, \
              error_pct, soak_ms, update_type, start_at, max_per_minute, max_downloads, jitter_ms, \
-             state, created_by, created_at, updated_at, dynamic, is_rule) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16, $17, $18) RETURNING id",
+             state, created_by, created_at, updated_at, dynamic, is_rule, window_cron, window_ms, window_tz) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16, $17, $18, \
+             $19, $20, $21) RETURNING id",
         )
         .bind(tenant.0)
         .bind(new.name.as_str())
@@ -120,6 +133,9 @@ impl Rollouts for SqlStore {
         .bind(now)
         .bind(i64::from(new.dynamic || new.rule))
         .bind(i64::from(new.rule))
+        .bind(new.window.as_ref().map(|w| w.cron.as_str()))
+        .bind(new.window.as_ref().map(|w| w.duration_millis))
+        .bind(new.window.as_ref().map(|w| w.tz.as_str()))
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
@@ -192,6 +208,25 @@ impl Rollouts for SqlStore {
         ))
         .bind(tenant.0)
         .bind(name)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(rollout_from).transpose()
+    }
+
+    async fn rollout_by_key(&self, rollout: RolloutKey) -> StoreResult<Option<Rollout>> {
+        let row = sqlx::query(&format!("{ROLLOUT_SELECT} WHERE r.id = $1"))
+            .bind(rollout.0)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(rollout_from).transpose()
+    }
+
+    async fn rollout_of_action(&self, action: ActionKey) -> StoreResult<Option<Rollout>> {
+        let row = sqlx::query(&format!(
+            "{ROLLOUT_SELECT} WHERE r.id = (SELECT g.rollout_id FROM actions x \
+             JOIN rollout_groups g ON g.id = x.rollout_group_id WHERE x.id = $1)"
+        ))
+        .bind(action.0)
         .fetch_optional(&self.read)
         .await?;
         row.as_ref().map(rollout_from).transpose()

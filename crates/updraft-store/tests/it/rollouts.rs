@@ -26,6 +26,7 @@ fn new_rollout(name: &str, artifact: &Artifact, state: Lifecycle) -> NewRollout 
         max_per_minute: None,
         max_downloads: None,
         jitter_millis: 0,
+        window: None,
         dynamic: false,
         rule: false,
         created_by: "test".into(),

@@ -241,6 +241,20 @@ async fn create_rollout(
     };
     let (lifecycle, start_at) = start_of(body.start.as_deref())?;
     let jitter_millis = duration("jitter", body.jitter.as_deref())?;
+    let window = match (&body.window, &body.window_duration, &body.tz) {
+        (Some(cron), duration, tz) => Some(crate::kernel::terms::window_spec(
+            cron,
+            duration.as_deref().unwrap_or("1h"),
+            tz.as_deref().unwrap_or("UTC"),
+        )?),
+        (None, None, None) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "bad_window",
+                "window_duration and tz go with a window schedule",
+            ));
+        }
+    };
     if body.max_per_minute == Some(0) || body.max_downloads == Some(0) {
         return Err(ApiError::bad_request(
             "bad_pacing",
@@ -296,6 +310,7 @@ async fn create_rollout(
         max_per_minute: body.max_per_minute,
         max_downloads: body.max_downloads,
         jitter_millis,
+        window,
         dynamic: body.dynamic,
         rule,
         created_by: caller.source(),

@@ -42,6 +42,9 @@ pub async fn create_rule(
         // A rule reaches the devices its artifact runs on, now and later.
         skip_incompatible: true,
         dynamic: true,
+        window: None,
+        window_duration: None,
+        tz: None,
     };
     let created = create_rollout(&state, &caller, &spec, true).await?;
     let groups = state.store.rollout_groups(created.key).await?;

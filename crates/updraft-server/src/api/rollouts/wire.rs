@@ -44,6 +44,13 @@ pub struct RolloutIn {
     /// last one, with the same thresholds (needs `filter`).
     #[serde(default)]
     pub dynamic: bool,
+    /// Maintenance window: a five-field cron schedule (`0 2 * * *`) at which installing may
+    /// start; downloading is never held back.
+    pub window: Option<String>,
+    /// How long the window stays open (`2h`; default 1h).
+    pub window_duration: Option<String>,
+    /// The window's time zone (IANA name; default UTC).
+    pub tz: Option<String>,
 }
 
 /// An auto-assignment rule to create: devices matching the filter get the artifact — those that
@@ -105,6 +112,10 @@ pub struct RolloutOut {
     pub max_per_minute: Option<u64>,
     pub max_downloads: Option<u64>,
     pub jitter_ms: i64,
+    /// The maintenance window's schedule, duration (ms) and zone.
+    pub window: Option<String>,
+    pub window_ms: Option<i64>,
+    pub tz: Option<String>,
     pub dynamic: bool,
     pub devices: u64,
     /// Every group's counts added up.
@@ -170,6 +181,9 @@ impl RolloutOut {
             max_per_minute: rollout.max_per_minute,
             max_downloads: rollout.max_downloads,
             jitter_ms: rollout.jitter_millis,
+            window: rollout.window.as_ref().map(|w| w.cron.clone()),
+            window_ms: rollout.window.as_ref().map(|w| w.duration_millis),
+            tz: rollout.window.as_ref().map(|w| w.tz.clone()),
             dynamic: rollout.dynamic,
             devices: groups.iter().map(|g| g.size).sum(),
             states,

@@ -176,6 +176,8 @@ pub(super) async fn pending(
     let Some(status) = state.store.device_status(device.tenant, &device.id).await? else {
         return Ok(None);
     };
+    // An OTA agent installs the job it is given: offered inside a maintenance window only.
+    let status = crate::kernel::terms::held_back(state, status).await?;
     let Some(action) = status.active.filter(|a| !a.state.is_final()) else {
         return Ok(None);
     };

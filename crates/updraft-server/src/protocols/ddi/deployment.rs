@@ -2,6 +2,7 @@
 //! update types), `installedBase`, and the artifact downloads behind the links.
 
 use super::*;
+use updraft_core::rollout::UpdateType;
 
 #[derive(Deserialize, Default)]
 pub(super) struct DeploymentQuery {
@@ -91,11 +92,21 @@ pub(super) async fn deployment_json(
         updraft_core::ArtifactKind::Firmware => "os",
         updraft_core::ArtifactKind::Software => "bApp",
     };
+    // A rollout's update type and maintenance window: DDI downloads at once and installs only
+    // when told `update: forced|attempt` (hawkBit's `skip` outside the window, or download-only).
+    let terms = crate::kernel::terms::terms_of(state, action.key).await?;
+    let soft = terms.update_type == UpdateType::Soft;
+    let download = if soft { "attempt" } else { "forced" };
+    let update = match (terms.may_install(), soft) {
+        (false, _) => "skip",
+        (true, true) => "attempt",
+        (true, false) => "forced",
+    };
     let mut body = json!({
         "id": action.key.to_string(),
         "deployment": {
-            "download": "forced",
-            "update": "forced",
+            "download": download,
+            "update": update,
             "chunks": [{
                 "part": part,
                 "version": artifact.version,
@@ -118,6 +129,10 @@ pub(super) async fn deployment_json(
             }],
         },
     });
+    if let Some(open) = terms.window_open {
+        body["deployment"]["maintenanceWindow"] =
+            json!(if open { "available" } else { "unavailable" });
+    }
     if let Some(count) = history {
         let events = state
             .store

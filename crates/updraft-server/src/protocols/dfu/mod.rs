@@ -174,6 +174,8 @@ pub async fn answer(state: &AppState, device: &Device, status: &Status) -> ApiRe
     let Some(current) = state.store.device_status(device.tenant, &device.id).await? else {
         return Err(unauthorized());
     };
+    // The device swaps once it has the image: offered inside a maintenance window only.
+    let current = crate::kernel::terms::held_back(state, current).await?;
     let desired = match current.desired_firmware {
         Some(desired) => {
             state

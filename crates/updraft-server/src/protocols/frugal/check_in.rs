@@ -186,6 +186,8 @@ pub(super) async fn check_in(
     let Some(status) = state.store.device_status(tenant.key, &device.id).await? else {
         return Ok(not_modified());
     };
+    // `httpUpdate` installs what it downloads: offered inside a maintenance window only.
+    let status = crate::kernel::terms::held_back(&state, status).await?;
     let Some(desired) = status.desired_firmware else {
         return Ok(not_modified());
     };

@@ -79,6 +79,15 @@ impl DeviceChannel for Lwm2mAdapter {
     fn withdrawn(&self, state: &AppState, tenant: TenantKey) {
         self.lwm2m.kick_tenant(&self.ctx(state), tenant);
     }
+
+    /// Writing the Package URI downloads; Execute installs.
+    fn separates_install(&self) -> bool {
+        true
+    }
+
+    fn window_opened(&self, state: &AppState, tenant: TenantKey) {
+        self.lwm2m.kick_tenant(&self.ctx(state), tenant);
+    }
 }
 
 #[async_trait]

@@ -287,6 +287,14 @@ impl Lwm2m {
                 }
             }
             UpdateState::Downloaded | UpdateState::Verified => {
+                // Download-only, or outside the rollout's maintenance window: Execute waits (the
+                // scheduler kicks the device when the window opens).
+                if !crate::kernel::terms::terms_of(state, action.key)
+                    .await?
+                    .may_install()
+                {
+                    return Ok(());
+                }
                 let path = format!("{root}/5/0/2");
                 let answer = self
                     .request(addr, RequestType::Post, &path, Vec::new(), None, false)

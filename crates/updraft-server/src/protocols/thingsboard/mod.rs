@@ -39,7 +39,11 @@ pub async fn desired(
     device: &Device,
 ) -> ApiResult<Vec<(ArtifactKind, Desired, Artifact)>> {
     match state.store.device_status(device.tenant, &device.id).await? {
-        Some(status) => desired_of(state, device, &status).await,
+        Some(status) => {
+            // Offered inside a rollout's maintenance window only: installing follows at once.
+            let status = crate::kernel::terms::held_back(state, status).await?;
+            desired_of(state, device, &status).await
+        }
         None => Ok(Vec::new()),
     }
 }
@@ -74,6 +78,7 @@ pub async fn shared_attributes(state: &AppState, device: &Device) -> ApiResult<M
     let Some(status) = state.store.device_status(device.tenant, &device.id).await? else {
         return Ok(shared);
     };
+    let status = crate::kernel::terms::held_back(state, status).await?;
     for (kind, _, artifact) in desired_of(state, device, &status).await? {
         let p = prefix(kind);
         shared.insert(format!("{p}_title"), json!(artifact.title));
