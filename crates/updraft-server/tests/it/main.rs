@@ -109,12 +109,32 @@ impl TestApp {
         Self::prepared(64 * 1024 * 1024, "http://updraft.test".to_owned(), limits).await
     }
 
+    /// An app on the given database (a second replica of another app).
+    pub async fn on_database(url: &str) -> TestApp {
+        Self::prepared_on(
+            Some(url.to_owned()),
+            64 * 1024 * 1024,
+            "http://updraft.test".to_owned(),
+            Limits::default(),
+        )
+        .await
+    }
+
     async fn prepared(max_upload_bytes: u64, public_url: String, limits: Limits) -> TestApp {
+        Self::prepared_on(test_database().await, max_upload_bytes, public_url, limits).await
+    }
+
+    async fn prepared_on(
+        database_url: Option<String>,
+        max_upload_bytes: u64,
+        public_url: String,
+        limits: Limits,
+    ) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let config = ServerConfig {
             data_dir: dir.path().to_path_buf(),
             http: "127.0.0.1:0".parse().unwrap(),
-            database_url: test_database().await,
+            database_url,
             max_upload_bytes,
             public_url: None,
             mqtt: None,

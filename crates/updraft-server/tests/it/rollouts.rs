@@ -624,3 +624,58 @@ async fn a_rule_fires_when_a_device_comes_to_match_without_scanning_the_fleet() 
     assert_eq!(pass(&app.state, T0 + 3_000).await.unwrap(), 0);
     assert_eq!(actions_in(&app, "r", 3, UpdateState::Queued).await.len(), 1);
 }
+
+/// Two replicas on one PostgreSQL: passes racing on both create each action once; one holds the
+/// scheduler lease, and when it goes the other takes over and finishes from the stored state.
+#[tokio::test]
+async fn two_schedulers_on_one_postgresql_never_double_and_hand_over() {
+    let Some(url) = updraft_test_support::postgres::fresh_database().await else {
+        return;
+    };
+    let a = TestApp::on_database(&url).await;
+    let b = TestApp::on_database(&url).await;
+    fleet(&a, "rep", 200).await;
+    a.upload("title=fw&version=2", b"two").await;
+    let created = a
+        .post(
+            "/api/v1/rollouts",
+            json!({"name": "ha", "artifact": "fw@2", "filter": "id==rep-*", "groups": "50%,50%",
+                   "start": "auto"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.json());
+
+    let lease_a = a.state.store.scheduler_lease().await.unwrap();
+    assert!(lease_a.is_some());
+    assert!(b.state.store.scheduler_lease().await.unwrap().is_none());
+    // Even passes that race (no lease checked) queue each member's action once.
+    for step in 0..3 {
+        let (x, y) = tokio::join!(pass(&a.state, T0 + step), pass(&b.state, T0 + step));
+        x.unwrap();
+        y.unwrap();
+    }
+    let queued = actions_in(&a, "rep", 200, UpdateState::Queued).await;
+    assert_eq!(queued.len(), 100);
+    let tenant = default_tenant(&a).await;
+    for i in 0..200 {
+        let id = DeviceId::parse(&format!("rep-{i:04}")).unwrap();
+        let actions = a.state.store.actions_for_device(tenant, &id).await.unwrap();
+        assert!(actions.len() <= 1, "{id}: {actions:?}");
+    }
+    let rollout = show(&a, "ha").await;
+    assert_eq!(group_state(&rollout, 0, "QUEUED"), 100, "{rollout}");
+
+    // Replica A goes away mid-rollout; B takes the lease and finishes from what is stored.
+    report(&a, &queued, Report::Succeeded).await;
+    lease_a.unwrap().release().await;
+    drop(a);
+    let lease_b = b.state.store.scheduler_lease().await.unwrap();
+    assert!(lease_b.is_some(), "the lease is free once A is gone");
+    assert_eq!(pass(&b.state, T0 + MINUTE).await.unwrap(), 100);
+    let rest = actions_in(&b, "rep", 200, UpdateState::Queued).await;
+    report(&b, &rest, Report::Succeeded).await;
+    pass(&b.state, T0 + 2 * MINUTE).await.unwrap();
+    let rollout = show(&b, "ha").await;
+    assert_eq!(rollout["state"], "FINISHED");
+    assert_eq!(rollout["states"]["UPDATED"], 200);
+}
