@@ -97,6 +97,16 @@ pub struct DeviceFacts<'a> {
 }
 
 impl Filter {
+    /// Every field the filter looks at (a store reads only those columns).
+    pub fn fields(&self) -> Vec<&Field> {
+        match self {
+            Filter::All(parts) | Filter::Any(parts) => {
+                parts.iter().flat_map(Filter::fields).collect()
+            }
+            Filter::Compare { field, .. } => vec![field],
+        }
+    }
+
     /// Parses a filter expression.
     pub fn parse(text: &str) -> Result<Filter, FilterError> {
         if text.chars().count() > MAX_FILTER_LEN {

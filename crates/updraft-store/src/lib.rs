@@ -133,6 +133,16 @@ pub trait Fleet: Send + Sync {
         after: Option<&DeviceId>,
         limit: u64,
     ) -> StoreResult<Vec<Device>>;
+    /// The tenant's devices matching `filter` at `now`, in key order: one pass in keyset batches
+    /// reading only the columns the filter looks at. More than `at_most` matches is an error
+    /// (`target_too_large`).
+    async fn matching_devices(
+        &self,
+        tenant: TenantKey,
+        filter: &updraft_core::Filter,
+        now: Millis,
+        at_most: usize,
+    ) -> StoreResult<Vec<DeviceMatch>>;
     async fn delete_device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<bool>;
     /// The device a credential belongs to when the caller names no tenant (a bare token, a
     /// certificate). Credentials are unique per tenant only: one held in several tenants names

@@ -299,6 +299,14 @@ pub struct Action {
     pub updated_at: Millis,
 }
 
+/// A device a filter matched: what a rollout's snapshot needs of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceMatch {
+    pub key: DeviceKey,
+    pub id: DeviceId,
+    pub profile: Option<ProfileKey>,
+}
+
 /// What a polling device needs to know, from one query.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PollView {

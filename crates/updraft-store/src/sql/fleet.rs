@@ -226,6 +226,16 @@ impl Fleet for SqlStore {
         rows.iter().map(device_from).collect()
     }
 
+    async fn matching_devices(
+        &self,
+        tenant: TenantKey,
+        filter: &updraft_core::Filter,
+        now: Millis,
+        at_most: usize,
+    ) -> StoreResult<Vec<DeviceMatch>> {
+        super::scan::matching(&self.read, tenant, filter, now, at_most).await
+    }
+
     async fn delete_device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<bool> {
         let done = sqlx::query("DELETE FROM devices WHERE tenant_id = $1 AND device_id = $2")
             .bind(tenant.0)

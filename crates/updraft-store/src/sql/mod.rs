@@ -12,6 +12,7 @@ mod membership;
 mod protocol_state;
 mod reconcile;
 mod rollouts;
+mod scan;
 mod select;
 mod tenants;
 

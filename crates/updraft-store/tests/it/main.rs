@@ -88,4 +88,5 @@ backends!(
     rollouts_count_actions_in_their_groups_and_survive_a_restart,
     a_rollout_never_takes_another_tenants_devices,
     one_scheduler_holds_the_lease_at_a_time,
+    a_filter_scan_reads_what_it_needs_and_matches_like_the_full_row,
 );

@@ -246,3 +246,88 @@ pub async fn one_scheduler_holds_the_lease_at_a_time(store: &SqlStore, reopen: &
         }
     }
 }
+
+pub async fn a_filter_scan_reads_what_it_needs_and_matches_like_the_full_row(
+    store: &SqlStore,
+    _: &Reopen,
+) {
+    let tenant = store
+        .create_tenant(&Name::parse("rs").unwrap())
+        .await
+        .unwrap();
+    let lab = store
+        .create_project(tenant.key, &Name::parse("lab").unwrap())
+        .await
+        .unwrap();
+    let esp = store
+        .create_profile(tenant.key, &Name::parse("esp32").unwrap(), "")
+        .await
+        .unwrap();
+    for i in 0..12 {
+        let device = store
+            .create_device(
+                tenant.key,
+                &NewDevice {
+                    id: DeviceId::parse(&format!("s{i:02}")).unwrap(),
+                    project: (i % 2 == 0).then_some(lab.key),
+                    profile: (i % 3 == 0).then_some(esp.key),
+                    tags: if i % 4 == 0 {
+                        vec!["beta".into()]
+                    } else {
+                        vec![]
+                    },
+                    attributes: [("hw".to_owned(), format!("v{}", i % 2))].into(),
+                },
+                &[],
+            )
+            .await
+            .unwrap();
+        if i < 6 {
+            store
+                .set_running(device.key, ArtifactKind::Firmware, "fw", &format!("1.{i}"))
+                .await
+                .unwrap();
+        }
+        if i == 7 {
+            store.touch_device(device.key).await.unwrap();
+        }
+    }
+    let now = 4_000_000_000_000;
+    for text in [
+        "id==s0*",
+        "project==lab;profile==esp32",
+        "tag==beta,attr.hw==v1",
+        "fw.version>=1.3",
+        "fw.title==fw;attr.hw!=v0",
+        "seen<100000d",
+        "profile=out=(esp32)",
+    ] {
+        let filter = updraft_core::Filter::parse(text).unwrap();
+        let scanned: Vec<String> = store
+            .matching_devices(tenant.key, &filter, now, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id.to_string())
+            .collect();
+        let mut expected = Vec::new();
+        for device in store.devices_after(tenant.key, None, 100).await.unwrap() {
+            if filter.matches(&device.facts(now)) {
+                expected.push(device.id.to_string());
+            }
+        }
+        expected.sort();
+        let mut sorted = scanned.clone();
+        sorted.sort();
+        assert_eq!(sorted, expected, "{text}");
+        assert!(!expected.is_empty(), "{text} matches someone");
+    }
+    let all = updraft_core::Filter::parse("id==*").unwrap();
+    assert!(matches!(
+        store.matching_devices(tenant.key, &all, now, 5).await,
+        Err(StoreError::Invalid {
+            code: "target_too_large",
+            ..
+        })
+    ));
+}

@@ -16,7 +16,7 @@ use updraft_core::rollout::{
     self, Command, Lifecycle, RolloutError, Thresholds, UpdateType, group_sizes, parse_groups,
 };
 use updraft_core::{DeviceId, Filter, Name, ProfileKey, Role, Scope, TenantKey};
-use updraft_store::{Artifact, Device, NewRollout, Rollout};
+use updraft_store::{Artifact, DeviceMatch, NewRollout, Rollout};
 
 use self::wire::*;
 use crate::api::fleet::artifact_named;
@@ -28,8 +28,6 @@ use crate::kernel::state::AppState;
 
 /// A target holds at most this many devices.
 pub const MAX_TARGET: usize = 1_000_000;
-/// The fleet is scanned for a filter's matches in batches of this many.
-const SCAN_BATCH: u64 = 1_000;
 /// At most this many offenders are named in an error.
 const NAMED: usize = 20;
 /// `show` lists at most this many failures.
@@ -74,36 +72,20 @@ async fn target(
     state: &AppState,
     tenant: TenantKey,
     body: &RolloutIn,
-) -> ApiResult<(String, Vec<Device>)> {
+) -> ApiResult<(String, Vec<DeviceMatch>)> {
     match (&body.filter, &body.devices) {
         (Some(text), None) => {
             let filter = Filter::parse(text)
                 .map_err(|e| ApiError::bad_request("bad_filter", e.to_string()))?;
-            let now = now_millis();
             state
                 .metrics
                 .fleet_scans
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let mut found = Vec::new();
-            let mut after: Option<DeviceId> = None;
-            loop {
-                let batch = state
-                    .store
-                    .devices_after(tenant, after.as_ref(), SCAN_BATCH)
-                    .await?;
-                let full = batch.len() as u64 == SCAN_BATCH;
-                after = batch.last().map(|d| d.id.clone());
-                found.extend(batch.into_iter().filter(|d| filter.matches(&d.facts(now))));
-                if found.len() > MAX_TARGET {
-                    return Err(ApiError::bad_request(
-                        "target_too_large",
-                        format!("a rollout targets at most {MAX_TARGET} devices"),
-                    ));
-                }
-                if !full {
-                    return Ok((text.clone(), found));
-                }
-            }
+            let found = state
+                .store
+                .matching_devices(tenant, &filter, now_millis(), MAX_TARGET)
+                .await?;
+            Ok((text.clone(), found))
         }
         (None, Some(ids)) => {
             if ids.len() > MAX_TARGET {
@@ -121,7 +103,11 @@ async fn target(
                 }
                 let device_id = DeviceId::parse(id)?;
                 match state.store.device(tenant, &device_id).await? {
-                    Some(device) => found.push(device),
+                    Some(device) => found.push(DeviceMatch {
+                        key: device.key,
+                        id: device.id,
+                        profile: device.profile.map(|(key, _)| key),
+                    }),
                     None => unknown.push(id.as_str()),
                 }
             }
@@ -156,18 +142,18 @@ async fn target(
 /// Refuses (or with `skip`, leaves out) devices whose profile the artifact does not run on.
 fn compatible_only(
     artifact: &Artifact,
-    devices: Vec<Device>,
+    devices: Vec<DeviceMatch>,
     skip: bool,
-) -> ApiResult<Vec<Device>> {
+) -> ApiResult<Vec<DeviceMatch>> {
     if artifact.profiles.is_empty() {
         return Ok(devices);
     }
-    let runs_on = |d: &Device| {
+    let runs_on = |d: &DeviceMatch| {
         d.profile
-            .as_ref()
-            .is_some_and(|(key, _)| artifact.profiles.iter().any(|(p, _)| p == key))
+            .is_some_and(|key| artifact.profiles.iter().any(|(p, _)| *p == key))
     };
-    let (fit, misfit): (Vec<Device>, Vec<Device>) = devices.into_iter().partition(runs_on);
+    let (fit, misfit): (Vec<DeviceMatch>, Vec<DeviceMatch>) =
+        devices.into_iter().partition(runs_on);
     if misfit.is_empty() || skip {
         return Ok(fit);
     }
@@ -276,10 +262,7 @@ async fn create_rollout(
         group_sizes(devices.len() as u64, &groups).map_err(refused)?
     };
     // What every adapter refuses for an assignment it refuses here too, per profile reached.
-    let profiles: BTreeSet<ProfileKey> = devices
-        .iter()
-        .filter_map(|d| d.profile.as_ref().map(|(key, _)| *key))
-        .collect();
+    let profiles: BTreeSet<ProfileKey> = devices.iter().filter_map(|d| d.profile).collect();
     for profile in profiles {
         state
             .adapters
