@@ -2,12 +2,15 @@
 # A whole campaign: N simulated DDI devices (real updraft-agents in `updraft sim`), a 1 MB
 # artifact assigned to all, until every device is UPDATED — wall time, server CPU seconds and peak
 # RSS, on SQLite and on PostgreSQL (a throwaway cluster from the system's binaries).
-# Usage: bench/campaign.sh [DEVICES] [POLL_SECONDS]   (default 10000 5)
+# With PACE, each store also runs the campaign as a rollout with --max-downloads PACE (at most PACE
+# devices queued, told or downloading at once) beside the unpaced assignment.
+# Usage: bench/campaign.sh [DEVICES] [POLL_SECONDS] [PACE]   (default 10000 5, no paced run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 n=${1:-10000}
 poll=${2:-5}
+pace=${3:-}
 ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p updraft-cli
 work=$(mktemp -d); chmod 755 "$work"
@@ -21,8 +24,8 @@ trap cleanup EXIT
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 as_pg() { if [ "$(id -u)" -eq 0 ]; then setpriv --reuid=postgres --regid=postgres --clear-groups -- "$@"; else "$@"; fi; }
 
-campaign() { # name database-url-or-empty
-  local name=$1 db=$2 data="$work/data-$1"
+campaign() { # name database-url-or-empty [pace]
+  local name=$1 db=$2 pace=${3:-} data="$work/data-$1${3:+-paced}"
   local extra=(); [ -n "$db" ] && extra=(--database-url "$db")
   "$bin/updraft" serve --data-dir "$data" --http 127.0.0.1:0 --mqtt off --coap off --lwm2m off "${extra[@]}" > "$work/serve-$name.out" 2>/dev/null &
   local server=$!; pids+=("$server")
@@ -31,7 +34,15 @@ campaign() { # name database-url-or-empty
   export UPDRAFT_SERVER=$url UPDRAFT_TOKEN=$(cat "$data/admin.token")
   head -c 1000000 /dev/urandom > "$work/fw.bin"
   "$bin/updraft" artifact upload "$work/fw.bin" --title camp --version 1 > /dev/null
-  local summary; summary=$("$bin/updraft" sim --devices "$n" --poll "$poll" --assign camp@1 --until-done --timeout 1800 --json)
+  local summary
+  if [ -n "$pace" ]; then
+    "$bin/updraft" sim --devices "$n" --create-only > /dev/null
+    "$bin/updraft" rollout create camp --artifact camp@1 --filter 'id==sim-*' --max-downloads "$pace" > /dev/null
+    summary=$("$bin/updraft" sim --devices "$n" --poll "$poll" --rollout camp --until-done --timeout 1800 --json)
+    name="$name, paced (max $pace downloading)"
+  else
+    summary=$("$bin/updraft" sim --devices "$n" --poll "$poll" --assign camp@1 --until-done --timeout 1800 --json)
+  fi
   local ticks; ticks=$(getconf CLK_TCK)
   local cpu; cpu=$(awk -v t="$ticks" '{printf "%.1f", ($14 + $15) / t}' "/proc/$server/stat")
   local rss; rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$server/status")
@@ -45,10 +56,15 @@ campaign() { # name database-url-or-empty
 echo "| store | devices | UPDATED | campaign wall time | server CPU | server peak RSS | poll latency p50 / p99 |"
 echo "|---|---|---|---|---|---|---|"
 campaign sqlite ""
+if [ -n "$pace" ]; then campaign sqlite "" "$pace"; fi
 if [ -n "$pgbin" ]; then
   mkdir -p "$work/pg"; [ "$(id -u)" -eq 0 ] && chown postgres "$work/pg"
   as_pg "$pgbin/initdb" -U postgres --auth=trust --no-sync -E UTF8 --locale=C -D "$work/pg/data" > /dev/null
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -o "-p $port -k $work/pg -c listen_addresses=127.0.0.1 -c max_connections=200" -w start > /dev/null
   campaign postgresql "postgres://postgres@127.0.0.1:$port/postgres"
+  if [ -n "$pace" ]; then
+    as_pg "$pgbin/psql" -h "$work/pg" -p "$port" -U postgres -q -c "CREATE DATABASE paced" > /dev/null
+    campaign postgresql "postgres://postgres@127.0.0.1:$port/paced" "$pace"
+  fi
 fi

@@ -26,7 +26,8 @@ if $smoke; then
     "dfu|bench/dfu.sh 5 4"
     "aws|bench/aws.sh 5 8"
     "lwm2m|bench/lwm2m.sh 10"
-    "campaign|bench/campaign.sh 10 0.2"
+    "campaign|bench/campaign.sh 10 0.2 4"
+    "rollouts|bench/rollouts.sh 1000"
     "micro|cargo bench -q -p updraft-core --bench hot_paths -- --warm-up-time 0.1 --measurement-time 0.2 --sample-size 10"
   )
 else
@@ -37,7 +38,8 @@ else
     "dfu|bench/dfu.sh 1000 32"
     "aws|bench/aws.sh 1000 256 4096"
     "lwm2m|bench/lwm2m.sh 10000"
-    "campaign|bench/campaign.sh 10000 5"
+    "campaign|bench/campaign.sh 10000 5 500"
+    "rollouts|bench/rollouts.sh 100000 1000000"
     "micro|cargo bench -q -p updraft-core --bench hot_paths --"
   )
 fi

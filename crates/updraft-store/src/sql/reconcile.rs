@@ -198,9 +198,15 @@ pub(super) async fn reconcile_in(
         }
         Only::Scope(_) => String::new(),
     };
+    // Devices named by key are found by key (`+` keeps the planner off the tenant's index,
+    // which it would walk whole); a scope's devices are the tenant's.
+    let tenant_column = match only {
+        Only::Scope(Scope::Device(_)) | Only::Devices(_) => "+tenant_id",
+        Only::Scope(_) => "tenant_id",
+    };
     let devices_query = format!(
         "SELECT id, project_id, profile_id, fw_title, fw_version, sw_title, sw_version FROM devices \
-         WHERE tenant_id = $1{}",
+         WHERE {tenant_column} = $1{}",
         device_filter.replace("device_pk", "id")
     );
     let mut query = sqlx::query(&devices_query).bind(tenant.0);

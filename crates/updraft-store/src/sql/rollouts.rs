@@ -87,8 +87,10 @@ fn key_list(keys: &[i64]) -> String {
     list.join(",")
 }
 
-/// Members are written this many to a statement.
+/// Members are activated (and withdrawn) this many to a transaction.
 const MEMBER_BATCH: usize = 500;
+/// Members are written this many to a statement when a rollout is created.
+const INSERT_BATCH: usize = 5_000;
 
 #[async_trait]
 impl Rollouts for SqlStore {
@@ -157,7 +159,10 @@ impl Rollouts for SqlStore {
             .fetch_one(&mut *tx)
             .await?;
             let group: i64 = row.try_get("id")?;
-            for batch in devices.chunks(MEMBER_BATCH) {
+            // In key order: the member indexes grow at their end instead of everywhere.
+            let mut devices = devices.clone();
+            devices.sort_unstable();
+            for batch in devices.chunks(INSERT_BATCH) {
                 // Integers only: the values are spelled out rather than bound 4 × 500 times.
                 let values: Vec<String> = batch
                     .iter()
@@ -413,20 +418,35 @@ impl Rollouts for SqlStore {
             return Ok(0);
         }
         let mut tx = self.write.begin().await?;
-        let rows = sqlx::query(
-            "SELECT rd.device_pk FROM rollout_devices rd JOIN rollout_groups g ON g.id = rd.group_id \
-             WHERE rd.rollout_id = $1 AND rd.activated_at IS NULL AND g.started_at IS NOT NULL \
-             AND g.started_at + rd.delay_ms <= $2 ORDER BY g.idx, rd.delay_ms, rd.device_pk LIMIT $3",
+        // Group by group in order, each read along the waiting index (delay, device): no sort of
+        // the rollout's members, however many wait.
+        let groups = sqlx::query(
+            "SELECT id, started_at FROM rollout_groups WHERE rollout_id = $1 \
+             AND started_at IS NOT NULL ORDER BY idx",
         )
         .bind(rollout.key.0)
-        .bind(now)
-        .bind(to_i64(limit))
         .fetch_all(&mut *tx)
         .await?;
-        let devices: Vec<i64> = rows
-            .iter()
-            .map(|row| row.try_get("device_pk"))
-            .collect::<Result<_, _>>()?;
+        let mut devices: Vec<i64> = Vec::new();
+        for group in &groups {
+            let left = limit - devices.len() as u64;
+            if left == 0 {
+                break;
+            }
+            let started: i64 = group.try_get("started_at")?;
+            let rows = sqlx::query(
+                "SELECT device_pk FROM rollout_devices WHERE group_id = $1 AND activated_at IS NULL \
+                 AND delay_ms <= $2 ORDER BY delay_ms, device_pk LIMIT $3",
+            )
+            .bind(group.try_get::<i64, _>("id")?)
+            .bind(now - started)
+            .bind(to_i64(left))
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &rows {
+                devices.push(row.try_get("device_pk")?);
+            }
+        }
         if devices.is_empty() {
             return Ok(0);
         }

@@ -163,6 +163,41 @@ pub async fn rollouts_count_actions_in_their_groups_and_survive_a_restart(
         Scope::Rollout(rollout.key, devices[0])
     );
 
+    assert_eq!(
+        reopened
+            .rollout_by_key(rollout.key)
+            .await
+            .unwrap()
+            .unwrap()
+            .name,
+        rollout.name
+    );
+    assert_eq!(
+        reopened
+            .rollout_of_action(keys[0])
+            .await
+            .unwrap()
+            .map(|r| r.key),
+        Some(rollout.key)
+    );
+    reopened
+        .report(
+            tenant.key,
+            keys[1],
+            &Report::Failed(updraft_core::Failure {
+                code: updraft_core::FailureCode::OutOfMemory,
+                reason: "no room".into(),
+            }),
+            "test",
+        )
+        .await
+        .unwrap();
+    let failures = reopened.rollout_failures(rollout.key, 10).await.unwrap();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].device_id.as_str(), "d01");
+    assert_eq!(failures[0].code, updraft_core::FailureCode::OutOfMemory);
+    assert_eq!(failures[0].group, 0);
+
     // The lifecycle moves by compare-and-set.
     assert!(
         reopened
@@ -186,7 +221,8 @@ pub async fn rollouts_count_actions_in_their_groups_and_survive_a_restart(
             .unwrap()
     );
     let groups = reopened.rollout_groups(rollout.key).await.unwrap();
-    assert_eq!(groups[0].count(UpdateState::Canceled), 3);
+    assert_eq!(groups[0].count(UpdateState::Canceled), 2);
+    assert_eq!(groups[0].count(UpdateState::Failed), 1);
     assert_eq!(groups[0].count(UpdateState::Updated), 1);
     assert_eq!(groups[0].in_flight(), 0);
     for i in 1..10 {
