@@ -319,7 +319,14 @@ pub async fn run(client: &Client, mut args: SimArgs, json_output: bool) -> Resul
     }
     let devices = ensure_devices(client, &args).await?;
     if args.create_only {
-        println!("{} {} devices ready", devices.len(), args.prefix);
+        if json_output {
+            println!(
+                "{}",
+                json!({"devices": devices.len(), "prefix": args.prefix})
+            );
+        } else {
+            println!("{} {} devices ready", devices.len(), args.prefix);
+        }
         return Ok(());
     }
     let stats = Arc::new(Stats::default());
@@ -405,6 +412,7 @@ pub async fn run(client: &Client, mut args: SimArgs, json_output: bool) -> Resul
     let deadline = started + Duration::from_secs(args.timeout);
     let mut counts;
     let mut rollout = Value::Null;
+    let mut max_in_flight = 0u64;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let history = device_states(client, &args).await.unwrap_or_default();
@@ -422,6 +430,10 @@ pub async fn run(client: &Client, mut args: SimArgs, json_output: bool) -> Resul
             .count();
         if let Some(path) = &rollout_path {
             rollout = client.get(path).await.unwrap_or(rollout);
+            // The server's own gauge of what pacing bounds.
+            if let Some(n) = downloads_in_flight(client).await {
+                max_in_flight = max_in_flight.max(n);
+            }
         }
         if !on_terminal && last_line.elapsed() >= PROGRESS_EVERY {
             last_line = Instant::now();
@@ -473,7 +485,7 @@ pub async fn run(client: &Client, mut args: SimArgs, json_output: bool) -> Resul
         "injected": {"drop_download": injected[0], "corrupt": injected[1], "fail_health": injected[2]},
         // Devices whose injected faults end their update FAILED on this protocol.
         "expected_failed": expected_failed,
-        "rollout": rollout_summary(&rollout),
+        "rollout": rollout_summary(&rollout, max_in_flight),
     });
     if json_output {
         println!(

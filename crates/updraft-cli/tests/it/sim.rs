@@ -149,3 +149,47 @@ fn the_simulator_refuses_an_assignment_that_reaches_none_of_its_devices() {
     assert!(text.contains("fw@1 UPDATED at 20"), "{text}");
     server.kill().unwrap();
 }
+
+/// A rollout paced to 50 downloads over 300 simulated DDI agents: the server's own gauge
+/// (`updraft_rollout_downloads_in_flight`, sampled by the simulator all along) never passes 50,
+/// and every device ends UPDATED.
+#[test]
+fn a_paced_rollout_never_has_more_downloads_in_flight_than_it_allows() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path());
+    let cli = Cli::admin(&server, dir.path());
+    cli.upload(200_000, "fw", "2", &[]);
+    let made = cli.json(&["sim", "--devices", "300", "--create-only"]);
+    assert_eq!(made["devices"], 300);
+    cli.json(&[
+        "rollout",
+        "create",
+        "paced",
+        "--artifact",
+        "fw@2",
+        "--filter",
+        "id==sim-*",
+        "--max-downloads",
+        "50",
+    ]);
+    let summary = cli.json(&[
+        "sim",
+        "--devices",
+        "300",
+        "--poll",
+        "0.5",
+        "--rollout",
+        "paced",
+        "--until-done",
+        "--timeout",
+        "280",
+    ]);
+    server.kill().unwrap();
+    assert_eq!(count(&summary, "UPDATED"), 300, "{summary}");
+    assert_eq!(summary["rollout"]["state"], "FINISHED", "{summary}");
+    let max = summary["rollout"]["max_downloads_in_flight"]
+        .as_u64()
+        .unwrap();
+    assert!((1..=50).contains(&max), "{summary}");
+}

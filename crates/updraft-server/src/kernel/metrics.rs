@@ -24,6 +24,9 @@ pub struct Metrics {
     pub fleet_scans: AtomicU64,
     /// Members the rollout scheduler activated.
     pub rollout_activations: AtomicU64,
+    /// A gauge: rollouts' actions queued, told or downloading after the scheduler's last pass
+    /// (what `--max-downloads` bounds).
+    pub rollout_downloads_in_flight: AtomicU64,
     /// Counters that adapters register: (name, help, value).
     registered: Mutex<Vec<(&'static str, &'static str, Arc<AtomicU64>)>>,
 }
@@ -94,6 +97,11 @@ impl Metrics {
                 &self.rollout_activations,
             ),
         ];
+        let _ = writeln!(
+            out,
+            "# HELP updraft_rollout_downloads_in_flight Rollout updates queued, told or downloading (after the scheduler's last pass).\n# TYPE updraft_rollout_downloads_in_flight gauge\nupdraft_rollout_downloads_in_flight {}",
+            self.rollout_downloads_in_flight.load(Ordering::Relaxed)
+        );
         let registered = self
             .registered
             .lock()

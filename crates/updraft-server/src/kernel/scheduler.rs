@@ -51,11 +51,18 @@ pub async fn scheduler(state: AppState) {
 /// notification queue is woken when any were).
 pub async fn pass(state: &AppState, now: i64) -> Result<u64, ApiError> {
     let mut activated = 0;
+    let mut in_flight = 0;
     let live = state.store.live_rollouts(now).await?;
     windows_opened(state, &live, now);
     for rollout in live {
-        activated += advance(state, rollout, now).await?;
+        let (started, flying) = advance(state, rollout, now).await?;
+        activated += started;
+        in_flight += flying;
     }
+    state
+        .metrics
+        .rollout_downloads_in_flight
+        .store(in_flight, std::sync::atomic::Ordering::Relaxed);
     if activated > 0 {
         state
             .metrics
@@ -92,8 +99,9 @@ fn windows_opened(state: &AppState, live: &[Rollout], now: i64) {
     }
 }
 
-/// Moves one rollout as far as its groups allow at `now`, then activates what pacing allows.
-async fn advance(state: &AppState, mut rollout: Rollout, now: i64) -> Result<u64, ApiError> {
+/// Moves one rollout as far as its groups allow at `now`, then activates what pacing allows;
+/// returns how many it activated and how many of its updates are in flight now.
+async fn advance(state: &AppState, mut rollout: Rollout, now: i64) -> Result<(u64, u64), ApiError> {
     let store = &state.store;
     if rollout.state == Lifecycle::Ready {
         // Its start time came.
@@ -106,7 +114,7 @@ async fn advance(state: &AppState, mut rollout: Rollout, now: i64) -> Result<u64
             )
             .await?
         {
-            return Ok(0);
+            return Ok((0, 0));
         }
         rollout.state = Lifecycle::Running;
     }
@@ -123,7 +131,7 @@ async fn advance(state: &AppState, mut rollout: Rollout, now: i64) -> Result<u64
                 store
                     .set_rollout_state(rollout.key, rollout.state, Lifecycle::Halted, "scheduler")
                     .await?;
-                return Ok(0);
+                return Ok((0, 0));
             }
             // A dynamic rollout (or rule) waits for the devices that will join it.
             Step::Finish if rollout.dynamic => break,
@@ -131,7 +139,7 @@ async fn advance(state: &AppState, mut rollout: Rollout, now: i64) -> Result<u64
                 store
                     .set_rollout_state(rollout.key, rollout.state, Lifecycle::Finished, "scheduler")
                     .await?;
-                return Ok(0);
+                return Ok((0, 0));
             }
         };
         let Some(g) = groups.get_mut(group) else {
@@ -164,5 +172,6 @@ async fn advance(state: &AppState, mut rollout: Rollout, now: i64) -> Result<u64
         activated += batch;
         budget -= batch.min(budget);
     }
-    Ok(activated)
+    // Each member activated has at most one new action, QUEUED.
+    Ok((activated, in_flight + activated))
 }
