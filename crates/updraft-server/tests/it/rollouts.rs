@@ -57,13 +57,10 @@ async fn actions_in(app: &TestApp, prefix: &str, n: usize, state: UpdateState) -
     let mut out = Vec::new();
     for i in 0..n {
         let id = DeviceId::parse(&format!("{prefix}-{i:04}")).unwrap();
-        let status = app
-            .state
-            .store
-            .device_status(tenant, &id)
-            .await
-            .unwrap()
-            .unwrap();
+        // A deleted device has none.
+        let Some(status) = app.state.store.device_status(tenant, &id).await.unwrap() else {
+            continue;
+        };
         if let Some(action) = status.active.filter(|a| a.state == state) {
             out.push(action.key);
         }
@@ -678,4 +675,63 @@ async fn two_schedulers_on_one_postgresql_never_double_and_hand_over() {
     let rollout = show(&b, "ha").await;
     assert_eq!(rollout["state"], "FINISHED");
     assert_eq!(rollout["states"]["UPDATED"], 200);
+}
+
+#[tokio::test]
+async fn deleting_devices_mid_rollout_lets_their_groups_finish() {
+    let app = TestApp::new().await;
+    fleet(&app, "gone", 4).await;
+    app.upload("title=fw&version=2", b"two").await;
+    let created = app
+        .post(
+            "/api/v1/rollouts",
+            json!({"name": "g", "artifact": "fw@2", "filter": "id==gone-*", "groups": "2,rest",
+                   "start": "auto"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(pass(&app.state, T0).await.unwrap(), 2);
+    let queued = actions_in(&app, "gone", 4, UpdateState::Queued).await;
+    report(&app, &queued[..1], Report::Succeeded).await;
+    // One device of group 1 with its queued action, and one of group 2 not yet started, go.
+    let tenant = default_tenant(&app).await;
+    let rollout = show(&app, "g").await;
+    let (mut queued_one, mut waiting_one) = (None, None);
+    for i in 0..4 {
+        let id = DeviceId::parse(&format!("gone-{i:04}")).unwrap();
+        let status = app
+            .state
+            .store
+            .device_status(tenant, &id)
+            .await
+            .unwrap()
+            .unwrap();
+        match &status.active {
+            Some(a) if a.state == UpdateState::Queued => queued_one = Some(id),
+            None if status.device.firmware.is_none() => waiting_one = Some(id),
+            _ => {}
+        }
+    }
+    let mut deleted = 0;
+    for id in [queued_one.unwrap(), waiting_one.unwrap()] {
+        let answer = app
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/devices/{id}"),
+                &app.admin,
+                None,
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::NO_CONTENT, "{rollout}");
+        deleted += 1;
+    }
+    assert_eq!(deleted, 2);
+    let rollout = show(&app, "g").await;
+    assert_eq!(group_state(&rollout, 0, "CANCELED"), 1, "{rollout}");
+    assert_eq!(group_state(&rollout, 1, "SKIPPED"), 1, "{rollout}");
+    assert_eq!(pass(&app.state, T0 + 1_000).await.unwrap(), 1);
+    let last = actions_in(&app, "gone", 4, UpdateState::Queued).await;
+    report(&app, &last, Report::Succeeded).await;
+    pass(&app.state, T0 + 2_000).await.unwrap();
+    assert_eq!(show(&app, "g").await["state"], "FINISHED");
 }

@@ -237,12 +237,24 @@ impl Fleet for SqlStore {
     }
 
     async fn delete_device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<bool> {
-        let done = sqlx::query("DELETE FROM devices WHERE tenant_id = $1 AND device_id = $2")
-            .bind(tenant.0)
-            .bind(id.as_str())
-            .execute(&self.write)
+        let mut tx = self.write.begin().await?;
+        let Some(row) =
+            sqlx::query("SELECT id FROM devices WHERE tenant_id = $1 AND device_id = $2")
+                .bind(tenant.0)
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+        else {
+            return Ok(false);
+        };
+        let device: i64 = row.try_get("id")?;
+        super::membership::leave_rollouts(&mut tx, tenant, device).await?;
+        sqlx::query("DELETE FROM devices WHERE id = $1")
+            .bind(device)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() > 0)
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn device_by_credential(

@@ -115,3 +115,48 @@ pub(super) async fn count_move(
     .await?;
     Ok(())
 }
+
+/// A device about to be deleted leaves its rollouts: its still-active action in a group counts as
+/// CANCELED there, a member that never got one as skipped, so that its groups can still finish.
+pub(super) async fn leave_rollouts(
+    conn: &mut AnyConnection,
+    tenant: TenantKey,
+    device: i64,
+) -> StoreResult<()> {
+    // Looked up by (rollout, device) per rollout of the tenant: the members' key.
+    let rollouts = "(SELECT id FROM rollouts WHERE tenant_id = $2)";
+    let rows = sqlx::query(&format!(
+        "SELECT rd.group_id, (SELECT a.state FROM actions a WHERE a.device_pk = rd.device_pk \
+         AND a.rollout_group_id = rd.group_id ORDER BY a.id DESC LIMIT 1) AS state \
+         FROM rollout_devices rd WHERE rd.rollout_id IN {rollouts} AND rd.device_pk = $1"
+    ))
+    .bind(device)
+    .bind(tenant.0)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in &rows {
+        let group: i64 = row.try_get("group_id")?;
+        match row.try_get::<Option<String>, _>("state")? {
+            None => {
+                sqlx::query("UPDATE rollout_groups SET n_skipped = n_skipped + 1 WHERE id = $1")
+                    .bind(group)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Some(state) => {
+                let state = state_of(&state)?;
+                if !state.is_final() {
+                    count_in_group(conn, group, Some(state), UpdateState::Canceled).await?;
+                }
+            }
+        }
+    }
+    sqlx::query(&format!(
+        "DELETE FROM rollout_devices WHERE rollout_id IN {rollouts} AND device_pk = $1"
+    ))
+    .bind(device)
+    .bind(tenant.0)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

@@ -163,7 +163,7 @@ impl Rollouts for SqlStore {
             let mut devices = devices.clone();
             devices.sort_unstable();
             for batch in devices.chunks(INSERT_BATCH) {
-                // Integers only: the values are spelled out rather than bound 4 × 500 times.
+                // Integers only: the values are spelled out rather than bound 4 × 5,000 times.
                 let values: Vec<String> = batch
                     .iter()
                     .map(|device| {
@@ -187,15 +187,17 @@ impl Rollouts for SqlStore {
                 })?;
             }
         }
-        let strangers = sqlx::query(
+        // Every member is a device of this tenant (there is no foreign key to say so).
+        let ours = sqlx::query(
             "SELECT COUNT(*) AS n FROM rollout_devices rd JOIN devices d ON d.id = rd.device_pk \
-             WHERE rd.rollout_id = $1 AND d.tenant_id <> $2",
+             WHERE rd.rollout_id = $1 AND d.tenant_id = $2",
         )
         .bind(rollout)
         .bind(tenant.0)
         .fetch_one(&mut *tx)
         .await?;
-        if strangers.try_get::<i64, _>("n")? > 0 {
+        let total: usize = members.iter().map(Vec::len).sum();
+        if to_u64(ours.try_get("n")?) != total as u64 {
             return Err(StoreError::NotFound { what: "device" });
         }
         let row = sqlx::query(&format!("{ROLLOUT_SELECT} WHERE r.id = $1"))
