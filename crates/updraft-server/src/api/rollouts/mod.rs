@@ -254,9 +254,7 @@ async fn create_rollout(
         ));
     }
     let artifact = artifact_named(state, tenant, Some(&body.artifact), None).await?;
-    let t0 = std::time::Instant::now();
     let (target_text, devices) = target(state, tenant, body).await?;
-    eprintln!("TIMING scan {:?}", t0.elapsed());
     let mut devices = compatible_only(&artifact, devices, body.skip_incompatible || rule)?;
     let sizes = if rule {
         vec![devices.len() as u64]
@@ -300,9 +298,7 @@ async fn create_rollout(
         rule,
         created_by: caller.source(),
     };
-    eprintln!("TIMING before insert {:?}", t0.elapsed());
     let created = state.store.create_rollout(tenant, &new, &members).await?;
-    eprintln!("TIMING inserted {:?}", t0.elapsed());
     state.schedule.notify_one();
     Ok(created)
 }
