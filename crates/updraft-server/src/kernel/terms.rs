@@ -1,7 +1,7 @@
 //! How a device may install its update: the update type and maintenance window of the rollout
 //! that asked for it (an assignment's update is `forced`, with no window). Adapters that can
-//! separate downloading from installing (DDI, LwM2M) download at once and install when
-//! [`Terms::may_install`]; the others are offered the update only while
+//! separate downloading from installing (`DeviceChannel::separates_install`) download at once
+//! and install when [`Terms::may_install`]; the others are offered the update only while
 //! [`Terms::may_offer`] — [`held_back`] shows them the device's status that way.
 
 use updraft_core::rollout::UpdateType;
