@@ -38,7 +38,7 @@ pub struct SimArgs {
     /// How many devices.
     #[arg(long, default_value_t = 50)]
     pub devices: usize,
-    /// ddi, drogue, frugal or thingsboard (MQTT).
+    /// ddi, drogue, frugal, thingsboard (MQTT), or mixed: the fleet split among all four in turn.
     #[arg(long, default_value = "ddi")]
     pub protocol: String,
     /// The server's device MQTT address, for --protocol thingsboard (default: the server's host,
@@ -232,7 +232,7 @@ async fn ensure_devices(client: &Client, args: &SimArgs) -> Result<Vec<(String, 
             .request(reqwest::Method::POST, "/api/v1/devices")
             .json(&body);
         // A Frugal node's credential is an OTA key of its own, made anew each run.
-        let frugal_key = (args.protocol == "frugal").then(|| {
+        let frugal_key = (protocol_of(&args.protocol, i) == "frugal").then(|| {
             client.request(
                 reqwest::Method::POST,
                 &format!("/api/v1/devices/{id}/frugal-key"),
@@ -266,6 +266,18 @@ async fn ensure_devices(client: &Client, args: &SimArgs) -> Result<Vec<(String, 
     Ok(devices)
 }
 
+/// The protocols `--protocol mixed` deals the fleet out to, device by device.
+const MIXED: [&str; 4] = ["ddi", "thingsboard", "frugal", "drogue"];
+
+/// The protocol simulated device `i` speaks.
+fn protocol_of(protocol: &str, i: usize) -> &str {
+    if protocol == "mixed" {
+        MIXED[i % MIXED.len()]
+    } else {
+        protocol
+    }
+}
+
 /// How often a simulation not on a terminal prints a progress line.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -285,10 +297,10 @@ const STATES: [&str; 9] = [
 pub async fn run(client: &Client, mut args: SimArgs, json_output: bool) -> Result<()> {
     if !matches!(
         args.protocol.as_str(),
-        "ddi" | "drogue" | "frugal" | "thingsboard"
+        "ddi" | "drogue" | "frugal" | "thingsboard" | "mixed"
     ) {
         bail!(
-            "unknown protocol {:?}: use ddi, drogue, frugal or thingsboard",
+            "unknown protocol {:?}: use ddi, drogue, frugal, thingsboard or mixed",
             args.protocol
         );
     }
@@ -336,13 +348,14 @@ pub async fn run(client: &Client, mut args: SimArgs, json_output: bool) -> Resul
         rng.next();
     }
     let mut injected = [0u64; 3];
-    let (applies, failing) = Faults::model(&args.protocol);
     let mut expected_failed = 0u64;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.devices.max(1))
         .build()?;
     let started = Instant::now();
-    for (id, token) in devices {
+    for (i, (id, token)) in devices.into_iter().enumerate() {
+        let protocol = protocol_of(&args.protocol, i);
+        let (applies, failing) = Faults::model(protocol);
         // Drawn for every protocol alike, so that a seed picks the same devices whatever it runs.
         let faults = Faults {
             drop_download: rng.unit() < args.drop_download,
@@ -363,7 +376,7 @@ pub async fn run(client: &Client, mut args: SimArgs, json_output: bool) -> Resul
             sleep,
         };
         let (server, http, stats) = (client.base.clone(), http.clone(), stats.clone());
-        match args.protocol.as_str() {
+        match protocol {
             "drogue" => tokio::spawn(drogue_device(server, http, spec, stats, started)),
             "thingsboard" => tokio::spawn(thingsboard_device(mqtt.clone(), spec, stats, started)),
             "frugal" => tokio::spawn(frugal_device(server, http, spec, stats, started)),

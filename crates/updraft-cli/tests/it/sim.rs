@@ -193,3 +193,56 @@ fn a_paced_rollout_never_has_more_downloads_in_flight_than_it_allows() {
         .unwrap();
     assert!((1..=50).contains(&max), "{summary}");
 }
+
+/// One rollout over a mixed fleet: DDI agents, ThingsBoard MQTT devices, Frugal-IoT nodes and
+/// Drogue DFU devices, dealt out in turn, go group by group to the same release.
+#[test]
+fn one_rollout_updates_a_fleet_that_speaks_four_protocols() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path());
+    let cli = Cli::admin(&server, dir.path());
+    cli.upload(50_000, "fw", "2", &[]);
+    let mqtt = server.mqtt.clone().unwrap();
+    let base = [
+        "sim",
+        "--protocol",
+        "mixed",
+        "--devices",
+        "200",
+        "--mqtt",
+        &mqtt,
+    ];
+    let made = cli.json(&[&base[..], &["--create-only"]].concat());
+    assert_eq!(made["devices"], 200);
+    cli.json(&[
+        "rollout",
+        "create",
+        "mixed",
+        "--artifact",
+        "fw@2",
+        "--filter",
+        "id==sim-*",
+        "--groups",
+        "10%,40%,50%",
+        "--success-threshold",
+        "90",
+    ]);
+    let run = [
+        "--poll",
+        "0.5",
+        "--rollout",
+        "mixed",
+        "--until-done",
+        "--timeout",
+        "280",
+    ];
+    let summary = cli.json(&[&base[..], &run[..]].concat());
+    server.kill().unwrap();
+    assert_eq!(summary["protocol"], "mixed");
+    assert_eq!(count(&summary, "UPDATED"), 200, "{summary}");
+    assert_eq!(summary["rollout"]["state"], "FINISHED", "{summary}");
+    let groups = summary["rollout"]["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 3);
+    assert!(groups.iter().all(|g| g["started_at"].is_i64()), "{summary}");
+}
