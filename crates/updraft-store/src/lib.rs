@@ -103,7 +103,8 @@ pub trait Fleet: Send + Sync {
         project: Option<ProjectKey>,
         profile: Option<ProfileKey>,
     ) -> StoreResult<()>;
-    /// Records that the device was heard from now.
+    /// Records that the device was heard from now; at its first check-in it joins the dynamic
+    /// rollouts and rules it now matches.
     async fn touch_device(&self, device: DeviceKey) -> StoreResult<()>;
     /// Records what the device says it runs (title and version of one artifact kind), without
     /// touching its update actions.

@@ -735,3 +735,33 @@ async fn deleting_devices_mid_rollout_lets_their_groups_finish() {
     pass(&app.state, T0 + 2_000).await.unwrap();
     assert_eq!(show(&app, "g").await["state"], "FINISHED");
 }
+
+#[tokio::test]
+async fn a_rule_on_seen_fires_at_a_devices_first_check_in() {
+    let app = TestApp::new().await;
+    fleet(&app, "new", 2).await;
+    app.upload("title=fw&version=2", b"two").await;
+    let created = app
+        .post(
+            "/api/v1/rules",
+            json!({"name": "fresh", "filter": "seen<1h", "artifact": "fw@2"}),
+        )
+        .await;
+    assert_eq!(created.json()["devices"], 0, "never seen: no match");
+    let tenant = default_tenant(&app).await;
+    let device = app
+        .state
+        .store
+        .device(tenant, &DeviceId::parse("new-0000").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    app.state.store.touch_device(device.key).await.unwrap();
+    app.state.store.touch_device(device.key).await.unwrap();
+    assert_eq!(pass(&app.state, T0).await.unwrap(), 1);
+    assert_eq!(
+        actions_in(&app, "new", 2, UpdateState::Queued).await.len(),
+        1
+    );
+    assert_eq!(app.get("/api/v1/rules").await.json()[0]["devices"], 1);
+}

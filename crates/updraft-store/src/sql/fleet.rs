@@ -371,11 +371,30 @@ impl Fleet for SqlStore {
     }
 
     async fn touch_device(&self, device: DeviceKey) -> StoreResult<()> {
-        sqlx::query("UPDATE devices SET last_seen = $1 WHERE id = $2")
-            .bind(now_millis())
-            .bind(device.0)
-            .execute(&self.write)
-            .await?;
+        let now = now_millis();
+        let seen = sqlx::query(
+            "UPDATE devices SET last_seen = $1 WHERE id = $2 AND last_seen IS NOT NULL",
+        )
+        .bind(now)
+        .bind(device.0)
+        .execute(&self.write)
+        .await?;
+        if seen.rows_affected() > 0 {
+            return Ok(());
+        }
+        // The device's first check-in: it may now match a dynamic rollout or rule (`seen`).
+        let mut tx = self.write.begin().await?;
+        let Some(row) =
+            sqlx::query("UPDATE devices SET last_seen = $1 WHERE id = $2 RETURNING tenant_id")
+                .bind(now)
+                .bind(device.0)
+                .fetch_optional(&mut *tx)
+                .await?
+        else {
+            return Ok(());
+        };
+        join_dynamic(&mut tx, TenantKey(row.try_get("tenant_id")?), device).await?;
+        tx.commit().await?;
         Ok(())
     }
 
