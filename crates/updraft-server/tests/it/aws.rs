@@ -818,3 +818,35 @@ async fn an_operator_cancel_ends_the_execution_canceled() {
     assert_eq!(answer["code"], "InvalidStateTransition");
     assert_eq!(answer["executionState"]["status"], "CANCELED");
 }
+
+/// A rollout's update type reaches an AWS device in its job document (FreeRTOS OTA installs
+/// anyway; an agent of its own can read `updraft.updateType`); an assignment's job has none.
+#[tokio::test]
+async fn a_soft_rollout_says_so_in_the_job_document() {
+    let app = TestApp::new().await;
+    let token = setup(&app, "thing-9", &image(1000), true).await;
+    let created = app
+        .post(
+            "/api/v1/rollouts",
+            json!({"name": "soft", "artifact": "ota-fw@2.0.0", "devices": ["thing-9"],
+                   "type": "soft", "start": "auto"}),
+        )
+        .await;
+    assert_eq!(
+        created.status,
+        axum::http::StatusCode::CREATED,
+        "{:?}",
+        created.json()
+    );
+    updraft_server::kernel::scheduler::pass(
+        &app.state,
+        updraft_server::kernel::clock::now_millis(),
+    )
+    .await
+    .unwrap();
+    let mut thing = Thing::connect(&app, "thing-9", &token).await;
+    let (_, started) = thing.ask("jobs/start-next", json!({})).await;
+    let document = &started["execution"]["jobDocument"];
+    assert_eq!(document["updraft"]["updateType"], "soft", "{started}");
+    assert!(document["afr_ota"]["files"][0]["filesize"].is_u64());
+}

@@ -77,6 +77,9 @@ impl DeviceChannel for Aws {
             return;
         };
         let options = tell.profile.map(DocumentOptions::of).unwrap_or_default();
+        let Ok(options) = options.for_action(state, tell.queued.action).await else {
+            return;
+        };
         let now = now_millis();
         self.sessions
             .push(device, &notify(thing.as_str(), tell.queued.action, now));

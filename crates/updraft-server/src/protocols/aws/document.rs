@@ -10,6 +10,9 @@ pub struct DocumentOptions {
     pub certfile: String,
     /// Offer the file over HTTP too (a one-time URL).
     pub http: bool,
+    /// The rollout's update type (`soft`, `download-only`) when it is not `forced`: FreeRTOS OTA
+    /// ignores it and installs; an agent of its own can read `updraft.updateType`.
+    pub update_type: Option<&'static str>,
 }
 
 impl Default for DocumentOptions {
@@ -17,6 +20,7 @@ impl Default for DocumentOptions {
         Self {
             certfile: DEFAULT_CERTFILE.to_owned(),
             http: false,
+            update_type: None,
         }
     }
 }
@@ -29,7 +33,20 @@ impl DocumentOptions {
                 .as_ref()
                 .map_or_else(|| DEFAULT_CERTFILE.to_owned(), |c| c.name.clone()),
             http: profile.settings.aws_http_delivery,
+            update_type: None,
         }
+    }
+
+    /// With the update type of the rollout that asked for `action`, if it is not `forced`.
+    pub async fn for_action(
+        mut self,
+        state: &AppState,
+        action: ActionKey,
+    ) -> Result<Self, ApiError> {
+        let terms = crate::kernel::terms::terms_of(state, action).await?;
+        self.update_type = (terms.update_type != updraft_core::rollout::UpdateType::Forced)
+            .then_some(terms.update_type.as_str());
+        Ok(self)
     }
 }
 
@@ -65,11 +82,15 @@ pub fn job_document(
             Err(err) => tracing::warn!(error = %err.message, "no download URL for a job"),
         }
     }
-    json!({"afr_ota": {
+    let mut document = json!({"afr_ota": {
         "protocols": protocols,
         "streamname": format!("{STREAM_PREFIX}{}", artifact.key.0),
         "files": [file],
-    }})
+    }});
+    if let Some(update_type) = options.update_type {
+        document["updraft"] = json!({"updateType": update_type});
+    }
+    document
 }
 
 /// The device's profile's wishes for its job documents.

@@ -108,10 +108,14 @@ pub(super) async fn execution(
             (row, false)
         }
     };
+    let options = document_options(state, device)
+        .await?
+        .for_action(state, action.key)
+        .await?;
     let execution = Execution {
         action,
         artifact,
-        options: document_options(state, device).await?,
+        options,
         row,
         stored,
     };
