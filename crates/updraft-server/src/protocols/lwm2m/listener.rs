@@ -95,24 +95,56 @@ pub(super) async fn datagram(state: &Ctx, link: Link, bytes: &[u8], recent: &Arc
             // A notification counts only from the client observed, over the same transport.
             let key = (link, packet.get_token().to_vec());
             let observation = lwm2m.inner().observations.get(&key).cloned();
-            if let Some(observation) = observation
-                && let Ok(permit) = lwm2m.in_flight.clone().try_acquire_owned()
-            {
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let lwm2m = state.lwm2m.clone();
-                    if let Err(err) = lwm2m
-                        .notified(&state, observation.device, &observation.path, &packet)
-                        .await
-                    {
-                        tracing::warn!(error = %err.message, "lwm2m notification failed");
-                    }
-                });
+            if let Some(observation) = observation {
+                queue_notice(state, observation.device, observation.path, packet);
             }
         }
         _ => {}
     }
+}
+
+/// Queues a notification of `device` and, unless its notifications are being handled already,
+/// starts handling them, one after another in the order they came.
+fn queue_notice(state: &Ctx, device: DeviceKey, path: String, packet: Packet) {
+    let lwm2m = state.lwm2m.clone();
+    {
+        let mut inner = lwm2m.inner();
+        if let Some(waiting) = inner.notices.get_mut(&device) {
+            if waiting.len() < MAX_WAITING_NOTICES {
+                waiting.push_back((path, packet));
+            }
+            return;
+        }
+        inner
+            .notices
+            .insert(device, std::collections::VecDeque::from([(path, packet)]));
+    }
+    let Ok(permit) = lwm2m.in_flight.clone().try_acquire_owned() else {
+        // Too busy: forgotten, as a request would be (the client notifies again on change).
+        lwm2m.inner().notices.remove(&device);
+        return;
+    };
+    let state = state.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let lwm2m = state.lwm2m.clone();
+        loop {
+            let next = {
+                let mut inner = lwm2m.inner();
+                match inner.notices.get_mut(&device).and_then(|q| q.pop_front()) {
+                    Some(notice) => notice,
+                    None => {
+                        inner.notices.remove(&device);
+                        break;
+                    }
+                }
+            };
+            let (path, packet) = next;
+            if let Err(err) = lwm2m.notified(&state, device, &path, &packet).await {
+                tracing::warn!(error = %err.message, "lwm2m notification failed");
+            }
+        }
+    });
 }
 
 /// The answer to a client's request to the registration interface.

@@ -139,7 +139,13 @@ struct Inner {
     drivers: HashMap<DeviceKey, bool>,
     /// One request at a time per device.
     locks: HashMap<DeviceKey, Arc<tokio::sync::Mutex<()>>>,
+    /// Notifications waiting, per device whose notifications are being handled: one device's
+    /// are handled in the order they came (Downloading before Downloaded), devices in parallel.
+    notices: HashMap<DeviceKey, std::collections::VecDeque<(String, Packet)>>,
 }
+
+/// At most this many notifications wait per device; beyond, newer ones are dropped.
+const MAX_WAITING_NOTICES: usize = 16;
 
 /// The LwM2M server's state.
 pub struct Lwm2m {
