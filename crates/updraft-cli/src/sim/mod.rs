@@ -1,15 +1,22 @@
 //! `updraft sim`: many virtual devices in one process against a server, for demos and load tests.
 //! Over DDI each device is a real `updraft-agent` (its state machine, in-memory A/B slots); over
-//! Drogue DFU each is an `embedded-update`-style Status → Command loop. Failures are injected
-//! per device from a seed: a connection dropped mid-download, corrupted data, a new image that
-//! fails its health check.
+//! the other protocols each is a small loop that behaves like that protocol's clients
+//! (ThingsBoard's SDK, ESP httpUpdate, embedded-update, an LwM2M client, an AWS IoT OTA agent).
+//! Failures are injected per device from a seed: a connection dropped mid-download, corrupted
+//! data, a new image that fails its health check.
 
+mod aws;
 mod ddi;
+mod faults;
 mod loops;
+mod lwm2m;
 mod rollout;
 
+use self::aws::*;
 use self::ddi::*;
+use self::faults::*;
 use self::loops::*;
+use self::lwm2m::*;
 use self::rollout::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,13 +45,17 @@ pub struct SimArgs {
     /// How many devices.
     #[arg(long, default_value_t = 50)]
     pub devices: usize,
-    /// ddi, drogue, frugal, thingsboard (MQTT), or mixed: the fleet split among all four in turn.
+    /// ddi, drogue, frugal, thingsboard (MQTT), lwm2m (CoAP), aws (AWS IoT Jobs over MQTT), or
+    /// mixed: the fleet split among all six in turn.
     #[arg(long, default_value = "ddi")]
     pub protocol: String,
-    /// The server's device MQTT address, for --protocol thingsboard (default: the server's host,
+    /// The server's device MQTT address, for thingsboard and aws (default: the server's host,
     /// port 1883).
     #[arg(long)]
     pub mqtt: Option<String>,
+    /// The server's LwM2M (CoAP, UDP) address, for lwm2m (default: the server's host, port 5685).
+    #[arg(long)]
+    pub lwm2m: Option<String>,
     /// Seconds between polls.
     #[arg(long, default_value_t = 5.0)]
     pub poll: f64,
@@ -87,67 +98,6 @@ pub struct SimArgs {
     pub until_done: bool,
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
-}
-
-/// A small deterministic generator (xorshift64*), so that a seed reproduces a run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// What one device will suffer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Faults {
-    drop_download: bool,
-    corrupt: bool,
-    fail_health: bool,
-}
-
-impl Faults {
-    /// The faults `protocol`'s simulated devices suffer, and of those the ones that end the
-    /// update FAILED. DDI: all three (a dropped download resumes, so it does not fail);
-    /// ThingsBoard: corrupted data and a failed health check; Drogue DFU: a failed health check
-    /// (its blocks carry no checksum to corrupt); Frugal: a dropped or corrupted download, once —
-    /// `httpUpdate` cannot report a failure, so the node retries at its next check-in.
-    fn model(protocol: &str) -> (Faults, Faults) {
-        let all = |drop_download, corrupt, fail_health| Faults {
-            drop_download,
-            corrupt,
-            fail_health,
-        };
-        match protocol {
-            "ddi" => (all(true, true, true), all(false, true, true)),
-            "thingsboard" => (all(false, true, true), all(false, true, true)),
-            "drogue" => (all(false, false, true), all(false, false, true)),
-            "frugal" => (all(true, true, false), all(false, false, false)),
-            _ => (Faults::default(), Faults::default()),
-        }
-    }
-
-    /// Only what `applies` allows.
-    fn within(self, applies: Faults) -> Faults {
-        Faults {
-            drop_download: self.drop_download && applies.drop_download,
-            corrupt: self.corrupt && applies.corrupt,
-            fail_health: self.fail_health && applies.fail_health,
-        }
-    }
-
-    /// Whether one of these faults ends the update FAILED.
-    fn fails(self, failing: Faults) -> bool {
-        self.within(failing) != Faults::default()
-    }
 }
 
 /// Measurements shared by every device.
@@ -267,7 +217,7 @@ async fn ensure_devices(client: &Client, args: &SimArgs) -> Result<Vec<(String, 
 }
 
 /// The protocols `--protocol mixed` deals the fleet out to, device by device.
-const MIXED: [&str; 4] = ["ddi", "thingsboard", "frugal", "drogue"];
+const MIXED: [&str; 6] = ["ddi", "thingsboard", "frugal", "drogue", "lwm2m", "aws"];
 
 /// The protocol simulated device `i` speaks.
 fn protocol_of(protocol: &str, i: usize) -> &str {
@@ -297,24 +247,20 @@ const STATES: [&str; 9] = [
 pub async fn run(client: &Client, mut args: SimArgs, json_output: bool) -> Result<()> {
     if !matches!(
         args.protocol.as_str(),
-        "ddi" | "drogue" | "frugal" | "thingsboard" | "mixed"
+        "ddi" | "drogue" | "frugal" | "thingsboard" | "lwm2m" | "aws" | "mixed"
     ) {
         bail!(
-            "unknown protocol {:?}: use ddi, drogue, frugal, thingsboard or mixed",
+            "unknown protocol {:?}: use ddi, drogue, frugal, thingsboard, lwm2m, aws or mixed",
             args.protocol
         );
     }
-    let mqtt = match &args.mqtt {
-        Some(addr) => addr.clone(),
-        None => {
-            let host = client
-                .base
-                .trim_start_matches("http://")
-                .trim_start_matches("https://");
-            let host = host.split(['/', ':']).next().unwrap_or("127.0.0.1");
-            format!("{host}:1883")
-        }
-    };
+    let host = client
+        .base
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    let host = host.split(['/', ':']).next().unwrap_or("127.0.0.1");
+    let mqtt = args.mqtt.clone().unwrap_or_else(|| format!("{host}:1883"));
+    let lwm2m = lwm2m_address(args.lwm2m.as_deref(), host).await?;
     let rollout_path = args
         .rollout
         .as_ref()
@@ -328,6 +274,9 @@ pub async fn run(client: &Client, mut args: SimArgs, json_output: bool) -> Resul
     };
     if let Some(release) = &release {
         args.profile = profile_for(client, release, args.profile.take()).await?;
+        if (0..args.devices).any(|i| protocol_of(&args.protocol, i) == "aws") {
+            require_signed(client, release).await?;
+        }
     }
     let devices = ensure_devices(client, &args).await?;
     if args.create_only {
@@ -380,6 +329,8 @@ pub async fn run(client: &Client, mut args: SimArgs, json_output: bool) -> Resul
             "drogue" => tokio::spawn(drogue_device(server, http, spec, stats, started)),
             "thingsboard" => tokio::spawn(thingsboard_device(mqtt.clone(), spec, stats, started)),
             "frugal" => tokio::spawn(frugal_device(server, http, spec, stats, started)),
+            "lwm2m" => tokio::spawn(lwm2m_device(lwm2m, http, spec, stats, started)),
+            "aws" => tokio::spawn(aws_device(mqtt.clone(), spec, stats, started)),
             _ => tokio::spawn(ddi_device(server, http, spec, stats, started)),
         };
     }

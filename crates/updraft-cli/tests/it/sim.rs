@@ -14,7 +14,15 @@ fn campaign(protocol: &str, image: usize, faults: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path());
     let cli = Cli::admin(&server, dir.path());
-    cli.upload(image, "fw", "2", &[]);
+    // AWS IoT devices take signed updates only.
+    let signature = stand_in_signature(dir.path());
+    let signed = ["--signature-file", signature.as_str()];
+    cli.upload(
+        image,
+        "fw",
+        "2",
+        if protocol == "aws" { &signed } else { &[] },
+    );
     let devices = DEVICES.to_string();
     let mut args = vec![
         "sim",
@@ -33,13 +41,25 @@ fn campaign(protocol: &str, image: usize, faults: &[&str]) -> Value {
         "7",
     ];
     let mqtt = server.mqtt.clone().unwrap_or_default();
-    if protocol == "thingsboard" {
-        args.extend(["--mqtt", &mqtt]);
-    }
+    let lwm2m = server.lwm2m.clone().unwrap_or_default();
+    args.extend(["--mqtt", &mqtt, "--lwm2m", &lwm2m]);
     args.extend(faults);
     let summary = cli.json(&args);
     server.kill().unwrap();
     summary
+}
+
+/// A file holding a stand-in code signature (base64 of DER-shaped bytes): the server keeps an
+/// artifact's signature unchecked when no compatible profile has a signing certificate, and the
+/// simulated devices do not verify it.
+fn stand_in_signature(dir: &std::path::Path) -> String {
+    let path = dir.join("fw.sig");
+    std::fs::write(
+        &path,
+        "MEUCIQDkZmFrZS1zaWduYXR1cmUtZm9yLXRlc3RzAiB0aGUtZGV2aWNlLWNoZWNrcy1pdA==\n",
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
 }
 
 fn count(summary: &Value, state: &str) -> u64 {
@@ -100,6 +120,19 @@ fn frugal_nodes_at_a_thousand_devices() {
 #[test]
 fn drogue_devices_at_a_thousand_devices() {
     at_a_thousand_devices("drogue", 2_000);
+}
+
+/// LwM2M clients on UDP: observed State and Update Result, an HTTP Package URI, Execute, and a
+/// new registration after the restart.
+#[test]
+fn lwm2m_clients_at_a_thousand_devices() {
+    at_a_thousand_devices("lwm2m", 20_000);
+}
+
+/// AWS IoT OTA devices: jobs, an MQTT stream in JSON blocks, the self test after a restart.
+#[test]
+fn aws_iot_devices_at_a_thousand_devices() {
+    at_a_thousand_devices("aws", 20_000);
 }
 
 /// An artifact for named profiles never reaches devices of another profile: the simulator says so
@@ -194,16 +227,19 @@ fn a_paced_rollout_never_has_more_downloads_in_flight_than_it_allows() {
     assert!((1..=50).contains(&max), "{summary}");
 }
 
-/// One rollout over a mixed fleet: DDI agents, ThingsBoard MQTT devices, Frugal-IoT nodes and
-/// Drogue DFU devices, dealt out in turn, go group by group to the same release.
+/// One rollout over a mixed fleet: DDI agents, ThingsBoard MQTT devices, Frugal-IoT nodes, Drogue
+/// DFU devices, LwM2M clients and AWS IoT devices, dealt out in turn, go group by group to the
+/// same release.
 #[test]
-fn one_rollout_updates_a_fleet_that_speaks_four_protocols() {
+fn one_rollout_updates_a_fleet_that_speaks_six_protocols() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path());
     let cli = Cli::admin(&server, dir.path());
-    cli.upload(50_000, "fw", "2", &[]);
+    let signature = stand_in_signature(dir.path());
+    cli.upload(50_000, "fw", "2", &["--signature-file", &signature]);
     let mqtt = server.mqtt.clone().unwrap();
+    let lwm2m = server.lwm2m.clone().unwrap();
     let base = [
         "sim",
         "--protocol",
@@ -212,6 +248,8 @@ fn one_rollout_updates_a_fleet_that_speaks_four_protocols() {
         "200",
         "--mqtt",
         &mqtt,
+        "--lwm2m",
+        &lwm2m,
     ];
     let made = cli.json(&[&base[..], &["--create-only"]].concat());
     assert_eq!(made["devices"], 200);
@@ -238,6 +276,19 @@ fn one_rollout_updates_a_fleet_that_speaks_four_protocols() {
         "280",
     ];
     let summary = cli.json(&[&base[..], &run[..]].concat());
+    // Device i speaks the i-th protocol in turn; each update's history names its channel.
+    let sources = ["ddi", "thingsboard", "frugal", "drogue", "lwm2m", "aws"];
+    for (i, source) in sources.iter().enumerate() {
+        let history = cli.json(&["device", "history", &format!("sim-{i}")]);
+        let updated = history[0]["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["to"] == "UPDATED")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(updated["source"], *source, "sim-{i}: {history}");
+    }
     server.kill().unwrap();
     assert_eq!(summary["protocol"], "mixed");
     assert_eq!(count(&summary, "UPDATED"), 200, "{summary}");
