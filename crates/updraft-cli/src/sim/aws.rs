@@ -2,7 +2,8 @@
 //! next job (`jobs/$next/get`, and hears `notify-next`), reads the file from the job's MQTT stream
 //! in windows of JSON blocks, reports progress and the self-test steps as the job's
 //! `statusDetails` (`receiving` → `ready` → `active`), "reboots", and after its self test ends the
-//! job SUCCEEDED or FAILED. A dropped connection resumes from the blocks already written.
+//! job SUCCEEDED or FAILED. A dropped connection resumes from the blocks already written; a job
+//! whose document says `updraft.updateType: download-only` stops at `ready`.
 //!
 //! The code signature (`sig-sha256-ecdsa`) is not checked against a key: the simulator holds no
 //! signing certificate, so a corrupted download is what makes its check fail.
@@ -256,6 +257,12 @@ async fn run_job(
         flash.job = None;
         return (!passed).then_some(Ended::Failed);
     }
+    // A download-only rollout's job: downloaded and checked, it waits to be installed.
+    let download_only = execution["jobDocument"]["updraft"]["updateType"] == "download-only";
+    if download_only && details["self_test"] == "ready" {
+        tokio::time::sleep(spec.sleep).await;
+        return None;
+    }
     let document = &execution["jobDocument"]["afr_ota"];
     let stream = document["streamname"].as_str()?.to_owned();
     let size = document["files"][0]["filesize"].as_u64()?;
@@ -342,11 +349,19 @@ async fn run_job(
         let details = json!({"self_test": "rejected", "reason": "signature verification failed"});
         return (!link.status(&job, "FAILED", details).await).then_some(Ended::Failed);
     }
-    for step in ["ready", "active"] {
+    let steps: &[&str] = if download_only {
+        &["ready"]
+    } else {
+        &["ready", "active"]
+    };
+    for step in steps {
         let details = json!({"updated_by": flash.installed.to_string(), "self_test": step});
         if !link.status(&job, "IN_PROGRESS", details).await {
             return Some(Ended::Failed);
         }
+    }
+    if download_only {
+        return None;
     }
     // Restart into the new image; the next connection's `$next/get` finds the self test due.
     Some(Ended::Again)
