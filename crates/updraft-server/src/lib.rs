@@ -7,10 +7,12 @@
 //! - `protocols`: one folder per device protocol adapter, reached through
 //!   [`kernel::channel::Adapter`];
 //! - `api`: the management REST API;
+//! - `dashboard`: the web dashboard (server-rendered pages over the API's handlers);
 //! - `server`: the composition root that `updraft serve` runs (data directory, store, blobs,
 //!   garbage collection, the first admin key, listeners, graceful shutdown).
 
 pub mod api;
+pub mod dashboard;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod kernel;

@@ -168,6 +168,7 @@ pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<Node> 
             100_000,
         )),
         connections: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
+        sessions: Arc::default(),
     };
     let protocols = Protocols::install(&state);
     Ok(Node { state, protocols })

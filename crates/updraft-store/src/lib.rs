@@ -250,6 +250,9 @@ pub trait Actions: Send + Sync {
         source: &str,
     ) -> StoreResult<ReportOutcome>;
     async fn fleet_summary(&self, tenant: TenantKey) -> StoreResult<FleetSummary>;
+    /// What the dashboard's fleet page shows of a tenant at `now`: aggregates only, a few
+    /// statements whatever the fleet's size.
+    async fn fleet_overview(&self, tenant: TenantKey, now: Millis) -> StoreResult<FleetOverview>;
     /// QUEUED actions with keys above `after`, oldest first, at most `limit`, in every tenant:
     /// the notification queue's work list.
     async fn queued_actions(&self, after: ActionKey, limit: u64) -> StoreResult<Vec<Queued>>;

@@ -363,6 +363,30 @@ pub struct FleetSummary {
     pub latest_action_states: BTreeMap<String, u64>,
 }
 
+/// A tenant's fleet at a glance (the dashboard's fleet page).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FleetOverview {
+    pub devices: u64,
+    /// Devices whose latest update is in each state.
+    pub latest_action_states: BTreeMap<String, u64>,
+    /// The most common running firmware (`title@version`, or `unknown`), with their devices.
+    pub versions: Vec<(String, u64)>,
+    /// Devices heard from in the last [`ONLINE_MS`].
+    pub online: u64,
+    pub never_seen: u64,
+    /// Updates that ended FAILED in the last 24 hours, per failure code.
+    pub failures_24h: Vec<(String, u64)>,
+    /// Active downloads with no progress for [`STUCK_MS`].
+    pub stuck_downloads: u64,
+}
+
+/// A device heard from this recently is online.
+pub const ONLINE_MS: Millis = 10 * 60 * 1000;
+/// A download with no news for this long is stuck.
+pub const STUCK_MS: Millis = 3600 * 1000;
+/// How many running versions the overview lists.
+pub const OVERVIEW_VERSIONS: usize = 12;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKey {
     pub id: i64,

@@ -139,7 +139,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .merge(crate::kernel::grants::routes());
+        .merge(crate::kernel::grants::routes())
+        .merge(crate::dashboard::routes());
     // Each protocol brings its own routes (and, for the management API, their description).
     for adapter in state.adapters.all() {
         router = router.merge(adapter.routes());

@@ -8,8 +8,8 @@ use updraft_core::{DeviceId, Role, TenantKey};
 use updraft_store::{ApiKey, CredentialKind, Device};
 
 use crate::kernel::error::ApiError;
-use crate::kernel::secret;
 use crate::kernel::state::AppState;
+use crate::kernel::{secret, sessions};
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]
@@ -57,14 +57,29 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(ApiError::unauthorized)?;
+        let Some(header) = parts.headers.get(AUTHORIZATION) else {
+            // The dashboard's own calls: its session cookie, and for a change its CSRF token.
+            let (caller, session) = session_caller(state, &parts.headers)
+                .await?
+                .ok_or_else(ApiError::unauthorized)?;
+            if !parts.method.is_safe() {
+                let given = parts
+                    .headers
+                    .get(sessions::CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok());
+                if !sessions::csrf_ok(&session, given) {
+                    return Err(csrf_refused());
+                }
+            }
+            return Ok(caller);
+        };
         let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
+            .to_str()
+            .ok()
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .ok_or_else(ApiError::unauthorized)?;
         let key = state
@@ -74,6 +89,43 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(ApiError::unauthorized)?;
         Ok(Caller { key })
     }
+}
+
+/// A change without the session's CSRF token.
+pub fn csrf_refused() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::FORBIDDEN,
+        "csrf_token_invalid",
+        "this change needs the page's CSRF token: reload the page and try again",
+    )
+}
+
+/// The caller a dashboard session cookie stands for (its key looked up again, so a deleted key
+/// signs its sessions out), with the session; `None` without a live session.
+pub async fn session_caller(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<(Caller, sessions::Session)>, ApiError> {
+    let Some(id) = sessions::cookie_of(headers) else {
+        return Ok(None);
+    };
+    let Some(session) = state.sessions.get(&id) else {
+        return Ok(None);
+    };
+    let Some(mut key) = state.store.api_key_by_hash(&session.key_hash).await? else {
+        state.sessions.close(&id);
+        return Ok(None);
+    };
+    // A server admin may look at another tenant.
+    if key.server_admin
+        && let Some(tenant) = session.tenant
+        && tenant != key.tenant
+        && let Some(found) = state.store.tenant_by_key(tenant).await?
+    {
+        key.tenant = found.key;
+        key.tenant_name = found.name;
+    }
+    Ok(Some((Caller { key }, session)))
 }
 
 /// How a device proved who it is.

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod notifier;
 pub mod scheduler;
 pub mod secret;
+pub mod sessions;
 pub mod state;
 pub mod terms;
 pub mod views;

@@ -98,4 +98,6 @@ pub struct AppState {
     pub registrations: Arc<RateLimit<TenantKey>>,
     /// One permit per open TCP connection, shared by every TCP listener.
     pub connections: Arc<tokio::sync::Semaphore>,
+    /// Dashboard sign-in sessions.
+    pub sessions: Arc<crate::kernel::sessions::Sessions>,
 }

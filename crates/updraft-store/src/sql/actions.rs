@@ -169,6 +169,11 @@ impl Actions for SqlStore {
         })
     }
 
+    async fn fleet_overview(&self, tenant: TenantKey, now: Millis) -> StoreResult<FleetOverview> {
+        let mut conn = self.read.acquire().await?;
+        overview::fleet_overview(&mut conn, tenant, now).await
+    }
+
     async fn queued_actions(&self, after: ActionKey, limit: u64) -> StoreResult<Vec<Queued>> {
         let rows = sqlx::query(
             "SELECT a.id, a.device_pk, a.tenant_id, a.artifact_id, a.kind, d.profile_id, g.rollout_id \

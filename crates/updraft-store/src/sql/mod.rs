@@ -9,6 +9,7 @@ mod assignments;
 mod dynamic;
 mod fleet;
 mod membership;
+mod overview;
 mod protocol_state;
 mod reconcile;
 mod rollouts;

@@ -1,0 +1,135 @@
+//! The fleet page (`/`): devices per update state and per running version, who is online, the
+//! last day's failures by code, and what needs attention.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use maud::html;
+use updraft_store::{ONLINE_MS, STUCK_MS};
+
+use super::charts::{Bar, bars};
+use super::{Section, Viewer, csrf_field, error_page, page};
+use crate::kernel::clock::now_millis;
+use crate::kernel::state::AppState;
+
+/// The update states in their order, for the chart.
+const STATES: [&str; 9] = [
+    "QUEUED",
+    "INITIATED",
+    "DOWNLOADING",
+    "DOWNLOADED",
+    "VERIFIED",
+    "UPDATING",
+    "UPDATED",
+    "FAILED",
+    "CANCELED",
+];
+
+async fn page_of(state: &AppState, viewer: &Viewer) -> Response {
+    let tenant = viewer.caller.tenant();
+    let overview = match state.store.fleet_overview(tenant, now_millis()).await {
+        Ok(overview) => overview,
+        Err(err) => return error_page(&err.into()),
+    };
+    let with_update: u64 = overview.latest_action_states.values().sum();
+    let mut by_state: Vec<Bar> = STATES
+        .iter()
+        .filter_map(|s| {
+            overview.latest_action_states.get(*s).map(|n| Bar {
+                label: (*s).to_owned(),
+                count: *n,
+                class: format!("s-{}", s.to_ascii_lowercase()),
+            })
+        })
+        .collect();
+    if overview.devices > with_update {
+        by_state.push(Bar {
+            label: "no update yet".to_owned(),
+            count: overview.devices - with_update,
+            class: "s-none".to_owned(),
+        });
+    }
+    let versions: Vec<Bar> = overview
+        .versions
+        .iter()
+        .map(|(name, n)| Bar {
+            label: name.clone(),
+            count: *n,
+            class: "version".to_owned(),
+        })
+        .collect();
+    let failures: Vec<Bar> = overview
+        .failures_24h
+        .iter()
+        .map(|(code, n)| Bar {
+            label: code.clone(),
+            count: *n,
+            class: "s-failed".to_owned(),
+        })
+        .collect();
+    // Connected sessions are counted across the server: shown to the server admin only.
+    let sessions: Vec<Bar> = if viewer.caller.key.server_admin {
+        state
+            .adapters
+            .channels()
+            .iter()
+            .map(|c| Bar {
+                label: c.source().to_owned(),
+                count: c.reachable().len() as u64,
+                class: "version".to_owned(),
+            })
+            .filter(|b| b.count > 0)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let tenants = if viewer.caller.key.server_admin {
+        state.store.list_tenants().await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let body = html! {
+        div #fleet-live data-live {
+            ul.cards {
+                li { span.n data-stat="devices" { (overview.devices) } " devices" }
+                li { span.n data-stat="online" { (overview.online) } " online"
+                    small { " (heard from in " (ONLINE_MS / 60_000) " min)" } }
+                li { span.n data-stat="never-seen" { (overview.never_seen) } " never seen" }
+                li.attention[overview.stuck_downloads > 0] {
+                    span.n data-stat="stuck" { (overview.stuck_downloads) } " stuck downloads"
+                    small { " (no progress for " (STUCK_MS / 60_000) " min)" }
+                }
+            }
+            div.charts {
+                (bars("states", "Devices by the state of their latest update", &by_state))
+                (bars("versions", "Running firmware", &versions))
+                (bars("failures", "Failures in the last 24 hours, by code", &failures))
+                @if !sessions.is_empty() {
+                    (bars("sessions", "Connected now, by protocol (whole server)", &sessions))
+                }
+            }
+        }
+        @if tenants.len() > 1 {
+            form.inline method="post" action="/ui/tenant" {
+                (csrf_field(viewer))
+                label for="tenant" { "Look at tenant " }
+                select #tenant name="tenant" {
+                    @for t in &tenants {
+                        option value=(t.name.as_str()) selected[t.key == viewer.caller.tenant()] {
+                            (t.name.as_str())
+                        }
+                    }
+                }
+                button type="submit" { "Switch" }
+            }
+        }
+    };
+    page(viewer, Section::Fleet, "Fleet", body)
+}
+
+pub(super) async fn show(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match Viewer::of(&state, &headers).await {
+        Ok(viewer) => page_of(&state, &viewer).await,
+        Err(response) => response,
+    }
+}
