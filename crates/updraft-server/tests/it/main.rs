@@ -9,6 +9,7 @@ mod artifacts;
 mod aws;
 mod coap;
 mod cross_tenant;
+mod dashboard;
 mod ddi;
 mod dfu;
 mod frugal;
