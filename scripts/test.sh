@@ -15,6 +15,9 @@ command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 command -v coap-client-notls >/dev/null 2>&1 || need+=(libcoap3-bin)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The dashboard's browser test: headless chromium through chromedriver.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 
 # Real device clients from PyPI for the interop tests, in a venv beside the sources.
@@ -39,7 +42,7 @@ timeout 45m cargo test --workspace --all-features
 # The device-protocol, notifier and rollout tests once more, on PostgreSQL (the store conformance suite
 # already runs on both).
 UPDRAFT_TEST_STORE=postgres timeout 20m cargo test -p updraft-server --test it -- \
-  ddi:: frugal thingsboard:: mqtt coap:: lwm2m aws:: dfu:: rustot:: tls:: cross_tenant:: rollouts:: rollout_windows::
+  ddi:: frugal thingsboard:: mqtt coap:: lwm2m aws:: dfu:: rustot:: tls:: cross_tenant:: rollouts:: rollout_windows:: dashboard
 
 # Every fuzz target for a short while (cargo fuzz, nightly): the decoders of device input.
 scripts/fuzz.sh 15

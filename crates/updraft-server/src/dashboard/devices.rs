@@ -252,18 +252,18 @@ async fn render(state: &AppState, viewer: &Viewer, id: &str) -> Result<Response,
     };
     let path = format!("/ui/devices/{}", encode(device.id.as_str()));
     let body = html! {
-        dl.facts {
-            dt { "Profile" } dd { (device.profile.as_ref().map(|(_, n)| n.as_str()).unwrap_or("—")) }
-            dt { "Project" } dd { (device.project.as_ref().map(|(_, n)| n.as_str()).unwrap_or("—")) }
-            dt { "Tags" } dd { (device.tags.join(", ")) }
-            dt { "Last seen" } dd { (device.last_seen.map(when).unwrap_or_else(|| "never".into())) }
-        }
         div #device-live data-live {
+            dl.facts {
+                dt { "Profile" } dd { (device.profile.as_ref().map(|(_, n)| n.as_str()).unwrap_or("—")) }
+                dt { "Project" } dd { (device.project.as_ref().map(|(_, n)| n.as_str()).unwrap_or("—")) }
+                dt { "Tags" } dd { (device.tags.join(", ")) }
+                dt { "Last seen" } dd { (device.last_seen.map(when).unwrap_or_else(|| "never".into())) }
+            }
             table.versions {
                 thead { tr { th {} th { "Running" } th { "Desired" } } }
                 tbody {
-                    tr { th { "Firmware" } td data-running="firmware" { (release(&device.firmware)) } td { (desired(&status.desired_firmware)) } }
-                    tr { th { "Software" } td data-running="software" { (release(&device.software)) } td { (desired(&status.desired_software)) } }
+                    tr { th { "Firmware" } td data-running="firmware" data-value=(release(&device.firmware)) { (release(&device.firmware)) } td { (desired(&status.desired_firmware)) } }
+                    tr { th { "Software" } td data-running="software" data-value=(release(&device.software)) { (release(&device.software)) } td { (desired(&status.desired_software)) } }
                 }
             }
             h2 { "Active update" }

@@ -10,6 +10,7 @@ mod aws;
 mod coap;
 mod cross_tenant;
 mod dashboard;
+mod dashboard_browser;
 mod ddi;
 mod dfu;
 mod frugal;

@@ -49,8 +49,12 @@
         try { body = JSON.parse(xhr.responseText); } catch (e) {}
         if (xhr.status === 201) {
           bar.value = 100;
-          status.textContent = "Uploaded.";
-          location.href = "/ui/artifacts/" + body.id;
+          status.textContent = "Uploaded: ";
+          var link = document.createElement("a");
+          link.href = "/ui/artifacts/" + body.id;
+          link.textContent = body.title + "@" + body.version;
+          status.appendChild(link);
+          form.dataset.uploaded = String(body.id);
         } else {
           status.textContent = (body.code || xhr.status) + ": " + (body.message || "the upload failed");
           status.className = "error";
