@@ -20,6 +20,5 @@ pub mod protocols;
 pub mod server;
 pub mod transport;
 
-pub use api::router;
 pub use kernel::state::{AppConfig, AppState, Limits};
 pub use server::{Node, ServerConfig, run};

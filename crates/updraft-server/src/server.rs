@@ -63,7 +63,7 @@ pub struct Node {
 impl Node {
     /// The whole HTTP surface.
     pub fn router(&self) -> axum::Router {
-        crate::api::router(self.state.clone())
+        crate::api::router(self.state.clone(), crate::dashboard::routes())
     }
 
     /// Serves the HTTP surface on `listener`, with the listener's bounds, until `shutdown`.

@@ -66,8 +66,10 @@ use crate::kernel::state::AppState;
 )]
 pub struct ApiDoc;
 
-/// The whole HTTP surface of the server.
-pub fn router(state: AppState) -> Router {
+/// The whole HTTP surface of the server: the management API, the service endpoints, download
+/// grants, every protocol's routes, and `pages` (the dashboard, which the composition root
+/// brings: the API knows nothing of it).
+pub fn router(state: AppState, pages: Router<AppState>) -> Router {
     let api = Router::new()
         .route(
             "/tenants",
@@ -140,7 +142,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .merge(crate::kernel::grants::routes())
-        .merge(crate::dashboard::routes());
+        .merge(pages);
     // Each protocol brings its own routes (and, for the management API, their description).
     for adapter in state.adapters.all() {
         router = router.merge(adapter.routes());
