@@ -28,6 +28,7 @@ if $smoke; then
     "lwm2m|bench/lwm2m.sh 10"
     "campaign|bench/campaign.sh 10 0.2 4"
     "rollouts|bench/rollouts.sh 1000"
+    "dashboard|bench/dashboard.sh 1000"
     "micro|cargo bench -q -p updraft-core --bench hot_paths -- --warm-up-time 0.1 --measurement-time 0.2 --sample-size 10"
   )
 else
@@ -40,6 +41,7 @@ else
     "lwm2m|bench/lwm2m.sh 10000"
     "campaign|bench/campaign.sh 10000 5 500"
     "rollouts|bench/rollouts.sh 100000 1000000"
+    "dashboard|bench/dashboard.sh 100000"
     "micro|cargo bench -q -p updraft-core --bench hot_paths --"
   )
 fi

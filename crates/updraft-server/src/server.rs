@@ -169,6 +169,7 @@ pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<Node> 
         )),
         connections: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
         sessions: Arc::default(),
+        overviews: Arc::default(),
     };
     let protocols = Protocols::install(&state);
     Ok(Node { state, protocols })

@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/0012_credentials_per_tenant.sql"),
     ),
     (13, include_str!("../migrations/0013_rollouts.sql")),
+    (14, include_str!("../migrations/0014_fleet_overview.sql")),
 ];
 
 /// Applies every migration newer than the database's version, each in its own transaction.

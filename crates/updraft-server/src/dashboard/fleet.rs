@@ -8,7 +8,7 @@ use maud::html;
 use updraft_store::{ONLINE_MS, STUCK_MS};
 
 use super::charts::{Bar, bars};
-use super::{Section, Viewer, csrf_field, error_page, page};
+use super::{Section, Viewer, csrf_field, error_page, page, when};
 use crate::kernel::clock::now_millis;
 use crate::kernel::state::AppState;
 
@@ -25,10 +25,32 @@ const STATES: [&str; 9] = [
     "CANCELED",
 ];
 
+/// How old the fleet page's numbers may be.
+pub(super) const FRESH_MS: i64 = 5_000;
+
+/// The tenant's overview, computed at most once per [`FRESH_MS`]: (overview, computed at).
+async fn overview(
+    state: &AppState,
+    tenant: updraft_core::TenantKey,
+) -> Result<(std::sync::Arc<updraft_store::FleetOverview>, i64), updraft_store::StoreError> {
+    // Held while computing: concurrent viewers wait for the one computation instead of each
+    // running their own.
+    let mut cached = state.overviews.lock().await;
+    let now = now_millis();
+    if let Some((at, overview)) = cached.get(&tenant)
+        && now - at < FRESH_MS
+    {
+        return Ok((overview.clone(), *at));
+    }
+    let overview = std::sync::Arc::new(state.store.fleet_overview(tenant, now).await?);
+    cached.retain(|_, (at, _)| now - *at < FRESH_MS);
+    cached.insert(tenant, (now, overview.clone()));
+    Ok((overview, now))
+}
+
 async fn page_of(state: &AppState, viewer: &Viewer) -> Response {
-    let tenant = viewer.caller.tenant();
-    let overview = match state.store.fleet_overview(tenant, now_millis()).await {
-        Ok(overview) => overview,
+    let (overview, computed_at) = match overview(state, viewer.caller.tenant()).await {
+        Ok(found) => found,
         Err(err) => return error_page(&err.into()),
     };
     let with_update: u64 = overview.latest_action_states.values().sum();
@@ -90,6 +112,8 @@ async fn page_of(state: &AppState, viewer: &Viewer) -> Response {
     };
     let body = html! {
         div #fleet-live data-live {
+            p.hint { "As of " time datetime=(when(computed_at)) { (when(computed_at)) }
+                " (recounted every " (FRESH_MS / 1000) " s)." }
             ul.cards {
                 li { span.n data-stat="devices" { (overview.devices) } " devices" }
                 li { span.n data-stat="online" { (overview.online) } " online"

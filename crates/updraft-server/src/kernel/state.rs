@@ -100,4 +100,11 @@ pub struct AppState {
     pub connections: Arc<tokio::sync::Semaphore>,
     /// Dashboard sign-in sessions.
     pub sessions: Arc<crate::kernel::sessions::Sessions>,
+    /// Each tenant's fleet overview and when it was computed: however many dashboards refresh
+    /// the fleet page, the store computes it once per few seconds per tenant (one computation at
+    /// a time; bounded by the number of tenants).
+    pub overviews: Arc<tokio::sync::Mutex<Overviews>>,
 }
+
+/// Fleet overviews by tenant, with the time each was computed.
+pub type Overviews = std::collections::HashMap<TenantKey, (i64, Arc<updraft_store::FleetOverview>)>;

@@ -65,7 +65,8 @@ impl Actions for SqlStore {
         id: &DeviceId,
     ) -> StoreResult<Vec<Action>> {
         let rows = sqlx::query(&format!(
-            "{ACTION_SELECT} WHERE a.tenant_id = $1 AND d.device_id = $2 ORDER BY a.id DESC"
+            // From the device (unique in its tenant) to its actions: never a scan of the tenant's.
+            "{ACTION_SELECT} WHERE d.tenant_id = $1 AND d.device_id = $2 ORDER BY a.id DESC"
         ))
         .bind(tenant.0)
         .bind(id.as_str())

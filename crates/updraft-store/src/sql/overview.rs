@@ -42,8 +42,9 @@ pub(super) async fn fleet_overview(
     }
 
     let rows = sqlx::query(
-        "SELECT state, COUNT(*) AS n FROM actions WHERE id IN \
-         (SELECT MAX(id) FROM actions WHERE tenant_id = $1 GROUP BY device_pk) GROUP BY state",
+        "SELECT a.state, COUNT(*) AS n FROM \
+         (SELECT MAX(id) AS id FROM actions WHERE tenant_id = $1 GROUP BY device_pk) latest \
+         JOIN actions a ON a.id = latest.id GROUP BY a.state",
     )
     .bind(tenant.0)
     .fetch_all(&mut *conn)

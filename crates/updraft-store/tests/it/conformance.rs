@@ -879,6 +879,92 @@ pub async fn fleet_summary_counts_latest_action_states(store: &SqlStore, _: &Reo
     assert_eq!(summary.latest_action_states.get("UPDATED"), Some(&1));
 }
 
+/// The dashboard's overview: latest states, running versions, who was seen, the day's failures
+/// by code, stuck downloads; another tenant's fleet counts for nothing.
+pub async fn the_fleet_overview_counts_a_tenants_fleet(store: &SqlStore, _: &Reopen) {
+    let f = fixture(store, "t").await;
+    let other = fixture(store, "u").await;
+    device(store, &other, "elsewhere", None, None).await;
+    for n in 0..4 {
+        device(store, &f, &format!("d{n}"), None, None).await;
+    }
+    let fw = artifact(store, &f, "fw", "1", ArtifactKind::Firmware, &[]).await;
+    store
+        .assign(f.tenant.key, Scope::Tenant, fw.key, "u")
+        .await
+        .unwrap();
+    let d0 = active(store, &f, "d0").await.unwrap();
+    store
+        .report(f.tenant.key, d0.key, &Report::Succeeded, "ddi")
+        .await
+        .unwrap();
+    let d1 = active(store, &f, "d1").await.unwrap();
+    let failure = Failure {
+        code: FailureCode::IntegrityCheckFailed,
+        reason: "bad".into(),
+    };
+    store
+        .report(f.tenant.key, d1.key, &Report::Failed(failure), "ddi")
+        .await
+        .unwrap();
+    let d2 = active(store, &f, "d2").await.unwrap();
+    let downloading = Report::Reached {
+        state: UpdateState::Downloading,
+        progress: None,
+    };
+    store
+        .report(f.tenant.key, d2.key, &downloading, "ddi")
+        .await
+        .unwrap();
+    let d3 = store
+        .device(f.tenant.key, &DeviceId::parse("d3").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    store.touch_device(d3.key).await.unwrap();
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let overview = store.fleet_overview(f.tenant.key, now).await.unwrap();
+    assert_eq!(overview.devices, 4);
+    assert_eq!(overview.never_seen, 3);
+    assert_eq!(overview.online, 1);
+    let states = |s: &str| overview.latest_action_states.get(s).copied();
+    assert_eq!(
+        (
+            states("UPDATED"),
+            states("FAILED"),
+            states("DOWNLOADING"),
+            states("QUEUED")
+        ),
+        (Some(1), Some(1), Some(1), Some(1))
+    );
+    assert_eq!(
+        overview.versions,
+        [("unknown".to_owned(), 3), ("fw@1".to_owned(), 1)]
+    );
+    assert_eq!(
+        overview.failures_24h,
+        [("integrity_check_failed".to_owned(), 1)]
+    );
+    assert_eq!(overview.stuck_downloads, 0);
+    // An hour and more later the download is stuck, the devices offline, the failure still today.
+    let later = store
+        .fleet_overview(f.tenant.key, now + updraft_store::STUCK_MS + 1)
+        .await
+        .unwrap();
+    assert_eq!(later.stuck_downloads, 1);
+    assert_eq!(later.online, 0);
+    assert_eq!(later.failures_24h.len(), 1);
+    let tomorrow = store
+        .fleet_overview(f.tenant.key, now + 25 * 3600 * 1000)
+        .await
+        .unwrap();
+    assert!(tomorrow.failures_24h.is_empty());
+}
+
 pub async fn tenant_settings_and_gateway_tokens_round_trip(store: &SqlStore, _: &Reopen) {
     let f = fixture(store, "t").await;
     assert_eq!(f.tenant.settings, TenantSettings::default());

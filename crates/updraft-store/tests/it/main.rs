@@ -73,6 +73,7 @@ backends!(
     devices_are_found_by_credential_and_paged,
     api_keys_are_found_by_hash_and_scoped_to_their_tenant,
     fleet_summary_counts_latest_action_states,
+    the_fleet_overview_counts_a_tenants_fleet,
     tenant_settings_and_gateway_tokens_round_trip,
     profile_settings_and_gateway_credentials_round_trip,
     job_executions_change_only_from_the_version_they_were_read_at,
