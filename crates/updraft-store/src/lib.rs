@@ -145,6 +145,13 @@ pub trait Fleet: Send + Sync {
         at_most: usize,
     ) -> StoreResult<Vec<DeviceMatch>>;
     async fn delete_device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<bool>;
+    /// What credentials a device of the tenant has (kinds and dates, never the secrets' hashes;
+    /// a certificate's fingerprint, which is no secret).
+    async fn device_credentials(
+        &self,
+        tenant: TenantKey,
+        device: DeviceKey,
+    ) -> StoreResult<Vec<CredentialInfo>>;
     /// The device a credential belongs to when the caller names no tenant (a bare token, a
     /// certificate). Credentials are unique per tenant only: one held in several tenants names
     /// no device here (`None`), so that no tenant's credential opens another's device.

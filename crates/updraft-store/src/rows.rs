@@ -204,6 +204,17 @@ impl CredentialKind {
     }
 }
 
+/// A stored credential as it may be shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialInfo {
+    /// `access_token`, `certificate` or `lwm2m_endpoint`.
+    pub kind: String,
+    /// The SHA-256 of a certificate's DER; `None` for secrets.
+    pub fingerprint: Option<String>,
+    pub gateway: bool,
+    pub created_at: Millis,
+}
+
 /// A credential to store: only its hash is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewCredential {

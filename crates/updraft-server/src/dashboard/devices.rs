@@ -217,6 +217,10 @@ async fn render(state: &AppState, viewer: &Viewer, id: &str) -> Result<Response,
             state.store.action_history(tenant, action.key).await?,
         ));
     }
+    let credentials = state
+        .store
+        .device_credentials(tenant, status.device.key)
+        .await?;
     let artifacts = state
         .store
         .list_artifacts(
@@ -281,6 +285,18 @@ async fn render(state: &AppState, viewer: &Viewer, id: &str) -> Result<Response,
             h2 { "History" }
             @if history.is_empty() { p.empty { "No update yet." } }
             @for (action, events) in &history { (timeline(action, events)) }
+        }
+        h2 { "Credentials" }
+        @if credentials.is_empty() { p.empty { "None stored (the device may use a protocol's own keys)." } }
+        ul.credentials {
+            @for c in &credentials {
+                li {
+                    (c.kind)
+                    @if c.gateway { " (gateway)" }
+                    @if let Some(fingerprint) = &c.fingerprint { " SHA-256 " code { (fingerprint) } }
+                    " — since " (when(c.created_at))
+                }
+            }
         }
         @if may_change {
             h2 { "Change" }

@@ -152,7 +152,7 @@ async fn a_session_opens_with_a_key_and_ends_at_sign_out() {
 #[tokio::test]
 async fn every_change_needs_the_csrf_token_and_the_role() {
     let app = TestApp::new().await;
-    app.device("d1").await;
+    let token = app.device("d1").await;
     let uploaded = app.upload("title=fw&version=1", b"firmware bytes").await;
     assert_eq!(uploaded.status, StatusCode::CREATED);
     let browser = sign_in(&app, &app.admin).await;
@@ -212,6 +212,9 @@ async fn every_change_needs_the_csrf_token_and_the_role() {
     );
     let page = text(&get(&app, "/ui/devices/d1", Some(&browser.cookie)).await);
     assert!(page.contains("fw@1 (from the device assignment)"), "{page}");
+    // Its credentials by kind, never the secret.
+    assert!(page.contains("access_token"), "{page}");
+    assert!(!page.contains(&token));
 
     // A viewer looks, and may not change: 403 with the right token.
     let viewer_key = key(&app, "watcher", "viewer").await;

@@ -370,6 +370,33 @@ impl Fleet for SqlStore {
         Ok(())
     }
 
+    async fn device_credentials(
+        &self,
+        tenant: TenantKey,
+        device: DeviceKey,
+    ) -> StoreResult<Vec<CredentialInfo>> {
+        let rows = sqlx::query(
+            "SELECT kind, secret_hash, gateway, created_at FROM device_credentials \
+             WHERE tenant_id = $1 AND device_pk = $2 ORDER BY id",
+        )
+        .bind(tenant.0)
+        .bind(device.0)
+        .fetch_all(&self.read)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let kind: String = row.try_get("kind")?;
+            let hash: String = row.try_get("secret_hash")?;
+            out.push(CredentialInfo {
+                fingerprint: (kind == CredentialKind::Certificate.as_str()).then_some(hash),
+                kind,
+                gateway: row.try_get::<i64, _>("gateway")? != 0,
+                created_at: row.try_get("created_at")?,
+            });
+        }
+        Ok(out)
+    }
+
     async fn touch_device(&self, device: DeviceKey) -> StoreResult<()> {
         let now = now_millis();
         let seen = sqlx::query(

@@ -1083,6 +1083,23 @@ pub async fn profile_settings_and_gateway_credentials_round_trip(store: &SqlStor
         (Some("gw-1".into()), Some(gw.key))
     );
     assert_eq!(by("hash-of-t-leaf").await, (Some("leaf".into()), None));
+    // What the dashboard shows of them: kinds, never the secrets' hashes; another tenant sees none.
+    let shown = store
+        .device_credentials(f.tenant.key, gw.key)
+        .await
+        .unwrap();
+    assert_eq!(shown.len(), 1);
+    assert_eq!(shown[0].kind, "access_token");
+    assert!(shown[0].gateway);
+    assert_eq!(shown[0].fingerprint, None);
+    let other = fixture(store, "other").await;
+    assert!(
+        store
+            .device_credentials(other.tenant.key, gw.key)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn job_executions_change_only_from_the_version_they_were_read_at(
