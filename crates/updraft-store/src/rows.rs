@@ -382,6 +382,8 @@ pub struct FleetOverview {
     pub latest_action_states: BTreeMap<String, u64>,
     /// The most common running firmware (`title@version`, or `unknown`), with their devices.
     pub versions: Vec<(String, u64)>,
+    /// Devices by the protocol of their last report (`unknown` before one), most first.
+    pub protocols: Vec<(String, u64)>,
     /// Devices heard from in the last [`ONLINE_MS`].
     pub online: u64,
     pub never_seen: u64,

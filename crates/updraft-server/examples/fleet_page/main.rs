@@ -1,8 +1,8 @@
 //! The dashboard at fleet scale, in-process, for `bench/dashboard.sh`:
 //!
 //! `fleet_page STORE DEVICES [DATABASE_URL]` — prepares a server on SQLite (in a temporary data
-//! directory) or on DATABASE_URL, writes DEVICES devices (three running versions, nine in ten seen
-//! recently) and one update per device (UPDATED, FAILED with two codes, DOWNLOADING) straight into
+//! directory) or on DATABASE_URL, writes DEVICES devices (three running versions, four protocols,
+//! nine in ten seen recently) and one update per device (UPDATED, FAILED with two codes, DOWNLOADING) straight into
 //! the database, signs in through `/ui/login`, then times, median of 21 each: the fleet overview
 //! computed afresh by the store (what the fleet page costs once per few seconds per tenant), and
 //! through the router (no sockets) the fleet page, the first page of devices, a filtered page, and
@@ -98,6 +98,7 @@ async fn main() {
             .iter()
             .map(|i| {
                 let version = ["1.0", "1.1", "2.0"][i % 3];
+                let protocol = ["ddi", "thingsboard", "lwm2m", "aws"][i % 4];
                 let seen = if i % 10 == 0 {
                     "NULL".to_owned()
                 } else {
@@ -108,7 +109,7 @@ async fn main() {
             .collect();
         sqlx::query(&format!(
             "INSERT INTO devices (tenant_id, device_id, tags, attributes, fw_title, fw_version, \
-             last_seen, created_at) VALUES {}",
+             protocol, last_seen, created_at) VALUES {}",
             values.join(",")
         ))
         .execute(&pool)

@@ -89,6 +89,15 @@ async fn page_of(state: &AppState, viewer: &Viewer) -> Response {
             class: "s-failed".to_owned(),
         })
         .collect();
+    let protocols: Vec<Bar> = overview
+        .protocols
+        .iter()
+        .map(|(name, n)| Bar {
+            label: name.clone(),
+            count: *n,
+            class: "version".to_owned(),
+        })
+        .collect();
     // Connected sessions are counted across the server: shown to the server admin only.
     let sessions: Vec<Bar> = if viewer.caller.key.server_admin {
         state
@@ -127,6 +136,7 @@ async fn page_of(state: &AppState, viewer: &Viewer) -> Response {
             div.charts {
                 (bars("states", "Devices by the state of their latest update", &by_state))
                 (bars("versions", "Running firmware", &versions))
+                (bars("protocols", "Devices by the protocol of their last report", &protocols))
                 (bars("failures", "Failures in the last 24 hours, by code", &failures))
                 @if !sessions.is_empty() {
                     (bars("sessions", "Connected now, by protocol (whole server)", &sessions))

@@ -408,6 +408,18 @@ impl SqlStore {
             },
         )
         .await?;
+        // A device's own report says which protocol it speaks (`server`, `user:…`, `rollout:…`
+        // are not devices); written only when it changed.
+        if source != "server" && !source.contains(':') {
+            sqlx::query(
+                "UPDATE devices SET protocol = $1 WHERE id = $2 \
+                 AND (protocol IS NULL OR protocol <> $1)",
+            )
+            .bind(source)
+            .bind(action.device.0)
+            .execute(&mut *tx)
+            .await?;
+        }
         if next == UpdateState::Updated {
             let (title_col, version_col) = match action.kind {
                 ArtifactKind::Firmware => ("fw_title", "fw_version"),

@@ -22,24 +22,38 @@ pub(super) async fn fleet_overview(
     let never_seen = to_u64(row.try_get("never")?);
     let online = to_u64(row.try_get("online")?);
 
+    // One pass over the running-versions index gives both versions and protocols.
     let rows = sqlx::query(
-        "SELECT fw_title, fw_version, COUNT(*) AS n FROM devices WHERE tenant_id = $1 \
-         GROUP BY fw_title, fw_version ORDER BY n DESC, fw_title, fw_version LIMIT $2",
+        "SELECT fw_title, fw_version, protocol, COUNT(*) AS n FROM devices WHERE tenant_id = $1 \
+         GROUP BY fw_title, fw_version, protocol",
     )
     .bind(tenant.0)
-    .bind(OVERVIEW_VERSIONS as i64)
     .fetch_all(&mut *conn)
     .await?;
-    let mut versions = Vec::with_capacity(rows.len());
+    let mut by_version: HashMap<String, u64> = HashMap::new();
+    let mut by_protocol: HashMap<String, u64> = HashMap::new();
     for row in &rows {
         let title: Option<String> = row.try_get("fw_title")?;
         let version: Option<String> = row.try_get("fw_version")?;
+        let protocol: Option<String> = row.try_get("protocol")?;
+        let n = to_u64(row.try_get("n")?);
         let name = match (title, version) {
             (Some(title), Some(version)) => format!("{title}@{version}"),
             _ => "unknown".to_owned(),
         };
-        versions.push((name, to_u64(row.try_get("n")?)));
+        *by_version.entry(name).or_default() += n;
+        *by_protocol
+            .entry(protocol.unwrap_or_else(|| "unknown".to_owned()))
+            .or_default() += n;
     }
+    let most_first = |counts: HashMap<String, u64>| {
+        let mut list: Vec<(String, u64)> = counts.into_iter().collect();
+        list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        list
+    };
+    let mut versions = most_first(by_version);
+    versions.truncate(OVERVIEW_VERSIONS);
+    let protocols = most_first(by_protocol);
 
     let rows = sqlx::query(
         "SELECT a.state, COUNT(*) AS n FROM \
@@ -80,6 +94,7 @@ pub(super) async fn fleet_overview(
         devices,
         latest_action_states,
         versions,
+        protocols,
         online,
         never_seen,
         failures_24h,
