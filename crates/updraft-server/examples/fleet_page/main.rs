@@ -104,7 +104,10 @@ async fn main() {
                 } else {
                     (now - 60_000).to_string()
                 };
-                format!("({tenant}, 'dev-{i:07}', '[]', '{{}}', 'fw', '{version}', {seen}, {now})")
+                format!(
+                    "({tenant}, 'dev-{i:07}', '[]', '{{}}', 'fw', '{version}', '{protocol}', \
+                     {seen}, {now})"
+                )
             })
             .collect();
         sqlx::query(&format!(
