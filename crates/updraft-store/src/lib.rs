@@ -21,7 +21,7 @@ pub use rows::*;
 pub use sql::{SchedulerLease, SqlStore};
 
 use async_trait::async_trait;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use updraft_core::rollout::Lifecycle;
 use updraft_core::{
     ActionKey, ArtifactKey, ArtifactKind, DeviceId, DeviceKey, Name, ProfileKey, ProjectKey,
@@ -145,6 +145,13 @@ pub trait Fleet: Send + Sync {
         at_most: usize,
     ) -> StoreResult<Vec<DeviceMatch>>;
     async fn delete_device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<bool>;
+    /// For each of the tenant's `devices` (at most a page of them): the protocol of its last
+    /// report and the state of its latest update, one seek per device.
+    async fn device_summaries(
+        &self,
+        tenant: TenantKey,
+        devices: &[DeviceKey],
+    ) -> StoreResult<HashMap<DeviceKey, DeviceSummary>>;
     /// What credentials a device of the tenant has (kinds and dates, never the secrets' hashes;
     /// a certificate's fingerprint, which is no secret).
     async fn device_credentials(

@@ -204,6 +204,18 @@ impl CredentialKind {
     }
 }
 
+/// What a device list shows beside a device.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceSummary {
+    /// The protocol of its last report, if it ever reported.
+    pub protocol: Option<String>,
+    /// The state of its latest update, if it ever had one.
+    pub latest: Option<UpdateState>,
+}
+
+/// The most devices one `device_summaries` call reads.
+pub const MAX_SUMMARIES: usize = 1000;
+
 /// A stored credential as it may be shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialInfo {

@@ -10,8 +10,8 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
-use updraft_core::{DeviceId, Filter, Role, UpdateState};
-use updraft_store::{Action, ArtifactFilter, Page};
+use updraft_core::{DeviceId, DeviceKey, Filter, Role, UpdateState};
+use updraft_store::{Action, ArtifactFilter, Device, DeviceSummary, Page};
 
 use super::charts::progress;
 use super::{Section, Viewer, bytes, csrf_field, encode, error_page, page, state_badge, when};
@@ -36,7 +36,42 @@ pub(super) struct ListQuery {
     q: String,
     #[serde(default)]
     filter: String,
+    /// The latest update's state, or `none` (never had one).
+    #[serde(default)]
+    state: String,
+    /// The protocol of the last report, or `unknown` (never reported).
+    #[serde(default)]
+    protocol: String,
     after: Option<String>,
+}
+
+/// The states a device list can be filtered by: every update state, and `none`.
+const STATES: [&str; 10] = [
+    "none",
+    "QUEUED",
+    "INITIATED",
+    "DOWNLOADING",
+    "DOWNLOADED",
+    "VERIFIED",
+    "UPDATING",
+    "UPDATED",
+    "FAILED",
+    "CANCELED",
+];
+
+fn summary_matches(summary: &DeviceSummary, state: &str, protocol: &str) -> bool {
+    let state_ok = match (state, summary.latest) {
+        ("", _) => true,
+        ("none", latest) => latest.is_none(),
+        (wanted, Some(latest)) => latest.as_str() == wanted,
+        (_, None) => false,
+    };
+    let protocol_ok = match (protocol, summary.protocol.as_deref()) {
+        ("", _) => true,
+        ("unknown", found) => found.is_none(),
+        (wanted, found) => found == Some(wanted),
+    };
+    state_ok && protocol_ok
 }
 
 /// The filter a search box and a filter field make together.
@@ -81,11 +116,14 @@ pub(super) async fn list(
     };
     let tenant = viewer.caller.tenant();
     let now = now_millis();
+    let wanted_state = query.state.trim().to_owned();
+    let wanted_protocol = query.protocol.trim().to_owned();
+    let by_summary = !wanted_state.is_empty() || !wanted_protocol.is_empty();
     let mut after = match query.after.as_deref().map(DeviceId::parse) {
         Some(Ok(id)) => Some(id),
         Some(Err(_)) | None => None,
     };
-    let mut shown = Vec::new();
+    let mut shown: Vec<(Device, DeviceSummary)> = Vec::new();
     let mut scanned = 0;
     let mut more = false;
     'scan: while scanned < SCAN_BUDGET {
@@ -98,18 +136,37 @@ pub(super) async fn list(
             Err(err) => return error_page(&err.into()),
         };
         let full = batch.len() as u64 == BATCH;
-        for device in batch {
+        let candidates: Vec<&Device> = batch
+            .iter()
+            .filter(|d| filter.as_ref().is_none_or(|f| f.matches(&d.facts(now))))
+            .collect();
+        // The update state and protocol of the candidates (all of them when the page filters by
+        // those, else only the ones shown, below).
+        let mut summaries = if by_summary {
+            let keys: Vec<DeviceKey> = candidates.iter().map(|d| d.key).collect();
+            match state.store.device_summaries(tenant, &keys).await {
+                Ok(found) => found,
+                Err(err) => return error_page(&err.into()),
+            }
+        } else {
+            HashMap::new()
+        };
+        let mut candidates = candidates.into_iter().peekable();
+        for device in &batch {
             scanned += 1;
             after = Some(device.id.clone());
-            if filter
-                .as_ref()
-                .is_none_or(|f| f.matches(&device.facts(now)))
-            {
-                shown.push(device);
-                if shown.len() == PAGE {
-                    more = true;
-                    break 'scan;
-                }
+            if candidates.peek().is_none_or(|c| c.key != device.key) {
+                continue;
+            }
+            candidates.next();
+            let summary = summaries.remove(&device.key).unwrap_or_default();
+            if by_summary && !summary_matches(&summary, &wanted_state, &wanted_protocol) {
+                continue;
+            }
+            shown.push((device.clone(), summary));
+            if shown.len() == PAGE {
+                more = true;
+                break 'scan;
             }
         }
         if !full {
@@ -117,11 +174,24 @@ pub(super) async fn list(
         }
         more = true;
     }
+    if !by_summary && !shown.is_empty() {
+        let keys: Vec<DeviceKey> = shown.iter().map(|(d, _)| d.key).collect();
+        match state.store.device_summaries(tenant, &keys).await {
+            Ok(mut found) => {
+                for (device, summary) in &mut shown {
+                    *summary = found.remove(&device.key).unwrap_or_default();
+                }
+            }
+            Err(err) => return error_page(&err.into()),
+        }
+    }
     let next = more.then(|| {
         format!(
-            "/ui/devices?q={}&filter={}&after={}",
+            "/ui/devices?q={}&filter={}&state={}&protocol={}&after={}",
             encode(&query.q),
             encode(&query.filter),
+            encode(&query.state),
+            encode(&query.protocol),
             after
                 .as_ref()
                 .map(|a| encode(a.as_str()))
@@ -135,15 +205,26 @@ pub(super) async fn list(
             label for="filter" { "Filter" }
             input #filter type="text" name="filter" value=(query.filter)
                 placeholder="profile==esp32;tag==beta;fw.version<2.0;seen<1h";
+            label for="state" { "Latest update" }
+            select #state name="state" {
+                option value="" { "any" }
+                @for s in STATES {
+                    option value=(s) selected[query.state == s] { (s) }
+                }
+            }
+            label for="protocol" { "Protocol" }
+            input #protocol type="text" name="protocol" value=(query.protocol) placeholder="ddi" size="10";
             button type="submit" { "Search" }
         }
         p.hint { "Filter fields: id, project, profile, tag, attr.NAME, fw.title, fw.version, sw.title, sw.version, seen — ; is and, , is or." }
         table.devices {
-            thead { tr { th { "Device" } th { "Profile" } th { "Project" } th { "Firmware" } th { "Tags" } th { "Last seen" } } }
+            thead { tr { th { "Device" } th { "Latest update" } th { "Protocol" } th { "Profile" } th { "Project" } th { "Firmware" } th { "Tags" } th { "Last seen" } } }
             tbody {
-                @for device in &shown {
+                @for (device, summary) in &shown {
                     tr {
                         td { a href={ "/ui/devices/" (encode(device.id.as_str())) } { (device.id.as_str()) } }
+                        td { @match summary.latest { Some(s) => (state_badge(s.as_str())), None => "—" } }
+                        td { (summary.protocol.as_deref().unwrap_or("—")) }
                         td { (device.profile.as_ref().map(|(_, n)| n.as_str()).unwrap_or("—")) }
                         td { (device.project.as_ref().map(|(_, n)| n.as_str()).unwrap_or("—")) }
                         td { (device.firmware.as_ref().map(|r| format!("{}@{}", r.title, r.version)).unwrap_or_else(|| "—".into())) }

@@ -130,7 +130,8 @@ async fn page_of(state: &AppState, viewer: &Viewer) -> Response {
                 li { span.n data-stat="never-seen" { (overview.never_seen) } " never seen" }
                 li.attention[overview.stuck_downloads > 0] {
                     span.n data-stat="stuck" { (overview.stuck_downloads) } " stuck downloads"
-                    small { " (no progress for " (STUCK_MS / 60_000) " min)" }
+                    small { " (no progress for " (STUCK_MS / 60_000) " min; "
+                        a href="/ui/devices?state=DOWNLOADING" { "downloading now" } ")" }
                 }
             }
             div.charts {

@@ -360,6 +360,32 @@ async fn the_device_list_filters_and_pages() {
             .count(),
         10
     );
+    // By the latest update's state: one device with an update, the rest without.
+    let uploaded = app.upload("title=fw&version=1", b"firmware").await;
+    assert_eq!(uploaded.status, StatusCode::CREATED);
+    app.post(
+        "/api/v1/assignments",
+        json!({"device": "node-007", "artifact": "fw@1"}),
+    )
+    .await;
+    let queued = text(&get(&app, "/ui/devices?state=QUEUED", Some(&browser.cookie)).await);
+    assert_eq!(queued.matches("href=\"/ui/devices/").count(), 1, "{queued}");
+    assert!(queued.contains("node-007"));
+    let none = text(
+        &get(
+            &app,
+            "/ui/devices?state=none&q=node-00",
+            Some(&browser.cookie),
+        )
+        .await,
+    );
+    assert_eq!(
+        none.matches("href=\"/ui/devices/node-00").count(),
+        9,
+        "{none}"
+    );
+    let unknown = text(&get(&app, "/ui/devices?protocol=ddi", Some(&browser.cookie)).await);
+    assert!(unknown.contains("No device matches."));
     let bad = get(&app, "/ui/devices?filter=id%3D%3D", Some(&browser.cookie)).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(text(&bad).contains("invalid_filter"));

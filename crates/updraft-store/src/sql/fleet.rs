@@ -370,6 +370,42 @@ impl Fleet for SqlStore {
         Ok(())
     }
 
+    async fn device_summaries(
+        &self,
+        tenant: TenantKey,
+        devices: &[DeviceKey],
+    ) -> StoreResult<HashMap<DeviceKey, DeviceSummary>> {
+        let mut out = HashMap::with_capacity(devices.len());
+        for chunk in devices.chunks(MAX_SUMMARIES) {
+            let keys: Vec<String> = chunk.iter().map(|d| d.0.to_string()).collect();
+            // Keys are integers, written into the statement as such.
+            let rows = sqlx::query(&format!(
+                "SELECT d.id, d.protocol, (SELECT a.state FROM actions a WHERE a.device_pk = d.id \
+                 ORDER BY a.id DESC LIMIT 1) AS latest FROM devices d \
+                 WHERE d.tenant_id = $1 AND d.id IN ({})",
+                keys.join(",")
+            ))
+            .bind(tenant.0)
+            .fetch_all(&self.read)
+            .await?;
+            for row in &rows {
+                let latest: Option<String> = row.try_get("latest")?;
+                let latest = match latest {
+                    Some(state) => Some(state.parse::<UpdateState>().map_err(corrupt)?),
+                    None => None,
+                };
+                out.insert(
+                    DeviceKey(row.try_get("id")?),
+                    DeviceSummary {
+                        protocol: row.try_get("protocol")?,
+                        latest,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
     async fn device_credentials(
         &self,
         tenant: TenantKey,

@@ -958,6 +958,24 @@ pub async fn the_fleet_overview_counts_a_tenants_fleet(store: &SqlStore, _: &Reo
     assert_eq!(later.stuck_downloads, 1);
     assert_eq!(later.online, 0);
     assert_eq!(later.failures_24h.len(), 1);
+    // A device list's view of them: the protocol of their last report, their latest update.
+    let d0_key = d0.device;
+    let summaries = store
+        .device_summaries(f.tenant.key, &[d0_key, d3.key])
+        .await
+        .unwrap();
+    assert_eq!(summaries[&d0_key].protocol.as_deref(), Some("ddi"));
+    assert_eq!(summaries[&d0_key].latest, Some(UpdateState::Updated));
+    assert_eq!(summaries[&d3.key].protocol, None);
+    assert_eq!(summaries[&d3.key].latest, Some(UpdateState::Queued));
+    // Another tenant's devices are not found.
+    assert!(
+        store
+            .device_summaries(other.tenant.key, &[d0_key])
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let tomorrow = store
         .fleet_overview(f.tenant.key, now + 25 * 3600 * 1000)
         .await
