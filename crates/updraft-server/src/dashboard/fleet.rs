@@ -1,6 +1,8 @@
 //! The fleet page (`/`): devices per update state and per running version, who is online, the
 //! last day's failures by code, and what needs attention.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -10,7 +12,7 @@ use updraft_store::{ONLINE_MS, STUCK_MS};
 use super::charts::{Bar, bars};
 use super::{Section, Viewer, csrf_field, error_page, page, when};
 use crate::kernel::clock::now_millis;
-use crate::kernel::state::AppState;
+use crate::kernel::state::{AppState, CachedOverview};
 
 /// The update states in their order, for the chart.
 const STATES: [&str; 9] = [
@@ -25,27 +27,68 @@ const STATES: [&str; 9] = [
     "CANCELED",
 ];
 
-/// How old the fleet page's numbers may be.
+/// How old the fleet page's numbers may be before they are recounted (in the background: the
+/// last count is shown meanwhile)…
 pub(super) const FRESH_MS: i64 = 5_000;
+/// …and how old they may be shown at all (a viewer after a quiet minute waits for a count).
+const SHOWN_MS: i64 = 60_000;
 
-/// The tenant's overview, computed at most once per [`FRESH_MS`]: (overview, computed at).
+/// The tenant's overview and when it was counted. A count older than [`FRESH_MS`] is recounted
+/// in the background (one recount at a time) and shown meanwhile; with none younger than
+/// [`SHOWN_MS`] the viewer waits for one (viewers arriving meanwhile wait for the same one).
 async fn overview(
     state: &AppState,
     tenant: updraft_core::TenantKey,
-) -> Result<(std::sync::Arc<updraft_store::FleetOverview>, i64), updraft_store::StoreError> {
-    // Held while computing: concurrent viewers wait for the one computation instead of each
-    // running their own.
+) -> Result<(Arc<updraft_store::FleetOverview>, i64), updraft_store::StoreError> {
     let mut cached = state.overviews.lock().await;
     let now = now_millis();
-    if let Some((at, overview)) = cached.get(&tenant)
-        && now - at < FRESH_MS
+    if let Some(entry) = cached.get_mut(&tenant)
+        && now - entry.at < SHOWN_MS
     {
-        return Ok((overview.clone(), *at));
+        if now - entry.at >= FRESH_MS && !entry.refreshing {
+            entry.refreshing = true;
+            let state = state.clone();
+            tokio::spawn(async move { recount(&state, tenant).await });
+        }
+        return Ok((entry.overview.clone(), entry.at));
     }
-    let overview = std::sync::Arc::new(state.store.fleet_overview(tenant, now).await?);
-    cached.retain(|_, (at, _)| now - *at < FRESH_MS);
-    cached.insert(tenant, (now, overview.clone()));
+    // Nothing recent enough: count now, holding the table so that others wait for this count.
+    let overview = Arc::new(state.store.fleet_overview(tenant, now).await?);
+    cached.retain(|_, entry| now - entry.at < SHOWN_MS);
+    cached.insert(
+        tenant,
+        CachedOverview {
+            at: now,
+            overview: overview.clone(),
+            refreshing: false,
+        },
+    );
     Ok((overview, now))
+}
+
+/// Counts the tenant's overview again and keeps it.
+async fn recount(state: &AppState, tenant: updraft_core::TenantKey) {
+    let now = now_millis();
+    let counted = state.store.fleet_overview(tenant, now).await;
+    let mut cached = state.overviews.lock().await;
+    match counted {
+        Ok(overview) => {
+            cached.insert(
+                tenant,
+                CachedOverview {
+                    at: now,
+                    overview: Arc::new(overview),
+                    refreshing: false,
+                },
+            );
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "recounting the fleet overview failed");
+            if let Some(entry) = cached.get_mut(&tenant) {
+                entry.refreshing = false;
+            }
+        }
+    }
 }
 
 async fn page_of(state: &AppState, viewer: &Viewer) -> Response {
@@ -122,7 +165,7 @@ async fn page_of(state: &AppState, viewer: &Viewer) -> Response {
     let body = html! {
         div #fleet-live data-live {
             p.hint { "As of " time datetime=(when(computed_at)) { (when(computed_at)) }
-                " (recounted every " (FRESH_MS / 1000) " s)." }
+                " (recounted when over " (FRESH_MS / 1000) " s old)." }
             ul.cards {
                 li { span.n data-stat="devices" { (overview.devices) } " devices" }
                 li { span.n data-stat="online" { (overview.online) } " online"

@@ -100,11 +100,19 @@ pub struct AppState {
     pub connections: Arc<tokio::sync::Semaphore>,
     /// Dashboard sign-in sessions.
     pub sessions: Arc<crate::kernel::sessions::Sessions>,
-    /// Each tenant's fleet overview and when it was computed: however many dashboards refresh
-    /// the fleet page, the store computes it once per few seconds per tenant (one computation at
-    /// a time; bounded by the number of tenants).
+    /// Each tenant's fleet overview: however many dashboards refresh the fleet page, the store
+    /// counts it at most once per few seconds per tenant, in the background while the last count
+    /// is shown (bounded by the number of tenants).
     pub overviews: Arc<tokio::sync::Mutex<Overviews>>,
 }
 
-/// Fleet overviews by tenant, with the time each was computed.
-pub type Overviews = std::collections::HashMap<TenantKey, (i64, Arc<updraft_store::FleetOverview>)>;
+/// Fleet overviews by tenant.
+pub type Overviews = std::collections::HashMap<TenantKey, CachedOverview>;
+
+/// A tenant's fleet overview, when it was computed, and whether a recount is under way.
+#[derive(Debug, Clone)]
+pub struct CachedOverview {
+    pub at: i64,
+    pub overview: Arc<updraft_store::FleetOverview>,
+    pub refreshing: bool,
+}

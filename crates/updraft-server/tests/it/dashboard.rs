@@ -390,3 +390,78 @@ async fn the_device_list_filters_and_pages() {
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(text(&bad).contains("invalid_filter"));
 }
+
+fn stat(page: &str, name: &str) -> String {
+    page.split(&format!("data-stat=\"{name}\">"))
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap()
+        .to_owned()
+}
+
+/// The fleet page's numbers: counted once, shown while fresh, recounted in the background when
+/// stale (the stale count shown meanwhile), counted on the spot when too old to show.
+#[tokio::test]
+async fn the_fleet_page_recounts_in_the_background() {
+    let app = TestApp::new().await;
+    let browser = sign_in(&app, &app.admin).await;
+    let page = |app: &TestApp| {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri("/")
+            .header("cookie", &browser.cookie)
+            .body(Body::empty())
+            .unwrap();
+        let router = app.router.clone();
+        async move {
+            use tower::ServiceExt;
+            let response = router.oneshot(request).await.unwrap();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            String::from_utf8_lossy(&body).into_owned()
+        }
+    };
+    assert_eq!(stat(&page(&app).await, "devices"), "0");
+    app.device("one").await;
+    assert_eq!(
+        stat(&page(&app).await, "devices"),
+        "0",
+        "fresh: not recounted"
+    );
+
+    let tenant = crate::default_tenant(&app).await;
+    let age = |by: i64| {
+        let overviews = app.state.overviews.clone();
+        async move {
+            let mut cached = overviews.lock().await;
+            cached.get_mut(&tenant).unwrap().at -= by;
+        }
+    };
+    age(6_000).await;
+    assert_eq!(
+        stat(&page(&app).await, "devices"),
+        "0",
+        "stale: shown meanwhile"
+    );
+    // The recount runs in the background; await it.
+    updraft_test_support::within(async {
+        loop {
+            if !app.state.overviews.lock().await[&tenant].refreshing {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(stat(&page(&app).await, "devices"), "1");
+
+    app.device("two").await;
+    age(61_000).await;
+    assert_eq!(
+        stat(&page(&app).await, "devices"),
+        "2",
+        "too old to show: counted now"
+    );
+}
