@@ -32,13 +32,9 @@ pub(super) struct ListQuery {
 
 pub(super) async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    viewer: Viewer,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    let viewer = match Viewer::of(&state, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
     let found = match state
         .store
         .list_artifacts(
@@ -109,13 +105,9 @@ fn profiles(a: &updraft_store::Artifact) -> String {
 
 pub(super) async fn show(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    viewer: Viewer,
     Path(id): Path<String>,
 ) -> Response {
-    let viewer = match Viewer::of(&state, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
     match render(&state, &viewer, &id).await {
         Ok(response) => response,
         Err(err) => error_page(&err),
@@ -210,11 +202,7 @@ async fn render(state: &AppState, viewer: &Viewer, id: &str) -> Result<Response,
 }
 
 /// The upload form; the script sends it with a progress bar.
-pub(super) async fn upload_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let viewer = match Viewer::of(&state, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
+pub(super) async fn upload_page(viewer: Viewer) -> Response {
     let body = html! {
         form #upload.stack method="post" action="/api/v1/artifacts" enctype="multipart/form-data" {
             label for="title" { "Title" }

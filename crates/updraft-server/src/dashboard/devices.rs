@@ -103,13 +103,9 @@ fn filter_of(query: &ListQuery) -> Result<Option<Filter>, ApiError> {
 
 pub(super) async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    viewer: Viewer,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    let viewer = match Viewer::of(&state, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
     let filter = match filter_of(&query) {
         Ok(filter) => filter,
         Err(err) => return error_page(&err),
@@ -268,13 +264,9 @@ fn timeline(action: &Action, events: &[updraft_store::ActionEvent]) -> Markup {
 
 pub(super) async fn show(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    viewer: Viewer,
     Path(id): Path<String>,
 ) -> Response {
-    let viewer = match Viewer::of(&state, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
     match render(&state, &viewer, &id).await {
         Ok(response) => response,
         Err(err) => error_page(&err),

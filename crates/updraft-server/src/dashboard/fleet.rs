@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use maud::html;
 use updraft_store::{ONLINE_MS, STUCK_MS};
@@ -91,6 +90,18 @@ async fn recount(state: &AppState, tenant: updraft_core::TenantKey) {
     }
 }
 
+/// Named counts as bars of one colour.
+fn counted(counts: &[(String, u64)], class: &str) -> Vec<Bar> {
+    counts
+        .iter()
+        .map(|(label, count)| Bar {
+            label: label.clone(),
+            count: *count,
+            class: class.to_owned(),
+        })
+        .collect()
+}
+
 async fn page_of(state: &AppState, viewer: &Viewer) -> Response {
     let (overview, computed_at) = match overview(state, viewer.caller.tenant()).await {
         Ok(found) => found,
@@ -114,33 +125,9 @@ async fn page_of(state: &AppState, viewer: &Viewer) -> Response {
             class: "s-none".to_owned(),
         });
     }
-    let versions: Vec<Bar> = overview
-        .versions
-        .iter()
-        .map(|(name, n)| Bar {
-            label: name.clone(),
-            count: *n,
-            class: "version".to_owned(),
-        })
-        .collect();
-    let failures: Vec<Bar> = overview
-        .failures_24h
-        .iter()
-        .map(|(code, n)| Bar {
-            label: code.clone(),
-            count: *n,
-            class: "s-failed".to_owned(),
-        })
-        .collect();
-    let protocols: Vec<Bar> = overview
-        .protocols
-        .iter()
-        .map(|(name, n)| Bar {
-            label: name.clone(),
-            count: *n,
-            class: "version".to_owned(),
-        })
-        .collect();
+    let versions = counted(&overview.versions, "version");
+    let failures = counted(&overview.failures_24h, "s-failed");
+    let protocols = counted(&overview.protocols, "version");
     // Connected sessions are counted across the server: shown to the server admin only.
     let sessions: Vec<Bar> = if viewer.caller.key.server_admin {
         state
@@ -205,9 +192,6 @@ async fn page_of(state: &AppState, viewer: &Viewer) -> Response {
     page(viewer, Section::Fleet, "Fleet", body)
 }
 
-pub(super) async fn show(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    match Viewer::of(&state, &headers).await {
-        Ok(viewer) => page_of(&state, &viewer).await,
-        Err(response) => response,
-    }
+pub(super) async fn show(State(state): State<AppState>, viewer: Viewer) -> Response {
+    page_of(&state, &viewer).await
 }

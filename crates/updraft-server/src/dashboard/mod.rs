@@ -106,6 +106,18 @@ impl Viewer {
     }
 }
 
+/// A page handler's viewer; without a session the browser is sent to sign in.
+impl axum::extract::FromRequestParts<AppState> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Viewer::of(state, &parts.headers).await
+    }
+}
+
 /// Which top-level page is shown (the navigation marks it).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Section {

@@ -48,11 +48,7 @@ fn summary_row(rollout: &Value) -> Markup {
     }
 }
 
-pub(super) async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let viewer = match Viewer::of(&state, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
+pub(super) async fn list(State(state): State<AppState>, viewer: Viewer) -> Response {
     let rollouts = match crate::api::rollouts::list(State(state), viewer.caller.clone()).await {
         Ok(list) => serde_json::to_value(list.0).unwrap_or_default(),
         Err(err) => return error_page(&err),
@@ -73,13 +69,9 @@ pub(super) async fn list(State(state): State<AppState>, headers: HeaderMap) -> R
 
 pub(super) async fn show(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    viewer: Viewer,
     Path(name): Path<String>,
 ) -> Response {
-    let viewer = match Viewer::of(&state, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
     let shown =
         crate::api::rollouts::show(State(state), viewer.caller.clone(), ApiPath(name.clone()))
             .await;
@@ -181,11 +173,7 @@ pub(super) async fn command(
 }
 
 /// Every assignment, most specific level first.
-pub(super) async fn assignments(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let viewer = match Viewer::of(&state, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
+pub(super) async fn assignments(State(state): State<AppState>, viewer: Viewer) -> Response {
     let mut all = match state.store.list_assignments(viewer.caller.tenant()).await {
         Ok(all) => all,
         Err(err) => return error_page(&ApiError::from(err)),
