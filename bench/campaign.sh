@@ -17,12 +17,10 @@ work=$(mktemp -d); chmod 755 "$work"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/pg/data/postmaster.pid" ] && as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -m immediate stop >/dev/null 2>&1 || true
+  stop_pg "$work"
   rm -rf "$work"
 }
 trap cleanup EXIT
-pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-as_pg() { if [ "$(id -u)" -eq 0 ]; then setpriv --reuid=postgres --regid=postgres --clear-groups -- "$@"; else "$@"; fi; }
 
 campaign() { # name database-url-or-empty [pace]
   local name=$1 db=$2 pace=${3:-} data="$work/data-$1${3:+-paced}"
@@ -58,10 +56,7 @@ echo "|---|---|---|---|---|---|---|"
 campaign sqlite ""
 if [ -n "$pace" ]; then campaign sqlite "" "$pace"; fi
 if [ -n "$pgbin" ]; then
-  mkdir -p "$work/pg"; [ "$(id -u)" -eq 0 ] && chown postgres "$work/pg"
-  as_pg "$pgbin/initdb" -U postgres --auth=trust --no-sync -E UTF8 --locale=C -D "$work/pg/data" > /dev/null
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -o "-p $port -k $work/pg -c listen_addresses=127.0.0.1 -c max_connections=200" -w start > /dev/null
+  start_pg "$work" "-c max_connections=200"
   campaign postgresql "postgres://postgres@127.0.0.1:$port/postgres"
   if [ -n "$pace" ]; then
     as_pg "$pgbin/psql" -h "$work/pg" -p "$port" -U postgres -q -c "CREATE DATABASE paced" > /dev/null

@@ -12,18 +12,11 @@ cargo build --release -q -p updraft-server --example fleet_page
 page="$bin/examples/fleet_page"
 work=$(mktemp -d); chmod 755 "$work"
 cleanup() {
-  [ -f "$work/pg/data/postmaster.pid" ] && as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -m immediate stop >/dev/null 2>&1 || true
+  stop_pg "$work"
   rm -rf "$work"
 }
 trap cleanup EXIT
-pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-as_pg() { if [ "$(id -u)" -eq 0 ]; then setpriv --reuid=postgres --regid=postgres --clear-groups -- "$@"; else "$@"; fi; }
-if [ -n "$pgbin" ]; then
-  mkdir -p "$work/pg"; [ "$(id -u)" -eq 0 ] && chown postgres "$work/pg"
-  as_pg "$pgbin/initdb" -U postgres --auth=trust --no-sync -E UTF8 --locale=C -D "$work/pg/data" > /dev/null
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  as_pg "$pgbin/pg_ctl" -D "$work/pg/data" -o "-p $port -k $work/pg -c listen_addresses=127.0.0.1" -w start > /dev/null
-fi
+if [ -n "$pgbin" ]; then start_pg "$work"; fi
 
 echo "| store | devices | fleet overview computed | fleet page | devices, first page | devices, filtered (fw.version==2.0) | one device |"
 echo "|---|---|---|---|---|---|---|"

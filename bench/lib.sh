@@ -20,3 +20,24 @@ wait_for() {
     sleep 0.05
   done
 }
+
+# A throwaway PostgreSQL cluster from the system's binaries, for the scripts that measure both
+# stores. `pgbin` is empty when PostgreSQL is not installed.
+pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+as_pg() { if [ "$(id -u)" -eq 0 ]; then setpriv --reuid=postgres --regid=postgres --clear-groups -- "$@"; else "$@"; fi; }
+
+# start_pg DIR [SERVER SETTINGS]: a cluster in DIR/pg on a free loopback port (sets `port`).
+start_pg() {
+  local dir=$1 settings=${2:-}
+  mkdir -p "$dir/pg"; if [ "$(id -u)" -eq 0 ]; then chown postgres "$dir/pg"; fi
+  as_pg "$pgbin/initdb" -U postgres --auth=trust --no-sync -E UTF8 --locale=C -D "$dir/pg/data" > /dev/null
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  as_pg "$pgbin/pg_ctl" -D "$dir/pg/data" -o "-p $port -k $dir/pg -c listen_addresses=127.0.0.1 $settings" -w start > /dev/null
+}
+
+# stop_pg DIR: stops the cluster start_pg started in DIR, if it runs.
+stop_pg() {
+  if [ -n "$pgbin" ] && [ -f "$1/pg/data/postmaster.pid" ]; then
+    as_pg "$pgbin/pg_ctl" -D "$1/pg/data" -m immediate stop >/dev/null 2>&1 || true
+  fi
+}
