@@ -9,6 +9,10 @@ impl Actions for SqlStore {
         tenant: TenantKey,
         id: &DeviceId,
     ) -> StoreResult<Option<DeviceStatus>> {
+        if let Some(status) = self.views.status(&(tenant.0, id.as_str().to_owned())) {
+            return Ok(Some(status));
+        }
+        let ticket = self.views.ticket();
         let mut conn = self.read.acquire().await?;
         let Some(row) = sqlx::query(&format!(
             "{DEVICE_SELECT} WHERE d.tenant_id = $1 AND d.device_id = $2"
@@ -40,12 +44,14 @@ impl Actions for SqlStore {
         .bind(device.key.0)
         .fetch_optional(&mut *conn)
         .await?;
-        Ok(Some(DeviceStatus {
+        let status = DeviceStatus {
             desired_firmware: desired_for(&target, &assignments, &extra, ArtifactKind::Firmware),
             desired_software: desired_for(&target, &assignments, &extra, ArtifactKind::Software),
             active: active.as_ref().map(action_from).transpose()?,
             device,
-        }))
+        };
+        self.views.put_status(&status, &ticket);
+        Ok(Some(status))
     }
 
     async fn action(&self, tenant: TenantKey, key: ActionKey) -> StoreResult<Option<Action>> {
@@ -206,18 +212,22 @@ impl Actions for SqlStore {
     }
 
     async fn initiate(&self, actions: &[ActionKey], source: &str) -> StoreResult<Vec<ActionKey>> {
+        // Each initiation changes its own device's views only (rolled back on error: none).
+        let mut w = self.views.writing();
+        w.nothing_cached();
         let mut tx = self.write.begin().await?;
         let now = now_millis();
         let mut done = Vec::with_capacity(actions.len());
         for action in actions {
-            let changed = sqlx::query("UPDATE actions SET state = 'INITIATED', updated_at = $1 WHERE id = $2 AND state = 'QUEUED'")
+            let changed = sqlx::query("UPDATE actions SET state = 'INITIATED', updated_at = $1 WHERE id = $2 AND state = 'QUEUED' RETURNING device_pk")
                 .bind(now)
                 .bind(action.0)
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
-            if changed.rows_affected() == 0 {
+            let Some(changed) = changed else {
                 continue;
-            }
+            };
+            w.device(DeviceKey(changed.try_get("device_pk")?));
             count_move(
                 &mut tx,
                 *action,
@@ -245,6 +255,10 @@ impl Actions for SqlStore {
     }
 
     async fn poll_view(&self, device: DeviceKey) -> StoreResult<PollView> {
+        if let Some(view) = self.views.poll(device) {
+            return Ok(view);
+        }
+        let ticket = self.views.ticket();
         let rows = sqlx::query(&format!(
             "{ACTION_SELECT} WHERE a.device_pk = $1 AND (a.cancel_pending = 1 OR a.state = 'UPDATED' \
              OR a.state NOT IN {FINAL_STATES}) ORDER BY a.id DESC"
@@ -265,6 +279,7 @@ impl Actions for SqlStore {
                 view.last_updated = Some(action);
             }
         }
+        self.views.put_poll(device, &view, &ticket);
         Ok(view)
     }
 
@@ -285,15 +300,18 @@ impl Actions for SqlStore {
         accepted: bool,
         source: &str,
     ) -> StoreResult<bool> {
+        let mut w = self.views.writing();
+        w.nothing_cached();
         let mut tx = self.write.begin().await?;
-        let done = sqlx::query("UPDATE actions SET cancel_pending = 0 WHERE tenant_id = $1 AND id = $2 AND cancel_pending = 1")
+        let done = sqlx::query("UPDATE actions SET cancel_pending = 0 WHERE tenant_id = $1 AND id = $2 AND cancel_pending = 1 RETURNING device_pk")
             .bind(tenant.0)
             .bind(key.0)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-        if done.rows_affected() == 0 {
+        let Some(done) = done else {
             return Ok(false);
-        }
+        };
+        w.device(DeviceKey(done.try_get("device_pk")?));
         let detail = if accepted {
             "the device confirmed the cancellation"
         } else {
@@ -329,6 +347,7 @@ impl SqlStore {
         report: &Report,
         source: &str,
     ) -> StoreResult<Option<ReportOutcome>> {
+        let mut w = self.views.writing();
         let mut tx = self.write.begin().await?;
         let row = sqlx::query(&format!(
             "{ACTION_SELECT} WHERE a.tenant_id = $1 AND a.id = $2"
@@ -339,6 +358,9 @@ impl SqlStore {
         .await?
         .ok_or(StoreError::NotFound { what: "action" })?;
         let action = action_from(&row)?;
+        // A report changes its own device's rows only (its action, the device, and the device's
+        // next action when this one ends).
+        w.device(action.device);
         let target = report.target();
         let (progress, detail) = match report {
             Report::Reached { progress, .. } => (*progress, String::new()),

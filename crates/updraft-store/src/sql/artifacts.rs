@@ -5,6 +5,7 @@ use super::*;
 #[async_trait]
 impl Artifacts for SqlStore {
     async fn insert_artifact(&self, tenant: TenantKey, new: &NewArtifact) -> StoreResult<Artifact> {
+        let _w = self.views.writing();
         let mut tx = self.write.begin().await?;
         let now = now_millis();
         let sums = &new.checksums;
@@ -58,6 +59,10 @@ impl Artifacts for SqlStore {
     }
 
     async fn artifact(&self, tenant: TenantKey, key: ArtifactKey) -> StoreResult<Option<Artifact>> {
+        if let Some(artifact) = self.views.artifact((tenant.0, key.0)) {
+            return Ok(Some(artifact));
+        }
+        let ticket = self.views.ticket();
         let mut conn = self.read.acquire().await?;
         let row = sqlx::query(&format!(
             "{ARTIFACT_SELECT} WHERE tenant_id = $1 AND id = $2"
@@ -67,7 +72,11 @@ impl Artifacts for SqlStore {
         .fetch_optional(&mut *conn)
         .await?;
         match row {
-            Some(row) => Ok(Some(load_artifact(&mut conn, &row).await?)),
+            Some(row) => {
+                let artifact = load_artifact(&mut conn, &row).await?;
+                self.views.put_artifact(&artifact, tenant.0, &ticket);
+                Ok(Some(artifact))
+            }
             None => Ok(None),
         }
     }
@@ -139,6 +148,7 @@ impl Artifacts for SqlStore {
         tenant: TenantKey,
         key: ArtifactKey,
     ) -> StoreResult<DeletedArtifact> {
+        let _w = self.views.writing();
         let mut tx = self.write.begin().await?;
         let row = sqlx::query(
             "SELECT sha256, title, version FROM artifacts WHERE tenant_id = $1 AND id = $2",

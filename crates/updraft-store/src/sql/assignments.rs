@@ -11,6 +11,7 @@ impl Assignments for SqlStore {
         artifact: ArtifactKey,
         by: &str,
     ) -> StoreResult<Assignment> {
+        let _w = self.views.writing();
         let mut tx = self.write.begin().await?;
         let row = sqlx::query(
             "SELECT title, version, kind FROM artifacts WHERE tenant_id = $1 AND id = $2",
@@ -104,6 +105,7 @@ impl Assignments for SqlStore {
         kind: ArtifactKind,
         by: &str,
     ) -> StoreResult<bool> {
+        let _w = self.views.writing();
         let mut tx = self.write.begin().await?;
         let done = sqlx::query(
             "DELETE FROM assignments WHERE tenant_id = $1 AND scope_key = $2 AND kind = $3",

@@ -5,6 +5,7 @@ use super::*;
 #[async_trait]
 impl Fleet for SqlStore {
     async fn create_project(&self, tenant: TenantKey, name: &Name) -> StoreResult<Project> {
+        let _w = self.views.writing();
         let now = now_millis();
         let row = sqlx::query(
             "INSERT INTO projects (tenant_id, name, created_at) VALUES ($1, $2, $3) RETURNING id",
@@ -74,6 +75,7 @@ impl Fleet for SqlStore {
         name: &Name,
         description: &str,
     ) -> StoreResult<Profile> {
+        let _w = self.views.writing();
         let now = now_millis();
         let row = sqlx::query(
             "INSERT INTO profiles (tenant_id, name, description, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
@@ -122,6 +124,7 @@ impl Fleet for SqlStore {
         profile: ProfileKey,
         cert: Option<&SigningCert>,
     ) -> StoreResult<bool> {
+        let _w = self.views.writing();
         let done = sqlx::query(
             "UPDATE profiles SET signing_cert = $1, signing_cert_name = $2 WHERE tenant_id = $3 AND id = $4",
         )
@@ -140,6 +143,7 @@ impl Fleet for SqlStore {
         profile: ProfileKey,
         settings: ProfileSettings,
     ) -> StoreResult<bool> {
+        let _w = self.views.writing();
         let done = sqlx::query(
             "UPDATE profiles SET drogue_dfu = $1, aws_http = $2, lwm2m_delivery = $3, \
              lwm2m_path_only = $4 WHERE tenant_id = $5 AND id = $6",
@@ -161,6 +165,7 @@ impl Fleet for SqlStore {
         new: &NewDevice,
         credentials: &[NewCredential],
     ) -> StoreResult<Device> {
+        let _w = self.views.writing();
         let mut tx = self.write.begin().await?;
         let device = insert_device(&mut tx, self.dialect, tenant, new, credentials).await?;
         tx.commit().await?;
@@ -168,6 +173,10 @@ impl Fleet for SqlStore {
     }
 
     async fn device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<Option<Device>> {
+        if let Some(device) = self.views.device_by_id(&(tenant.0, id.as_str().to_owned())) {
+            return Ok(Some(device));
+        }
+        let ticket = self.views.ticket();
         let row = sqlx::query(&format!(
             "{DEVICE_SELECT} WHERE d.tenant_id = $1 AND d.device_id = $2"
         ))
@@ -175,15 +184,27 @@ impl Fleet for SqlStore {
         .bind(id.as_str())
         .fetch_optional(&self.read)
         .await?;
-        row.as_ref().map(device_from).transpose()
+        let device = row.as_ref().map(device_from).transpose()?;
+        if let Some(device) = &device {
+            self.views.put_device(device, &ticket);
+        }
+        Ok(device)
     }
 
     async fn device_by_key(&self, key: DeviceKey) -> StoreResult<Option<Device>> {
+        if let Some(device) = self.views.device(key) {
+            return Ok(Some(device));
+        }
+        let ticket = self.views.ticket();
         let row = sqlx::query(&format!("{DEVICE_SELECT} WHERE d.id = $1"))
             .bind(key.0)
             .fetch_optional(&self.read)
             .await?;
-        row.as_ref().map(device_from).transpose()
+        let device = row.as_ref().map(device_from).transpose()?;
+        if let Some(device) = &device {
+            self.views.put_device(device, &ticket);
+        }
+        Ok(device)
     }
 
     async fn list_devices(&self, tenant: TenantKey, page: Page) -> StoreResult<Paged<Device>> {
@@ -237,6 +258,7 @@ impl Fleet for SqlStore {
     }
 
     async fn delete_device(&self, tenant: TenantKey, id: &DeviceId) -> StoreResult<bool> {
+        let _w = self.views.writing();
         let mut tx = self.write.begin().await?;
         let Some(row) =
             sqlx::query("SELECT id FROM devices WHERE tenant_id = $1 AND device_id = $2")
@@ -262,6 +284,11 @@ impl Fleet for SqlStore {
         kind: CredentialKind,
         secret_hash: &str,
     ) -> StoreResult<Option<Device>> {
+        let credential = (None, kind.as_str(), secret_hash.to_owned());
+        if let Some(device) = self.views.device_by_credential(&credential) {
+            return Ok(Some(device));
+        }
+        let ticket = self.views.ticket();
         let rows = sqlx::query(&format!(
             "{DEVICE_SELECT} JOIN device_credentials c ON c.device_pk = d.id \
              WHERE c.kind = $1 AND c.secret_hash = $2 LIMIT 2"
@@ -271,7 +298,11 @@ impl Fleet for SqlStore {
         .fetch_all(&self.read)
         .await?;
         match rows.as_slice() {
-            [row] => Ok(Some(device_from(row)?)),
+            [row] => {
+                let device = device_from(row)?;
+                self.views.put_credential(credential, &device, &ticket);
+                Ok(Some(device))
+            }
             _ => Ok(None),
         }
     }
@@ -282,6 +313,11 @@ impl Fleet for SqlStore {
         kind: CredentialKind,
         secret_hash: &str,
     ) -> StoreResult<Option<Device>> {
+        let credential = (Some(tenant.0), kind.as_str(), secret_hash.to_owned());
+        if let Some(device) = self.views.device_by_credential(&credential) {
+            return Ok(Some(device));
+        }
+        let ticket = self.views.ticket();
         let row = sqlx::query(&format!(
             "{DEVICE_SELECT} JOIN device_credentials c ON c.device_pk = d.id \
              WHERE c.tenant_id = $1 AND c.kind = $2 AND c.secret_hash = $3"
@@ -291,7 +327,11 @@ impl Fleet for SqlStore {
         .bind(secret_hash)
         .fetch_optional(&self.read)
         .await?;
-        row.as_ref().map(device_from).transpose()
+        let device = row.as_ref().map(device_from).transpose()?;
+        if let Some(device) = &device {
+            self.views.put_credential(credential, device, &ticket);
+        }
+        Ok(device)
     }
 
     async fn gateway_by_credential(
@@ -319,6 +359,8 @@ impl Fleet for SqlStore {
         project: Option<ProjectKey>,
         profile: Option<ProfileKey>,
     ) -> StoreResult<()> {
+        let mut w = self.views.writing();
+        w.device(device);
         let mut tx = self.write.begin().await?;
         let done = sqlx::query(
             "UPDATE devices SET project_id = $1, profile_id = $2 WHERE tenant_id = $3 AND id = $4",
@@ -353,6 +395,8 @@ impl Fleet for SqlStore {
         title: &str,
         version: &str,
     ) -> StoreResult<()> {
+        let mut w = self.views.writing();
+        w.device(device);
         let sql = match kind {
             ArtifactKind::Firmware => {
                 "UPDATE devices SET fw_title = $1, fw_version = $2 WHERE id = $3"
@@ -435,6 +479,12 @@ impl Fleet for SqlStore {
 
     async fn touch_device(&self, device: DeviceKey) -> StoreResult<()> {
         let now = now_millis();
+        // Seen before: batched, written within a second (see `views`).
+        if self.views.seen(device, now) {
+            return Ok(());
+        }
+        let mut w = self.views.writing();
+        w.device(device);
         let seen = sqlx::query(
             "UPDATE devices SET last_seen = $1 WHERE id = $2 AND last_seen IS NOT NULL",
         )
@@ -467,6 +517,8 @@ impl Fleet for SqlStore {
         mode: AttributeMode,
         data: &BTreeMap<String, String>,
     ) -> StoreResult<()> {
+        let mut w = self.views.writing();
+        w.device(device);
         let mut tx = self.write.begin().await?;
         let row = sqlx::query("SELECT tenant_id, attributes FROM devices WHERE id = $1")
             .bind(device.0)
@@ -491,63 +543,4 @@ impl Fleet for SqlStore {
         tx.commit().await?;
         Ok(())
     }
-}
-
-/// Inserts a device with its credentials and queues what its assignments give it, inside the
-/// caller's transaction.
-pub(super) async fn insert_device(
-    conn: &mut AnyConnection,
-    dialect: Dialect,
-    tenant: TenantKey,
-    new: &NewDevice,
-    credentials: &[NewCredential],
-) -> StoreResult<Device> {
-    let now = now_millis();
-    let tags = serde_json::to_string(&new.tags).map_err(corrupt)?;
-    let attributes = serde_json::to_string(&new.attributes).map_err(corrupt)?;
-    let row = sqlx::query(
-        "INSERT INTO devices (tenant_id, device_id, project_id, profile_id, tags, attributes, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-    )
-    .bind(tenant.0)
-    .bind(new.id.as_str())
-    .bind(new.project.map(|p| p.0))
-    .bind(new.profile.map(|p| p.0))
-    .bind(tags)
-    .bind(attributes)
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(|e| conflict(e, "device_exists", format!("device {} exists already", new.id)))?;
-    let key = DeviceKey(row.try_get("id")?);
-    for credential in credentials {
-        sqlx::query(
-            "INSERT INTO device_credentials (tenant_id, device_pk, kind, secret_hash, gateway, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(tenant.0)
-        .bind(key.0)
-        .bind(credential.kind.as_str())
-        .bind(&credential.secret_hash)
-        .bind(i64::from(credential.gateway))
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| conflict(e, "credential_exists", "that credential belongs to another device of this tenant".to_owned()))?;
-    }
-    join_dynamic(conn, tenant, key).await?;
-    reconcile(
-        &mut *conn,
-        dialect,
-        tenant,
-        Some(Scope::Device(key)),
-        "server",
-        Retry::No,
-    )
-    .await?;
-    let row = sqlx::query(&format!("{DEVICE_SELECT} WHERE d.id = $1"))
-        .bind(key.0)
-        .fetch_one(&mut *conn)
-        .await?;
-    device_from(&row)
 }

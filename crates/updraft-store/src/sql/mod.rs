@@ -9,6 +9,7 @@ mod assignments;
 mod dynamic;
 mod fleet;
 mod membership;
+mod new_device;
 mod overview;
 mod protocol_state;
 mod reconcile;
@@ -16,12 +17,15 @@ mod rollouts;
 mod scan;
 mod select;
 mod tenants;
+mod views;
 
 use self::dynamic::join_dynamic;
 use self::membership::{Member, count_in_group, count_move, load_memberships};
+use self::new_device::insert_device;
 use self::reconcile::*;
 pub use self::rollouts::SchedulerLease;
 use self::select::*;
+pub use self::views::Views;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -63,6 +67,8 @@ pub struct SqlStore {
     // Invariant: for SQLite this pool has exactly one connection; every write goes through it.
     write: AnyPool,
     dialect: Dialect,
+    // What idle check-ins read, in memory; every writing method holds `views.writing()`.
+    views: std::sync::Arc<Views>,
 }
 
 pub(crate) fn now_millis() -> i64 {
@@ -130,10 +136,13 @@ impl SqlStore {
                 (pool.clone(), pool)
             }
         };
+        let views = Views::new();
+        Views::spawn_flusher(&views, write.clone());
         Ok(SqlStore {
             read,
             write,
             dialect,
+            views,
         })
     }
 
@@ -141,8 +150,23 @@ impl SqlStore {
         self.dialect
     }
 
-    /// Closes every connection (waits for them to be returned).
+    /// The in-memory views (for their hit counts, and for a change feed to invalidate).
+    pub fn views(&self) -> &Views {
+        &self.views
+    }
+
+    /// Writes what is batched (devices' `last_seen`) now.
+    pub async fn flush(&self) -> StoreResult<()> {
+        let seen = self.views.take_seen();
+        self::views::write_seen(&self.write, &seen).await?;
+        Ok(())
+    }
+
+    /// Writes what is batched, then closes every connection (waits for them to be returned).
     pub async fn close(&self) {
+        if let Err(err) = self.flush().await {
+            tracing::warn!("writing batched last_seen at close: {err}");
+        }
         self.write.close().await;
         self.read.close().await;
     }

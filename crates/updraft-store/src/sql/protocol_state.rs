@@ -1,6 +1,5 @@
 //! What device protocols keep per device or per action: LwM2M DTLS pre-shared keys and AWS IoT job executions.
 
-use super::fleet::insert_device;
 use super::*;
 
 const FRUGAL_KEY_SELECT: &str = "SELECT k.id, k.tenant_id, k.project_id, p.name AS project_name, k.profile_id, \
@@ -37,6 +36,7 @@ fn frugal_key_from(row: &AnyRow) -> StoreResult<FrugalKey> {
 #[async_trait]
 impl ProtocolState for SqlStore {
     async fn set_lwm2m_psk(&self, device: DeviceKey, psk: Option<(&str, &str)>) -> StoreResult<()> {
+        let _w = self.views.writing();
         let mut tx = self.write.begin().await?;
         sqlx::query("DELETE FROM lwm2m_psk WHERE device_pk = $1")
             .bind(device.0)
@@ -112,6 +112,9 @@ impl ProtocolState for SqlStore {
         execution: &JobExecution,
         expected_version: Option<i64>,
     ) -> StoreResult<bool> {
+        // Job executions are read from the database only.
+        let mut w = self.views.writing();
+        w.nothing_cached();
         let query = match expected_version {
             None => {
                 "INSERT INTO job_executions (status, status_details, version_number, started_at, \
@@ -147,6 +150,7 @@ impl ProtocolState for SqlStore {
         secret_hash: &str,
         max_nodes: u64,
     ) -> StoreResult<FrugalKey> {
+        let _w = self.views.writing();
         let mut tx = self.write.begin().await?;
         let row = sqlx::query(
             "INSERT INTO frugal_keys (tenant_id, project_id, profile_id, secret_hash, max_nodes, created_at) \
@@ -210,6 +214,7 @@ impl ProtocolState for SqlStore {
     }
 
     async fn delete_frugal_key(&self, tenant: TenantKey, id: i64) -> StoreResult<bool> {
+        let _w = self.views.writing();
         let mut tx = self.write.begin().await?;
         // Nodes with a key of their own stay Frugal nodes; the others stop being ones.
         sqlx::query(
@@ -230,6 +235,10 @@ impl ProtocolState for SqlStore {
     }
 
     async fn frugal_node(&self, device: DeviceKey) -> StoreResult<Option<FrugalNode>> {
+        if let Some(node) = self.views.frugal_node(device) {
+            return Ok(node);
+        }
+        let ticket = self.views.ticket();
         let row = sqlx::query(
             "SELECT n.secret_hash, n.key_id, k.secret_hash AS key_hash FROM frugal_nodes n \
              LEFT JOIN frugal_keys k ON k.id = n.key_id WHERE n.device_pk = $1",
@@ -237,15 +246,18 @@ impl ProtocolState for SqlStore {
         .bind(device.0)
         .fetch_optional(&self.read)
         .await?;
-        row.map(|row| -> StoreResult<FrugalNode> {
-            Ok(FrugalNode {
-                device,
-                secret_hash: row.try_get("secret_hash")?,
-                key: row.try_get("key_id")?,
-                key_hash: row.try_get("key_hash")?,
+        let node = row
+            .map(|row| -> StoreResult<FrugalNode> {
+                Ok(FrugalNode {
+                    device,
+                    secret_hash: row.try_get("secret_hash")?,
+                    key: row.try_get("key_id")?,
+                    key_hash: row.try_get("key_hash")?,
+                })
             })
-        })
-        .transpose()
+            .transpose()?;
+        self.views.put_frugal_node(device, &node, &ticket);
+        Ok(node)
     }
 
     async fn set_frugal_node_key(
@@ -253,6 +265,7 @@ impl ProtocolState for SqlStore {
         device: DeviceKey,
         secret_hash: Option<&str>,
     ) -> StoreResult<()> {
+        let _w = self.views.writing();
         let query = match secret_hash {
             Some(_) => {
                 "INSERT INTO frugal_nodes (device_pk, secret_hash) VALUES ($1, $2) \
@@ -272,6 +285,7 @@ impl ProtocolState for SqlStore {
     }
 
     async fn claim_frugal_node(&self, device: DeviceKey, key: i64) -> StoreResult<bool> {
+        let _w = self.views.writing();
         let done = sqlx::query(
             "UPDATE frugal_nodes SET key_id = $2 WHERE device_pk = $1 AND key_id IS NULL \
              AND secret_hash IS NULL",
@@ -288,6 +302,7 @@ impl ProtocolState for SqlStore {
         key: &FrugalKey,
         new: &NewDevice,
     ) -> StoreResult<(Enrollment, Option<Device>)> {
+        let _w = self.views.writing();
         let mut tx = self.write.begin().await?;
         if self.dialect == Dialect::Postgres {
             // Enrollments with one key take turns, so that the node limit holds.

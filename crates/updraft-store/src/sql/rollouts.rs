@@ -100,6 +100,7 @@ impl Rollouts for SqlStore {
         new: &NewRollout,
         members: &[Vec<DeviceKey>],
     ) -> StoreResult<Rollout> {
+        let _w = self.views.writing();
         let mut tx = self.write.begin().await?;
         let found = sqlx::query("SELECT id FROM artifacts WHERE tenant_id = $1 AND id = $2")
             .bind(tenant.0)
@@ -300,6 +301,7 @@ impl Rollouts for SqlStore {
         to: Lifecycle,
         by: &str,
     ) -> StoreResult<bool> {
+        let _w = self.views.writing();
         let mut tx = self.write.begin().await?;
         let done = sqlx::query(
             "UPDATE rollouts SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4",
@@ -384,6 +386,7 @@ impl Rollouts for SqlStore {
     }
 
     async fn mark_group(&self, group: i64, mark: GroupMark, now: Millis) -> StoreResult<()> {
+        let _w = self.views.writing();
         let column = match mark {
             GroupMark::Started => "started_at",
             GroupMark::Passed => "passed_at",
@@ -415,6 +418,7 @@ impl Rollouts for SqlStore {
         limit: u64,
         now: Millis,
     ) -> StoreResult<u64> {
+        let _w = self.views.writing();
         let limit = limit.min(MEMBER_BATCH as u64);
         if limit == 0 {
             return Ok(0);
@@ -476,6 +480,8 @@ impl Rollouts for SqlStore {
     }
 
     async fn scheduler_lease(&self) -> StoreResult<Option<SchedulerLease>> {
+        let mut w = self.views.writing();
+        w.nothing_cached();
         match self.dialect {
             Dialect::Sqlite => Ok(Some(SchedulerLease { conn: None })),
             Dialect::Postgres => {

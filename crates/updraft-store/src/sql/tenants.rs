@@ -5,6 +5,7 @@ use super::*;
 #[async_trait]
 impl Tenants for SqlStore {
     async fn create_tenant(&self, name: &Name) -> StoreResult<Tenant> {
+        let _w = self.views.writing();
         let now = now_millis();
         let row = sqlx::query(
             "INSERT INTO tenants (name, name_lower, created_at) VALUES ($1, $2, $3) RETURNING id",
@@ -24,11 +25,19 @@ impl Tenants for SqlStore {
     }
 
     async fn tenant_by_name(&self, name: &str) -> StoreResult<Option<Tenant>> {
+        if let Some(tenant) = self.views.tenant(name) {
+            return Ok(Some(tenant));
+        }
+        let ticket = self.views.ticket();
         let row = sqlx::query(&format!("{TENANT_SELECT} WHERE name_lower = $1"))
             .bind(name.to_ascii_lowercase())
             .fetch_optional(&self.read)
             .await?;
-        row.as_ref().map(tenant_from).transpose()
+        let tenant = row.as_ref().map(tenant_from).transpose()?;
+        if let Some(tenant) = &tenant {
+            self.views.put_tenant(tenant, &ticket);
+        }
+        Ok(tenant)
     }
 
     async fn tenant_by_key(&self, key: TenantKey) -> StoreResult<Option<Tenant>> {
@@ -51,6 +60,7 @@ impl Tenants for SqlStore {
         tenant: TenantKey,
         settings: TenantSettings,
     ) -> StoreResult<()> {
+        let _w = self.views.writing();
         sqlx::query(
             "UPDATE tenants SET poll_interval_secs = $1, auto_register = $2, frugal_auto_register = $3 WHERE id = $4",
         )
@@ -68,6 +78,7 @@ impl Tenants for SqlStore {
         tenant: TenantKey,
         secret_hash: Option<&str>,
     ) -> StoreResult<()> {
+        let _w = self.views.writing();
         sqlx::query("UPDATE tenants SET gateway_token_hash = $1 WHERE id = $2")
             .bind(secret_hash)
             .bind(tenant.0)
@@ -85,6 +96,7 @@ impl Tenants for SqlStore {
     }
 
     async fn create_api_key(&self, tenant: TenantKey, new: &NewApiKey) -> StoreResult<ApiKey> {
+        let _w = self.views.writing();
         let now = now_millis();
         let row = sqlx::query(
             "INSERT INTO api_keys (tenant_id, name, role, server_admin, secret_hash, created_at) \
@@ -126,6 +138,7 @@ impl Tenants for SqlStore {
     }
 
     async fn delete_api_key(&self, tenant: TenantKey, id: i64) -> StoreResult<bool> {
+        let _w = self.views.writing();
         // The server admin key is never deleted this way: it is the way back in.
         let done = sqlx::query(
             "DELETE FROM api_keys WHERE tenant_id = $1 AND id = $2 AND server_admin = 0",

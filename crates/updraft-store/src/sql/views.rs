@@ -1,0 +1,420 @@
+//! Hot views: what an idle check-in reads — a tenant by name, a device by its id or credential,
+//! the device's poll view and status, its Frugal membership, an artifact — kept in memory so that
+//! a device asking "anything for me?" costs no database round trip.
+//!
+//! Coherence comes from the store's own writes, through one rule: **every method that writes holds
+//! a [`Writing`] guard until it returns** (after its commit). Dropping the guard invalidates what
+//! the write may have changed: one device's entries when the write is known to touch only that
+//! device (a report, a device's attributes, an initiation), or everything otherwise (a new
+//! assignment, a tenant's settings, a rollout step). A read takes a [`Ticket`] before it goes to
+//! the database and may fill the cache only if no invalidation that could concern its entry
+//! happened meanwhile — so a read that raced a write never leaves the old value behind.
+//!
+//! Another process writing the same database (a second replica) is not seen here;
+//! [`Views::invalidate_device`] and [`Views::invalidate_all`] are the entry points a change feed
+//! (PostgreSQL `LISTEN/NOTIFY`) calls for that. `last_seen` writes caused by check-ins are
+//! batched: [`Views::seen`] records them and a flusher writes them once a second.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use updraft_core::DeviceKey;
+
+use crate::rows::{Artifact, Device, DeviceStatus, FrugalNode, Millis, PollView, Tenant};
+
+/// Entries a map holds at most; past it an arbitrary entry makes room.
+const CAPACITY: usize = 250_000;
+/// Per-device invalidation counters; a read refuses to fill when its device's shard moved.
+const SHARDS: usize = 64;
+
+/// The counters a read saw before it went to the database.
+pub(crate) struct Ticket {
+    global: u64,
+    shards: [u64; SHARDS],
+}
+
+pub(crate) struct Memo<K, V> {
+    map: Mutex<HashMap<K, (V, u64)>>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Memo<K, V> {
+    fn new() -> Self {
+        Memo {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (V, u64)>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get(&self, key: &K, global: u64) -> Option<V> {
+        self.lock()
+            .get(key)
+            .filter(|(_, epoch)| *epoch == global)
+            .map(|(value, _)| value.clone())
+    }
+
+    /// Inserts unless `still` says an invalidation happened since the ticket was taken (checked
+    /// under the map's lock, which invalidations take after moving their counter).
+    fn put(&self, key: K, value: V, ticket: &Ticket, still: impl FnOnce() -> bool) {
+        let mut map = self.lock();
+        if !still() {
+            return;
+        }
+        if map.len() >= CAPACITY && !map.contains_key(&key) {
+            if let Some(evicted) = map.keys().next().cloned() {
+                map.remove(&evicted);
+            }
+        }
+        map.insert(key, (value, ticket.global));
+    }
+
+    fn remove(&self, key: &K) {
+        self.lock().remove(key);
+    }
+
+    fn update(&self, key: &K, change: impl FnOnce(&mut V)) {
+        if let Some((value, _)) = self.lock().get_mut(key) {
+            change(value);
+        }
+    }
+}
+
+/// Lookup keys of devices: by (tenant, id) and by credential (tenant or any, kind, secret hash).
+pub(crate) type IdKey = (i64, String);
+pub(crate) type CredentialKey = (Option<i64>, &'static str, String);
+
+/// The in-memory views of one store (shared by its clones).
+pub struct Views {
+    global: AtomicU64,
+    shards: [AtomicU64; SHARDS],
+    pub(crate) tenants: Memo<String, Tenant>,
+    pub(crate) ids: Memo<IdKey, DeviceKey>,
+    pub(crate) credentials: Memo<CredentialKey, DeviceKey>,
+    pub(crate) artifacts: Memo<(i64, i64), Artifact>,
+    pub(crate) devices: Memo<DeviceKey, Device>,
+    pub(crate) polls: Memo<DeviceKey, PollView>,
+    pub(crate) statuses: Memo<DeviceKey, DeviceStatus>,
+    pub(crate) frugal: Memo<DeviceKey, Option<FrugalNode>>,
+    seen: Mutex<HashMap<DeviceKey, Millis>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+fn shard(device: DeviceKey) -> usize {
+    usize::try_from(device.0.rem_euclid(SHARDS as i64)).unwrap_or(0)
+}
+
+impl Views {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Views {
+            global: AtomicU64::new(0),
+            shards: std::array::from_fn(|_| AtomicU64::new(0)),
+            tenants: Memo::new(),
+            ids: Memo::new(),
+            credentials: Memo::new(),
+            artifacts: Memo::new(),
+            devices: Memo::new(),
+            polls: Memo::new(),
+            statuses: Memo::new(),
+            frugal: Memo::new(),
+            seen: Mutex::new(HashMap::new()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        })
+    }
+
+    /// Take before reading the database for a fill.
+    pub(crate) fn ticket(&self) -> Ticket {
+        Ticket {
+            global: self.global.load(SeqCst),
+            shards: std::array::from_fn(|i| self.shards[i].load(SeqCst)),
+        }
+    }
+
+    fn unchanged(&self, ticket: &Ticket) -> bool {
+        self.global.load(SeqCst) == ticket.global
+    }
+
+    fn device_unchanged(&self, ticket: &Ticket, device: DeviceKey) -> bool {
+        let i = shard(device);
+        self.unchanged(ticket) && self.shards[i].load(SeqCst) == ticket.shards[i]
+    }
+
+    fn epoch(&self) -> u64 {
+        self.global.load(SeqCst)
+    }
+
+    fn counted<V>(&self, found: Option<V>) -> Option<V> {
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, SeqCst);
+        found
+    }
+
+    /// (hits, misses) since the store opened.
+    pub fn hit_counts(&self) -> (u64, u64) {
+        (self.hits.load(SeqCst), self.misses.load(SeqCst))
+    }
+
+    // Reads of the global maps (invalidated by any write that is not a single device's).
+    pub(crate) fn tenant(&self, name: &str) -> Option<Tenant> {
+        self.counted(self.tenants.get(&name.to_ascii_lowercase(), self.epoch()))
+    }
+    pub(crate) fn put_tenant(&self, tenant: &Tenant, ticket: &Ticket) {
+        let key = tenant.name.as_str().to_ascii_lowercase();
+        self.tenants
+            .put(key, tenant.clone(), ticket, || self.unchanged(ticket));
+    }
+    pub(crate) fn artifact(&self, key: (i64, i64)) -> Option<Artifact> {
+        self.counted(self.artifacts.get(&key, self.epoch()))
+    }
+    pub(crate) fn put_artifact(&self, artifact: &Artifact, tenant: i64, ticket: &Ticket) {
+        let key = (tenant, artifact.key.0);
+        self.artifacts
+            .put(key, artifact.clone(), ticket, || self.unchanged(ticket));
+    }
+
+    /// A device found by (tenant, id).
+    pub(crate) fn device_by_id(&self, key: &IdKey) -> Option<Device> {
+        let found = self
+            .ids
+            .get(key, self.epoch())
+            .and_then(|device| self.devices.get(&device, self.epoch()));
+        self.counted(found)
+    }
+    /// A device found by a credential.
+    pub(crate) fn device_by_credential(&self, key: &CredentialKey) -> Option<Device> {
+        let found = self
+            .credentials
+            .get(key, self.epoch())
+            .and_then(|device| self.devices.get(&device, self.epoch()));
+        self.counted(found)
+    }
+    pub(crate) fn device(&self, key: DeviceKey) -> Option<Device> {
+        self.counted(self.devices.get(&key, self.epoch()))
+    }
+    pub(crate) fn put_device(&self, device: &Device, ticket: &Ticket) {
+        let key = device.key;
+        let id = (device.tenant.0, device.id.as_str().to_owned());
+        self.ids.put(id, key, ticket, || self.unchanged(ticket));
+        self.devices.put(key, device.clone(), ticket, || {
+            self.device_unchanged(ticket, key)
+        });
+    }
+    pub(crate) fn put_credential(&self, credential: CredentialKey, device: &Device, t: &Ticket) {
+        self.credentials
+            .put(credential, device.key, t, || self.unchanged(t));
+        self.put_device(device, t);
+    }
+
+    // Reads of one device's derived views.
+    pub(crate) fn poll(&self, device: DeviceKey) -> Option<PollView> {
+        self.counted(self.polls.get(&device, self.epoch()))
+    }
+    pub(crate) fn put_poll(&self, device: DeviceKey, view: &PollView, ticket: &Ticket) {
+        self.polls.put(device, view.clone(), ticket, || {
+            self.device_unchanged(ticket, device)
+        });
+    }
+    pub(crate) fn status(&self, key: &IdKey) -> Option<DeviceStatus> {
+        let found = self
+            .ids
+            .get(key, self.epoch())
+            .and_then(|device| self.statuses.get(&device, self.epoch()));
+        self.counted(found)
+    }
+    pub(crate) fn put_status(&self, status: &DeviceStatus, ticket: &Ticket) {
+        let device = status.device.key;
+        self.put_device(&status.device, ticket);
+        self.statuses.put(device, status.clone(), ticket, || {
+            self.device_unchanged(ticket, device)
+        });
+    }
+    pub(crate) fn frugal_node(&self, device: DeviceKey) -> Option<Option<FrugalNode>> {
+        self.counted(self.frugal.get(&device, self.epoch()))
+    }
+    pub(crate) fn put_frugal_node(&self, d: DeviceKey, n: &Option<FrugalNode>, t: &Ticket) {
+        self.frugal
+            .put(d, n.clone(), t, || self.device_unchanged(t, d));
+    }
+
+    /// Forget everything one device's views hold (its lookup keys stay: they change only with
+    /// writes that invalidate everything).
+    pub fn invalidate_device(&self, device: DeviceKey) {
+        self.shards[shard(device)].fetch_add(1, SeqCst);
+        self.devices.remove(&device);
+        self.polls.remove(&device);
+        self.statuses.remove(&device);
+        self.frugal.remove(&device);
+    }
+
+    /// Forget everything.
+    pub fn invalidate_all(&self) {
+        self.global.fetch_add(1, SeqCst);
+    }
+
+    /// Whether a check-in's `last_seen` can be batched: the device has been seen before (its
+    /// first sighting is written at once, since it may join dynamic rollouts).
+    pub(crate) fn seen(&self, device: DeviceKey, now: Millis) -> bool {
+        let known = self
+            .devices
+            .get(&device, self.epoch())
+            .is_some_and(|d| d.last_seen.is_some());
+        if !known {
+            return false;
+        }
+        self.devices.update(&device, |d| d.last_seen = Some(now));
+        self.statuses
+            .update(&device, |s| s.device.last_seen = Some(now));
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.insert(device, now);
+        true
+    }
+
+    /// The batched `last_seen` values, taken out to be written.
+    pub(crate) fn take_seen(&self) -> HashMap<DeviceKey, Millis> {
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Writes the batched `last_seen` values once a second while the store is alive.
+    pub(crate) fn spawn_flusher(views: &Arc<Views>, pool: sqlx::AnyPool) {
+        let weak: Weak<Views> = Arc::downgrade(views);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(views) = weak.upgrade() else { return };
+                let seen = views.take_seen();
+                drop(views);
+                if pool.is_closed() {
+                    return;
+                }
+                if let Err(err) = write_seen(&pool, &seen).await {
+                    tracing::warn!("writing {} devices' last_seen: {err}", seen.len());
+                }
+            }
+        });
+    }
+
+    /// Hold while writing; see the module's rule.
+    pub(crate) fn writing(&self) -> Writing<'_> {
+        Writing {
+            views: self,
+            scope: Scope::All,
+        }
+    }
+}
+
+/// Writes `last_seen` values in one transaction.
+pub(crate) async fn write_seen(
+    pool: &sqlx::AnyPool,
+    seen: &HashMap<DeviceKey, Millis>,
+) -> Result<(), sqlx::Error> {
+    if seen.is_empty() {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    for (device, at) in seen {
+        sqlx::query("UPDATE devices SET last_seen = $1 WHERE id = $2 AND last_seen < $1")
+            .bind(*at)
+            .bind(device.0)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+enum Scope {
+    All,
+    Devices(Vec<DeviceKey>),
+    Nothing,
+}
+
+/// Held by a writing method until it returns; dropping it invalidates what the write touched.
+/// It starts as "everything" and is narrowed by a method that knows better.
+#[must_use = "hold the guard until the write has committed"]
+pub(crate) struct Writing<'a> {
+    views: &'a Views,
+    scope: Scope,
+}
+
+impl Writing<'_> {
+    /// The write touched only this device's rows (may be called for several devices).
+    pub(crate) fn device(&mut self, device: DeviceKey) {
+        match &mut self.scope {
+            Scope::Devices(devices) => devices.push(device),
+            Scope::All | Scope::Nothing => self.scope = Scope::Devices(vec![device]),
+        }
+    }
+
+    /// The write changed nothing a view holds.
+    pub(crate) fn nothing_cached(&mut self) {
+        self.scope = Scope::Nothing;
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        match &self.scope {
+            Scope::All => self.views.invalidate_all(),
+            Scope::Devices(devices) => {
+                for device in devices {
+                    self.views.invalidate_device(*device);
+                }
+            }
+            Scope::Nothing => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The module's rule, checked: every method of the SQL store that reaches the write pool
+    /// holds a `Writing` guard (taken in its first lines, so it lives until the method returns).
+    #[test]
+    fn every_writing_method_holds_the_guard() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/sql");
+        let mut unguarded = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}")) {
+            let path = entry.map(|e| e.path()).unwrap_or_default();
+            if path
+                .file_name()
+                .is_some_and(|n| n == "views.rs" || n == "mod.rs")
+            {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let starts: Vec<usize> = text.match_indices("async fn ").map(|(i, _)| i).collect();
+            for (n, start) in starts.iter().enumerate() {
+                let end = starts.get(n + 1).copied().unwrap_or(text.len());
+                let body = &text[*start..end];
+                let head: String = body.lines().take(12).collect::<Vec<_>>().join("\n");
+                if body.contains("self.write") && !head.contains("self.views.writing()") {
+                    let name = body["async fn ".len()..]
+                        .split(['(', '<'])
+                        .next()
+                        .unwrap_or_default();
+                    unguarded.push(format!("{}: {name}", path.display()));
+                }
+            }
+        }
+        assert!(
+            unguarded.is_empty(),
+            "writing methods without `let _w = self.views.writing();` at the top: {unguarded:?}"
+        );
+    }
+}
