@@ -67,10 +67,11 @@ impl<K: Hash + Eq + Clone, V: Clone> Memo<K, V> {
         if !still() {
             return;
         }
-        if map.len() >= CAPACITY && !map.contains_key(&key) {
-            if let Some(evicted) = map.keys().next().cloned() {
-                map.remove(&evicted);
-            }
+        if map.len() >= CAPACITY
+            && !map.contains_key(&key)
+            && let Some(evicted) = map.keys().next().cloned()
+        {
+            map.remove(&evicted);
         }
         map.insert(key, (value, ticket.global));
     }
