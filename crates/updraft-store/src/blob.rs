@@ -11,12 +11,15 @@ use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::Store;
 use crate::error::StoreResult;
+use crate::mapped::{MapCache, Mapped};
 
 /// A stream of a blob's bytes (or of a range of them).
 pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
@@ -28,6 +31,11 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn stage(&self) -> io::Result<Box<dyn BlobWriter>>;
     /// Reads `len` bytes (to the end when `None`) from `offset` of the blob `sha256`.
     async fn open(&self, sha256: &str, offset: u64, len: Option<u64>) -> io::Result<BlobReader>;
+    /// The committed blob mapped into memory, to serve slices of it without copying; `None`
+    /// where this store cannot (the caller then streams [`BlobStore::open`]).
+    async fn mapped(&self, _sha256: &str) -> io::Result<Option<Arc<Mapped>>> {
+        Ok(None)
+    }
     /// The blob's size, or `None` if there is no such blob.
     async fn size(&self, sha256: &str) -> io::Result<Option<u64>>;
     /// Deletes the blob; says whether it existed.
@@ -48,9 +56,19 @@ pub trait BlobWriter: Send {
 }
 
 /// Blobs in a directory on local disk.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LocalBlobStore {
     root: PathBuf,
+    maps: Arc<MapCache>,
+    ticks: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for LocalBlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBlobStore")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
 }
 
 fn valid_sha256(sha256: &str) -> io::Result<()> {
@@ -74,7 +92,11 @@ impl LocalBlobStore {
         let root = root.into();
         tokio::fs::create_dir_all(root.join("staging")).await?;
         tokio::fs::create_dir_all(root.join("sha256")).await?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            maps: Arc::new(MapCache::new()),
+            ticks: Arc::new(AtomicU64::new(0)),
+        })
     }
 
     fn path_of(&self, sha256: &str) -> io::Result<PathBuf> {
@@ -175,6 +197,20 @@ impl BlobStore for LocalBlobStore {
         }
     }
 
+    async fn mapped(&self, sha256: &str) -> io::Result<Option<Arc<Mapped>>> {
+        let path = self.path_of(sha256)?;
+        let tick = self.ticks.fetch_add(1, Ordering::Relaxed);
+        if let Some(map) = self.maps.get(sha256, tick) {
+            return Ok(Some(map));
+        }
+        let maps = Arc::clone(&self.maps);
+        let sha256 = sha256.to_owned();
+        // Opening and mapping may touch the disk: off the async threads (once per blob).
+        tokio::task::spawn_blocking(move || maps.map(&sha256, &path, tick))
+            .await
+            .map_err(io::Error::other)?
+    }
+
     async fn size(&self, sha256: &str) -> io::Result<Option<u64>> {
         match tokio::fs::metadata(self.path_of(sha256)?).await {
             Ok(meta) => Ok(Some(meta.len())),
@@ -184,6 +220,7 @@ impl BlobStore for LocalBlobStore {
     }
 
     async fn delete(&self, sha256: &str) -> io::Result<bool> {
+        self.maps.forget(sha256);
         match tokio::fs::remove_file(self.path_of(sha256)?).await {
             Ok(()) => Ok(true),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),

@@ -9,6 +9,7 @@
 
 mod blob;
 mod error;
+mod mapped;
 mod migrations;
 mod rollout_rows;
 mod rows;
@@ -16,6 +17,7 @@ mod sql;
 
 pub use blob::{BlobReader, BlobStore, BlobWriter, GcReport, LocalBlobStore, collect_garbage};
 pub use error::{StoreError, StoreResult};
+pub use mapped::Mapped;
 pub use rollout_rows::*;
 pub use rows::*;
 pub use sql::{SchedulerLease, SqlStore};

@@ -115,3 +115,29 @@ async fn garbage_collection_removes_orphans_and_staging_only() {
     assert_eq!(blobs.list().await.unwrap(), [kept]);
     assert_eq!(blobs.size(&orphan).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn mapped_blobs_slice_the_same_bytes_and_outlive_their_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = LocalBlobStore::open(dir.path()).await.unwrap();
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let sha = put(&blobs, &data).await;
+    let map = blobs.mapped(&sha).await.unwrap().unwrap();
+    assert_eq!(map.len(), 10_000);
+    assert_eq!(&map.slice(0, 10_000)[..], &data[..]);
+    assert_eq!(&map.slice(9_990, 100)[..], &data[9_990..], "clamped");
+    assert!(map.slice(20_000, 5).is_empty());
+    // Every download of the blob shares one mapping.
+    let again = blobs.mapped(&sha).await.unwrap().unwrap();
+    assert!(std::sync::Arc::ptr_eq(&map, &again));
+    // A slice keeps its bytes after the blob is deleted and its mapping forgotten.
+    let slice = map.slice(100, 50);
+    drop((map, again));
+    assert!(blobs.delete(&sha).await.unwrap());
+    assert_eq!(&slice[..], &data[100..150]);
+    assert!(blobs.mapped(&sha).await.is_err(), "a deleted blob maps");
+    // An empty blob has nothing to map: callers stream it instead.
+    let empty = put(&blobs, b"").await;
+    assert!(blobs.mapped(&empty).await.unwrap().is_none());
+    assert!(blobs.mapped("not-a-hash").await.is_err());
+}

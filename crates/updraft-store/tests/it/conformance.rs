@@ -12,6 +12,7 @@ pub use crate::coverage::*;
 pub use crate::frugal_keys::*;
 pub use crate::races::*;
 pub use crate::rollouts::*;
+pub use crate::views::*;
 
 fn name(s: &str) -> Name {
     Name::parse(s).unwrap()

@@ -11,6 +11,7 @@ mod frugal_keys;
 mod races;
 mod rollouts;
 mod tls;
+mod views;
 
 use updraft_store::SqlStore;
 
@@ -90,4 +91,5 @@ backends!(
     a_rollout_never_takes_another_tenants_devices,
     one_scheduler_holds_the_lease_at_a_time,
     a_filter_scan_reads_what_it_needs_and_matches_like_the_full_row,
+    idle_reads_come_from_memory_and_every_write_is_seen,
 );

@@ -1,0 +1,145 @@
+//! The hot views: an idle check-in's reads come from memory, and every write of this store is
+//! seen at once by the next read.
+
+use updraft_core::{ArtifactKey, DeviceId, Name, Report, Scope, UpdateState};
+use updraft_store::*;
+
+use crate::Reopen;
+use crate::coverage::release;
+
+/// What a DDI poll and a Frugal-IoT check-in read: tenant, device by credential, poll view,
+/// status, the desired artifact.
+async fn idle_check_in(store: &SqlStore, tenant: &Tenant, hash: &str, artifact: ArtifactKey) {
+    let found = store.tenant_by_name("HOT").await.unwrap().unwrap();
+    assert_eq!(found.key, tenant.key);
+    let device = store
+        .device_by_credential_in(tenant.key, CredentialKind::AccessToken, hash)
+        .await
+        .unwrap()
+        .unwrap();
+    store.poll_view(device.key).await.unwrap();
+    store
+        .device_status(tenant.key, &device.id)
+        .await
+        .unwrap()
+        .unwrap();
+    store.artifact(tenant.key, artifact).await.unwrap().unwrap();
+}
+
+pub async fn idle_reads_come_from_memory_and_every_write_is_seen(
+    store: &SqlStore,
+    reopen: &Reopen,
+) {
+    let tenant = store
+        .create_tenant(&Name::parse("hot").unwrap())
+        .await
+        .unwrap();
+    let id = DeviceId::parse("d1").unwrap();
+    let new = NewDevice {
+        id: id.clone(),
+        project: None,
+        profile: None,
+        tags: vec![],
+        attributes: Default::default(),
+    };
+    let credential = NewCredential {
+        kind: CredentialKind::AccessToken,
+        secret_hash: "hash-d1".into(),
+        gateway: false,
+    };
+    let device = store
+        .create_device(tenant.key, &new, &[credential])
+        .await
+        .unwrap();
+    let v1 = release(store, &tenant, "1").await;
+    store
+        .assign(tenant.key, Scope::Tenant, v1.key, "test")
+        .await
+        .unwrap();
+    let action = store.poll_view(device.key).await.unwrap().active.unwrap();
+    for report in [
+        Report::Reached {
+            state: UpdateState::Downloading,
+            progress: None,
+        },
+        Report::Succeeded,
+    ] {
+        store
+            .report(tenant.key, action.key, &report, "ddi")
+            .await
+            .unwrap();
+    }
+
+    // Warm, then ten more idle check-ins: every read a hit.
+    idle_check_in(store, &tenant, "hash-d1", v1.key).await;
+    let (hits, misses) = store.views().hit_counts();
+    for _ in 0..10 {
+        idle_check_in(store, &tenant, "hash-d1", v1.key).await;
+    }
+    let (hits_after, misses_after) = store.views().hit_counts();
+    assert_eq!(
+        misses_after, misses,
+        "an idle check-in went to the database"
+    );
+    assert_eq!(hits_after - hits, 50);
+    let view = store.poll_view(device.key).await.unwrap();
+    assert!(view.active.is_none());
+    assert_eq!(view.last_updated.unwrap().key, action.key);
+
+    // This store's writes are seen by the next read: a new assignment, a report.
+    let v2 = release(store, &tenant, "2").await;
+    store
+        .assign(tenant.key, Scope::Tenant, v2.key, "test")
+        .await
+        .unwrap();
+    let next = store.poll_view(device.key).await.unwrap().active.unwrap();
+    assert_eq!(next.artifact_version, "2");
+    let status = store.device_status(tenant.key, &id).await.unwrap().unwrap();
+    assert_eq!(status.desired_firmware.unwrap().version, "2");
+    store.initiate(&[next.key], "ddi").await.unwrap();
+    let told = store.poll_view(device.key).await.unwrap().active.unwrap();
+    assert_eq!(told.state, UpdateState::Initiated);
+    let failed = Report::Failed(updraft_core::Failure {
+        code: updraft_core::FailureCode::UpdateFailed,
+        reason: "no".into(),
+    });
+    store
+        .report(tenant.key, next.key, &failed, "ddi")
+        .await
+        .unwrap();
+    assert!(store.poll_view(device.key).await.unwrap().active.is_none());
+    let status = store.device_status(tenant.key, &id).await.unwrap().unwrap();
+    assert!(status.active.is_none());
+
+    // last_seen: the first sighting is written at once, later ones within a flush.
+    store.touch_device(device.key).await.unwrap();
+    let other = reopen.open().await;
+    let first = other.device_by_key(device.key).await.unwrap().unwrap();
+    assert!(
+        first.last_seen.is_some(),
+        "the first sighting was not written"
+    );
+    store.device_by_key(device.key).await.unwrap();
+    store.touch_device(device.key).await.unwrap();
+    let seen = store.device_by_key(device.key).await.unwrap().unwrap();
+    store.flush().await.unwrap();
+    let third = reopen.open().await;
+    let written = third.device_by_key(device.key).await.unwrap().unwrap();
+    assert_eq!(written.last_seen, seen.last_seen);
+
+    // Another process's write (a second replica) is seen once the views are invalidated — the
+    // hook a change feed calls.
+    let settings = TenantSettings {
+        poll_interval_secs: 77,
+        ..tenant.settings
+    };
+    other
+        .update_tenant_settings(tenant.key, settings)
+        .await
+        .unwrap();
+    store.views().invalidate_all();
+    let found = store.tenant_by_name("hot").await.unwrap().unwrap();
+    assert_eq!(found.settings.poll_interval_secs, 77);
+    other.close().await;
+    third.close().await;
+}
