@@ -16,7 +16,7 @@ use crate::kernel::channel::Adapters;
 use crate::kernel::limit::RateLimit;
 use crate::kernel::metrics::Metrics;
 use crate::kernel::secret;
-use crate::kernel::state::{AppConfig, AppState, Limits};
+use crate::kernel::state::{AppConfig, AppState, Limits, Shared};
 use crate::protocols::Protocols;
 use updraft_store::prelude::*;
 
@@ -147,7 +147,7 @@ pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<Node> 
         );
     }
     bootstrap(&store, &config.data_dir).await?;
-    let state = AppState {
+    let state = AppState::new(Shared {
         store: Arc::new(store),
         blobs: Arc::new(blobs),
         config: Arc::new(AppConfig {
@@ -170,7 +170,7 @@ pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<Node> 
         connections: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
         sessions: Arc::default(),
         overviews: Arc::default(),
-    };
+    });
     let protocols = Protocols::install(&state);
     Ok(Node { state, protocols })
 }

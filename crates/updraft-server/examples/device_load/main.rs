@@ -29,6 +29,14 @@
 //! devices at once: each connects over MQTT, takes its job with `start-next` and fetches the file
 //! from its stream in CBOR blocks of BLOCK bytes, 128 KiB per request; then the same devices
 //! download the image through hawkBit DDI; prints MB/s for both.
+//!
+//! `device_load requests tb|aws MQTT_ADDR API ADMIN_KEY CONNS SECS` — creates CONNS devices, each
+//! asking over its own MQTT connection, one request in flight, for SECS seconds: a ThingsBoard
+//! attribute request for the firmware keys, or an AWS IoT Jobs `$next/get`; prints requests per
+//! second and the p99 round trip in ms.
+//!
+//! `device_load dfu-status-body PATH` — writes the packed CBOR of a DFU device's first Status
+//! (nothing installed yet), for `wrk` to post.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -36,11 +44,13 @@ mod aws;
 mod dfu;
 mod lwm2m;
 mod mqtt;
+mod requests;
 
 use self::aws::*;
 use self::dfu::*;
 use self::lwm2m::*;
 use self::mqtt::*;
+use self::requests::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -225,8 +235,25 @@ async fn main() {
             )
             .await
         }
+        Some("requests") => {
+            let asking = match args[1].as_str() {
+                "tb" => Asking::ThingsBoard,
+                "aws" => Asking::Aws,
+                other => panic!("requests tb|aws, not {other}"),
+            };
+            requests(
+                asking,
+                args[2].clone(),
+                args[3].clone(),
+                args[4].clone(),
+                args[5].parse().unwrap(),
+                args[6].parse().unwrap(),
+            )
+            .await
+        }
+        Some("dfu-status-body") => dfu_status_body(&args[1]),
         _ => eprintln!(
-            "usage: device_load idle ADDR TOKEN N | push ADDR API ADMIN_KEY N TITLE@VERSION | chunks ADDR API ADMIN_KEY N CHUNK TITLE@VERSION | dfu API ADMIN_KEY N MTU TITLE@VERSION MODULE FILENAME | aws MQTT_ADDR API ADMIN_KEY N BLOCK TITLE@VERSION MODULE FILENAME"
+            "usage: device_load idle ADDR TOKEN N | push ADDR API ADMIN_KEY N TITLE@VERSION | chunks ADDR API ADMIN_KEY N CHUNK TITLE@VERSION | dfu API ADMIN_KEY N MTU TITLE@VERSION MODULE FILENAME | aws MQTT_ADDR API ADMIN_KEY N BLOCK TITLE@VERSION MODULE FILENAME | requests tb|aws MQTT_ADDR API ADMIN_KEY CONNS SECS | dfu-status-body PATH"
         ),
     }
 }

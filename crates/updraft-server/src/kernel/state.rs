@@ -73,8 +73,27 @@ impl Default for AppConfig {
     }
 }
 
+/// What every handler shares, behind one `Arc`: the router hands each request its own clone, so
+/// cloning is one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub struct Shared {
     pub store: Arc<dyn Store>,
     pub blobs: Arc<dyn BlobStore>,
     pub config: Arc<AppConfig>,
