@@ -13,6 +13,7 @@ need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 command -v bc >/dev/null 2>&1 || need+=(bc)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
   $sudo apt-get update -q && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
@@ -45,7 +46,13 @@ else
     "micro|cargo bench -q -p updraft-core --bench hot_paths --"
   )
 fi
-machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM"
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD 2>/dev/null || commit="$commit + uncommitted changes"
+machine="$(nproc) cores (${cpu:-unknown CPU}), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, commit $commit"
+mosq=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+pgv=$(ls /usr/lib/postgresql/*/bin/postgres 2>/dev/null | sort -V | tail -1)
+versions="nginx $(nginx -v 2>&1 | sed 's|.*nginx/||'), mosquitto $("$mosq" -h 2>&1 | sed -n 's/^mosquitto version //p'), PostgreSQL $([ -n "$pgv" ] && "$pgv" --version | awk '{print $3}'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')"
 today=$(date +%Y-%m-%d)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -60,7 +67,7 @@ for run in "${runs[@]}"; do
     $command > "$out/$name.md"
   fi
   grep -q '^|' "$out/$name.md" || { echo "bench $name printed no table" >&2; exit 1; }
-  { cat "$out/$name.md"; echo; echo "Command: \`$command\` — $machine, $today."; } > "$out/$name.section"
+  { cat "$out/$name.md"; echo; echo "Command: \`$command\` — $machine; $versions; $today."; } > "$out/$name.section"
 done
 if $smoke; then
   echo "smoke run: every benchmark script ran and printed its table" >&2

@@ -17,6 +17,32 @@ pub(super) async fn idle(addr: String, token: String, n: usize) {
     for task in tasks {
         held.push(task.await.unwrap());
     }
+    // Held means answering: every connection sends PINGREQ and must get its PINGRESP (a
+    // connection the server closed, say beyond a cap, fails here).
+    let mut pings = Vec::with_capacity(n);
+    for mut stream in held {
+        let limit = limit.clone();
+        pings.push(tokio::spawn(async move {
+            let _permit = limit.acquire().await.unwrap();
+            let mut out = BytesMut::new();
+            Packet::PingReq
+                .write(&mut out, usize::MAX)
+                .unwrap();
+            stream.write_all(&out).await.unwrap();
+            let mut buf = BytesMut::new();
+            loop {
+                if let Ok(packet) = Packet::read(&mut buf, 1 << 20) {
+                    assert!(matches!(packet, Packet::PingResp), "{packet:?}");
+                    return stream;
+                }
+                assert!(stream.read_buf(&mut buf).await.unwrap() > 0, "closed");
+            }
+        }));
+    }
+    let mut held = Vec::with_capacity(n);
+    for ping in pings {
+        held.push(ping.await.unwrap());
+    }
     println!("held {}", held.len());
     let mut line = String::new();
     let _ = tokio::io::stdin().read_to_string(&mut line).await;

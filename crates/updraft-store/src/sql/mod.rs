@@ -13,6 +13,7 @@ mod new_device;
 mod overview;
 mod protocol_state;
 mod reconcile;
+mod report;
 mod rollouts;
 mod scan;
 mod select;
@@ -29,6 +30,7 @@ pub use self::views::Views;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -68,7 +70,9 @@ pub struct SqlStore {
     write: AnyPool,
     dialect: Dialect,
     // What idle check-ins read, in memory; every writing method holds `views.writing()`.
-    views: std::sync::Arc<Views>,
+    views: Arc<Views>,
+    // SQLite's group commit of device reports (`report`); `None` on PostgreSQL.
+    reports: Option<self::report::ReportQueue>,
 }
 
 pub(crate) fn now_millis() -> i64 {
@@ -138,11 +142,18 @@ impl SqlStore {
         };
         let views = Views::new();
         Views::spawn_flusher(&views, write.clone());
+        let reports = match dialect {
+            Dialect::Sqlite => {
+                self::report::spawn_group_writer(write.clone(), dialect, Arc::clone(&views))
+            }
+            Dialect::Postgres => None,
+        };
         Ok(SqlStore {
             read,
             write,
             dialect,
             views,
+            reports,
         })
     }
 

@@ -1,0 +1,308 @@
+//! Device reports: one report applied inside a transaction, and on SQLite the group commit that
+//! applies the reports arriving together in one transaction (each in its own savepoint), so that
+//! ten thousand devices reporting at once cost a few hundred commits and fsyncs instead of ten
+//! thousand — every report is still durable before its caller hears it was recorded.
+//! (PostgreSQL commits concurrent transactions together by itself; there each report is its own.)
+
+use sqlx::{Any, Connection, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::views::Writing;
+use super::*;
+
+/// Times a report is read again because the action moved under it.
+const MAX_REPORT_ATTEMPTS: usize = 16;
+/// Reports applied in one transaction at most.
+const GROUP: usize = 256;
+/// Reports waiting for the group writer at most (then `report` waits: backpressure).
+const QUEUE: usize = 4096;
+
+/// One report to apply.
+pub(super) struct ReportJob {
+    pub tenant: TenantKey,
+    pub key: ActionKey,
+    pub report: Report,
+    pub source: String,
+}
+
+type Reply = oneshot::Sender<StoreResult<ReportOutcome>>;
+
+/// The way to the group writer.
+pub(super) type ReportQueue = mpsc::Sender<(ReportJob, Reply)>;
+
+fn busy(key: ActionKey) -> StoreError {
+    StoreError::Conflict {
+        code: "action_busy",
+        message: format!("action {key} kept changing while a report was applied"),
+    }
+}
+
+impl SqlStore {
+    /// Applies a report: through the group writer where there is one, else in a transaction of
+    /// its own. Compare-and-set either way: a report applies to the state it read; when another
+    /// writer (a supersede, a second report) moved the action first, the report is read again
+    /// against the new state — so a final state is never turned into another.
+    pub(super) async fn report_grouped(
+        &self,
+        tenant: TenantKey,
+        key: ActionKey,
+        report: &Report,
+        source: &str,
+    ) -> StoreResult<ReportOutcome> {
+        let job = ReportJob {
+            tenant,
+            key,
+            report: report.clone(),
+            source: source.to_owned(),
+        };
+        let Some(queue) = &self.reports else {
+            return self.report_alone(&job).await;
+        };
+        let (reply, answer) = oneshot::channel();
+        match queue.send((job, reply)).await {
+            Ok(()) => answer.await.unwrap_or_else(|_| {
+                Err(StoreError::Invalid {
+                    code: "store_closing",
+                    message: "the store closed before the report was recorded".into(),
+                })
+            }),
+            // The group writer ended with the runtime that started it: on our own.
+            Err(mpsc::error::SendError((job, _))) => self.report_alone(&job).await,
+        }
+    }
+
+    async fn report_alone(&self, job: &ReportJob) -> StoreResult<ReportOutcome> {
+        for _ in 0..MAX_REPORT_ATTEMPTS {
+            let mut w = self.views.writing();
+            let mut tx = self.write.begin().await?;
+            match apply_report(&mut tx, self.dialect, job).await {
+                Ok(Some((outcome, device))) => {
+                    tx.commit().await?;
+                    w.device(device);
+                    return Ok(outcome);
+                }
+                Ok(None) => {
+                    w.nothing_cached();
+                    tx.rollback().await?;
+                }
+                Err(err) => {
+                    w.nothing_cached();
+                    return Err(err);
+                }
+            }
+        }
+        Err(busy(job.key))
+    }
+}
+
+/// Starts the group writer on the current runtime (none outside one).
+pub(super) fn spawn_group_writer(
+    write: AnyPool,
+    dialect: Dialect,
+    views: Arc<Views>,
+) -> Option<ReportQueue> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let (queue, mut jobs) = mpsc::channel::<(ReportJob, Reply)>(QUEUE);
+    runtime.spawn(async move {
+        let mut group = Vec::with_capacity(GROUP);
+        while jobs.recv_many(&mut group, GROUP).await > 0 {
+            write_group(&write, dialect, &views, &mut group).await;
+        }
+    });
+    Some(queue)
+}
+
+/// Applies `group` in one transaction and answers each report once it committed.
+async fn write_group(
+    write: &AnyPool,
+    dialect: Dialect,
+    views: &Views,
+    group: &mut Vec<(ReportJob, Reply)>,
+) {
+    let mut w = views.writing();
+    w.nothing_cached();
+    let mut results = Vec::with_capacity(group.len());
+    let committed = async {
+        let mut tx = write.begin().await?;
+        for (job, _) in group.iter() {
+            results.push(apply_in_savepoint(&mut tx, dialect, job, &mut w).await);
+        }
+        tx.commit().await
+    }
+    .await;
+    match committed {
+        Ok(()) => {
+            for ((_, reply), result) in group.drain(..).zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Err(err) => {
+            tracing::warn!("a group of {} reports failed to commit: {err}", group.len());
+            for (_, reply) in group.drain(..) {
+                let _ = reply.send(Err(StoreError::Invalid {
+                    code: "report_not_recorded",
+                    message: format!("the report could not be committed: {err}"),
+                }));
+            }
+        }
+    }
+}
+
+async fn apply_in_savepoint(
+    tx: &mut Transaction<'static, Any>,
+    dialect: Dialect,
+    job: &ReportJob,
+    w: &mut Writing<'_>,
+) -> StoreResult<ReportOutcome> {
+    for _ in 0..MAX_REPORT_ATTEMPTS {
+        let mut savepoint = tx.begin().await?;
+        match apply_report(&mut savepoint, dialect, job).await {
+            Ok(Some((outcome, device))) => {
+                savepoint.commit().await?;
+                w.device(device);
+                return Ok(outcome);
+            }
+            Ok(None) => savepoint.rollback().await?,
+            Err(err) => {
+                savepoint.rollback().await?;
+                return Err(err);
+            }
+        }
+    }
+    Err(busy(job.key))
+}
+
+/// One attempt at a report inside the caller's transaction (or savepoint): the outcome and the
+/// device it concerns, or `None` when the action moved between reading and writing (the caller
+/// rolls back and tries again).
+pub(super) async fn apply_report(
+    tx: &mut AnyConnection,
+    dialect: Dialect,
+    job: &ReportJob,
+) -> StoreResult<Option<(ReportOutcome, DeviceKey)>> {
+    let ReportJob {
+        tenant,
+        key,
+        report,
+        source,
+    } = job;
+    let (tenant, key, report, source) = (*tenant, *key, report, source.as_str());
+    let row = sqlx::query(&format!(
+        "{ACTION_SELECT} WHERE a.tenant_id = $1 AND a.id = $2"
+    ))
+    .bind(tenant.0)
+    .bind(key.0)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(StoreError::NotFound { what: "action" })?;
+    let action = action_from(&row)?;
+    let device = action.device;
+    let target = report.target();
+    let (progress, detail) = match report {
+        Report::Reached { progress, .. } => (*progress, String::new()),
+        Report::Failed(failure) => (
+            None,
+            format!("{}: {}", failure.code.as_str(), failure.reason),
+        ),
+        Report::Succeeded | Report::Canceled => (None, String::new()),
+    };
+    let next = match transition(action.state, report) {
+        Ok(next) => next,
+        Err(refusal) => {
+            let reason = refusal.to_string();
+            insert_event(
+                &mut *tx,
+                Event {
+                    action: key,
+                    from: Some(action.state),
+                    to: target,
+                    source,
+                    detail: &reason,
+                    refused: true,
+                    progress,
+                },
+            )
+            .await?;
+            return Ok(Some((ReportOutcome::Refused { action, reason }, device)));
+        }
+    };
+    let (failure_code, failure_reason) = match report {
+        Report::Failed(failure) => (Some(failure.code.as_str()), Some(failure.reason.as_str())),
+        _ => (None, None),
+    };
+    // Progress survives reports that carry none, until the action ends.
+    let kept = progress.or(action.progress).filter(|_| !next.is_final());
+    let moved = sqlx::query(
+            "UPDATE actions SET state = $1, progress_done = $2, progress_total = $3, failure_code = $4, \
+             failure_reason = $5, updated_at = $6 WHERE id = $7 AND state = $8",
+        )
+        .bind(next.as_str())
+        .bind(kept.map(|p| to_i64(p.done)))
+        .bind(kept.map(|p| to_i64(p.total)))
+        .bind(failure_code)
+        .bind(failure_reason)
+        .bind(now_millis())
+        .bind(key.0)
+        .bind(action.state.as_str())
+        .execute(&mut *tx)
+        .await?;
+    if moved.rows_affected() == 0 {
+        // Another writer moved it since it was read: read it again.
+        return Ok(None);
+    }
+    count_move(&mut *tx, key, Some(action.state), next).await?;
+    insert_event(
+        &mut *tx,
+        Event {
+            action: key,
+            from: Some(action.state),
+            to: next,
+            source,
+            detail: &detail,
+            refused: false,
+            progress,
+        },
+    )
+    .await?;
+    // A device's own report says which protocol it speaks (`server`, `user:…`, `rollout:…`
+    // are not devices); written only when it changed.
+    if source != "server" && !source.contains(':') {
+        sqlx::query(
+            "UPDATE devices SET protocol = $1 WHERE id = $2 \
+                 AND (protocol IS NULL OR protocol <> $1)",
+        )
+        .bind(source)
+        .bind(action.device.0)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if next == UpdateState::Updated {
+        let (title_col, version_col) = match action.kind {
+            ArtifactKind::Firmware => ("fw_title", "fw_version"),
+            ArtifactKind::Software => ("sw_title", "sw_version"),
+        };
+        sqlx::query(&format!(
+            "UPDATE devices SET {title_col} = $1, {version_col} = $2 WHERE id = $3"
+        ))
+        .bind(&action.artifact_title)
+        .bind(&action.artifact_version)
+        .bind(action.device.0)
+        .execute(&mut *tx)
+        .await?;
+        reconcile(
+            &mut *tx,
+            dialect,
+            tenant,
+            Some(Scope::Device(action.device)),
+            "server",
+            Retry::No,
+        )
+        .await?;
+    }
+    let row = sqlx::query(&format!("{ACTION_SELECT} WHERE a.id = $1"))
+        .bind(key.0)
+        .fetch_one(&mut *tx)
+        .await?;
+    let updated = action_from(&row)?;
+    Ok(Some((ReportOutcome::Applied(updated), device)))
+}
