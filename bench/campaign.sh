@@ -3,7 +3,10 @@
 # artifact assigned to all, until every device is UPDATED — wall time, server CPU seconds and peak
 # RSS, on SQLite and on PostgreSQL (a throwaway cluster from the system's binaries).
 # With PACE, each store also runs the campaign as a rollout with --max-downloads PACE (at most PACE
-# devices queued, told or downloading at once) beside the unpaced assignment.
+# devices queued, told or downloading at once) beside the unpaced assignment. Each store also runs
+# ThingsBoard's own OTA scenario: N simulated ThingsBoard MQTT devices of one profile, the firmware
+# assigned to the profile, downloaded in `v2/fw/request/…/chunk/…` chunks.
+# Exits non-zero unless every device ends UPDATED.
 # Usage: bench/campaign.sh [DEVICES] [POLL_SECONDS] [PACE]   (default 10000 5, no paced run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,13 +25,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-campaign() { # name database-url-or-empty [pace]
-  local name=$1 db=$2 pace=${3:-} data="$work/data-$1${3:+-paced}"
+campaign() { # name database-url-or-empty [pace] [protocol]
+  local name=$1 db=$2 pace=${3:-} protocol=${4:-ddi} data="$work/data-$1${3:+-paced}-${4:-ddi}"
   local extra=(); [ -n "$db" ] && extra=(--database-url "$db")
-  "$bin/updraft" serve --data-dir "$data" --http 127.0.0.1:0 --mqtt off --coap off --lwm2m off "${extra[@]}" > "$work/serve-$name.out" 2>/dev/null &
+  "$bin/updraft" serve --data-dir "$data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --coap off --lwm2m off \
+    --max-connections $((n + 1000)) "${extra[@]}" > "$work/serve-$name.out" 2>/dev/null &
   local server=$!; pids+=("$server")
   wait_for "$work/serve-$name.out" "listening on" "$server"
   local url; url=$(sed -n 's/^updraft listening on //p' "$work/serve-$name.out")
+  local mqtt; mqtt=$(sed -n 's/^updraft mqtt on //p' "$work/serve-$name.out")
   export UPDRAFT_SERVER=$url UPDRAFT_TOKEN=$(cat "$data/admin.token")
   head -c 1000000 /dev/urandom > "$work/fw.bin"
   "$bin/updraft" artifact upload "$work/fw.bin" --title camp --version 1 > /dev/null
@@ -38,6 +43,9 @@ campaign() { # name database-url-or-empty [pace]
     "$bin/updraft" rollout create camp --artifact camp@1 --filter 'id==sim-*' --max-downloads "$pace" > /dev/null
     summary=$("$bin/updraft" sim --devices "$n" --poll "$poll" --rollout camp --until-done --timeout 1800 --json)
     name="$name, paced (max $pace downloading)"
+  elif [ "$protocol" = thingsboard ]; then
+    summary=$("$bin/updraft" sim --protocol thingsboard --mqtt "$mqtt" --profile tb-camp --devices "$n" --poll "$poll" --assign camp@1 --until-done --timeout 1800 --json)
+    name="$name, ThingsBoard MQTT chunks (profile assignment)"
   else
     summary=$("$bin/updraft" sim --devices "$n" --poll "$poll" --assign camp@1 --until-done --timeout 1800 --json)
   fi
@@ -48,16 +56,20 @@ campaign() { # name database-url-or-empty [pace]
   secs=$(python3 -c 'import json,sys; s=json.load(sys.stdin); print(round(s["campaign_seconds"],1), s["final_states"].get("UPDATED",0), round(s["poll_latency_ms"]["p50"] or 0,1), round(s["poll_latency_ms"]["p99"] or 0,1))' <<<"$summary")
   read -r secs updated p50 p99 <<<"$secs"
   echo "| $name | $n | $updated | $secs s | $cpu s | $rss MB | $p50 / $p99 ms |"
+  [ "$updated" = "$n" ] || { echo "$name: $updated of $n devices UPDATED" >&2; exit 1; }
   kill "$server"; wait "$server" 2>/dev/null || true
 }
 
 echo "| store | devices | UPDATED | campaign wall time | server CPU | server peak RSS | poll latency p50 / p99 |"
 echo "|---|---|---|---|---|---|---|"
 campaign sqlite ""
+campaign sqlite "" "" thingsboard
 if [ -n "$pace" ]; then campaign sqlite "" "$pace"; fi
 if [ -n "$pgbin" ]; then
   start_pg "$work" "-c max_connections=200"
   campaign postgresql "postgres://postgres@127.0.0.1:$port/postgres"
+  as_pg "$pgbin/psql" -h "$work/pg" -p "$port" -U postgres -q -c "CREATE DATABASE tb" > /dev/null
+  campaign postgresql "postgres://postgres@127.0.0.1:$port/tb" "" thingsboard
   if [ -n "$pace" ]; then
     as_pg "$pgbin/psql" -h "$work/pg" -p "$port" -U postgres -q -c "CREATE DATABASE paced" > /dev/null
     campaign postgresql "postgres://postgres@127.0.0.1:$port/paced" "$pace"

@@ -25,9 +25,7 @@ pub(super) async fn idle(addr: String, token: String, n: usize) {
         pings.push(tokio::spawn(async move {
             let _permit = limit.acquire().await.unwrap();
             let mut out = BytesMut::new();
-            Packet::PingReq
-                .write(&mut out, usize::MAX)
-                .unwrap();
+            Packet::PingReq.write(&mut out, usize::MAX).unwrap();
             stream.write_all(&out).await.unwrap();
             let mut buf = BytesMut::new();
             loop {

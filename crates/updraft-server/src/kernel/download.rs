@@ -210,6 +210,27 @@ pub async fn serve_blob(
     Ok((status, headers, Body::from_stream(stream)).into_response())
 }
 
+/// `len` bytes of blob `sha256` from `offset`, in memory: a slice of the blob's mapping where
+/// the blob store has one (no read on a blocking thread, no copy), else read through the blob
+/// store. For block-sized pieces (chunks, CoAP blocks, DFU writes, stream blocks); whole bodies
+/// stream with [`serve_blob`].
+pub async fn blob_bytes(
+    state: &AppState,
+    sha256: &str,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<Bytes> {
+    if let Some(map) = state.blobs.mapped(sha256).await?
+        && offset.saturating_add(len) <= map.len()
+    {
+        return Ok(map.slice(offset, len));
+    }
+    let mut reader = state.blobs.open(sha256, offset, Some(len)).await?;
+    let mut buffer = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut buffer).await?;
+    Ok(Bytes::from(buffer))
+}
+
 /// Bytes handed to the connection at a time from a mapped blob: slices of the mapping, so the
 /// size costs no memory; large enough that a download is a few socket writes per megabyte.
 const MAPPED_CHUNK: u64 = 256 * 1024;

@@ -16,7 +16,6 @@ use self::stream::stream_request;
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
-use tokio::io::AsyncReadExt;
 use updraft_core::{ActionKey, ArtifactKind, Failure, FailureCode, Progress, Report, UpdateState};
 use updraft_store::{Action, Artifact, Device, JobExecution};
 use updraft_wire::aws::{self as streams, Format, StreamError};

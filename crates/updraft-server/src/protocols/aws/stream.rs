@@ -108,27 +108,13 @@ pub(super) async fn stream_request(
                     .await?;
             }
             let mut out = Vec::with_capacity(blocks.len());
-            // One reader per run of consecutive blocks, read in order.
-            let mut reader: Option<(u64, updraft_store::BlobReader)> = None;
+            let sha256 = &artifact.checksums.sha256;
             for index in blocks {
                 let offset = index * request.block_size;
                 let len = request.block_size.min(artifact.size - offset);
-                let (at, mut open) = match reader.take() {
-                    Some((at, open)) if at == offset => (at, open),
-                    _ => {
-                        let open = state
-                            .blobs
-                            .open(&artifact.checksums.sha256, offset, None)
-                            .await
-                            .map_err(ApiError::internal)?;
-                        (offset, open)
-                    }
-                };
-                let mut block = vec![0; usize::try_from(len).unwrap_or(0)];
-                open.read_exact(&mut block)
+                let block = crate::kernel::download::blob_bytes(state, sha256, offset, len)
                     .await
                     .map_err(ApiError::internal)?;
-                reader = Some((at + len, open));
                 let body = streams::encode_block(
                     format,
                     request.client_token.as_deref(),

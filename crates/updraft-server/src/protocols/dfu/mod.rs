@@ -18,7 +18,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
 use serde::Deserialize;
-use tokio::io::AsyncReadExt;
 use updraft_core::{ArtifactKind, DeviceId, Failure, FailureCode, Progress, Report, UpdateState};
 use updraft_store::Device;
 
@@ -326,16 +325,10 @@ pub async fn answer(state: &AppState, device: &Device, status: &Status) -> ApiRe
             report(state, device, action.key, next).await?;
         }
         let len = mtu.min(size - offset);
-        let mut reader = state
-            .blobs
-            .open(&artifact.checksums.sha256, offset, Some(len))
-            .await
-            .map_err(ApiError::internal)?;
-        let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        reader
-            .read_to_end(&mut data)
-            .await
-            .map_err(ApiError::internal)?;
+        let data =
+            crate::kernel::download::blob_bytes(state, &artifact.checksums.sha256, offset, len)
+                .await
+                .map_err(ApiError::internal)?;
         let offset = u32::try_from(offset).map_err(|_| {
             ApiError::bad_request(
                 "invalid_status",
@@ -346,7 +339,7 @@ pub async fn answer(state: &AppState, device: &Device, status: &Status) -> ApiRe
             version,
             correlation_id,
             offset,
-            data,
+            data: data.to_vec(),
         });
     }
     for state_reached in [UpdateState::Downloaded, UpdateState::Updating] {

@@ -448,7 +448,6 @@ pub(super) async fn package_block(
     request: &Packet,
     response: &mut Packet,
 ) -> Answer {
-    use tokio::io::AsyncReadExt;
     let (sha256, size) = state.grants.blob(token).ok_or_else(|| {
         (
             ResponseType::NotFound,
@@ -470,17 +469,10 @@ pub(super) async fn package_block(
         encode_uint(u64::from(lwm2m::OPAQUE)),
     );
     if len > 0 {
-        let mut reader = state
-            .blobs
-            .open(&sha256, start, Some(len))
+        let payload = crate::kernel::download::blob_bytes(state, &sha256, start, len)
             .await
             .map_err(|e| (ResponseType::InternalServerError, e.to_string()))?;
-        let mut payload = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        reader
-            .read_to_end(&mut payload)
-            .await
-            .map_err(|e| (ResponseType::InternalServerError, e.to_string()))?;
-        response.payload = payload;
+        response.payload = payload.to_vec();
     }
     Ok(ResponseType::Content)
 }

@@ -19,7 +19,6 @@ use coap_lite::{
     CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType, ResponseType,
 };
 use serde_json::Value;
-use tokio::io::AsyncReadExt;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use updraft_core::{ArtifactKind, DeviceKey};
@@ -449,17 +448,11 @@ async fn firmware_block(
     response.add_option(CoapOption::Size2, encode_uint(chunk_len));
     response.set_content_format(ContentFormat::ApplicationOctetStream);
     if len > 0 {
-        let mut reader = state
-            .blobs
-            .open(&artifact.checksums.sha256, chunk_start + start, Some(len))
+        let sha256 = &artifact.checksums.sha256;
+        let payload = crate::kernel::download::blob_bytes(state, sha256, chunk_start + start, len)
             .await
             .map_err(ApiError::internal)?;
-        let mut payload = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        reader
-            .read_to_end(&mut payload)
-            .await
-            .map_err(ApiError::internal)?;
-        response.payload = payload;
+        response.payload = payload.to_vec();
     }
     Ok(ResponseType::Content)
 }

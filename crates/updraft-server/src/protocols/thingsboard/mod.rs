@@ -10,7 +10,6 @@ pub mod mqtt;
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
-use tokio::io::AsyncReadExt;
 use updraft_core::{ArtifactKind, Failure, Report, UpdateState};
 use updraft_store::{Artifact, Desired, Device, DeviceStatus};
 
@@ -290,17 +289,9 @@ pub async fn chunk(
         ));
     }
     let len = len.min(MAX_CHUNK);
-    let mut reader = state
-        .blobs
-        .open(&artifact.checksums.sha256, offset, Some(len))
+    crate::kernel::download::blob_bytes(state, &artifact.checksums.sha256, offset, len)
         .await
-        .map_err(ApiError::internal)?;
-    let mut buffer = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    reader
-        .read_to_end(&mut buffer)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(Bytes::from(buffer))
+        .map_err(ApiError::internal)
 }
 
 #[cfg(test)]
