@@ -28,6 +28,7 @@ if $smoke; then
     "aws|bench/aws.sh 5 8"
     "lwm2m|bench/lwm2m.sh 10"
     "campaign|bench/campaign.sh 10 0.2 4"
+    "heap|bench/heap.sh 10 0.2"
     "rollouts|bench/rollouts.sh 1000"
     "dashboard|bench/dashboard.sh 1000"
     "micro|cargo bench -q -p updraft-core --bench hot_paths -- --warm-up-time 0.1 --measurement-time 0.2 --sample-size 10"
@@ -41,6 +42,7 @@ else
     "aws|bench/aws.sh 1000 256 4096"
     "lwm2m|bench/lwm2m.sh 10000"
     "campaign|bench/campaign.sh 10000 5 500"
+    "heap|bench/heap.sh 2000 5"
     "rollouts|bench/rollouts.sh 100000 1000000"
     "dashboard|bench/dashboard.sh 100000"
     "micro|cargo bench -q -p updraft-core --bench hot_paths --"
@@ -52,7 +54,8 @@ git diff --quiet HEAD 2>/dev/null || commit="$commit + uncommitted changes"
 machine="$(nproc) cores (${cpu:-unknown CPU}), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, commit $commit"
 mosq=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 pgv=$(ls /usr/lib/postgresql/*/bin/postgres 2>/dev/null | sort -V | tail -1)
-versions="nginx $(nginx -v 2>&1 | sed 's|.*nginx/||'), mosquitto $("$mosq" -h 2>&1 | sed -n 's/^mosquitto version //p'), PostgreSQL $([ -n "$pgv" ] && "$pgv" --version | awk '{print $3}'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')"
+tool() { "$@" 2>&1 || true; }
+versions="nginx $(tool nginx -v | sed 's|.*nginx/||'), mosquitto $(tool "$mosq" -h | sed -n 's/^mosquitto version //p'), PostgreSQL $([ -n "$pgv" ] && tool "$pgv" --version | awk '{print $3}'), $(tool wrk -v | head -1 | awk '{print $1, $2}')"
 today=$(date +%Y-%m-%d)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

@@ -18,6 +18,11 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The dashboard's browser test: headless chromium through chromedriver.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# The benchmark smoke run (bench/run-all.sh --smoke) compares with nginx and mosquitto under wrk.
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+command -v bc >/dev/null 2>&1 || need+=(bc)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 
 # Real device clients from PyPI for the interop tests, in a venv beside the sources.

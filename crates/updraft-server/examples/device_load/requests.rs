@@ -84,10 +84,12 @@ pub(super) async fn requests(
     secs: f64,
 ) {
     let http = reqwest::Client::new();
+    // Fresh devices for every run (a benchmark runs this several times against one server).
     let prefix = match asking {
-        Asking::ThingsBoard => "asktb",
-        Asking::Aws => "askaws",
+        Asking::ThingsBoard => format!("asktb{}", std::process::id()),
+        Asking::Aws => format!("askaws{}", std::process::id()),
     };
+    let prefix = prefix.as_str();
     let tokens = create_devices(&http, &api, &admin, conns, prefix).await;
     let start = Instant::now();
     let until = start + std::time::Duration::from_secs_f64(secs);

@@ -1,0 +1,37 @@
+//! `updraft serve` on embedded defaults (HTTP only) under dhat's heap profiler, for
+//! `bench/heap.sh`: `heap_serve DATA_DIR` listens on a free loopback port (printed as `updraft
+//! serve` prints it) and, at SIGTERM, writes `dhat-heap.json` — the heap's peak and the allocation
+//! sites that held it — into the working directory. The profiler lives in this example only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+#[tokio::main]
+async fn main() {
+    let data_dir = std::env::args().nth(1).expect("usage: heap_serve DATA_DIR");
+    let profiler = dhat::Profiler::new_heap();
+    let config = updraft_server::server::ServerConfig {
+        data_dir: data_dir.into(),
+        http: "127.0.0.1:0".parse().unwrap(),
+        database_url: None,
+        max_upload_bytes: 1 << 30,
+        public_url: None,
+        mqtt: None,
+        coap: None,
+        lwm2m: None,
+        lwm2m_dtls: None,
+        mqtts: None,
+        tls: None,
+        notify_per_second: 5000, // `updraft serve`'s default
+        limits: updraft_server::kernel::state::Limits::default(),
+    };
+    let terminate = async {
+        let mut signal =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        signal.recv().await;
+    };
+    updraft_server::run(config, terminate).await.unwrap();
+    drop(profiler);
+}
