@@ -72,7 +72,7 @@ for run in "${runs[@]}"; do
   grep -q '^|' "$out/$name.md" || { echo "bench $name printed no table" >&2; exit 1; }
   # Values, not only a table: a zero rate or a NaN fails the run (the scripts check the rest —
   # wrk's error answers, every device UPDATED).
-  if grep -Eq '(^|[^0-9.])0(\.0+)? ?(MB/s|GB/s|req/s|registrations/s)|NaN|nan|inf\b' "$out/$name.md"; then
+  if grep -Eq '(^|[^0-9.])0(\.0+)? ?(MB/s|GB/s|req/s|registrations/s)|\b(NaN|nan|inf)\b' "$out/$name.md"; then
     echo "bench $name printed a zero or undefined rate:" >&2; cat "$out/$name.md" >&2; exit 1
   fi
   { cat "$out/$name.md"; echo; echo "Command: \`$command\` — $machine; $versions; $today."; } > "$out/$name.section"
