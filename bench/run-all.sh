@@ -3,10 +3,13 @@
 # between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` becomes the fresh table, the command that
 # produced it, the machine and the date. The prose around the tables is kept.
 # Usage: bench/run-all.sh            full run, rewrites BENCHMARKS.md (tens of minutes)
+#        bench/run-all.sh --only a,b  those benchmarks only (their tables rewritten)
 #        bench/run-all.sh --smoke    tiny sizes, writes nothing: checks that the scripts still run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 smoke=false; [ "${1:-}" = "--smoke" ] && smoke=true
+# --only NAME,NAME: just those benchmarks (their tables rewritten, the others kept).
+only=""; [ "${1:-}" = "--only" ] && only=",${2:?--only needs a list of names},"
 
 # The load tools, installed by this script rather than by hand.
 need=()
@@ -59,6 +62,14 @@ versions="nginx $(tool nginx -v | sed 's|.*nginx/||'), mosquitto $(tool "$mosq" 
 today=$(date +%Y-%m-%d)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+if [ -n "$only" ]; then
+  kept=()
+  for run in "${runs[@]}"; do
+    case "$only" in *",${run%%|*},"*) kept+=("$run") ;; esac
+  done
+  [ ${#kept[@]} -gt 0 ] || { echo "no benchmark named in --only ${only//,/ }" >&2; exit 1; }
+  runs=("${kept[@]}")
+fi
 for run in "${runs[@]}"; do
   name=${run%%|*}; command=${run#*|}
   echo "== $name: $command" >&2
@@ -87,10 +98,10 @@ for run in "${runs[@]}"; do
 import re, sys
 name, section = sys.argv[1], open(sys.argv[2]).read().strip()
 text = open("BENCHMARKS.md").read()
-pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
+pattern = re.compile(rf"(<!-- bench:{name} -->).*?(<!-- /bench:{name} -->)", re.S)
 if not pattern.search(text):
     sys.exit(f"BENCHMARKS.md has no markers for {name}")
-text = pattern.sub(lambda m: m.group(1) + section + m.group(2), text)
+text = pattern.sub(lambda m: m.group(1) + "\n" + section + "\n" + m.group(2), text)
 open("BENCHMARKS.md", "w").write(text)
 PY
 done
