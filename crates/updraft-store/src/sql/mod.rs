@@ -7,6 +7,7 @@ mod actions;
 mod artifacts;
 mod assignments;
 mod dynamic;
+mod feed;
 mod fleet;
 mod membership;
 mod new_device;
@@ -140,8 +141,11 @@ impl SqlStore {
                 (pool.clone(), pool)
             }
         };
-        let views = Views::new();
+        let views = Views::new(dialect == Dialect::Postgres);
         Views::spawn_flusher(&views, write.clone());
+        if dialect == Dialect::Postgres {
+            self::feed::spawn(&views, write.clone(), url.to_owned());
+        }
         let reports = match dialect {
             Dialect::Sqlite => {
                 self::report::spawn_group_writer(write.clone(), dialect, Arc::clone(&views))

@@ -10,10 +10,11 @@
 //! the database and may fill the cache only if no invalidation that could concern its entry
 //! happened meanwhile — so a read that raced a write never leaves the old value behind.
 //!
-//! Another process writing the same database (a second replica) is not seen here;
-//! [`Views::invalidate_device`] and [`Views::invalidate_all`] are the entry points a change feed
-//! (PostgreSQL `LISTEN/NOTIFY`) calls for that. `last_seen` writes caused by check-ins are
-//! batched: [`Views::seen`] records them and a flusher writes them once a second.
+//! Other processes writing the same database (replicas on one PostgreSQL) are heard through
+//! `feed.rs`: each process publishes what its writes invalidated (`NOTIFY`) and applies what the
+//! others publish; while its listener is not connected the views are bypassed (every read goes to
+//! the database). `last_seen` writes caused by check-ins are batched: [`Views::seen`] records them
+//! and a flusher writes them once a second.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -106,6 +107,15 @@ pub struct Views {
     seen: Mutex<HashMap<DeviceKey, Millis>>,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Whether the views may be used: always for a database only this process writes; for a
+    /// shared one, while the change feed listens.
+    live: std::sync::atomic::AtomicBool,
+    /// Other processes write the database: this process's invalidations are published.
+    pub(crate) shared: bool,
+    pub(crate) outbox: Mutex<super::feed::Outbox>,
+    pub(crate) outbox_ready: tokio::sync::Notify,
+    heard: AtomicU64,
+    heard_notify: tokio::sync::Notify,
 }
 
 fn shard(device: DeviceKey) -> usize {
@@ -113,8 +123,16 @@ fn shard(device: DeviceKey) -> usize {
 }
 
 impl Views {
-    pub(crate) fn new() -> Arc<Self> {
+    /// Views for a database that only this process writes (`shared` false), or that other
+    /// processes write too (then unused until the change feed listens).
+    pub(crate) fn new(shared: bool) -> Arc<Self> {
         Arc::new(Views {
+            live: std::sync::atomic::AtomicBool::new(!shared),
+            shared,
+            outbox: Mutex::default(),
+            outbox_ready: tokio::sync::Notify::new(),
+            heard: AtomicU64::new(0),
+            heard_notify: tokio::sync::Notify::new(),
             global: AtomicU64::new(0),
             shards: std::array::from_fn(|_| AtomicU64::new(0)),
             tenants: Memo::new(),
@@ -140,7 +158,56 @@ impl Views {
     }
 
     fn unchanged(&self, ticket: &Ticket) -> bool {
-        self.global.load(SeqCst) == ticket.global
+        self.live() && self.global.load(SeqCst) == ticket.global
+    }
+
+    fn live(&self) -> bool {
+        self.live.load(SeqCst)
+    }
+
+    /// The change feed started or stopped listening: either way everything is forgotten (what
+    /// others wrote meanwhile was not heard).
+    pub(crate) fn set_live(&self, live: bool) {
+        self.invalidate_all();
+        self.live.store(live, SeqCst);
+        self.heard_notify.notify_waiters();
+    }
+
+    /// Waits until the views are in use (at once unless a change feed is still connecting).
+    pub async fn until_live(&self) {
+        loop {
+            let notified = self.heard_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.live() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Another process's invalidation arrived and was applied.
+    pub(crate) fn heard_one(&self) {
+        self.heard.fetch_add(1, SeqCst);
+        self.heard_notify.notify_waiters();
+    }
+
+    /// How many invalidations from other processes were applied.
+    pub fn heard(&self) -> u64 {
+        self.heard.load(SeqCst)
+    }
+
+    /// Waits until more than `seen` invalidations from other processes were applied.
+    pub async fn heard_after(&self, seen: u64) {
+        loop {
+            let notified = self.heard_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.heard() > seen {
+                return;
+            }
+            notified.await;
+        }
     }
 
     fn device_unchanged(&self, ticket: &Ticket, device: DeviceKey) -> bool {
@@ -153,6 +220,7 @@ impl Views {
     }
 
     fn counted<V>(&self, found: Option<V>) -> Option<V> {
+        let found = found.filter(|_| self.live());
         let counter = if found.is_some() {
             &self.hits
         } else {
@@ -267,10 +335,11 @@ impl Views {
     /// Whether a check-in's `last_seen` can be batched: the device has been seen before (its
     /// first sighting is written at once, since it may join dynamic rollouts).
     pub(crate) fn seen(&self, device: DeviceKey, now: Millis) -> bool {
-        let known = self
-            .devices
-            .get(&device, self.epoch())
-            .is_some_and(|d| d.last_seen.is_some());
+        let known = self.live()
+            && self
+                .devices
+                .get(&device, self.epoch())
+                .is_some_and(|d| d.last_seen.is_some());
         if !known {
             return false;
         }
@@ -371,10 +440,14 @@ impl Writing<'_> {
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
         match &self.scope {
-            Scope::All => self.views.invalidate_all(),
+            Scope::All => {
+                self.views.invalidate_all();
+                self.views.publish(None);
+            }
             Scope::Devices(devices) => {
                 for device in devices {
                     self.views.invalidate_device(*device);
+                    self.views.publish(Some(*device));
                 }
             }
             Scope::Nothing => {}
