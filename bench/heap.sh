@@ -12,7 +12,7 @@ poll=${2:-5}
 ulimit -n "$(ulimit -Hn)"
 work=$(mktemp -d); chmod 755 "$work"
 pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -n "${HEAP_KEEP:-}" ] && cp "$work/dhat-heap.json" "$HEAP_KEEP" 2>/dev/null; rm -rf "$work"' EXIT
 cargo build --release -q -p updraft-cli
 cargo build --release -q -p updraft-server --example heap_serve
 (cd "$work" && exec "$bin/examples/heap_serve" "$work/data" > "$work/serve.out" 2>/dev/null) &
@@ -44,14 +44,19 @@ def strip(name):
         elif depth == 0:
             out.append(ch)
     return "".join(out)
-SKIP = ("alloc::", "core::", "std::", "dhat::", "__rust", "hashbrown::raw", "bytes::bytes_mut", "<alloc", "<core")
+# Frames of the allocator and of std's containers: the site is the first frame after them.
+SKIP_FILES = ("dhat-", "alloc/src/", "src/raw_vec/", "src/vec/", "src/boxed", "src/sync",
+              "src/rc.rs", "bytes_mut.rs", "hashbrown-", "src/string.rs", "src/slice.rs",
+              "src/collections/", "src/alloc.rs", "src/fmt/", "src/str/")
 def site(pp):
-    # The first frame past the allocator's own, as a path (with file:line where dhat has it).
-    names = [frames[i].split(": ", 1)[-1] for i in pp["fs"]]
-    for name in names:
-        if not name.startswith(SKIP):
-            return strip(name.split(" (")[0])[:100]
-    return strip(names[-1].split(" (")[0])[:100]
+    # "function (file:line)" of the first frame past the allocator and std's containers.
+    for i in pp["fs"]:
+        frame = frames[i].split(": ", 1)[-1]
+        name, _, where = frame.partition(" (")
+        where = where.rstrip(")")
+        if not any(skip in where for skip in SKIP_FILES):
+            return f"{strip(name)} ({where.rsplit(':', 1)[0]})"[:110]
+    return "?"
 peak = sum(pp.get("gb", 0) for pp in profile["pps"])
 print(f"| {n} DDI devices, 1 MB, tenant-wide assignment | bytes at the heap's peak | share |")
 print("|---|---|---|")
