@@ -1,7 +1,7 @@
 //! The hot views' change feed between processes on one PostgreSQL database (replicas): what a
 //! process's writes invalidate is published with `NOTIFY updraft_views` after the write committed
-//! — `*` for everything, or the device keys — and every process listens and applies what it
-//! hears. A listener that is not connected (starting, or its connection lost) makes its views
+//! — `ORIGIN *` for everything, or `ORIGIN KEY,KEY,…` — and every process listens and applies
+//! what the others publish (its own writes invalidated its views already). A listener that is not connected (starting, or its connection lost) makes its views
 //! unusable until it listens again, and then forgets everything: notifications sent meanwhile are
 //! gone. SQLite has no feed: one process owns the file.
 
@@ -51,7 +51,7 @@ impl Views {
 
     fn take_outbox(&self) -> Option<String> {
         let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        let payload = if outbox.all {
+        let body = if outbox.all {
             "*".to_owned()
         } else if outbox.devices.is_empty() {
             return None;
@@ -60,11 +60,15 @@ impl Views {
             keys.join(",")
         };
         *outbox = Outbox::default();
-        Some(payload)
+        Some(format!("{:x} {body}", self.origin))
     }
 
-    /// Applies a notification's payload.
+    /// Applies another process's notification (its origin first; our own are skipped).
     fn apply(&self, payload: &str) {
+        let (origin, payload) = payload.split_once(' ').unwrap_or(("", payload));
+        if u64::from_str_radix(origin, 16).is_ok_and(|origin| origin == self.origin) {
+            return;
+        }
         if payload == "*" {
             self.invalidate_all();
         } else {

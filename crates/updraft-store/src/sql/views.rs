@@ -112,6 +112,8 @@ pub struct Views {
     live: std::sync::atomic::AtomicBool,
     /// Other processes write the database: this process's invalidations are published.
     pub(crate) shared: bool,
+    /// Names this store's notifications, so that it skips its own.
+    pub(crate) origin: u64,
     pub(crate) outbox: Mutex<super::feed::Outbox>,
     pub(crate) outbox_ready: tokio::sync::Notify,
     heard: AtomicU64,
@@ -129,6 +131,18 @@ impl Views {
         Arc::new(Views {
             live: std::sync::atomic::AtomicBool::new(!shared),
             shared,
+            origin: {
+                let mut bytes = [0u8; 8];
+                // Without OS randomness, the address and the time tell stores apart well enough.
+                if getrandom::fill(&mut bytes).is_err() {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as u64)
+                        .unwrap_or(0);
+                    bytes = (now ^ (&bytes as *const _ as u64)).to_le_bytes();
+                }
+                u64::from_le_bytes(bytes)
+            },
             outbox: Mutex::default(),
             outbox_ready: tokio::sync::Notify::new(),
             heard: AtomicU64::new(0),
