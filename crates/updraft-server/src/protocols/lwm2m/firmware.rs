@@ -259,6 +259,11 @@ impl Lwm2m {
                 }
                 let url = self.package_uri(state, &token, settings);
                 let path = format!("{root}/5/0/1");
+                // Told now, before the URI goes out: a client pulls at once, and its download's
+                // DOWNLOADING must not arrive before INITIATED (it would be refused as a step back).
+                if let Some(initiated) = updraft_core::told(action.state) {
+                    report(initiated).await?;
+                }
                 let answer = self
                     .request(
                         addr,
@@ -272,9 +277,6 @@ impl Lwm2m {
                     .map_err(ApiError::internal)?;
                 if is_success(&answer) {
                     self.told(registration.device, action.key);
-                    if let Some(initiated) = updraft_core::told(action.state) {
-                        report(initiated).await?;
-                    }
                 } else {
                     report(Report::Failed(Failure {
                         code: FailureCode::UnsupportedProtocol,
