@@ -187,7 +187,7 @@ fn start() -> Result<Server> {
     let port = free_port()?;
     let server = format!(
         "{prefix} {postgres} -D {data} -p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off \
-         -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
+         -c synchronous_commit=off -c full_page_writes=off -c max_connections=1000 \
          -c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key}",
         prefix = prefix.join(" "),
         postgres = quote(&bin.join("postgres")),
