@@ -21,17 +21,23 @@ pub(super) async fn read_publishes(
     }
 }
 
-/// One AWS IoT OTA device: start-next, then the whole file from its stream in CBOR blocks.
-pub(super) async fn aws_device(addr: String, id: String, token: String, block: u64) -> u64 {
-    use rumqttc::mqttbytes::v4::Publish;
-    let mut stream = TcpStream::connect(&addr).await.expect("connect");
-    let mut connect = Connect::new(id.clone());
+/// A thing's CONNECT: client id and user name its name, its token the password.
+pub(super) fn thing_connect(id: &str, token: &str) -> BytesMut {
+    let mut connect = Connect::new(id.to_owned());
     connect.keep_alive = 0;
-    connect.set_login(&id, &token);
+    connect.set_login(id, token);
     let mut out = BytesMut::new();
     Packet::Connect(connect)
         .write(&mut out, usize::MAX)
         .unwrap();
+    out
+}
+
+/// One AWS IoT OTA device: start-next, then the whole file from its stream in CBOR blocks.
+pub(super) async fn aws_device(addr: String, id: String, token: String, block: u64) -> u64 {
+    use rumqttc::mqttbytes::v4::Publish;
+    let mut stream = TcpStream::connect(&addr).await.expect("connect");
+    let mut out = thing_connect(&id, &token);
     let start_next = Publish::new(
         format!("$aws/things/{id}/jobs/start-next"),
         QoS::AtMostOnce,

@@ -25,14 +25,10 @@ async fn asker(
         Asking::ThingsBoard => connect(&addr, &token, false).await,
         Asking::Aws => {
             let mut stream = TcpStream::connect(&addr).await.expect("connect");
-            let mut connect = Connect::new(id.clone());
-            connect.keep_alive = 0;
-            connect.set_login(&id, &token);
-            let mut out = BytesMut::new();
-            Packet::Connect(connect)
-                .write(&mut out, usize::MAX)
+            stream
+                .write_all(&super::aws::thing_connect(&id, &token))
+                .await
                 .unwrap();
-            stream.write_all(&out).await.unwrap();
             let mut buf = BytesMut::new();
             loop {
                 if let Ok(packet) = Packet::read(&mut buf, 1 << 20) {
