@@ -17,6 +17,7 @@ command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 command -v bc >/dev/null 2>&1 || need+=(bc)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
   $sudo apt-get update -q && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
@@ -34,6 +35,7 @@ if $smoke; then
     "heap|bench/heap.sh 10 0.2"
     "rollouts|bench/rollouts.sh 1000"
     "dashboard|bench/dashboard.sh 1000"
+    "scaleout|bench/scaleout.sh 200 5 0.5"
     "micro|cargo bench -q -p updraft-core --bench hot_paths -- --warm-up-time 0.1 --measurement-time 0.2 --sample-size 10"
   )
 else
@@ -48,6 +50,7 @@ else
     "heap|bench/heap.sh 2000 5"
     "rollouts|bench/rollouts.sh 100000 1000000"
     "dashboard|bench/dashboard.sh 100000"
+    "scaleout|bench/scaleout.sh 10000 200 5"
     "micro|cargo bench -q -p updraft-core --bench hot_paths --"
   )
 fi

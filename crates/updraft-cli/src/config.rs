@@ -26,8 +26,24 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub notify_per_second: Option<u32>,
     pub max_connections: Option<usize>,
+    /// A directory or `s3://BUCKET/PREFIX`.
+    pub blobs: Option<String>,
+    pub download_redirect: Option<bool>,
+    pub gc_grace_secs: Option<u64>,
+    /// How to reach S3-compatible storage (`[s3]`); what is absent comes from `AWS_*`.
+    pub s3: Option<FileS3>,
     /// The other bounds of the listeners (`[limits]`); each key is optional.
     pub limits: Option<FileLimits>,
+}
+
+/// `[s3]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileS3 {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
 }
 
 /// `[limits]` in the TOML file: the listeners' bounds other than `max-connections`.
@@ -112,6 +128,46 @@ pub struct Given {
     pub tls_key: Option<PathBuf>,
     pub notify_per_second: Option<u32>,
     pub max_connections: Option<usize>,
+    pub blobs: Option<String>,
+    /// Set by the flag (a flag can only turn it on; the file may too).
+    pub download_redirect: bool,
+    pub gc_grace_secs: Option<u64>,
+}
+
+/// Where the blobs go, from `--blobs` / `blobs =` and the file's `[s3]`.
+fn storage(given: &Given, file: &FileConfig) -> Result<updraft_server::server::Storage> {
+    use updraft_server::server::{BlobsAt, Storage};
+    let blobs = match given.blobs.clone().or(file.blobs.clone()) {
+        None => BlobsAt::DataDir,
+        Some(text) if text.is_empty() => BlobsAt::DataDir,
+        Some(text) if text.starts_with("s3://") => {
+            let mut s3 = updraft_server::server::S3Config::from_url(&text)
+                .with_context(|| format!("--blobs {text:?}"))?;
+            if let Some(file_s3) = &file.s3 {
+                s3.endpoint = file_s3.endpoint.clone();
+                s3.region = file_s3.region.clone();
+                s3.access_key_id = file_s3.access_key_id.clone();
+                s3.secret_access_key = file_s3.secret_access_key.clone();
+            }
+            BlobsAt::S3(s3)
+        }
+        Some(text) if text.contains("://") => {
+            anyhow::bail!("--blobs {text:?}: a directory or s3://BUCKET/PREFIX")
+        }
+        Some(dir) => BlobsAt::Dir(PathBuf::from(dir)),
+    };
+    let mut storage = Storage {
+        blobs,
+        ..Storage::default()
+    };
+    storage.download_redirect = given.download_redirect || file.download_redirect == Some(true);
+    if storage.download_redirect && !matches!(storage.blobs, BlobsAt::S3(_)) {
+        anyhow::bail!("--download-redirect needs object storage (--blobs s3://BUCKET/PREFIX)");
+    }
+    if let Some(secs) = given.gc_grace_secs.or(file.gc_grace_secs) {
+        storage.gc_grace = std::time::Duration::from_secs(secs);
+    }
+    Ok(storage)
 }
 
 /// Flag/env values merged over the file and the defaults.
@@ -126,6 +182,7 @@ pub fn merge(given: Given, file: FileConfig) -> Result<ServerConfig> {
                 })?)),
             }
         };
+    let storage = storage(&given, &file)?;
     let mqtt = listener(given.mqtt.or(file.mqtt), DEFAULT_MQTT, "mqtt")?;
     let coap = listener(given.coap.or(file.coap), DEFAULT_COAP, "coap")?;
     let mqtts = listener(given.mqtts.or(file.mqtts), "off", "mqtts")?;
@@ -180,6 +237,7 @@ pub fn merge(given: Given, file: FileConfig) -> Result<ServerConfig> {
             }
             limits
         },
+        storage,
     })
 }
 
@@ -212,6 +270,42 @@ mod tests {
         assert_eq!(defaults.http.to_string(), DEFAULT_HTTP);
         assert_eq!(defaults.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert!(defaults.database_url.is_none());
+    }
+
+    #[test]
+    fn blobs_go_to_a_directory_or_a_bucket_with_the_files_s3_settings() {
+        use updraft_server::server::BlobsAt;
+        let file: FileConfig = toml::from_str(
+            "blobs = \"s3://fleet/firmware/\"\n[s3]\nendpoint = \"http://127.0.0.1:8333\"\nregion = \"eu-west-1\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let merged = merge(Given::default(), file).unwrap_or_else(|e| panic!("{e}"));
+        let BlobsAt::S3(s3) = merged.storage.blobs else {
+            panic!("not S3: {:?}", merged.storage.blobs)
+        };
+        assert_eq!(
+            (s3.bucket.as_str(), s3.prefix.as_str()),
+            ("fleet", "firmware")
+        );
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:8333"));
+        assert_eq!(s3.region.as_deref(), Some("eu-west-1"));
+        let given = Given {
+            blobs: Some("/srv/blobs".into()),
+            ..Given::default()
+        };
+        let merged = merge(given, FileConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(merged.storage.blobs, BlobsAt::Dir(_)));
+        // A redirect needs object storage; other URLs are refused.
+        let given = Given {
+            download_redirect: true,
+            ..Given::default()
+        };
+        assert!(merge(given, FileConfig::default()).is_err());
+        let given = Given {
+            blobs: Some("gs://bucket".into()),
+            ..Given::default()
+        };
+        assert!(merge(given, FileConfig::default()).is_err());
     }
 
     #[test]

@@ -26,6 +26,7 @@ async fn main() {
         tls: None,
         notify_per_second: 5000, // `updraft serve`'s default
         limits: updraft_server::kernel::state::Limits::default(),
+        storage: Default::default(),
     };
     let terminate = async {
         let mut signal =

@@ -6,11 +6,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use updraft_core::{Name, Role};
-use updraft_store::{LocalBlobStore, NewApiKey, SqlStore, collect_garbage};
+pub use updraft_store::S3Config;
+use updraft_store::{BlobStore, LocalBlobStore, NewApiKey, S3BlobStore, SqlStore, collect_garbage};
 
 use crate::kernel::channel::Adapters;
 use crate::kernel::limit::RateLimit;
@@ -46,6 +48,43 @@ pub struct ServerConfig {
     pub notify_per_second: u32,
     /// Every listener's bounds.
     pub limits: Limits,
+    /// Where artifact bytes live and how they are collected.
+    pub storage: Storage,
+}
+
+/// Where artifact bytes live.
+#[derive(Debug, Clone, Default)]
+pub enum BlobsAt {
+    /// A directory on local disk (`blobs` in the data directory unless named).
+    #[default]
+    DataDir,
+    Dir(PathBuf),
+    /// S3-compatible object storage.
+    S3(S3Config),
+}
+
+/// The blob store's settings.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    pub blobs: BlobsAt,
+    /// HTTP-pull devices that follow redirects get a presigned object-storage URL (S3 only).
+    pub download_redirect: bool,
+    /// How old an unreferenced blob or staging leftover must be before garbage collection
+    /// removes it (uploads in flight on any replica are younger).
+    pub gc_grace: Duration,
+    /// How often garbage collection runs (on one replica at a time).
+    pub gc_every: Duration,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self {
+            blobs: BlobsAt::DataDir,
+            download_redirect: false,
+            gc_grace: Duration::from_secs(3600),
+            gc_every: Duration::from_secs(3600),
+        }
+    }
 }
 
 pub use crate::kernel::DEFAULT_TENANT;
@@ -74,6 +113,17 @@ impl Node {
     ) {
         let router = self.router();
         crate::transport::http::serve(listener, router, self.state, shutdown).await;
+    }
+
+    /// Starts shutting down: `/readyz` answers 503 so that a load balancer sends nothing new, the
+    /// MQTT listeners accept no more devices, and connected MQTT devices are disconnected (they
+    /// reconnect to another replica); open HTTP requests are left to finish.
+    pub fn drain(&self) {
+        self.state
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let closed = self.protocols.mqtt.sessions().close_all();
+        tracing::info!(mqtt_closed = closed, "draining: finishing open requests");
     }
 
     /// Serves device MQTT on `listener`.
@@ -106,6 +156,17 @@ impl Node {
         crate::kernel::scheduler::scheduler(self.state).await;
     }
 
+    /// Collects unreferenced blobs every `every` (on whichever replica holds the lease), sparing
+    /// those younger than `grace`.
+    pub async fn collect_garbage(self, every: Duration, grace: Duration) {
+        crate::kernel::gc::collector(self.state, every, grace).await;
+    }
+
+    /// Applies the other replicas' news (returns at once without replicas).
+    pub async fn listen(self) {
+        crate::kernel::cluster::listen(self.state).await;
+    }
+
     /// Runs the notification queue, telling at most `per_second` devices a second.
     pub async fn notify(self, per_second: u32) {
         let wake = self.state.wake.clone();
@@ -133,34 +194,54 @@ pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<Node> 
             .await
             .with_context(|| format!("restricting {}", db.display()))?;
     }
-    let blobs = LocalBlobStore::open(config.data_dir.join("blobs"))
+    let blobs: Arc<dyn BlobStore> = match &config.storage.blobs {
+        BlobsAt::DataDir => Arc::new(
+            LocalBlobStore::open(config.data_dir.join("blobs"))
+                .await
+                .context("opening the blob directory")?,
+        ),
+        BlobsAt::Dir(dir) => Arc::new(
+            LocalBlobStore::open(dir)
+                .await
+                .with_context(|| format!("opening the blob directory {}", dir.display()))?,
+        ),
+        BlobsAt::S3(s3) => Arc::new(S3BlobStore::open(s3).context("configuring S3")?),
+    };
+    blobs
+        .check()
         .await
-        .context("opening the blob directory")?;
-    let gc = collect_garbage(&store, &blobs)
-        .await
-        .context("collecting garbage")?;
-    if gc.staging_removed + gc.orphans_removed > 0 {
-        tracing::info!(
-            staging = gc.staging_removed,
-            orphans = gc.orphans_removed,
-            "removed what an interrupted upload left"
-        );
+        .with_context(|| format!("reaching the blob store {}", blobs.describe()))?;
+    if store.dialect() == updraft_store::Dialect::Sqlite {
+        // This process owns the database: nothing is in flight anywhere, whatever its age.
+        let gc = collect_garbage(&store, &*blobs, crate::kernel::clock::now_millis())
+            .await
+            .context("collecting garbage")?;
+        if gc.staging_removed + gc.orphans_removed > 0 {
+            tracing::info!(
+                staging = gc.staging_removed,
+                orphans = gc.orphans_removed,
+                "removed what an interrupted upload left"
+            );
+        }
     }
     bootstrap(&store, &config.data_dir).await?;
+    let grants = download_key(&store).await?;
     let state = AppState::new(Shared {
         store: Arc::new(store),
-        blobs: Arc::new(blobs),
+        blobs,
         config: Arc::new(AppConfig {
             max_upload_bytes: config.max_upload_bytes,
             public_url,
             limits: config.limits.clone(),
+            download_redirect: config.storage.download_redirect,
         }),
         metrics: Arc::new(Metrics::default()),
         blob_lock: Arc::new(tokio::sync::Mutex::new(())),
         wake: Arc::new(tokio::sync::Notify::new()),
         schedule: Arc::new(tokio::sync::Notify::new()),
         windows: Arc::default(),
-        grants: Arc::new(crate::kernel::grants::Grants::default()),
+        grants: Arc::new(grants),
+        draining: Arc::default(),
         adapters: Arc::new(Adapters::default()),
         registrations: Arc::new(RateLimit::new(
             config.limits.registrations_burst,
@@ -173,6 +254,16 @@ pub async fn prepare(config: &ServerConfig, public_url: String) -> Result<Node> 
     });
     let protocols = Protocols::install(&state);
     Ok(Node { state, protocols })
+}
+
+/// The key download URLs are signed with: the one every replica shares, made by the first.
+async fn download_key(store: &SqlStore) -> Result<crate::kernel::grants::Grants> {
+    let candidate = secret::generate("", 32)?;
+    let key = store
+        .shared_secret("download_urls", &candidate)
+        .await
+        .context("reading the download URL key")?;
+    Ok(crate::kernel::grants::Grants::new(key.as_bytes()))
 }
 
 /// Creates the `default` tenant and, unless `admin.token` exists, a server admin key written there.
@@ -289,6 +380,11 @@ pub async fn run(
         tokio::spawn(node.clone().notify(config.notify_per_second));
     }
     tokio::spawn(node.clone().schedule());
+    tokio::spawn(node.clone().listen());
+    tokio::spawn(
+        node.clone()
+            .collect_garbage(config.storage.gc_every, config.storage.gc_grace),
+    );
     if let Some(coap) = config.coap {
         let socket = tokio::net::UdpSocket::bind(coap)
             .await
@@ -299,6 +395,11 @@ pub async fn run(
     let app = node.router();
     // Tests and scripts read this line to learn the port; it comes last, when everything listens.
     println!("updraft listening on http://{addr}");
+    let draining = node.clone();
+    let shutdown = async move {
+        shutdown.await;
+        draining.drain();
+    };
     crate::transport::http::serve(listener, app, node.state.clone(), shutdown).await;
     Ok(())
 }

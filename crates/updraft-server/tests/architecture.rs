@@ -182,6 +182,38 @@ fn the_kernel_and_the_transports_never_name_a_protocol() {
     assert!(broken.is_empty(), "{}", broken.join("\n"));
 }
 
+/// What reaches devices or tasks on every replica, called directly: only `kernel/cluster.rs`
+/// (which announces it to the other replicas too) may.
+const REPLICA_NEWS: [&str; 5] = [
+    "wake.notify_one(",
+    "wake.notify_waiters(",
+    "schedule.notify_one(",
+    "adapters.withdrawn(",
+    "adapters.window_opened(",
+];
+
+#[test]
+fn what_concerns_every_replica_is_announced() {
+    let src = repo().join("crates/updraft-server/src");
+    let mut broken = Vec::new();
+    for path in rust_files(&src) {
+        if path.ends_with("kernel/cluster.rs") {
+            continue;
+        }
+        for (n, code) in code_lines(&path) {
+            for call in REPLICA_NEWS {
+                if code.replace(' ', "").contains(call) {
+                    broken.push(format!(
+                        "{}:{n}: calls {call}…) — use state.announce(News::…) so that the other replicas hear it",
+                        relative(&path)
+                    ));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
 #[test]
 fn the_core_has_no_io_no_async_and_no_clock() {
     let src = repo().join("crates/updraft-core/src");

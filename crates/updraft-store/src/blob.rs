@@ -4,8 +4,9 @@
 //!
 //! [`LocalBlobStore`] layout under its root: `staging/<random>` while an upload streams in,
 //! `sha256/<first two hex digits>/<hex>` once committed (write, fsync, rename, fsync directory).
-//! A crash leaves at worst a staging file or an unreferenced blob; [`collect_garbage`] at start-up
-//! removes both.
+//! A crash leaves at worst a staging file or an unreferenced blob; [`collect_garbage`] removes
+//! both once they are older than its grace (committing refreshes a blob's time, so one an upload
+//! is about to reference is young). `s3.rs` keeps blobs in object storage the same way.
 
 use std::collections::HashSet;
 use std::io;
@@ -40,10 +41,41 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn size(&self, sha256: &str) -> io::Result<Option<u64>>;
     /// Deletes the blob; says whether it existed.
     async fn delete(&self, sha256: &str) -> io::Result<bool>;
+    /// Every committed blob's SHA-256 and when it was last committed.
+    async fn list_blobs(&self) -> io::Result<Vec<ListedBlob>>;
     /// Every committed blob's SHA-256.
-    async fn list(&self) -> io::Result<Vec<String>>;
-    /// Removes what uploads that never finished left behind; returns how many.
-    async fn clear_staging(&self) -> io::Result<u64>;
+    async fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self
+            .list_blobs()
+            .await?
+            .into_iter()
+            .map(|b| b.sha256)
+            .collect())
+    }
+    /// Removes what uploads that never finished left behind, last written before `before`
+    /// (epoch milliseconds; an upload in flight writes all the time); returns how many.
+    async fn clear_staging(&self, before: i64) -> io::Result<u64>;
+    /// A URL that lets anyone read the blob for `ttl` without asking Updraft, where the store
+    /// can make one (object storage's presigned URLs).
+    async fn presign(
+        &self,
+        _sha256: &str,
+        _ttl: std::time::Duration,
+    ) -> io::Result<Option<String>> {
+        Ok(None)
+    }
+    /// Whether the store answers (for `/readyz`).
+    async fn check(&self) -> io::Result<()>;
+    /// Where the blobs are, for logs.
+    fn describe(&self) -> String;
+}
+
+/// A committed blob as [`BlobStore::list_blobs`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedBlob {
+    pub sha256: String,
+    /// When it was last committed (epoch milliseconds).
+    pub modified_at: i64,
 }
 
 /// A blob being written. Dropping it without committing discards the bytes.
@@ -71,7 +103,7 @@ impl std::fmt::Debug for LocalBlobStore {
     }
 }
 
-fn valid_sha256(sha256: &str) -> io::Result<()> {
+pub(crate) fn valid_sha256(sha256: &str) -> io::Result<()> {
     let ok = sha256.len() == 64
         && sha256
             .bytes()
@@ -103,19 +135,27 @@ impl LocalBlobStore {
         valid_sha256(sha256)?;
         Ok(self.root.join("sha256").join(&sha256[..2]).join(sha256))
     }
+}
 
-    fn random_name() -> String {
-        let mut bytes = [0u8; 12];
-        // Without OS randomness a clash only costs a failed upload (create_new refuses).
-        if getrandom::fill(&mut bytes).is_err() {
-            bytes = std::process::id()
-                .to_le_bytes()
-                .repeat(3)
-                .try_into()
-                .unwrap_or([7; 12]);
-        }
-        hex::encode(bytes)
+/// A staging name no other upload uses.
+pub(crate) fn random_name() -> String {
+    let mut bytes = [0u8; 12];
+    // Without OS randomness a clash only costs a failed upload (create_new refuses).
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes = std::process::id()
+            .to_le_bytes()
+            .repeat(3)
+            .try_into()
+            .unwrap_or([7; 12]);
     }
+    hex::encode(bytes)
+}
+
+fn modified_millis(meta: &std::fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 async fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -153,6 +193,15 @@ impl BlobWriter for LocalWriter {
         tokio::fs::create_dir_all(&dir).await?;
         if tokio::fs::try_exists(&target).await? {
             tokio::fs::remove_file(&self.staging_path).await?;
+            // The same bytes are there already: young again, so garbage collection spares them
+            // until the caller's artifact refers to them.
+            let existing = tokio::fs::OpenOptions::new()
+                .write(true)
+                .open(&target)
+                .await?
+                .into_std()
+                .await;
+            existing.set_modified(std::time::SystemTime::now())?;
         } else {
             tokio::fs::rename(&self.staging_path, &target).await?;
             sync_dir(&dir).await?;
@@ -174,7 +223,7 @@ impl Drop for LocalWriter {
 #[async_trait]
 impl BlobStore for LocalBlobStore {
     async fn stage(&self) -> io::Result<Box<dyn BlobWriter>> {
-        let staging_path = self.root.join("staging").join(Self::random_name());
+        let staging_path = self.root.join("staging").join(random_name());
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -228,7 +277,7 @@ impl BlobStore for LocalBlobStore {
         }
     }
 
-    async fn list(&self) -> io::Result<Vec<String>> {
+    async fn list_blobs(&self) -> io::Result<Vec<ListedBlob>> {
         let mut out = Vec::new();
         let mut shards = tokio::fs::read_dir(self.root.join("sha256")).await?;
         while let Some(shard) = shards.next_entry().await? {
@@ -240,22 +289,41 @@ impl BlobStore for LocalBlobStore {
                 if let Some(name) = blob.file_name().to_str()
                     && valid_sha256(name).is_ok()
                 {
-                    out.push(name.to_owned());
+                    let modified_at = modified_millis(&blob.metadata().await?);
+                    out.push(ListedBlob {
+                        sha256: name.to_owned(),
+                        modified_at,
+                    });
                 }
             }
         }
-        out.sort();
+        out.sort_by(|a, b| a.sha256.cmp(&b.sha256));
         Ok(out)
     }
 
-    async fn clear_staging(&self) -> io::Result<u64> {
+    async fn clear_staging(&self, before: i64) -> io::Result<u64> {
         let mut removed = 0;
         let mut entries = tokio::fs::read_dir(self.root.join("staging")).await?;
         while let Some(entry) = entries.next_entry().await? {
-            tokio::fs::remove_file(entry.path()).await?;
-            removed += 1;
+            if modified_millis(&entry.metadata().await?) < before {
+                match tokio::fs::remove_file(entry.path()).await {
+                    Ok(()) => removed += 1,
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(err),
+                }
+            }
         }
         Ok(removed)
+    }
+
+    async fn check(&self) -> io::Result<()> {
+        tokio::fs::metadata(self.root.join("sha256"))
+            .await
+            .map(drop)
+    }
+
+    fn describe(&self) -> String {
+        self.root.display().to_string()
     }
 }
 
@@ -266,14 +334,27 @@ pub struct GcReport {
     pub orphans_removed: u64,
 }
 
-/// Removes staged leftovers and every blob no artifact refers to. Run it before serving: a blob
-/// committed by an upload still in flight has no artifact row yet and would be taken for an orphan.
-pub async fn collect_garbage(store: &dyn Store, blobs: &dyn BlobStore) -> StoreResult<GcReport> {
-    let staging_removed = blobs.clear_staging().await?;
+/// Removes staged leftovers and every blob no artifact refers to, of those last written before
+/// `before` (epoch milliseconds). With several replicas, `before` lies a grace period in the
+/// past: an upload in flight anywhere writes its staging object all the time, and the blob it
+/// commits (or refreshes, when the bytes were there already) is young until its artifact row
+/// refers to it. A single process that just opened its own store may pass the present.
+pub async fn collect_garbage(
+    store: &dyn Store,
+    blobs: &dyn BlobStore,
+    before: i64,
+) -> StoreResult<GcReport> {
+    let staging_removed = blobs.clear_staging(before).await?;
+    // Listed before the references are read: a blob committed after the listing is not
+    // considered, and one whose artifact appeared meanwhile is among the references.
+    let listed = blobs.list_blobs().await?;
     let referenced: HashSet<String> = store.blob_references().await?;
     let mut orphans_removed = 0;
-    for sha256 in blobs.list().await? {
-        if !referenced.contains(&sha256) && blobs.delete(&sha256).await? {
+    for blob in listed {
+        if blob.modified_at < before
+            && !referenced.contains(&blob.sha256)
+            && blobs.delete(&blob.sha256).await?
+        {
             orphans_removed += 1;
         }
     }

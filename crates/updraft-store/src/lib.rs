@@ -13,14 +13,18 @@ mod mapped;
 mod migrations;
 mod rollout_rows;
 mod rows;
+mod s3;
 mod sql;
 
-pub use blob::{BlobReader, BlobStore, BlobWriter, GcReport, LocalBlobStore, collect_garbage};
+pub use blob::{
+    BlobReader, BlobStore, BlobWriter, GcReport, ListedBlob, LocalBlobStore, collect_garbage,
+};
 pub use error::{StoreError, StoreResult};
 pub use mapped::Mapped;
 pub use rollout_rows::*;
 pub use rows::*;
-pub use sql::{SchedulerLease, SqlStore};
+pub use s3::{PART_SIZE, S3BlobStore, S3Config};
+pub use sql::{Dialect, Lease, SqlStore};
 
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
@@ -339,10 +343,35 @@ pub trait Rollouts: Send + Sync {
         limit: u64,
         now: Millis,
     ) -> StoreResult<u64>;
-    /// The right to run the rollout scheduler: `None` while another replica holds it. Held
-    /// until the lease is dropped (with PostgreSQL, a session advisory lock; with SQLite, the
-    /// one process).
-    async fn scheduler_lease(&self) -> StoreResult<Option<SchedulerLease>>;
+}
+
+/// A task that one process at a time runs across every replica on the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Singleton {
+    /// The rollout scheduler.
+    Scheduler,
+    /// Blob garbage collection.
+    GarbageCollection,
+}
+
+/// What replicas on one database share beyond the fleet model: singleton tasks, secrets, news.
+#[async_trait]
+pub trait Cluster: Send + Sync {
+    /// The right to run `task`: `None` while another process holds it. Held until the lease is
+    /// dropped or its database session dies (with PostgreSQL, a session advisory lock; with
+    /// SQLite, the one process always holds it).
+    async fn lease(&self, task: Singleton) -> StoreResult<Option<Lease>>;
+    /// The secret every replica shares under `name`: the stored one, or `candidate` stored now
+    /// if there was none (the first replica to ask decides).
+    async fn shared_secret(&self, name: &str, candidate: &str) -> StoreResult<String>;
+    /// Tells the other processes on this database `news`, after every invalidation of this
+    /// process's earlier writes (nothing where no other process can share the database).
+    fn publish(&self, news: &str);
+    /// What other processes publish, as it arrives (`*`: some may have been missed); `None` where
+    /// no other process can share the database (SQLite).
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<String>>;
+    /// Whether the database answers (for `/readyz`).
+    async fn ping(&self) -> StoreResult<()>;
 }
 
 /// What [`Rollouts::mark_group`] records.
@@ -361,6 +390,13 @@ pub trait ProtocolState: Send + Sync {
     async fn lwm2m_psks(&self) -> StoreResult<Vec<(DeviceKey, String, String)>>;
     /// The device's PSK identity, if it has a PSK.
     async fn lwm2m_psk_identity(&self, device: DeviceKey) -> StoreResult<Option<String>>;
+    /// Stores (`Some`, replacing) or forgets (`None`) LwM2M registrations, in one transaction.
+    async fn save_lwm2m_registrations(
+        &self,
+        changes: &[(DeviceKey, Option<StoredRegistration>)],
+    ) -> StoreResult<()>;
+    /// The stored LwM2M registrations that have not expired at `now`.
+    async fn lwm2m_registrations(&self, now: Millis) -> StoreResult<Vec<StoredRegistration>>;
     async fn job_execution(&self, action: ActionKey) -> StoreResult<Option<JobExecution>>;
     /// Writes the execution if the stored one still has `expected_version` (`None`: there is
     /// none yet); false when another change came first.
@@ -420,6 +456,7 @@ pub trait Store:
     + Actions
     + Rollouts
     + ProtocolState
+    + Cluster
     + Send
     + Sync
     + 'static
@@ -434,6 +471,7 @@ impl<T> Store for T where
         + Actions
         + Rollouts
         + ProtocolState
+        + Cluster
         + Send
         + Sync
         + 'static
@@ -443,6 +481,6 @@ impl<T> Store for T where
 /// The store's traits, to call any of its methods.
 pub mod prelude {
     pub use crate::{
-        Actions, Artifacts, Assignments, Fleet, ProtocolState, Rollouts, Store, Tenants,
+        Actions, Artifacts, Assignments, Cluster, Fleet, ProtocolState, Rollouts, Store, Tenants,
     };
 }

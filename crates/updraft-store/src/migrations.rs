@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (13, include_str!("../migrations/0013_rollouts.sql")),
     (14, include_str!("../migrations/0014_fleet_overview.sql")),
+    (15, include_str!("../migrations/0015_cluster.sql")),
 ];
 
 /// Applies every migration newer than the database's version, each in its own transaction.

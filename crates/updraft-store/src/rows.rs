@@ -514,3 +514,21 @@ pub enum Enrollment {
     /// The key already enrolled `max_nodes` nodes.
     KeyFull,
 }
+
+/// An LwM2M registration as stored, so that it outlives the process that took it (a replica's
+/// restart): over NoSec only (a DTLS session dies with its process).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRegistration {
+    pub device: DeviceKey,
+    pub tenant: TenantKey,
+    pub device_id: DeviceId,
+    pub endpoint: String,
+    pub location: String,
+    /// The client's address (`ip:port`).
+    pub peer: String,
+    pub lifetime: u32,
+    pub version: String,
+    pub root: String,
+    pub objects: Vec<String>,
+    pub expires_at: Millis,
+}

@@ -2,7 +2,9 @@
 //! system's binaries (or the one `DATABASE_URL` names), and helpers to require external tools.
 //! Absence of a required tool is loud; under `CI=true` it fails the test instead of skipping.
 
+pub mod haproxy;
 pub mod postgres;
+pub mod s3;
 pub mod server;
 
 /// How long a test waits on the network for one thing before it fails.

@@ -9,6 +9,8 @@ use anyhow::{Context, Result, bail};
 
 pub struct ServerProcess {
     child: Child,
+    /// What the server prints after it listens (see [`ServerProcess::await_line`]).
+    rest: std::sync::Mutex<std::sync::mpsc::Receiver<std::io::Result<String>>>,
     pub url: String,
     /// `host:port` of the device MQTT listener.
     pub mqtt: Option<String>,
@@ -22,6 +24,16 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `binary serve --data-dir DIR --http 127.0.0.1:0 EXTRA…` and waits until it listens.
     pub fn start(binary: &Path, data_dir: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_with_env(binary, data_dir, extra, &[])
+    }
+
+    /// [`ServerProcess::start`] with more environment variables.
+    pub fn start_with_env(
+        binary: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let mut child = Command::new(binary)
             .arg("serve")
             .arg("--data-dir")
@@ -38,6 +50,7 @@ impl ServerProcess {
             ])
             .args(extra)
             .env("UPDRAFT_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -84,12 +97,32 @@ impl ServerProcess {
         };
         Ok(Self {
             child,
+            rest: std::sync::Mutex::new(rx),
             url,
             mqtt,
             coap,
             lwm2m,
             data_dir: data_dir.to_path_buf(),
         })
+    }
+
+    /// Waits (at most [`crate::NETWORK_WAIT`]) until the server prints a line containing
+    /// `needle` on its standard output, and returns it.
+    pub fn await_line(&self, needle: &str) -> Result<String> {
+        let rx = self
+            .rest
+            .lock()
+            .map_err(|_| anyhow::anyhow!("lines poisoned"))?;
+        let deadline = std::time::Instant::now() + crate::NETWORK_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Ok(line)) if line.contains(needle) => return Ok(line),
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => return Err(err.into()),
+                Err(_) => bail!("the server did not print {needle:?}"),
+            }
+        }
     }
 
     /// The server admin key from the data directory.

@@ -43,6 +43,7 @@ impl Server {
             tls: None,
             notify_per_second: 1000,
             limits: Default::default(),
+            storage: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

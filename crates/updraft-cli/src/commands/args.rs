@@ -161,6 +161,19 @@ pub(super) struct ServeArgs {
     /// Open connections across the TCP listeners (default 15000); keep it below `ulimit -n`.
     #[arg(long, env = "UPDRAFT_MAX_CONNECTIONS")]
     pub(super) max_connections: Option<usize>,
+    /// Where artifact bytes live: a directory (default: `blobs` in the data directory) or
+    /// `s3://BUCKET/PREFIX` (S3-compatible storage; endpoint, region and keys from
+    /// AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or the file's [s3]).
+    #[arg(long, env = "UPDRAFT_BLOBS")]
+    pub(super) blobs: Option<String>,
+    /// hawkBit DDI devices (whose clients follow redirects) download from a short-lived
+    /// presigned object-storage URL instead of through the server (with s3:// blobs).
+    #[arg(long, env = "UPDRAFT_DOWNLOAD_REDIRECT")]
+    pub(super) download_redirect: bool,
+    /// Age below which garbage collection spares unreferenced blobs and staging leftovers
+    /// (default 3600: longer than any upload in flight on any replica).
+    #[arg(long, env = "UPDRAFT_GC_GRACE_SECS")]
+    pub(super) gc_grace_secs: Option<u64>,
     /// A TOML file with the same keys as these flags (data-dir, http, …); flags and env win.
     #[arg(long, env = "UPDRAFT_CONFIG")]
     pub(super) config: Option<PathBuf>,

@@ -34,6 +34,9 @@ pub(super) async fn serve(args: ServeArgs) -> Result<()> {
         tls_key: args.tls_key,
         notify_per_second: args.notify_per_second,
         max_connections: args.max_connections,
+        blobs: args.blobs,
+        download_redirect: args.download_redirect,
+        gc_grace_secs: args.gc_grace_secs,
     };
     let config = config::merge(given, file)?;
     updraft_server::run(config, shutdown_signal()).await

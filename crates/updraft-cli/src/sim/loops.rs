@@ -70,6 +70,15 @@ pub(super) async fn drogue_device(
     }
 }
 
+/// What a simulated ThingsBoard device subscribes to (again after each reconnection).
+const TB_TOPICS: [&str; 3] = [
+    "v1/devices/me/attributes",
+    "v1/devices/me/attributes/response/+",
+    "v2/fw/response/+/chunk/+",
+];
+/// Not a topic: the device's connection was made again.
+const RECONNECTED: &str = "$reconnected";
+
 /// How long a simulated ThingsBoard device waits for a chunk before it asks again, and how many
 /// times it asks.
 const CHUNK_WAIT: Duration = Duration::from_secs(30);
@@ -94,7 +103,9 @@ pub(super) async fn thingsboard_device(
     let (client, mut events) = AsyncClient::new(options, 64);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Bytes)>(64);
     let poll_stats = stats.clone();
+    let resubscriber = client.clone();
     tokio::spawn(async move {
+        let mut connected_before = false;
         loop {
             match events.poll().await {
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -102,6 +113,21 @@ pub(super) async fn thingsboard_device(
                         return;
                     }
                 }
+                // Connected again (the server went away, or a load balancer moved us): the
+                // subscriptions went with the old session, and what was asked may be lost.
+                Ok(Event::Incoming(Packet::ConnAck(_))) if connected_before => {
+                    for topic in TB_TOPICS {
+                        let _ = resubscriber.try_subscribe(topic, QoS::AtLeastOnce);
+                    }
+                    if tx
+                        .send((RECONNECTED.to_owned(), Bytes::new()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(Event::Incoming(Packet::ConnAck(_))) => connected_before = true,
                 Ok(_) => {}
                 Err(_) => {
                     poll_stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -118,15 +144,9 @@ pub(super) async fn thingsboard_device(
                 .await
         }
     };
-    let _ = client
-        .subscribe("v1/devices/me/attributes", QoS::AtLeastOnce)
-        .await;
-    let _ = client
-        .subscribe("v1/devices/me/attributes/response/+", QoS::AtLeastOnce)
-        .await;
-    let _ = client
-        .subscribe("v2/fw/response/+/chunk/+", QoS::AtLeastOnce)
-        .await;
+    for topic in TB_TOPICS {
+        let _ = client.subscribe(topic, QoS::AtLeastOnce).await;
+    }
     let mut current = ("factory".to_owned(), "0".to_owned());
     let mut request = 0u64;
     let _ = publish(
@@ -189,6 +209,8 @@ pub(super) async fn thingsboard_device(
                 data = loop {
                     match tokio::time::timeout_at(deadline, rx.recv()).await {
                         Ok(Some((topic, data))) if topic == expected => break Some(data),
+                        // A new connection: this chunk's request went with the old one.
+                        Ok(Some((topic, _))) if topic == RECONNECTED => break None,
                         Ok(Some(_)) => continue,
                         _ => break None,
                     }

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use updraft_test_support::server::ServerProcess;
 
 mod readme;
+mod replicas;
 mod sim;
 
 pub(crate) fn binary() -> PathBuf {

@@ -52,7 +52,7 @@ fn campaign(protocol: &str, image: usize, faults: &[&str]) -> Value {
 /// A file holding a stand-in code signature (base64 of DER-shaped bytes): the server keeps an
 /// artifact's signature unchecked when no compatible profile has a signing certificate, and the
 /// simulated devices do not verify it.
-fn stand_in_signature(dir: &std::path::Path) -> String {
+pub(crate) fn stand_in_signature(dir: &std::path::Path) -> String {
     let path = dir.join("fw.sig");
     std::fs::write(
         &path,
@@ -68,7 +68,7 @@ fn count(summary: &Value, state: &str) -> u64 {
 
 /// One thousand-device campaign at a time: four at once on two cores measure the machine, not the
 /// simulator.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn at_a_thousand_devices(protocol: &str, image: usize) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

@@ -76,6 +76,7 @@ async fn main() {
         tls: None,
         notify_per_second: 1000,
         limits: Default::default(),
+        storage: Default::default(),
     };
     let node = prepare(&config, "http://bench".into()).await.unwrap();
     let router = node.router();

@@ -165,17 +165,20 @@ async fn openapi(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi
 }
 
 async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    match state.store.tenant_by_name("default").await {
-        Ok(_) => Ok("ready"),
-        Err(err) => {
-            tracing::warn!(error = %err, "not ready");
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                "the store does not answer",
-            ))
-        }
+    let not_ready = |why: &str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why);
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(not_ready("the server is shutting down"));
     }
+    if let Err(err) = state.store.ping().await {
+        tracing::warn!(error = %err, "not ready: the database");
+        return Err(not_ready("the database does not answer"));
+    }
+    let blobs = tokio::time::timeout(std::time::Duration::from_secs(5), state.blobs.check());
+    if !matches!(blobs.await, Ok(Ok(()))) {
+        tracing::warn!("not ready: the blob store {}", state.blobs.describe());
+        return Err(not_ready("the blob store does not answer"));
+    }
+    Ok("ready")
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

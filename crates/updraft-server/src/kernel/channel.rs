@@ -120,6 +120,12 @@ pub trait Adapter: Send + Sync {
     fn signing_cert_name(&self) -> Option<&'static str> {
         None
     }
+
+    /// Devices' protocol credentials changed on another replica: a table of them kept in memory
+    /// is read again.
+    fn credentials_changed(&self, state: &AppState) {
+        let _ = state;
+    }
 }
 
 /// Every adapter of the running server, set once by the composition root.
@@ -176,6 +182,13 @@ impl Adapters {
     pub fn window_opened(&self, state: &AppState, tenant: TenantKey) {
         for channel in self.channels() {
             channel.window_opened(state, tenant);
+        }
+    }
+
+    /// Tells every adapter that devices' credentials changed on another replica.
+    pub fn credentials_changed(&self, state: &AppState) {
+        for adapter in self.all() {
+            adapter.credentials_changed(state);
         }
     }
 

@@ -130,6 +130,42 @@ pub struct BlobResponse<'a> {
     pub modified_at: i64,
 }
 
+/// How long a presigned object-storage URL handed out by [`serve_or_redirect`] works.
+pub const REDIRECT_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// For devices that follow redirects: where the server runs with `--download-redirect` and the
+/// blob store can presign (object storage), a `307` to a short-lived URL of the object, so the
+/// bytes bypass the server; otherwise [`serve_blob`].
+pub async fn serve_or_redirect(
+    state: &AppState,
+    blob: BlobResponse<'_>,
+    request_headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    if state.config.download_redirect {
+        match state.blobs.presign(blob.sha256, REDIRECT_TTL).await {
+            Ok(Some(url)) => {
+                if let Ok(location) = HeaderValue::from_str(&url) {
+                    state
+                        .metrics
+                        .download_redirects
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Ok((
+                        StatusCode::TEMPORARY_REDIRECT,
+                        [
+                            (header::LOCATION, location),
+                            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+                        ],
+                    )
+                        .into_response());
+                }
+            }
+            Ok(None) => {}
+            Err(err) => tracing::warn!("presigning a download (serving it instead): {err}"),
+        }
+    }
+    serve_blob(state, blob, request_headers).await
+}
+
 /// Streams the blob (or the requested range of it).
 pub async fn serve_blob(
     state: &AppState,

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub artifacts_uploaded: AtomicU64,
     pub uploads_refused: AtomicU64,
     pub download_bytes: AtomicU64,
+    /// Downloads sent to a presigned object-storage URL instead of served.
+    pub download_redirects: AtomicU64,
+    /// Blobs and staging leftovers removed by garbage collection.
+    pub blobs_collected: AtomicU64,
     /// Passes over a tenant's whole fleet (a rollout's or rule's target, a filtered list).
     pub fleet_scans: AtomicU64,
     /// Members the rollout scheduler activated.
@@ -66,6 +70,16 @@ impl Metrics {
             }
         }
         let counters = [
+            (
+                "updraft_download_redirects_total",
+                "Downloads redirected to a presigned object-storage URL.",
+                &self.download_redirects,
+            ),
+            (
+                "updraft_blobs_collected_total",
+                "Unreferenced blobs and staging leftovers removed by garbage collection.",
+                &self.blobs_collected,
+            ),
             (
                 "updraft_upload_bytes_total",
                 "Artifact bytes received.",

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use updraft_core::rollout::{GroupProgress, Lifecycle, MAX_GROUPS, Step, may_start, next_step};
-use updraft_store::{GroupMark, Rollout, RolloutGroup};
+use updraft_store::{GroupMark, Rollout, RolloutGroup, Singleton};
 
 use crate::kernel::clock::now_millis;
 use crate::kernel::error::ApiError;
@@ -20,7 +20,7 @@ const PER_PASS: u64 = 5_000;
 /// (or when a command wakes it) for as long as the lease holds.
 pub async fn scheduler(state: AppState) {
     loop {
-        let mut lease = match state.store.scheduler_lease().await {
+        let mut lease = match state.store.lease(Singleton::Scheduler).await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
                 // Another replica schedules; try again in a while.
@@ -34,6 +34,9 @@ pub async fn scheduler(state: AppState) {
             }
         };
         tracing::info!("rollout scheduler running on this replica");
+        // On standard output too, as the listening lines are: operators and tests see which
+        // replica runs it.
+        println!("updraft runs the rollout scheduler");
         while lease.held().await {
             if let Err(err) = pass(&state, now_millis()).await {
                 tracing::warn!(error = %err.message, "rollout scheduler pass failed");
@@ -68,7 +71,7 @@ pub async fn pass(state: &AppState, now: i64) -> Result<u64, ApiError> {
             .metrics
             .rollout_activations
             .fetch_add(activated, std::sync::atomic::Ordering::Relaxed);
-        state.wake.notify_one();
+        state.announce(crate::kernel::cluster::News::Queued);
     }
     Ok(activated)
 }
@@ -94,8 +97,7 @@ fn windows_opened(state: &AppState, live: &[Rollout], now: i64) {
     }
     opened.dedup();
     for tenant in opened {
-        state.adapters.window_opened(state, tenant);
-        state.wake.notify_one();
+        state.announce(crate::kernel::cluster::News::WindowOpened(tenant));
     }
 }
 

@@ -19,6 +19,8 @@ pub struct AppConfig {
     /// Base URL written into links (no trailing slash).
     pub public_url: String,
     pub limits: Limits,
+    /// HTTP-pull devices that follow redirects download from a presigned object-storage URL.
+    pub download_redirect: bool,
 }
 
 /// What any one client, device or tenant may hold of the server: every listener's bounds.
@@ -69,6 +71,7 @@ impl Default for AppConfig {
             max_upload_bytes: 4 * 1024 * 1024 * 1024,
             public_url: "http://127.0.0.1:8080".to_owned(),
             limits: Limits::default(),
+            download_redirect: false,
         }
     }
 }
@@ -109,8 +112,10 @@ pub struct Shared {
     /// Whether each live rollout's maintenance window was open at the scheduler's last pass
     /// (so that devices waiting for it are told when it opens).
     pub windows: Arc<std::sync::Mutex<std::collections::HashMap<updraft_core::RolloutKey, bool>>>,
-    /// One-time download URLs.
+    /// Signed download URLs.
     pub grants: Arc<crate::kernel::grants::Grants>,
+    /// The server is shutting down: `/readyz` says so, so that a load balancer sends no more.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// The device protocols, installed by the composition root.
     pub adapters: Arc<Adapters>,
     /// Devices registering themselves, per tenant.

@@ -584,6 +584,7 @@ async fn the_data_directory_is_private() {
             tls: None,
             notify_per_second: 1,
             limits: Default::default(),
+            storage: Default::default(),
         };
         updraft_server::server::prepare(&config, "http://x".into())
             .await

@@ -1103,3 +1103,71 @@ async fn a_pushed_package_is_reassembled_by_libcoaps_server() {
     assert_eq!(std::fs::read(&out).unwrap(), image, "byte-identical");
     coap_server.kill().await.unwrap();
 }
+
+/// A registration outlives the server that took it: another server on the same database (a
+/// restarted replica) knows the client at once and drives its update, without a new Register.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_outlive_the_server_that_took_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = match crate::test_database().await {
+        Some(url) => url,
+        None => format!("sqlite://{}", dir.path().join("shared.db").display()),
+    };
+    let first = TestApp::prepared_on(
+        Some(url.clone()),
+        1 << 20,
+        "http://127.0.0.1:1".into(),
+        Default::default(),
+    )
+    .await;
+    first.device("kept-1").await;
+    // The first server's listener only (no notification queue): it stands for a replica that
+    // is gone after the client registered.
+    let first_socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server = first_socket.local_addr().unwrap();
+    tokio::spawn(first.node.clone().serve_lwm2m(first_socket));
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    register_raw(&socket, server, &["ep=kept-1", "lt=600"]).await;
+    let ctx = &first.node.protocols.lwm2m;
+    ctx.lwm2m.write_registrations(ctx).await;
+    // The second server has never heard from the client.
+    let second = TestApp::prepared_on(
+        Some(url),
+        1 << 20,
+        "http://127.0.0.1:1".into(),
+        Default::default(),
+    )
+    .await;
+    let second_server = second.listen_lwm2m().await;
+    assert!(
+        second
+            .node
+            .protocols
+            .lwm2m
+            .lwm2m
+            .registration("kept-1")
+            .is_some(),
+        "the stored registration was not restored"
+    );
+    second.upload("title=fw&version=9", b"nine").await;
+    second
+        .post(
+            "/api/v1/assignments",
+            json!({"device": "kept-1", "artifact": "fw@9"}),
+        )
+        .await;
+    // The second server's first request reaches the client at the address it registered from.
+    let mut buf = vec![0u8; 2048];
+    let (len, from) = updraft_test_support::within(socket.recv_from(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(
+        from, second_server,
+        "the request came from the restored server"
+    );
+    let request = Packet::from_bytes(&buf[..len]).unwrap();
+    assert!(
+        matches!(request.header.code, MessageClass::Request(_)),
+        "{request:?}"
+    );
+}

@@ -23,6 +23,7 @@ mod mqtt_limits;
 mod rollout_windows;
 mod rollouts;
 mod rustot;
+mod storage;
 mod thingsboard;
 mod tls;
 
@@ -63,7 +64,7 @@ impl Answer {
 
 /// The store the tests run on: SQLite in the data directory, or with `UPDRAFT_TEST_STORE=postgres`
 /// a fresh PostgreSQL database (the test command runs the device-protocol tests both ways).
-async fn test_database() -> Option<String> {
+pub(crate) async fn test_database() -> Option<String> {
     match std::env::var("UPDRAFT_TEST_STORE").as_deref() {
         Ok("postgres") => {
             let url = updraft_test_support::postgres::fresh_database().await;
@@ -75,6 +76,32 @@ async fn test_database() -> Option<String> {
             url
         }
         _ => None,
+    }
+}
+
+/// Local blobs, or S3 (SeaweedFS) when `UPDRAFT_TEST_BLOBS=s3`.
+pub fn test_storage() -> updraft_server::server::Storage {
+    let mut storage = updraft_server::server::Storage::default();
+    if std::env::var("UPDRAFT_TEST_BLOBS").as_deref() == Ok("s3") {
+        match updraft_test_support::s3::fresh_bucket() {
+            Some(bucket) => {
+                storage.blobs = updraft_server::server::BlobsAt::S3(s3_config(&bucket));
+            }
+            None => eprintln!("note: UPDRAFT_TEST_BLOBS=s3 but no S3 engine: blobs on local disk"),
+        }
+    }
+    storage
+}
+
+/// The store's settings for a test bucket.
+pub fn s3_config(bucket: &updraft_test_support::s3::Bucket) -> updraft_store::S3Config {
+    updraft_store::S3Config {
+        bucket: bucket.bucket.clone(),
+        prefix: bucket.prefix.clone(),
+        endpoint: Some(bucket.endpoint.clone()),
+        region: Some("us-east-1".into()),
+        access_key_id: Some(bucket.access_key.clone()),
+        secret_access_key: Some(bucket.secret_key.clone()),
     }
 }
 
@@ -126,11 +153,29 @@ impl TestApp {
         Self::prepared_on(test_database().await, max_upload_bytes, public_url, limits).await
     }
 
-    async fn prepared_on(
+    pub(crate) async fn prepared_on(
         database_url: Option<String>,
         max_upload_bytes: u64,
         public_url: String,
         limits: Limits,
+    ) -> TestApp {
+        Self::prepared_with(
+            database_url,
+            max_upload_bytes,
+            public_url,
+            limits,
+            test_storage(),
+        )
+        .await
+    }
+
+    /// An app whose blobs are where `storage` says.
+    pub(crate) async fn prepared_with(
+        database_url: Option<String>,
+        max_upload_bytes: u64,
+        public_url: String,
+        limits: Limits,
+        storage: updraft_server::server::Storage,
     ) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let config = ServerConfig {
@@ -147,6 +192,7 @@ impl TestApp {
             tls: None,
             notify_per_second: 1000,
             limits,
+            storage,
         };
         let node = prepare(&config, public_url).await.unwrap();
         let state = node.state.clone();

@@ -642,9 +642,21 @@ async fn two_schedulers_on_one_postgresql_never_double_and_hand_over() {
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.json());
 
-    let lease_a = a.state.store.scheduler_lease().await.unwrap();
+    let lease_a = a
+        .state
+        .store
+        .lease(updraft_store::Singleton::Scheduler)
+        .await
+        .unwrap();
     assert!(lease_a.is_some());
-    assert!(b.state.store.scheduler_lease().await.unwrap().is_none());
+    assert!(
+        b.state
+            .store
+            .lease(updraft_store::Singleton::Scheduler)
+            .await
+            .unwrap()
+            .is_none()
+    );
     // Even passes that race (no lease checked) queue each member's action once.
     for step in 0..3 {
         let (x, y) = tokio::join!(pass(&a.state, T0 + step), pass(&b.state, T0 + step));
@@ -666,7 +678,12 @@ async fn two_schedulers_on_one_postgresql_never_double_and_hand_over() {
     report(&a, &queued, Report::Succeeded).await;
     lease_a.unwrap().release().await;
     drop(a);
-    let lease_b = b.state.store.scheduler_lease().await.unwrap();
+    let lease_b = b
+        .state
+        .store
+        .lease(updraft_store::Singleton::Scheduler)
+        .await
+        .unwrap();
     assert!(lease_b.is_some(), "the lease is free once A is gone");
     assert_eq!(pass(&b.state, T0 + MINUTE).await.unwrap(), 100);
     let rest = actions_in(&b, "rep", 200, UpdateState::Queued).await;

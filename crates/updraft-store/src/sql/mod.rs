@@ -6,7 +6,9 @@
 mod actions;
 mod artifacts;
 mod assignments;
+mod cluster;
 mod dynamic;
+mod feed;
 mod fleet;
 mod membership;
 mod new_device;
@@ -20,11 +22,11 @@ mod select;
 mod tenants;
 mod views;
 
+pub use self::cluster::Lease;
 use self::dynamic::join_dynamic;
 use self::membership::{Member, count_in_group, count_move, load_memberships};
 use self::new_device::insert_device;
 use self::reconcile::*;
-pub use self::rollouts::SchedulerLease;
 use self::select::*;
 pub use self::views::Views;
 
@@ -140,11 +142,11 @@ impl SqlStore {
                 (pool.clone(), pool)
             }
         };
-        // On PostgreSQL other processes (replicas) may write too, and the change feed that would
-        // keep this process's views coherent with theirs is not finished (issue 19): the views
-        // stay off there and every read goes to the database.
-        let views = Views::new(dialect == Dialect::Sqlite);
+        let views = Views::new(dialect == Dialect::Postgres);
         Views::spawn_flusher(&views, write.clone());
+        if dialect == Dialect::Postgres {
+            self::feed::spawn(&views, write.clone(), url.to_owned());
+        }
         let reports = match dialect {
             Dialect::Sqlite => {
                 self::report::spawn_group_writer(write.clone(), dialect, Arc::clone(&views))

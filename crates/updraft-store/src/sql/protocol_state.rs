@@ -76,6 +76,77 @@ impl ProtocolState for SqlStore {
             .collect()
     }
 
+    async fn save_lwm2m_registrations(
+        &self,
+        changes: &[(DeviceKey, Option<StoredRegistration>)],
+    ) -> StoreResult<()> {
+        let mut w = self.views.writing();
+        w.nothing_cached();
+        let mut tx = self.write.begin().await?;
+        for (device, registration) in changes {
+            sqlx::query("DELETE FROM lwm2m_registrations WHERE device_pk = $1")
+                .bind(device.0)
+                .execute(&mut *tx)
+                .await?;
+            let Some(r) = registration else { continue };
+            // A device deleted meanwhile has nothing to register: skipped, not an error.
+            sqlx::query(
+                "INSERT INTO lwm2m_registrations (device_pk, endpoint, location, peer, lifetime, \
+                 version, root, objects, expires_at) \
+                 SELECT id, $2, $3, $4, $5, $6, $7, $8, $9 FROM devices WHERE id = $1",
+            )
+            .bind(device.0)
+            .bind(&r.endpoint)
+            .bind(&r.location)
+            .bind(&r.peer)
+            .bind(i64::from(r.lifetime))
+            .bind(&r.version)
+            .bind(&r.root)
+            .bind(r.objects.join(","))
+            .bind(r.expires_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn lwm2m_registrations(&self, now: Millis) -> StoreResult<Vec<StoredRegistration>> {
+        let rows = sqlx::query(
+            "SELECT r.device_pk, d.tenant_id, d.device_id, r.endpoint, r.location, r.peer, \
+             r.lifetime, r.version, r.root, r.objects, r.expires_at \
+             FROM lwm2m_registrations r JOIN devices d ON d.id = r.device_pk \
+             WHERE r.expires_at > $1",
+        )
+        .bind(now)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let objects: String = row.try_get("objects")?;
+                let device_id: String = row.try_get("device_id")?;
+                Ok(StoredRegistration {
+                    device: DeviceKey(row.try_get("device_pk")?),
+                    tenant: TenantKey(row.try_get("tenant_id")?),
+                    device_id: DeviceId::parse(&device_id)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    endpoint: row.try_get("endpoint")?,
+                    location: row.try_get("location")?,
+                    peer: row.try_get("peer")?,
+                    lifetime: u32::try_from(row.try_get::<i64, _>("lifetime")?).unwrap_or(0),
+                    version: row.try_get("version")?,
+                    root: row.try_get("root")?,
+                    objects: objects
+                        .split(',')
+                        .filter(|o| !o.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    expires_at: row.try_get("expires_at")?,
+                })
+            })
+            .collect()
+    }
+
     async fn lwm2m_psk_identity(&self, device: DeviceKey) -> StoreResult<Option<String>> {
         let row = sqlx::query("SELECT identity FROM lwm2m_psk WHERE device_pk = $1")
             .bind(device.0)

@@ -478,25 +478,6 @@ impl Rollouts for SqlStore {
         tx.commit().await?;
         Ok(devices.len() as u64)
     }
-
-    async fn scheduler_lease(&self) -> StoreResult<Option<SchedulerLease>> {
-        let mut w = self.views.writing();
-        w.nothing_cached();
-        match self.dialect {
-            Dialect::Sqlite => Ok(Some(SchedulerLease { conn: None })),
-            Dialect::Postgres => {
-                let mut conn = self.write.acquire().await?.detach();
-                let row = sqlx::query("SELECT pg_try_advisory_lock(7345003) AS held")
-                    .fetch_one(&mut conn)
-                    .await?;
-                if row.try_get::<bool, _>("held")? {
-                    Ok(Some(SchedulerLease { conn: Some(conn) }))
-                } else {
-                    Ok(None)
-                }
-            }
-        }
-    }
 }
 
 /// Members just activated that got no action of their group: one whose active action installs
@@ -561,31 +542,4 @@ async fn settle_without_action(
         .await?;
     }
     Ok(())
-}
-
-/// The right to run the rollout scheduler (see [`Rollouts::scheduler_lease`]).
-pub struct SchedulerLease {
-    /// PostgreSQL: the session holding the advisory lock. SQLite: none, the process is alone.
-    conn: Option<AnyConnection>,
-}
-
-impl SchedulerLease {
-    /// Whether the lease still holds: with PostgreSQL, whether the locking session is alive
-    /// (when it dropped, so did the lock, and another replica may hold it now).
-    pub async fn held(&mut self) -> bool {
-        match &mut self.conn {
-            None => true,
-            Some(conn) => sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok(),
-        }
-    }
-
-    /// Gives the lease up now (a server shutting down); dropping it gives it up when the
-    /// session closes.
-    pub async fn release(mut self) {
-        if let Some(conn) = &mut self.conn {
-            let _ = sqlx::query("SELECT pg_advisory_unlock(7345003)")
-                .execute(&mut *conn)
-                .await;
-        }
-    }
 }

@@ -10,12 +10,11 @@
 //! the database and may fill the cache only if no invalidation that could concern its entry
 //! happened meanwhile — so a read that raced a write never leaves the old value behind.
 //!
-//! Other processes writing the same database (replicas on one PostgreSQL) would not be seen, so
-//! the views are used only where this process is the only writer (SQLite); elsewhere they are
-//! off — every read goes to the database — until a change feed (PostgreSQL `LISTEN/NOTIFY`
-//! calling [`Views::invalidate_device`] and [`Views::invalidate_all`]) keeps them coherent.
-//! `last_seen` writes caused by check-ins are batched: [`Views::seen`] records them and a flusher
-//! writes them once a second.
+//! Other processes writing the same database (replicas on one PostgreSQL) are heard through
+//! `feed.rs`: each process publishes what its writes invalidated (`NOTIFY`) and applies what the
+//! others publish; while its listener is not connected the views are bypassed (every read goes to
+//! the database). `last_seen` writes caused by check-ins are batched: [`Views::seen`] records them
+//! and a flusher writes them once a second.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -111,6 +110,16 @@ pub struct Views {
     /// Whether the views may be used: always for a database only this process writes; for a
     /// shared one, while the change feed listens.
     live: std::sync::atomic::AtomicBool,
+    /// Other processes write the database: this process's invalidations are published.
+    pub(crate) shared: bool,
+    /// Names this store's notifications, so that it skips its own.
+    pub(crate) origin: u64,
+    pub(crate) outbox: Mutex<super::feed::Outbox>,
+    pub(crate) outbox_ready: tokio::sync::Notify,
+    heard: AtomicU64,
+    heard_notify: tokio::sync::Notify,
+    /// Other processes' news (see `feed.rs`).
+    pub(crate) news: tokio::sync::broadcast::Sender<String>,
 }
 
 fn shard(device: DeviceKey) -> usize {
@@ -118,10 +127,29 @@ fn shard(device: DeviceKey) -> usize {
 }
 
 impl Views {
-    /// Views in use (`live`: this process is the database's only writer) or off.
-    pub(crate) fn new(live: bool) -> Arc<Self> {
+    /// Views for a database that only this process writes (`shared` false), or that other
+    /// processes write too (then unused until the change feed listens).
+    pub(crate) fn new(shared: bool) -> Arc<Self> {
         Arc::new(Views {
-            live: std::sync::atomic::AtomicBool::new(live),
+            live: std::sync::atomic::AtomicBool::new(!shared),
+            shared,
+            origin: {
+                let mut bytes = [0u8; 8];
+                // Without OS randomness, the address and the time tell stores apart well enough.
+                if getrandom::fill(&mut bytes).is_err() {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as u64)
+                        .unwrap_or(0);
+                    bytes = (now ^ (&bytes as *const _ as u64)).to_le_bytes();
+                }
+                u64::from_le_bytes(bytes)
+            },
+            outbox: Mutex::default(),
+            outbox_ready: tokio::sync::Notify::new(),
+            heard: AtomicU64::new(0),
+            heard_notify: tokio::sync::Notify::new(),
+            news: tokio::sync::broadcast::channel(1024).0,
             global: AtomicU64::new(0),
             shards: std::array::from_fn(|_| AtomicU64::new(0)),
             tenants: Memo::new(),
@@ -154,9 +182,49 @@ impl Views {
         self.live.load(SeqCst)
     }
 
-    /// Whether the views are in use (this process is the database's only writer).
-    pub fn in_use(&self) -> bool {
-        self.live()
+    /// The change feed started or stopped listening: either way everything is forgotten (what
+    /// others wrote meanwhile was not heard).
+    pub(crate) fn set_live(&self, live: bool) {
+        self.invalidate_all();
+        self.live.store(live, SeqCst);
+        self.heard_notify.notify_waiters();
+    }
+
+    /// Waits until the views are in use (at once unless a change feed is still connecting).
+    pub async fn until_live(&self) {
+        loop {
+            let notified = self.heard_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.live() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Another process's invalidation arrived and was applied.
+    pub(crate) fn heard_one(&self) {
+        self.heard.fetch_add(1, SeqCst);
+        self.heard_notify.notify_waiters();
+    }
+
+    /// How many invalidations from other processes were applied.
+    pub fn heard(&self) -> u64 {
+        self.heard.load(SeqCst)
+    }
+
+    /// Waits until more than `seen` invalidations from other processes were applied.
+    pub async fn heard_after(&self, seen: u64) {
+        loop {
+            let notified = self.heard_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.heard() > seen {
+                return;
+            }
+            notified.await;
+        }
     }
 
     fn device_unchanged(&self, ticket: &Ticket, device: DeviceKey) -> bool {
@@ -389,10 +457,14 @@ impl Writing<'_> {
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
         match &self.scope {
-            Scope::All => self.views.invalidate_all(),
+            Scope::All => {
+                self.views.invalidate_all();
+                self.views.publish(None);
+            }
             Scope::Devices(devices) => {
                 for device in devices {
                     self.views.invalidate_device(*device);
+                    self.views.publish(Some(*device));
                 }
             }
             Scope::Nothing => {}

@@ -8,6 +8,7 @@ use updraft_store::*;
 
 use crate::Reopen;
 
+pub use crate::cluster::*;
 pub use crate::coverage::*;
 pub use crate::frugal_keys::*;
 pub use crate::races::*;

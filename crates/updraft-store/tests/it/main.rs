@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod blobs;
+mod cluster;
 mod conformance;
 mod coverage;
 mod frugal_keys;
@@ -57,6 +58,7 @@ impl Reopen {
 }
 
 backends!(
+    the_first_replica_decides_a_shared_secret,
     reopening_migrates_nothing_twice_and_keeps_data,
     tenant_names_are_unique_case_insensitively,
     title_and_version_are_unique_per_tenant,

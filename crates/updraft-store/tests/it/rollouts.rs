@@ -263,10 +263,10 @@ pub async fn a_rollout_never_takes_another_tenants_devices(store: &SqlStore, _: 
 }
 
 pub async fn one_scheduler_holds_the_lease_at_a_time(store: &SqlStore, reopen: &Reopen) {
-    let mut first = store.scheduler_lease().await.unwrap().unwrap();
+    let mut first = store.lease(Singleton::Scheduler).await.unwrap().unwrap();
     assert!(first.held().await);
     let other = reopen.open().await;
-    let second = other.scheduler_lease().await.unwrap();
+    let second = other.lease(Singleton::Scheduler).await.unwrap();
     match reopen {
         // SQLite is one process's database: its scheduler is alone by construction.
         Reopen::Sqlite(_) => assert!(second.is_some()),
@@ -276,9 +276,19 @@ pub async fn one_scheduler_holds_the_lease_at_a_time(store: &SqlStore, reopen: &
                 "PostgreSQL gives the lease to one session"
             );
             first.release().await;
-            let mut taken = other.scheduler_lease().await.unwrap().unwrap();
+            let mut taken = other.lease(Singleton::Scheduler).await.unwrap().unwrap();
             assert!(taken.held().await);
-            assert!(store.scheduler_lease().await.unwrap().is_none());
+            assert!(store.lease(Singleton::Scheduler).await.unwrap().is_none());
+            // Each singleton task has a lease of its own.
+            let gc = store.lease(Singleton::GarbageCollection).await.unwrap();
+            assert!(gc.is_some(), "the collector's lease is another lock");
+            assert!(
+                other
+                    .lease(Singleton::GarbageCollection)
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
         }
     }
 }

@@ -70,26 +70,25 @@ pub async fn idle_reads_come_from_memory_and_every_write_is_seen(
             .unwrap();
     }
 
-    // Warm, then ten more idle check-ins: every read a hit where the views are in use (SQLite:
-    // one writing process); on PostgreSQL they are off until a change feed keeps replicas
-    // coherent, and every read goes to the database.
-    let in_use = matches!(reopen, Reopen::Sqlite(_));
-    assert_eq!(store.views().in_use(), in_use);
+    // Warm, then ten more idle check-ins: every read a hit (on PostgreSQL once the change feed
+    // listens).
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        store.views().until_live(),
+    )
+    .await
+    .expect("the views' change feed never connected");
     idle_check_in(store, &tenant, "hash-d1", v1.key).await;
     let (hits, misses) = store.views().hit_counts();
     for _ in 0..10 {
         idle_check_in(store, &tenant, "hash-d1", v1.key).await;
     }
     let (hits_after, misses_after) = store.views().hit_counts();
-    if in_use {
-        assert_eq!(
-            misses_after, misses,
-            "an idle check-in went to the database"
-        );
-        assert_eq!(hits_after - hits, 50);
-    } else {
-        assert_eq!(hits_after, hits, "views in use with other writers unheard");
-    }
+    assert_eq!(
+        misses_after, misses,
+        "an idle check-in went to the database"
+    );
+    assert_eq!(hits_after - hits, 50);
     let view = store.poll_view(device.key).await.unwrap();
     assert!(view.active.is_none());
     assert_eq!(view.last_updated.unwrap().key, action.key);
@@ -135,22 +134,67 @@ pub async fn idle_reads_come_from_memory_and_every_write_is_seen(
     let written = third.device_by_key(device.key).await.unwrap().unwrap();
     assert_eq!(written.last_seen, seen.last_seen);
 
-    // Another process's write (a second replica) is seen on PostgreSQL at once (no views), and
-    // on SQLite once the views are invalidated — the hook a change feed calls.
+    // Another process's write (a second replica on PostgreSQL) is heard through the change feed;
+    // SQLite has one writing process, and the invalidation hook is what a feed calls.
     let settings = TenantSettings {
         poll_interval_secs: 77,
         ..tenant.settings
     };
     store.tenant_by_name("hot").await.unwrap().unwrap();
+    let heard = store.views().heard();
     other
         .update_tenant_settings(tenant.key, settings)
         .await
         .unwrap();
-    if in_use {
-        store.views().invalidate_all();
+    match reopen {
+        Reopen::Url(_) => {
+            let seen = async {
+                let mut heard = heard;
+                loop {
+                    store.views().heard_after(heard).await;
+                    let found = store.tenant_by_name("hot").await.unwrap().unwrap();
+                    if found.settings.poll_interval_secs == 77 {
+                        return;
+                    }
+                    heard = store.views().heard();
+                }
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(20), seen)
+                .await
+                .expect("the other process's write was never heard");
+            // And a device-level write: the other process's report reaches this one's poll view.
+            let v3 = release(store, &tenant, "3").await;
+            store
+                .assign(tenant.key, Scope::Tenant, v3.key, "test")
+                .await
+                .unwrap();
+            let queued = store.poll_view(device.key).await.unwrap().active.unwrap();
+            let heard = store.views().heard();
+            other.initiate(&[queued.key], "ddi").await.unwrap();
+            let seen = async {
+                let mut heard = heard;
+                loop {
+                    store.views().heard_after(heard).await;
+                    let view = store.poll_view(device.key).await.unwrap();
+                    if view
+                        .active
+                        .is_some_and(|a| a.state == UpdateState::Initiated)
+                    {
+                        return;
+                    }
+                    heard = store.views().heard();
+                }
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(20), seen)
+                .await
+                .expect("the other process's initiation was never heard");
+        }
+        Reopen::Sqlite(_) => {
+            store.views().invalidate_all();
+            let found = store.tenant_by_name("hot").await.unwrap().unwrap();
+            assert_eq!(found.settings.poll_interval_secs, 77);
+        }
     }
-    let found = store.tenant_by_name("hot").await.unwrap().unwrap();
-    assert_eq!(found.settings.poll_interval_secs, 77);
     other.close().await;
     third.close().await;
 }

@@ -7,6 +7,7 @@ use updraft_core::{ArtifactKey, ArtifactKind, DeviceId, Role, Scope, TenantKey};
 
 use crate::api::wire::*;
 use crate::kernel::auth::Caller;
+use crate::kernel::cluster::News;
 use crate::kernel::error::{ApiError, ApiResult, ErrorBody};
 use crate::kernel::extract::{ApiJson, ApiQuery};
 use crate::kernel::ingest::{profile_key, project_key};
@@ -125,7 +126,7 @@ pub async fn assign(
         .store
         .assign(tenant, scope, artifact.key, &caller.source())
         .await?;
-    state.wake.notify_one();
+    state.announce(News::Queued);
     Ok((StatusCode::CREATED, Json(AssignmentOut::from(&assignment))))
 }
 
@@ -169,7 +170,7 @@ pub async fn unassign(
         .await?
     {
         // Devices that were given a package learn that it is withdrawn.
-        state.adapters.withdrawn(&state, tenant);
+        state.announce(News::Withdrawn(tenant));
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(

@@ -22,6 +22,7 @@ use self::wire::*;
 use crate::api::fleet::artifact_named;
 use crate::kernel::auth::Caller;
 use crate::kernel::clock::now_millis;
+use crate::kernel::cluster::News;
 use crate::kernel::error::{ApiError, ApiResult, ErrorBody};
 use crate::kernel::extract::{ApiJson, ApiPath};
 use crate::kernel::state::AppState;
@@ -299,7 +300,7 @@ async fn create_rollout(
         created_by: caller.source(),
     };
     let created = state.store.create_rollout(tenant, &new, &members).await?;
-    state.schedule.notify_one();
+    state.announce(News::Schedule);
     Ok(created)
 }
 
@@ -385,9 +386,9 @@ pub async fn command(
     }
     if to == Lifecycle::Canceled {
         // Devices that were told of a withdrawn update learn so through their own protocol.
-        state.adapters.withdrawn(&state, tenant);
+        state.announce(News::Withdrawn(tenant));
     }
-    state.schedule.notify_one();
+    state.announce(News::Schedule);
     let rollout = rollout_named(&state, tenant, &name).await?;
     Ok(Json(shown(&state, &rollout).await?))
 }

@@ -211,5 +211,6 @@ pub(super) async fn download(
         content_type: "application/octet-stream",
         modified_at: artifact.created_at,
     };
-    serve_blob(&state, blob, &headers).await
+    // hawkBit's clients follow redirects: with object storage the bytes may bypass the server.
+    serve_or_redirect(&state, blob, &headers).await
 }

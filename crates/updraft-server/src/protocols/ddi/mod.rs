@@ -31,7 +31,7 @@ use updraft_store::{
     TenantSettings,
 };
 
-use crate::kernel::download::{BlobResponse, serve_blob};
+use crate::kernel::download::{BlobResponse, serve_or_redirect};
 use crate::kernel::error::{ApiError, ApiResult};
 use crate::kernel::extract::{ApiPath, ApiQuery};
 use crate::kernel::secret;

@@ -156,7 +156,7 @@ pub(super) async fn push(
             &caller.source(),
         )
         .await?;
-    state.wake.notify_one();
+    state.announce(crate::kernel::cluster::News::Queued);
     Ok((
         StatusCode::CREATED,
         Json(PushOut {
@@ -216,7 +216,7 @@ pub(super) async fn promote(
             &source,
         )
         .await?;
-    state.wake.notify_one();
+    state.announce(crate::kernel::cluster::News::Queued);
     state
         .store
         .unassign(

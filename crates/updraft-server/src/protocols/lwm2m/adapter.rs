@@ -96,6 +96,22 @@ impl Adapter for Lwm2mAdapter {
         SOURCE
     }
 
+    /// Another replica stored PSKs: the table is read again (one reload at a time; news that
+    /// arrives while one waits joins it).
+    fn credentials_changed(&self, state: &AppState) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.lwm2m.psks_reload.swap(true, SeqCst) {
+            return;
+        }
+        let ctx = self.ctx(state);
+        tokio::spawn(async move {
+            ctx.lwm2m.psks_reload.store(false, SeqCst);
+            if let Err(err) = ctx.lwm2m.load_psks(&ctx).await {
+                tracing::warn!(error = %err.message, "reloading LwM2M PSKs");
+            }
+        });
+    }
+
     /// The management route, with the registrations it operates on.
     fn routes(&self) -> Router<AppState> {
         Router::new()
@@ -160,6 +176,8 @@ impl Adapter for Lwm2mAdapter {
             self.lwm2m
                 .set_psk(device.key, Some((identity.into_bytes(), bytes)));
         }
+        // Replicas whose DTLS listener may see this device reload their tables.
+        state.publish(crate::kernel::cluster::News::Credentials);
         answer.insert("lwm2m_psk_key".into(), Value::String(key));
         Ok(answer)
     }

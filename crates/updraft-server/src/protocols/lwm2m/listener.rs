@@ -11,6 +11,10 @@ pub(super) const MAX_IN_FLIGHT: usize = 512;
 pub async fn serve(socket: UdpSocket, state: Ctx) {
     let socket = Arc::new(socket);
     let _ = state.lwm2m.socket.set(socket.clone());
+    // Clients registered before a restart are known at once (their answers come through the
+    // loop below).
+    state.lwm2m.restore(&state).await;
+    tokio::spawn(state.lwm2m.clone().persist(state.clone()));
     let recent = Arc::new(Mutex::new(Dedup::new(DEDUP_MILLIS, 65_536)));
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -201,6 +205,7 @@ pub(super) async fn handle(
                 gone.gone.cancel();
                 state.lwm2m.exchanges.abandon(&gone.link);
             }
+            state.lwm2m.forget(device);
             inner.observations.retain(|_, o| o.device != device);
             Ok(ResponseType::Deleted)
         }
@@ -294,6 +299,7 @@ pub(super) async fn register(
             old.gone.cancel();
             state.lwm2m.exchanges.abandon(&old.link);
         }
+        state.lwm2m.remember(&registration);
         inner.registrations.insert(device.key, registration);
     }
     response.add_option(CoapOption::LocationPath, b"rd".to_vec());
@@ -335,6 +341,7 @@ pub(super) fn update(state: &Ctx, link: Link, request: &Packet, location: &str) 
             registration.objects = links.objects;
         }
         registration.expires_at = now() + i64::from(registration.lifetime) * 1000 + 30_000;
+        state.lwm2m.remember(registration);
         registration.device
     };
     state.lwm2m.kick(state, device);
@@ -448,12 +455,18 @@ pub(super) async fn package_block(
     request: &Packet,
     response: &mut Packet,
 ) -> Answer {
-    let (sha256, size) = state.grants.blob(token).ok_or_else(|| {
-        (
-            ResponseType::NotFound,
-            "unknown or expired package".to_owned(),
-        )
-    })?;
+    let artifact = state
+        .grants
+        .artifact(&state.app, token)
+        .await
+        .map_err(|e| (ResponseType::InternalServerError, e.message))?
+        .ok_or_else(|| {
+            (
+                ResponseType::NotFound,
+                "unknown or expired package".to_owned(),
+            )
+        })?;
+    let (sha256, size) = (artifact.checksums.sha256, artifact.size);
     let window = block2(request, size).ok_or_else(|| {
         (
             ResponseType::BadOption,

@@ -13,6 +13,7 @@ pub mod adapter;
 mod dtls;
 mod firmware;
 mod listener;
+mod persist;
 mod requests;
 
 pub use self::dtls::serve_dtls;
@@ -155,6 +156,10 @@ pub struct Lwm2m {
     dtls_out: OnceLock<tokio::sync::mpsc::Sender<(SocketAddr, Vec<u8>)>>,
     /// PSK identities → (device, key), for the DTLS listener.
     pub psks: Arc<std::sync::RwLock<PskTable>>,
+    /// Registrations to write to the store (`None`: ended), by device (`persist.rs`).
+    pending: Mutex<HashMap<DeviceKey, Option<updraft_store::StoredRegistration>>>,
+    /// A reload of `psks` is waiting to run (another replica changed some).
+    pub psks_reload: std::sync::atomic::AtomicBool,
     /// The device each DTLS peer authenticated as.
     dtls_peers: Mutex<HashMap<SocketAddr, DeviceKey>>,
     /// DTLS associations (established or handshaking) the listener holds.
@@ -175,6 +180,8 @@ impl Default for Lwm2m {
             socket: OnceLock::new(),
             dtls_out: OnceLock::new(),
             psks: Arc::default(),
+            pending: Mutex::default(),
+            psks_reload: std::sync::atomic::AtomicBool::new(false),
             dtls_peers: Mutex::default(),
             dtls_sessions: std::sync::atomic::AtomicUsize::new(0),
             inner: Mutex::default(),

@@ -111,6 +111,12 @@ impl Endpoint {
     ) -> (tokio::net::TcpStream, OwnedSemaphorePermit) {
         loop {
             match listener.accept().await {
+                // Shutting down: new devices go to another replica.
+                Ok(_)
+                    if self
+                        .state
+                        .draining
+                        .load(std::sync::atomic::Ordering::SeqCst) => {}
                 Ok((stream, _)) => match self.state.connections.clone().try_acquire_owned() {
                     Ok(permit) => {
                         // A chunk goes out as a PUBLISH header and then its body: without

@@ -188,6 +188,21 @@ impl Sessions {
         self.devices().get(&device).and_then(|e| e.id.clone())
     }
 
+    /// Closes every connection (the server is shutting down: devices reconnect, through the
+    /// load balancer, to another replica); returns how many.
+    pub fn close_all(&self) -> usize {
+        let mut devices = self.devices();
+        let mut closed = 0;
+        for entry in devices.values() {
+            for connection in &entry.connections {
+                connection.close.cancel();
+                closed += 1;
+            }
+        }
+        devices.clear();
+        closed
+    }
+
     pub fn count(&self) -> usize {
         self.devices().values().map(|e| e.connections.len()).sum()
     }

@@ -1,0 +1,111 @@
+//! What replicas on one database share beyond the fleet model: leases for singleton tasks
+//! (PostgreSQL session advisory locks), secrets (a row each) and the news of `feed.rs`.
+
+use super::*;
+use crate::{Cluster, Singleton};
+
+fn lock_id(task: Singleton) -> i64 {
+    // 7345001 is the migrations' lock.
+    match task {
+        Singleton::Scheduler => 7_345_003,
+        Singleton::GarbageCollection => 7_345_004,
+    }
+}
+
+/// The right to run a singleton task (see [`Cluster::lease`]).
+pub struct Lease {
+    /// PostgreSQL: the session holding the advisory lock. SQLite: none, the process is alone.
+    conn: Option<AnyConnection>,
+    id: i64,
+}
+
+impl Lease {
+    /// Whether the lease still holds: with PostgreSQL, whether the locking session is alive
+    /// (when it dropped, so did the lock, and another replica may hold it now).
+    pub async fn held(&mut self) -> bool {
+        match &mut self.conn {
+            None => true,
+            Some(conn) => {
+                let alive = sqlx::query("SELECT 1").execute(&mut *conn);
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(10), alive).await,
+                    Ok(Ok(_))
+                )
+            }
+        }
+    }
+
+    /// Gives the lease up now (a server shutting down); dropping it gives it up when the
+    /// session closes.
+    pub async fn release(mut self) {
+        if let Some(conn) = &mut self.conn {
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.id)
+                .execute(&mut *conn)
+                .await;
+        }
+    }
+}
+
+#[async_trait]
+impl Cluster for SqlStore {
+    async fn lease(&self, task: Singleton) -> StoreResult<Option<Lease>> {
+        let mut w = self.views.writing();
+        w.nothing_cached();
+        let id = lock_id(task);
+        match self.dialect {
+            Dialect::Sqlite => Ok(Some(Lease { conn: None, id })),
+            Dialect::Postgres => {
+                // Its own session, outside the pool: the lock lives exactly as long as it.
+                let mut conn = self.write.acquire().await?.detach();
+                let row = sqlx::query("SELECT pg_try_advisory_lock($1) AS held")
+                    .bind(id)
+                    .fetch_one(&mut conn)
+                    .await?;
+                if row.try_get::<bool, _>("held")? {
+                    Ok(Some(Lease {
+                        conn: Some(conn),
+                        id,
+                    }))
+                } else {
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    async fn shared_secret(&self, name: &str, candidate: &str) -> StoreResult<String> {
+        let mut w = self.views.writing();
+        w.nothing_cached();
+        sqlx::query(
+            "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(candidate)
+        .bind(now_millis())
+        .execute(&self.write)
+        .await?;
+        let row = sqlx::query("SELECT value FROM server_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.write)
+            .await?;
+        Ok(row.try_get("value")?)
+    }
+
+    fn publish(&self, news: &str) {
+        self.views.publish_news(news.to_owned());
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        (self.dialect == Dialect::Postgres).then(|| self.views.news.subscribe())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let alive = sqlx::query("SELECT 1").execute(&self.read);
+        match tokio::time::timeout(Duration::from_secs(5), alive).await {
+            Ok(done) => done.map(drop).map_err(Into::into),
+            Err(_) => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
+        }
+    }
+}
