@@ -62,3 +62,67 @@ async fn news_reaches_the_other_replicas_after_their_invalidations() {
     assert!(alone.subscribe().is_none());
     alone.publish("queued");
 }
+
+pub async fn lwm2m_registrations_are_kept_until_they_expire_or_end(
+    store: &SqlStore,
+    reopen: &Reopen,
+) {
+    let tenant = store
+        .create_tenant(&Name::parse("reg").unwrap())
+        .await
+        .unwrap();
+    let device = store
+        .create_device(
+            tenant.key,
+            &NewDevice {
+                id: updraft_core::DeviceId::parse("ep-1").unwrap(),
+                project: None,
+                profile: None,
+                tags: Vec::new(),
+                attributes: Default::default(),
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+    let registration = StoredRegistration {
+        device: device.key,
+        tenant: tenant.key,
+        device_id: device.id.clone(),
+        endpoint: "urn:dev:ep-1".into(),
+        location: "a1b2".into(),
+        peer: "127.0.0.1:5683".into(),
+        lifetime: 300,
+        version: "1.1".into(),
+        root: String::new(),
+        objects: vec!["/3/0".into(), "/5/0".into()],
+        expires_at: 10_000,
+    };
+    store
+        .save_lwm2m_registrations(&[(device.key, Some(registration.clone()))])
+        .await
+        .unwrap();
+    // Another process (a replica after a restart) reads it back; expired ones are not.
+    let other = reopen.open().await;
+    assert_eq!(
+        other.lwm2m_registrations(9_999).await.unwrap(),
+        vec![registration.clone()]
+    );
+    assert!(other.lwm2m_registrations(10_000).await.unwrap().is_empty());
+    // An update replaces it; a de-registration ends it; a deleted device has none.
+    let moved = StoredRegistration {
+        peer: "127.0.0.1:6000".into(),
+        expires_at: 20_000,
+        ..registration
+    };
+    store
+        .save_lwm2m_registrations(&[(device.key, Some(moved.clone()))])
+        .await
+        .unwrap();
+    assert_eq!(store.lwm2m_registrations(0).await.unwrap(), vec![moved]);
+    store
+        .save_lwm2m_registrations(&[(device.key, None)])
+        .await
+        .unwrap();
+    assert!(store.lwm2m_registrations(0).await.unwrap().is_empty());
+}

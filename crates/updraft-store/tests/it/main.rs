@@ -59,6 +59,7 @@ impl Reopen {
 
 backends!(
     the_first_replica_decides_a_shared_secret,
+    lwm2m_registrations_are_kept_until_they_expire_or_end,
     reopening_migrates_nothing_twice_and_keeps_data,
     tenant_names_are_unique_case_insensitively,
     title_and_version_are_unique_per_tenant,
