@@ -1111,7 +1111,10 @@ async fn registrations_outlive_the_server_that_took_them() {
     let dir = tempfile::tempdir().unwrap();
     let url = match crate::test_database().await {
         Some(url) => url,
-        None => format!("sqlite://{}", dir.path().join("shared.db").display()),
+        None => format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("shared.db").display()
+        ),
     };
     let first = TestApp::prepared_on(
         Some(url.clone()),
@@ -1139,16 +1142,6 @@ async fn registrations_outlive_the_server_that_took_them() {
     )
     .await;
     let second_server = second.listen_lwm2m().await;
-    assert!(
-        second
-            .node
-            .protocols
-            .lwm2m
-            .lwm2m
-            .registration("kept-1")
-            .is_some(),
-        "the stored registration was not restored"
-    );
     second.upload("title=fw&version=9", b"nine").await;
     second
         .post(
@@ -1156,16 +1149,18 @@ async fn registrations_outlive_the_server_that_took_them() {
             json!({"device": "kept-1", "artifact": "fw@9"}),
         )
         .await;
-    // The second server's first request reaches the client at the address it registered from.
+    // The second server's requests reach the client at the address it registered from (the
+    // first server's own, reading the Device object after the Register, are not answered).
     let mut buf = vec![0u8; 2048];
-    let (len, from) = updraft_test_support::within(socket.recv_from(&mut buf))
-        .await
-        .unwrap();
-    assert_eq!(
-        from, second_server,
-        "the request came from the restored server"
-    );
-    let request = Packet::from_bytes(&buf[..len]).unwrap();
+    let request = updraft_test_support::within(async {
+        loop {
+            let (len, from) = socket.recv_from(&mut buf).await.unwrap();
+            if from == second_server {
+                return Packet::from_bytes(&buf[..len]).unwrap();
+            }
+        }
+    })
+    .await;
     assert!(
         matches!(request.header.code, MessageClass::Request(_)),
         "{request:?}"
