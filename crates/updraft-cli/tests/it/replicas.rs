@@ -48,16 +48,7 @@ fn replica(dir: &Path, name: &str, database_url: &str, bucket: &Bucket) -> Serve
     ServerProcess::start_with_env(
         &binary(),
         &dir.join(name),
-        &[
-            "--database-url",
-            database_url,
-            "--blobs",
-            &blobs,
-            "--lwm2m",
-            "off",
-            "--coap",
-            "off",
-        ],
+        &["--database-url", database_url, "--blobs", &blobs],
         &env,
     )
     .unwrap()
