@@ -11,6 +11,8 @@ pub struct ServerProcess {
     child: Child,
     /// What the server prints after it listens (see [`ServerProcess::await_line`]).
     rest: std::sync::Mutex<std::sync::mpsc::Receiver<std::io::Result<String>>>,
+    /// Lines printed and not awaited yet.
+    early: std::sync::Mutex<Vec<String>>,
     pub url: String,
     /// `host:port` of the device MQTT listener.
     pub mqtt: Option<String>,
@@ -76,12 +78,14 @@ impl ServerProcess {
         let mut mqtt = None;
         let mut coap = None;
         let mut lwm2m = None;
+        let mut early = Vec::new();
         let url = loop {
             let Some(line) = lines.next() else {
                 let status = child.wait()?;
                 bail!("the server exited ({status}) before it listened");
             };
             let line = line?;
+            early.push(line.clone());
             if let Some(addr) = line.strip_prefix("updraft mqtt on ") {
                 mqtt = Some(addr.trim().to_owned());
             }
@@ -98,6 +102,7 @@ impl ServerProcess {
         Ok(Self {
             child,
             rest: std::sync::Mutex::new(rx),
+            early: std::sync::Mutex::new(early),
             url,
             mqtt,
             coap,
@@ -109,6 +114,15 @@ impl ServerProcess {
     /// Waits (at most [`crate::NETWORK_WAIT`]) until the server prints a line containing
     /// `needle` on its standard output, and returns it.
     pub fn await_line(&self, needle: &str) -> Result<String> {
+        {
+            let mut early = self
+                .early
+                .lock()
+                .map_err(|_| anyhow::anyhow!("lines poisoned"))?;
+            if let Some(i) = early.iter().position(|line| line.contains(needle)) {
+                return Ok(early.remove(i));
+            }
+        }
         let rx = self
             .rest
             .lock()
@@ -118,7 +132,12 @@ impl ServerProcess {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
                 Ok(Ok(line)) if line.contains(needle) => return Ok(line),
-                Ok(Ok(_)) => {}
+                // Kept for a later wait on another line.
+                Ok(Ok(line)) => self
+                    .early
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("lines poisoned"))?
+                    .push(line),
                 Ok(Err(err)) => return Err(err.into()),
                 Err(_) => bail!("the server did not print {needle:?}"),
             }

@@ -165,6 +165,21 @@ pub(super) async fn thingsboard_device(
         let Ok(Some((topic, payload))) = wait else {
             continue;
         };
+        if topic == RECONNECTED {
+            // What it said last may have been lost with the old connection: as ThingsBoard's SDK
+            // does on connecting, it says what it runs (and, once updated, that it is).
+            let state = if current.0 == "factory" {
+                "IDLE"
+            } else {
+                "UPDATED"
+            };
+            let _ = publish(
+                "v1/devices/me/telemetry".into(),
+                json!({"current_fw_title": current.0, "current_fw_version": current.1, "fw_state": state}),
+            )
+            .await;
+            continue;
+        }
         if topic.starts_with("v1/devices/me/attributes/response/")
             && let Ok(mut latencies) = stats.poll_latencies.lock()
         {

@@ -30,6 +30,8 @@ struct Cluster {
     b: ServerProcess,
     lb: Haproxy,
     runtime: tokio::runtime::Runtime,
+    /// A's server admin key (keys live in the shared database: it works on B too).
+    admin: String,
 }
 
 fn s3_env(bucket: &Bucket) -> Vec<(&'static str, String)> {
@@ -75,7 +77,9 @@ impl Cluster {
         let a = replica(dir.path(), "a", &database_url, &bucket);
         let b = replica(dir.path(), "b", &database_url, &bucket);
         let lb = Haproxy::start(&backend(&a), &backend(&b)).unwrap()?;
+        let admin = a.admin_token().unwrap();
         Some(Cluster {
+            admin,
             dir,
             database_url,
             bucket,
@@ -94,7 +98,7 @@ impl Cluster {
     fn cli<'a>(&'a self, server: &'a ServerProcess) -> Cli<'a> {
         Cli {
             server,
-            token: self.a().admin_token().unwrap(),
+            token: self.admin.clone(),
             cwd: self.dir.path().to_path_buf(),
         }
     }
@@ -291,8 +295,8 @@ struct Sim {
     progress: std::sync::mpsc::Receiver<String>,
 }
 
-fn sim(cluster: &Cluster, protocol: &str, devices: usize) -> Sim {
-    let token = cluster.a().admin_token().unwrap();
+/// `updraft sim` of `protocol` with the key `token` (each simulator counts its key's tenant).
+fn sim(cluster: &Cluster, token: &str, protocol: &str, devices: usize) -> Sim {
     let devices = devices.to_string();
     let mut child = Command::new(binary())
         .args([
@@ -320,7 +324,7 @@ fn sim(cluster: &Cluster, protocol: &str, devices: usize) -> Sim {
         ])
         .current_dir(cluster.dir.path())
         .env("UPDRAFT_SERVER", &cluster.lb.url)
-        .env("UPDRAFT_TOKEN", &token)
+        .env("UPDRAFT_TOKEN", token)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -366,30 +370,42 @@ fn a_replica_killed_mid_campaign_loses_nothing() {
         return;
     };
     let via_a = cluster.cli(cluster.a());
+    // The DDI devices in the default tenant, the ThingsBoard ones in a tenant of their own: each
+    // simulator counts the updates of its key's tenant.
+    via_a.ok(&["tenant", "create", "tb"]);
+    let tb_key = via_a.json(&["key", "create", "sim", "--role", "admin", "--tenant", "tb"]);
+    let tb_token = tb_key["token"].as_str().unwrap().to_owned();
+    let via_tb = Cli {
+        server: cluster.a(),
+        token: tb_token.clone(),
+        cwd: cluster.dir.path().to_path_buf(),
+    };
     std::fs::write(cluster.dir.path().join("fleet.bin"), firmware(256 * 1024)).unwrap();
-    via_a.ok(&[
-        "artifact",
-        "upload",
-        "fleet.bin",
-        "--title",
-        "fleet",
-        "--version",
-        "2",
-    ]);
+    for cli in [&via_a, &via_tb] {
+        cli.ok(&[
+            "artifact",
+            "upload",
+            "fleet.bin",
+            "--title",
+            "fleet",
+            "--version",
+            "2",
+        ]);
+    }
     // The scheduler and the collector run on A, which started first.
     cluster
         .a()
         .await_line("runs the rollout scheduler")
         .unwrap();
     cluster.a().await_line("runs garbage collection").unwrap();
-    // An upload in flight on A when it dies: 2 MB sent slowly.
+    // An upload in flight on A when it dies: 4 MB sent at 50 kB/s (80 s; A dies long before).
     let slow = cluster.dir.path().join("slow.bin");
-    std::fs::write(&slow, firmware(2 * 1024 * 1024)).unwrap();
+    std::fs::write(&slow, firmware(4 * 1024 * 1024)).unwrap();
     let mut upload = Command::new("curl")
         .args([
             "-s",
             "--limit-rate",
-            "200k",
+            "50k",
             "-X",
             "POST",
             "-H",
@@ -406,8 +422,8 @@ fn a_replica_killed_mid_campaign_loses_nothing() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let ddi = sim(&cluster, "ddi", 500);
-    let thingsboard = sim(&cluster, "thingsboard", 500);
+    let ddi = sim(&cluster, &via_a.token, "ddi", 500);
+    let thingsboard = sim(&cluster, &tb_token, "thingsboard", 500);
     ddi.await_downloads();
     thingsboard.await_downloads();
     cluster.a.take().unwrap().kill().unwrap();
