@@ -54,7 +54,6 @@ for _ in $(seq 20); do
 done
 export AWS_ENDPOINT_URL="http://127.0.0.1:${wp[3]}" AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret
 start_pg "$work" "-c max_connections=400"
-db=0
 
 serve() { # name blobs database-url → sets url mqtt pid
   local name=$1 blobs=$2 database=$3
@@ -69,7 +68,8 @@ serve() { # name blobs database-url → sets url mqtt pid
   mqtt=$(sed -n 's/^updraft mqtt on //p' "$work/serve-$name.out")
 }
 
-new_db() { db=$((db + 1)); as_pg "$pgbin/psql" -h "$work/pg" -p "$port" -U postgres -q -c "CREATE DATABASE b$db" > /dev/null; echo "postgres://postgres@127.0.0.1:$port/b$db"; }
+# (Called in $(…): a counter would not survive the subshell; the name is its own.)
+new_db() { local name="b$(date +%s%N)"; as_pg "$pgbin/psql" -h "$work/pg" -p "$port" -U postgres -q -c "CREATE DATABASE $name" > /dev/null; echo "postgres://postgres@127.0.0.1:$port/$name"; }
 rss_mb() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
 cpu_s() { awk -v t="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / t}' "/proc/$1/stat"; }
 

@@ -165,12 +165,28 @@ impl ServerProcess {
 
     /// SIGTERM, then waits for the process to exit by itself.
     pub fn terminate(mut self) -> Result<ExitStatus> {
+        self.send_term()?;
+        Ok(self.child.wait()?)
+    }
+
+    /// SIGTERM, without waiting.
+    pub fn send_term(&self) -> Result<()> {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()?;
         if !status.success() {
             bail!("kill -TERM failed");
         }
+        Ok(())
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(mut self) -> Result<ExitStatus> {
         Ok(self.child.wait()?)
     }
 }

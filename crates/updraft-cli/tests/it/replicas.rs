@@ -9,7 +9,7 @@
 //!   its object and nothing garbage collection would keep, and its singleton tasks move to the
 //!   survivor.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -496,4 +496,65 @@ fn updraft_core_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// SIGTERM drains: connected MQTT devices are disconnected at once (to reconnect through the
+/// balancer elsewhere) while an open HTTP request still finishes; then the process exits cleanly.
+#[test]
+fn sigterm_disconnects_mqtt_devices_and_lets_requests_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = crate::serve(dir.path());
+    let cli = Cli::admin(&server, dir.path());
+    let created = cli.json(&["device", "create", "tb-drain"]);
+    let token = created["token"].as_str().unwrap().to_owned();
+    // An upload under way: its head and half its body sent, the rest after the SIGTERM.
+    let body = firmware(600_000);
+    let mut upload = std::net::TcpStream::connect(server.addr()).unwrap();
+    write!(
+        upload,
+        "POST /api/v1/artifacts?title=slow&version=1 HTTP/1.1\r\nHost: updraft\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        cli.token,
+        body.len()
+    )
+    .unwrap();
+    upload.write_all(&body[..300_000]).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+        let (host, port) = server.mqtt.as_deref().unwrap().rsplit_once(':').unwrap();
+        let mut options = MqttOptions::new("tb-drain", host, port.parse().unwrap());
+        options.set_credentials(token.as_str(), "");
+        let (_client, mut events) = AsyncClient::new(options, 8);
+        updraft_test_support::within(async {
+            loop {
+                if let Event::Incoming(Packet::ConnAck(_)) = events.poll().await.unwrap() {
+                    return;
+                }
+            }
+        })
+        .await;
+        server.send_term().unwrap();
+        // The server closes the device's connection at once; its next read fails.
+        updraft_test_support::within(async {
+            loop {
+                if events.poll().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    });
+    // …while the upload keeps the process alive; it finishes and is stored.
+    assert!(
+        server.running(),
+        "the server exited before its requests finished"
+    );
+    upload.write_all(&body[300_000..]).unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut upload, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let exit = server.wait().unwrap();
+    assert!(exit.success(), "a drained server exits cleanly: {exit}");
 }
