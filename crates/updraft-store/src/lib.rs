@@ -370,6 +370,10 @@ pub trait Cluster: Send + Sync {
     /// What other processes publish, as it arrives (`*`: some may have been missed); `None` where
     /// no other process can share the database (SQLite).
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<String>>;
+    /// Up to `want` of the `limit` that every process together may spend in `second` (epoch
+    /// seconds) under `name`: how many this caller got. One process alone (SQLite) gets `want`.
+    async fn take_budget(&self, name: &str, second: i64, limit: u64, want: u64)
+    -> StoreResult<u64>;
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> StoreResult<()>;
 }

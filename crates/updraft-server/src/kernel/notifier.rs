@@ -1,6 +1,7 @@
 //! The notification queue: moves QUEUED actions of devices the server can reach (through any
-//! adapter's [`DeviceChannel`]) to INITIATED and tells them, at most `per_second` a second, woken
-//! at once when an assignment changes. Devices that cannot be reached learn of their update when
+//! adapter's [`DeviceChannel`]) to INITIATED and tells them, at most `per_second` a second across
+//! every replica (each takes its share of one budget a second from the store), woken at once when
+//! an assignment changes. Devices that cannot be reached learn of their update when
 //! they next ask.
 
 use std::collections::{HashMap, HashSet};
@@ -76,9 +77,25 @@ impl NotifyQueue {
             .filter(|(c, _)| c.separates_install())
             .flat_map(|(_, r)| r.iter().copied())
             .collect();
-        let chosen = self.choose(state, &any, &separating, budget).await?;
+        let from = self.after;
+        let mut chosen = self.choose(state, &any, &separating, budget).await?;
         if chosen.is_empty() {
             return Ok(0);
+        }
+        // The rate is the fleet's: every replica's queue takes its share of one budget a second.
+        let second = now_millis().div_euclid(1000);
+        let wanted = chosen.len() as u64;
+        let granted = state
+            .store
+            .take_budget("notify", second, budget, wanted)
+            .await?;
+        if granted < wanted {
+            chosen.truncate(usize::try_from(granted).unwrap_or(0));
+            // Those left out are the first the walk comes to next time.
+            self.after = chosen.last().map_or(from, |q| q.action);
+            if chosen.is_empty() {
+                return Ok(0);
+            }
         }
         // Each action is initiated in the name of the protocol the device speaks.
         let mut by_source: HashMap<&'static str, Vec<ActionKey>> = HashMap::new();

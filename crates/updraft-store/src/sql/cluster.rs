@@ -101,6 +101,48 @@ impl Cluster for SqlStore {
         (self.dialect == Dialect::Postgres).then(|| self.views.news.subscribe())
     }
 
+    async fn take_budget(
+        &self,
+        name: &str,
+        second: i64,
+        limit: u64,
+        want: u64,
+    ) -> StoreResult<u64> {
+        let mut w = self.views.writing();
+        w.nothing_cached();
+        if self.dialect == Dialect::Sqlite {
+            return Ok(want);
+        }
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO pacing (name, second, used) VALUES ($1, $2, 0) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(second)
+        .execute(&mut *tx)
+        .await?;
+        // The row is locked until the commit: replicas take their shares one after the other.
+        let row = sqlx::query("SELECT second, used FROM pacing WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+        let stored: i64 = row.try_get("second")?;
+        let used = if stored == second {
+            u64::try_from(row.try_get::<i64, _>("used")?).unwrap_or(0)
+        } else {
+            0
+        };
+        let granted = want.min(limit.saturating_sub(used));
+        sqlx::query("UPDATE pacing SET second = $2, used = $3 WHERE name = $1")
+            .bind(name)
+            .bind(second)
+            .bind(i64::try_from(used + granted).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(granted)
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         let alive = sqlx::query("SELECT 1").execute(&self.read);
         match tokio::time::timeout(Duration::from_secs(5), alive).await {

@@ -126,3 +126,19 @@ pub async fn lwm2m_registrations_are_kept_until_they_expire_or_end(
         .unwrap();
     assert!(store.lwm2m_registrations(0).await.unwrap().is_empty());
 }
+
+pub async fn replicas_share_one_budget_a_second(store: &SqlStore, reopen: &Reopen) {
+    let other = reopen.open().await;
+    match reopen {
+        // One process: it gets what it asks for.
+        Reopen::Sqlite(_) => assert_eq!(store.take_budget("n", 7, 10, 30).await.unwrap(), 30),
+        Reopen::Url(_) => {
+            assert_eq!(store.take_budget("n", 7, 10, 6).await.unwrap(), 6);
+            assert_eq!(other.take_budget("n", 7, 10, 6).await.unwrap(), 4);
+            assert_eq!(store.take_budget("n", 7, 10, 1).await.unwrap(), 0);
+            // The next second starts over; another name has its own budget.
+            assert_eq!(other.take_budget("n", 8, 10, 3).await.unwrap(), 3);
+            assert_eq!(store.take_budget("m", 8, 5, 9).await.unwrap(), 5);
+        }
+    }
+}

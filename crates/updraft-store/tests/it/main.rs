@@ -59,6 +59,7 @@ impl Reopen {
 
 backends!(
     the_first_replica_decides_a_shared_secret,
+    replicas_share_one_budget_a_second,
     lwm2m_registrations_are_kept_until_they_expire_or_end,
     reopening_migrates_nothing_twice_and_keeps_data,
     tenant_names_are_unique_case_insensitively,
