@@ -53,7 +53,13 @@ impl NotifyQueue {
     /// returns how many. Unreachable devices keep their place; the walk starts over when it
     /// reaches the end.
     pub async fn round(&mut self, state: &AppState, budget: u64) -> u64 {
-        match self.try_round(state, budget).await {
+        self.round_at(state, budget, now_millis().div_euclid(1000))
+            .await
+    }
+
+    /// [`NotifyQueue::round`] in the given second (epoch seconds) of the shared budget.
+    pub async fn round_at(&mut self, state: &AppState, budget: u64, second: i64) -> u64 {
+        match self.try_round(state, budget, second).await {
             Ok(told) => told,
             Err(err) => {
                 tracing::warn!(error = %err.message, "notification round failed");
@@ -62,7 +68,12 @@ impl NotifyQueue {
         }
     }
 
-    async fn try_round(&mut self, state: &AppState, budget: u64) -> Result<u64, ApiError> {
+    async fn try_round(
+        &mut self,
+        state: &AppState,
+        budget: u64,
+        second: i64,
+    ) -> Result<u64, ApiError> {
         let channels = state.adapters.channels();
         let reachable: Vec<HashSet<DeviceKey>> = channels
             .iter()
@@ -83,7 +94,6 @@ impl NotifyQueue {
             return Ok(0);
         }
         // The rate is the fleet's: every replica's queue takes its share of one budget a second.
-        let second = now_millis().div_euclid(1000);
         let wanted = chosen.len() as u64;
         let granted = state
             .store
