@@ -19,7 +19,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::signer::{Method, Signer};
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::{
+    ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart,
+};
 
 use crate::blob::{BlobReader, BlobStore, BlobWriter, ListedBlob, random_name, valid_sha256};
 
@@ -65,7 +67,36 @@ impl S3Config {
             ..Self::default()
         })
     }
+
+    /// `s3://BUCKET/PREFIX` at an explicit endpoint with a static key pair (region `us-east-1`,
+    /// which S3-compatible engines accept): what a test or a tool that starts its own engine has.
+    pub fn at_endpoint(url: &str, endpoint: &str, key: &str, secret: &str) -> io::Result<Self> {
+        Ok(Self {
+            endpoint: Some(endpoint.to_owned()),
+            region: Some("us-east-1".into()),
+            access_key_id: Some(key.to_owned()),
+            secret_access_key: Some(secret.to_owned()),
+            ..Self::from_url(url)?
+        })
+    }
 }
+
+/// The object store client's timeouts. Its default (30 s for a whole request, body included)
+/// would cut every device download streamed from the bucket that lasts longer — a large image,
+/// a slow link, a loaded server — so the bound is a stall instead: no byte for
+/// [`STALL_TIMEOUT`] ends a request; a whole request is bounded by [`REQUEST_TIMEOUT`], the
+/// longest a device may take to download one image through the server.
+fn client_options() -> ClientOptions {
+    ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_read_timeout(STALL_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT)
+}
+
+/// No byte from the object store for this long ends a request.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest one request to the object store may take (a download streamed to a slow device).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
 
 /// Blobs in one bucket under one prefix.
 #[derive(Clone)]
@@ -93,7 +124,18 @@ fn to_io(err: object_store::Error) -> io::Error {
 impl S3BlobStore {
     /// Connects to the bucket `config` names (nothing is sent until it is used).
     pub fn open(config: &S3Config) -> io::Result<Self> {
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&config.bucket);
+        // As `AmazonS3Builder::from_env`, over our client timeouts (an `AWS_*` client setting in
+        // the environment still wins).
+        let mut builder = AmazonS3Builder::new().with_client_options(client_options());
+        for (key, value) in std::env::vars_os() {
+            if let (Some(key), Some(value)) = (key.to_str(), value.to_str())
+                && key.starts_with("AWS_")
+                && let Ok(key) = key.to_ascii_lowercase().parse()
+            {
+                builder = builder.with_config(key, value);
+            }
+        }
+        let mut builder = builder.with_bucket_name(&config.bucket);
         let endpoint = config
             .endpoint
             .clone()
