@@ -37,8 +37,7 @@ impl DfuClient {
         token: &str,
         mtu: u32,
     ) -> Result<Self, AgentError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+        let http = crate::server::http_client()
             .build()
             .map_err(|e| AgentError::Network(e.to_string()))?;
         Ok(Self::with_http(http, server, tenant, device, token, mtu))

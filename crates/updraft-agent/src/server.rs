@@ -100,6 +100,17 @@ pub struct DdiClient {
     auth: String,
 }
 
+/// A request whose answer stops arriving for this long fails (a download then resumes where it
+/// stopped) instead of holding the device forever.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The HTTP client settings of an agent: bounded connect, and a stalled answer ends.
+pub fn http_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(STALL_TIMEOUT)
+}
+
 fn network(err: reqwest::Error) -> AgentError {
     AgentError::Network(err.to_string())
 }
@@ -107,10 +118,7 @@ fn network(err: reqwest::Error) -> AgentError {
 impl DdiClient {
     /// `server` is the base URL (`http://host:8080`); `token` the device's TargetToken.
     pub fn new(server: &str, tenant: &str, device: &str, token: &str) -> Result<Self, AgentError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(network)?;
+        let http = http_client().build().map_err(network)?;
         Ok(Self::with_http(http, server, tenant, device, token))
     }
 

@@ -298,7 +298,7 @@ pub async fn run(client: &Client, mut args: SimArgs, json_output: bool) -> Resul
     }
     let mut injected = [0u64; 3];
     let mut expected_failed = 0u64;
-    let http = reqwest::Client::builder()
+    let http = updraft_agent::server::http_client()
         .pool_max_idle_per_host(args.devices.max(1))
         .build()?;
     let started = Instant::now();
