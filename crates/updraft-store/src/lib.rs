@@ -376,6 +376,9 @@ pub trait Cluster: Send + Sync {
     -> StoreResult<u64>;
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> StoreResult<()>;
+    /// How many reads the in-memory views answered, and how many went to the database, since
+    /// the store opened (for `/metrics`).
+    fn view_lookups(&self) -> (u64, u64);
 }
 
 /// What [`Rollouts::mark_group`] records.

@@ -182,10 +182,15 @@ async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> 
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    let mut text = state.metrics.render();
+    let (hits, misses) = state.store.view_lookups();
+    text.push_str(&format!(
+        "# HELP updraft_store_view_lookups_total Device check-in reads answered from memory (hit) or from the database (miss).\n\
+         # TYPE updraft_store_view_lookups_total counter\n\
+         updraft_store_view_lookups_total{{result=\"hit\"}} {hits}\n\
+         updraft_store_view_lookups_total{{result=\"miss\"}} {misses}\n"
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 async fn not_found() -> ApiError {

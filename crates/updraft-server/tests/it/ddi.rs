@@ -600,3 +600,47 @@ async fn chunked_feedback_bodies_are_read() {
     let shown = app.get("/api/v1/devices/dev01").await.json();
     assert_eq!(shown["firmware"]["version"], "1");
 }
+
+/// `/metrics` counts the check-in reads the in-memory views answered: a device polling with
+/// nothing to do is answered from memory once it is known (on SQLite: there the views are
+/// used from the start).
+#[tokio::test]
+async fn idle_polls_are_counted_as_view_hits_in_the_metrics() {
+    let app = TestApp::new().await;
+    let token = app.device("dev01").await;
+    let lookups = |text: &str, result: &str| -> u64 {
+        let prefix = format!("updraft_store_view_lookups_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    let metrics = || async {
+        let answer = app.call(Method::GET, "/metrics", "", None).await;
+        String::from_utf8(answer.body.to_vec()).unwrap()
+    };
+    let auth = format!("TargetToken {token}");
+    let path = "/DEFAULT/controller/v1/dev01";
+    // The first poll reads the database and writes the first sighting, which the second reads.
+    let mut counts = Vec::new();
+    for _ in 0..5 {
+        let poll = ddi(&app, Method::GET, path, &auth, None).await;
+        assert_eq!(poll.status, StatusCode::OK);
+        let text = metrics().await;
+        counts.push((lookups(&text, "hit"), lookups(&text, "miss")));
+    }
+    let (before, after) = (counts[1], counts[4]);
+    if std::env::var("UPDRAFT_TEST_STORE").as_deref() == Ok("postgres") {
+        // The views are used once the change feed listens, which this test does not await.
+        return;
+    }
+    assert!(
+        after.0 >= before.0 + 3,
+        "(hits, misses) after each poll: {counts:?}"
+    );
+    assert_eq!(
+        after.1, before.1,
+        "(hits, misses) after each poll: {counts:?}"
+    );
+}

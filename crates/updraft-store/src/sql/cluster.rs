@@ -93,6 +93,10 @@ impl Cluster for SqlStore {
         Ok(row.try_get("value")?)
     }
 
+    fn view_lookups(&self) -> (u64, u64) {
+        self.views.hit_counts()
+    }
+
     fn publish(&self, news: &str) {
         self.views.publish_news(news.to_owned());
     }
