@@ -106,3 +106,29 @@ pub fn interop_node() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     );
     None
 }
+
+/// `curl` fetching `url` (with a `Range` header if given) and printing the body, then the
+/// status on a line of its own; [`curl_answer`] splits its output. (A real HTTP client with no
+/// opinion about redirects or ranges: what a device or a script sees.)
+pub fn curl_get(url: &str, range: Option<&str>) -> std::process::Command {
+    let mut command = std::process::Command::new("curl");
+    command.args(["-s", "-o", "-", "-w", "\n%{http_code}"]);
+    if let Some(range) = range {
+        command.args(["-H", &format!("Range: {range}")]);
+    }
+    command.arg(url);
+    command
+}
+
+/// (status, body) from the output of [`curl_get`].
+pub fn curl_answer(mut stdout: Vec<u8>) -> (u16, Vec<u8>) {
+    let split = stdout
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .expect("curl printed its status line");
+    let status = String::from_utf8_lossy(&stdout[split + 1..])
+        .parse()
+        .expect("curl's status is a number");
+    stdout.truncate(split);
+    (status, stdout)
+}

@@ -174,15 +174,8 @@ impl Device {
 }
 
 fn get(url: &str) -> (u16, Vec<u8>) {
-    let out = Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", url])
-        .output()
-        .unwrap();
-    let mut body = out.stdout;
-    let split = body.iter().rposition(|b| *b == b'\n').unwrap();
-    let status = String::from_utf8_lossy(&body[split + 1..]).parse().unwrap();
-    body.truncate(split);
-    (status, body)
+    let out = updraft_test_support::curl_get(url, None).output().unwrap();
+    updraft_test_support::curl_answer(out.stdout)
 }
 
 #[test]
@@ -458,14 +451,15 @@ fn a_replica_killed_mid_campaign_loses_nothing() {
             .await
             .unwrap();
         let bucket = &cluster.bucket;
-        let blobs = updraft_store::S3BlobStore::open(&updraft_store::S3Config {
-            bucket: bucket.bucket.clone(),
-            prefix: bucket.prefix.clone(),
-            endpoint: Some(bucket.endpoint.clone()),
-            region: Some("us-east-1".into()),
-            access_key_id: Some(bucket.access_key.clone()),
-            secret_access_key: Some(bucket.secret_key.clone()),
-        })
+        let blobs = updraft_store::S3BlobStore::open(
+            &updraft_store::S3Config::at_endpoint(
+                &bucket.url(),
+                &bucket.endpoint,
+                &bucket.access_key,
+                &bucket.secret_key,
+            )
+            .unwrap(),
+        )
         .unwrap();
         let referenced = store.blob_references().await.unwrap();
         for sha in &referenced {

@@ -95,14 +95,13 @@ pub fn test_storage() -> updraft_server::server::Storage {
 
 /// The store's settings for a test bucket.
 pub fn s3_config(bucket: &updraft_test_support::s3::Bucket) -> updraft_store::S3Config {
-    updraft_store::S3Config {
-        bucket: bucket.bucket.clone(),
-        prefix: bucket.prefix.clone(),
-        endpoint: Some(bucket.endpoint.clone()),
-        region: Some("us-east-1".into()),
-        access_key_id: Some(bucket.access_key.clone()),
-        secret_access_key: Some(bucket.secret_key.clone()),
-    }
+    updraft_store::S3Config::at_endpoint(
+        &bucket.url(),
+        &bucket.endpoint,
+        &bucket.access_key,
+        &bucket.secret_key,
+    )
+    .unwrap()
 }
 
 impl TestApp {

@@ -75,19 +75,11 @@ async fn ddi_downloads_redirect_to_a_presigned_url_of_the_object() {
 
 /// A GET with curl (status, body).
 async fn reqwest_like_get(url: &str, range: Option<&str>) -> (u16, Vec<u8>) {
-    let mut command = tokio::process::Command::new("curl");
-    command.args(["-s", "-o", "-", "-w", "\n%{http_code}"]);
-    if let Some(range) = range {
-        command.args(["-H", &format!("Range: {range}")]);
-    }
-    let out = updraft_test_support::within(command.arg(url).output())
+    let mut command = tokio::process::Command::from(updraft_test_support::curl_get(url, range));
+    let out = updraft_test_support::within(command.output())
         .await
         .unwrap();
-    let mut body = out.stdout;
-    let split = body.iter().rposition(|b| *b == b'\n').unwrap();
-    let status = String::from_utf8_lossy(&body[split + 1..]).parse().unwrap();
-    body.truncate(split);
-    (status, body)
+    updraft_test_support::curl_answer(out.stdout)
 }
 
 #[tokio::test]

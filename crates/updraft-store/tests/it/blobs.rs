@@ -35,14 +35,13 @@ pub async fn local() -> Backend {
 /// (said loudly; a failure under CI).
 pub async fn s3() -> Option<Backend> {
     let bucket = updraft_test_support::s3::fresh_bucket()?;
-    let config = S3Config {
-        bucket: bucket.bucket.clone(),
-        prefix: bucket.prefix.clone(),
-        endpoint: Some(bucket.endpoint.clone()),
-        region: Some("us-east-1".into()),
-        access_key_id: Some(bucket.access_key.clone()),
-        secret_access_key: Some(bucket.secret_key.clone()),
-    };
+    let config = S3Config::at_endpoint(
+        &bucket.url(),
+        &bucket.endpoint,
+        &bucket.access_key,
+        &bucket.secret_key,
+    )
+    .unwrap();
     let blobs = S3BlobStore::open(&config).unwrap();
     let raw = object_store::aws::AmazonS3Builder::new()
         .with_bucket_name(&bucket.bucket)
