@@ -3,8 +3,10 @@
 # test suite's engine) beside local disk, and the N-device DDI campaign on PostgreSQL + S3 with one
 # replica and with two replicas behind HAProxy (deploy/haproxy.cfg, as the test runs it).
 #   - upload and download rates of a SIZE-MB artifact: local disk vs S3 (one replica, curl);
-#   - the campaign (1 MB artifact, `updraft sim` through the balancer): wall time, CPU seconds and
-#     peak RSS summed over the replicas.
+#   - the campaign (1 MB artifact, `updraft sim`): one replica directly, one behind the balancer,
+#     two behind it — wall time, the DDI polls the devices made, how many of the replicas' check-in
+#     reads the in-memory views answered, downloads resumed after a cut, CPU seconds of the
+#     replicas, PostgreSQL and HAProxy, and peak RSS summed over the replicas.
 # Exits non-zero unless every device ends UPDATED.
 # Usage: bench/scaleout.sh [DEVICES] [SIZE_MB] [POLL_SECONDS]   (default 10000 200 5)
 set -euo pipefail
@@ -97,17 +99,25 @@ for where in local s3; do
 done
 echo
 
-# The campaign on PostgreSQL + S3: one replica, then two behind HAProxy.
+# The campaign on PostgreSQL + S3: one replica reached directly, the same behind HAProxy (both of
+# the configuration's server lines on it), then two replicas behind HAProxy.
 head -c 1000000 /dev/urandom > "$work/fw.bin"
-echo "| replicas (PostgreSQL + S3) | devices | UPDATED | campaign wall time | CPU (all replicas) | peak RSS (all replicas) |"
-echo "|---|---|---|---|---|---|"
-for replicas in 1 2; do
+metric() { # url pattern → the sum of the matching samples on that replica's /metrics
+  curl -sf "$1/metrics" | awk -v p="$2" 'index($0, p) == 1 {s += $NF} END {printf "%d", s}'
+}
+pg_cpu() { ps -u postgres -o time= | awk -F'[:-]' '{s += (NF == 4 ? $1 * 86400 : 0) + $(NF-2) * 3600 + $(NF-1) * 60 + $NF} END {printf "%d", s}'; }
+echo "| replicas (PostgreSQL + S3) | devices | UPDATED | campaign wall time | DDI polls answered | check-in reads from memory | downloads resumed | CPU: replicas / PostgreSQL / HAProxy | peak RSS (all replicas) |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for setup in direct 1lb 2lb; do
   database=$(new_db)
-  serve "camp$replicas-a" "s3://bench/camp$replicas" "$database"; a_url=$url; a_mqtt=$mqtt; a_pid=$pid
-  servers=("$a_pid"); target=$a_url
-  if [ "$replicas" = 2 ]; then
-    serve "camp$replicas-b" "s3://bench/camp$replicas" "$database"; b_url=$url; b_mqtt=$mqtt; b_pid=$pid
-    servers+=("$b_pid")
+  serve "camp$setup-a" "s3://bench/camp$setup" "$database"; a_url=$url; a_mqtt=$mqtt; a_pid=$pid
+  servers=("$a_pid"); urls=("$a_url"); target=$a_url; label="1 (direct)"
+  if [ "$setup" != direct ]; then
+    b_url=$a_url; b_mqtt=$a_mqtt; label="1 behind HAProxy"
+    if [ "$setup" = 2lb ]; then
+      serve "camp$setup-b" "s3://bench/camp$setup" "$database"; b_url=$url; b_mqtt=$mqtt
+      servers+=("$pid"); urls+=("$b_url"); label="2 behind HAProxy"
+    fi
     lb_http=$(free_port); lb_mqtt=$(free_port)
     UPDRAFT_LB_HTTP="127.0.0.1:$lb_http" UPDRAFT_LB_MQTT="127.0.0.1:$lb_mqtt" \
       UPDRAFT_A_HTTP="${a_url#http://}" UPDRAFT_A_MQTT="$a_mqtt" UPDRAFT_A_HTTP_PORT="${a_url##*:}" \
@@ -115,14 +125,23 @@ for replicas in 1 2; do
       "$haproxy" -D -p "$work/haproxy.pid" -f deploy/haproxy.cfg
     target="http://127.0.0.1:$lb_http"
   fi
-  export UPDRAFT_SERVER=$target UPDRAFT_TOKEN=$(cat "$work/data-camp$replicas-a/admin.token")
+  export UPDRAFT_SERVER=$target UPDRAFT_TOKEN=$(cat "$work/data-camp$setup-a/admin.token")
   "$bin/updraft" artifact upload "$work/fw.bin" --title camp --version 1 > /dev/null
+  pg_before=$(pg_cpu)
   summary=$("$bin/updraft" sim --devices "$n" --poll "$poll" --assign camp@1 --until-done --timeout 1800 --json)
   read -r secs updated <<<"$(python3 -c 'import json,sys; s=json.load(sys.stdin); print(round(s["campaign_seconds"],1), s["final_states"].get("UPDATED",0))' <<<"$summary")"
-  cpu=0; rss=0
+  cpu=0; rss=0; polls=0; hits=0; misses=0; resumed=0
   for s in "${servers[@]}"; do cpu=$(echo "$cpu + $(cpu_s "$s")" | bc -l); rss=$((rss + $(rss_mb "$s"))); done
-  echo "| $replicas | $n | $updated | $secs s | $cpu s | $rss MB |"
-  [ "$updated" = "$n" ] || { echo "$replicas replicas: $updated of $n devices UPDATED" >&2; exit 1; }
+  for u in "${urls[@]}"; do
+    polls=$((polls + $(metric "$u" 'updraft_http_requests_total{method="GET",route="/{tenant}/controller/v1/{controller}",status="200"}')))
+    resumed=$((resumed + $(metric "$u" 'updraft_http_requests_total{method="GET",route="/{tenant}/controller/v1/{controller}/softwaremodules/{module}/artifacts/{filename}",status="206"}')))
+    hits=$((hits + $(metric "$u" 'updraft_store_view_lookups_total{result="hit"}')))
+    misses=$((misses + $(metric "$u" 'updraft_store_view_lookups_total{result="miss"}')))
+  done
+  lb_cpu="–"; [ -f "$work/haproxy.pid" ] && lb_cpu="$(cpu_s "$(cat "$work/haproxy.pid")") s"
+  printf '| %s | %s | %s | %s s | %s | %s %% | %s | %s s / %s s / %s | %s MB |\n' "$label" "$n" "$updated" "$secs" "$polls" \
+    "$(( (100 * hits) / (hits + misses > 0 ? hits + misses : 1) ))" "$resumed" "$cpu" "$(( $(pg_cpu) - pg_before ))" "$lb_cpu" "$rss"
+  [ "$updated" = "$n" ] || { echo "$label: $updated of $n devices UPDATED" >&2; exit 1; }
   for s in "${servers[@]}"; do kill "$s"; wait "$s" 2>/dev/null || true; done
   [ -f "$work/haproxy.pid" ] && { kill "$(cat "$work/haproxy.pid")" 2>/dev/null || true; rm -f "$work/haproxy.pid"; }
 done
