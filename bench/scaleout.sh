@@ -106,8 +106,8 @@ metric() { # url pattern → the sum of the matching samples on that replica's /
   curl -sf "$1/metrics" | awk -v p="$2" 'index($0, p) == 1 {s += $NF} END {printf "%d", s}'
 }
 pg_cpu() { ps -u postgres -o time= | awk -F'[:-]' '{s += (NF == 4 ? $1 * 86400 : 0) + $(NF-2) * 3600 + $(NF-1) * 60 + $NF} END {printf "%d", s}'; }
-echo "| replicas (PostgreSQL + S3) | devices | UPDATED | campaign wall time | DDI polls answered | check-in reads from memory | downloads resumed | CPU: replicas / PostgreSQL / HAProxy | peak RSS (all replicas) |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| replicas (PostgreSQL + S3) | devices | UPDATED | campaign wall time | DDI polls answered | check-in reads from memory | downloads resumed | device-side errors | CPU: replicas / PostgreSQL / HAProxy | peak RSS (all replicas) |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for setup in direct 1lb 2lb; do
   database=$(new_db)
   serve "camp$setup-a" "s3://bench/camp$setup" "$database"; a_url=$url; a_mqtt=$mqtt; a_pid=$pid
@@ -129,7 +129,7 @@ for setup in direct 1lb 2lb; do
   "$bin/updraft" artifact upload "$work/fw.bin" --title camp --version 1 > /dev/null
   pg_before=$(pg_cpu)
   summary=$("$bin/updraft" sim --devices "$n" --poll "$poll" --assign camp@1 --until-done --timeout 1800 --json)
-  read -r secs updated <<<"$(python3 -c 'import json,sys; s=json.load(sys.stdin); print(round(s["campaign_seconds"],1), s["final_states"].get("UPDATED",0))' <<<"$summary")"
+  read -r secs updated errors <<<"$(python3 -c 'import json,sys; s=json.load(sys.stdin); print(round(s["campaign_seconds"],1), s["final_states"].get("UPDATED",0), s["errors"])' <<<"$summary")"
   cpu=0; rss=0; polls=0; hits=0; misses=0; resumed=0
   for s in "${servers[@]}"; do cpu=$(echo "$cpu + $(cpu_s "$s")" | bc -l); rss=$((rss + $(rss_mb "$s"))); done
   for u in "${urls[@]}"; do
@@ -139,8 +139,8 @@ for setup in direct 1lb 2lb; do
     misses=$((misses + $(metric "$u" 'updraft_store_view_lookups_total{result="miss"}')))
   done
   lb_cpu="–"; [ -f "$work/haproxy.pid" ] && lb_cpu="$(cpu_s "$(cat "$work/haproxy.pid")") s"
-  printf '| %s | %s | %s | %s s | %s | %s %% | %s | %s s / %s s / %s | %s MB |\n' "$label" "$n" "$updated" "$secs" "$polls" \
-    "$(( (100 * hits) / (hits + misses > 0 ? hits + misses : 1) ))" "$resumed" "$cpu" "$(( $(pg_cpu) - pg_before ))" "$lb_cpu" "$rss"
+  printf '| %s | %s | %s | %s s | %s | %s %% | %s | %s | %s s / %s s / %s | %s MB |\n' "$label" "$n" "$updated" "$secs" "$polls" \
+    "$(( (100 * hits) / (hits + misses > 0 ? hits + misses : 1) ))" "$resumed" "$errors" "$cpu" "$(( $(pg_cpu) - pg_before ))" "$lb_cpu" "$rss"
   [ "$updated" = "$n" ] || { echo "$label: $updated of $n devices UPDATED" >&2; exit 1; }
   for s in "${servers[@]}"; do kill "$s"; wait "$s" 2>/dev/null || true; done
   [ -f "$work/haproxy.pid" ] && { kill "$(cat "$work/haproxy.pid")" 2>/dev/null || true; rm -f "$work/haproxy.pid"; }
