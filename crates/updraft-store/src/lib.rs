@@ -374,7 +374,8 @@ pub trait Cluster: Send + Sync {
     /// seconds) under `name`: how many this caller got. One process alone (SQLite) gets `want`.
     async fn take_budget(&self, name: &str, second: i64, limit: u64, want: u64)
     -> StoreResult<u64>;
-    /// Whether the database answers (for `/readyz`).
+    /// Whether the database answers (for `/readyz`): on PostgreSQL over a session of its own, so
+    /// that a busy pool does not make a working replica look dead.
     async fn ping(&self) -> StoreResult<()>;
     /// How many reads the in-memory views answered, and how many went to the database, since
     /// the store opened (for `/metrics`).

@@ -148,10 +148,38 @@ impl Cluster for SqlStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        let alive = sqlx::query("SELECT 1").execute(&self.read);
-        match tokio::time::timeout(Duration::from_secs(5), alive).await {
-            Ok(done) => done.map(drop).map_err(Into::into),
-            Err(_) => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
+        let timed_out = || StoreError::Database(sqlx::Error::PoolTimedOut);
+        let Some(pinger) = &self.pinger else {
+            let alive = sqlx::query("SELECT 1").execute(&self.read);
+            return match tokio::time::timeout(Duration::from_secs(5), alive).await {
+                Ok(done) => done.map(drop).map_err(Into::into),
+                Err(_) => Err(timed_out()),
+            };
+        };
+        let asked = async {
+            let mut pinger = pinger.lock().await;
+            let pinger = &mut *pinger;
+            let conn = match &mut pinger.conn {
+                Some(conn) => conn,
+                None => pinger
+                    .conn
+                    .insert(sqlx::Connection::connect_with(&pinger.options).await?),
+            };
+            let answered = sqlx::query("SELECT 1").execute(&mut *conn).await.map(drop);
+            if answered.is_err() {
+                pinger.conn = None;
+            }
+            answered
+        };
+        match tokio::time::timeout(Duration::from_secs(4), asked).await {
+            Ok(done) => done.map_err(Into::into),
+            Err(_) => {
+                // Whatever it was doing is abandoned: the next ping starts on a new session.
+                if let Ok(mut pinger) = pinger.try_lock() {
+                    pinger.conn = None;
+                }
+                Err(timed_out())
+            }
         }
     }
 }

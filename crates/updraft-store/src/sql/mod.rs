@@ -75,6 +75,15 @@ pub struct SqlStore {
     views: Arc<Views>,
     // SQLite's group commit of device reports (`report`); `None` on PostgreSQL.
     reports: Option<self::report::ReportQueue>,
+    // PostgreSQL: the connection `ping` asks on, outside the pools, so that a replica whose pool
+    // is queued up with a campaign's work still answers its balancer's health checks.
+    pinger: Option<Arc<tokio::sync::Mutex<Pinger>>>,
+}
+
+/// A connection of its own for health checks (opened on first use, again after a failure).
+pub(crate) struct Pinger {
+    pub(crate) options: AnyConnectOptions,
+    pub(crate) conn: Option<sqlx::AnyConnection>,
 }
 
 pub(crate) fn now_millis() -> i64 {
@@ -109,6 +118,12 @@ impl SqlStore {
             });
         };
         let options: AnyConnectOptions = url.parse()?;
+        let pinger = (dialect == Dialect::Postgres).then(|| {
+            Arc::new(tokio::sync::Mutex::new(Pinger {
+                options: options.clone(),
+                conn: None,
+            }))
+        });
         let (read, write) = match dialect {
             Dialect::Sqlite => {
                 let pool = |max| {
@@ -159,6 +174,7 @@ impl SqlStore {
             dialect,
             views,
             reports,
+            pinger,
         })
     }
 
