@@ -118,10 +118,12 @@ fn start() -> Result<Server> {
         dir = quote(&dir),
         config = quote(&config),
     );
+    // When the tests' process ends its end of stdin closes: the engine is killed outright (its
+    // data is thrown away; on SIGTERM it can linger for minutes shutting down).
     let script = format!(
         "cd {dir} && {weed} {args} 2>&1 & pid=$!\n\
          cat >/dev/null\n\
-         kill -TERM $pid 2>/dev/null; wait $pid; rm -rf {dir}\n",
+         kill -KILL $pid 2>/dev/null; wait $pid; rm -rf {dir}\n",
         dir = quote(&dir),
         weed = quote(&weed),
     );
