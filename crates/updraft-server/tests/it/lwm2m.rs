@@ -196,22 +196,23 @@ async fn a_coap_pull_profile_gets_a_block2_package_uri() {
         url.starts_with(&format!("coap://127.0.0.1:{}/fw/", server.port())),
         "{url}"
     );
+    // libcoap's client, blocks of 512 bytes, while the device downloads too: the package URI
+    // opens the package only until the update ends (then its blocks are 4.04).
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fw.bin");
+    let mut coap_client = tokio::process::Command::new("coap-client-notls");
+    coap_client
+        .args(["-m", "get", "-b", "512", "-o"])
+        .arg(&out)
+        .arg(&url);
+    let libcoap =
+        tokio::spawn(async move { updraft_test_support::run_bounded(&mut coap_client).await });
     let downloaded = device.until("downloaded").await;
     assert_eq!(
         downloaded["sha256"].as_str().unwrap(),
         hex::encode(Sha256::digest(&image))
     );
-    // libcoap's client, blocks of 512 bytes: byte-identical too.
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("fw.bin");
-    match updraft_test_support::run_bounded(
-        tokio::process::Command::new("coap-client-notls")
-            .args(["-m", "get", "-b", "512", "-o"])
-            .arg(&out)
-            .arg(&url),
-    )
-    .await
-    {
+    match libcoap.await.unwrap() {
         Ok(done) => {
             assert!(done.status.success(), "{done:?}");
             assert_eq!(std::fs::read(&out).unwrap(), image);
