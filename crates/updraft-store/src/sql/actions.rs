@@ -25,7 +25,14 @@ impl Actions for SqlStore {
             return Ok(None);
         };
         let device = device_from(&row)?;
-        let assignments = load_assignments(&mut conn, tenant).await?;
+        let assignments = match self.views.assignments(tenant.0) {
+            Some(assignments) => assignments,
+            None => {
+                let loaded = Arc::new(load_assignments(&mut conn, tenant).await?);
+                self.views.put_assignments(tenant.0, &loaded, &ticket);
+                loaded
+            }
+        };
         let memberships =
             load_memberships(&mut conn, tenant, " AND device_pk = $2", Some(device.key.0)).await?;
         let extra: Vec<&LoadedAssignment> = memberships

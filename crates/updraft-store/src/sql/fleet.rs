@@ -314,6 +314,9 @@ impl Fleet for SqlStore {
         secret_hash: &str,
     ) -> StoreResult<Option<Device>> {
         let credential = (Some(tenant.0), kind.as_str(), secret_hash.to_owned());
+        if self.views.credential_unknown(&credential) {
+            return Ok(None);
+        }
         if let Some(device) = self.views.device_by_credential(&credential) {
             return Ok(Some(device));
         }
@@ -328,8 +331,9 @@ impl Fleet for SqlStore {
         .fetch_optional(&self.read)
         .await?;
         let device = row.as_ref().map(device_from).transpose()?;
-        if let Some(device) = &device {
-            self.views.put_credential(credential, device, &ticket);
+        match &device {
+            Some(device) => self.views.put_credential(credential, device, &ticket),
+            None => self.views.put_unknown_credential(credential, &ticket),
         }
         Ok(device)
     }

@@ -148,12 +148,17 @@ impl ProtocolState for SqlStore {
     }
 
     async fn lwm2m_psk_identity(&self, device: DeviceKey) -> StoreResult<Option<String>> {
+        if let Some(identity) = self.views.psk_identity(device) {
+            return Ok(identity);
+        }
+        let ticket = self.views.ticket();
         let row = sqlx::query("SELECT identity FROM lwm2m_psk WHERE device_pk = $1")
             .bind(device.0)
             .fetch_optional(&self.read)
             .await?;
-        row.map(|row| row.try_get("identity").map_err(Into::into))
-            .transpose()
+        let identity: Option<String> = row.map(|row| row.try_get("identity")).transpose()?;
+        self.views.put_psk_identity(device, &identity, &ticket);
+        Ok(identity)
     }
 
     async fn job_execution(&self, action: ActionKey) -> StoreResult<Option<JobExecution>> {

@@ -24,10 +24,14 @@ use std::time::Duration;
 
 use updraft_core::DeviceKey;
 
+use super::reconcile::LoadedAssignment;
 use crate::rows::{Artifact, Device, DeviceStatus, FrugalNode, Millis, PollView, Tenant};
 
 /// Entries a map holds at most; past it an arbitrary entry makes room.
 const CAPACITY: usize = 250_000;
+/// Entries the map of unknown credentials holds at most: a hostile network chooses them, so they
+/// are bounded tighter than what the store itself names.
+const UNKNOWN_CAPACITY: usize = 65_536;
 /// Per-device invalidation counters; a read refuses to fill when its device's shard moved.
 const SHARDS: usize = 64;
 
@@ -39,12 +43,18 @@ pub(crate) struct Ticket {
 
 pub(crate) struct Memo<K, V> {
     map: Mutex<HashMap<K, (V, u64)>>,
+    capacity: usize,
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Memo<K, V> {
     fn new() -> Self {
+        Self::bounded(CAPACITY)
+    }
+
+    fn bounded(capacity: usize) -> Self {
         Memo {
             map: Mutex::new(HashMap::new()),
+            capacity,
         }
     }
 
@@ -68,7 +78,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Memo<K, V> {
         if !still() {
             return;
         }
-        if map.len() >= CAPACITY
+        if map.len() >= self.capacity
             && !map.contains_key(&key)
             && let Some(evicted) = map.keys().next().cloned()
         {
@@ -104,6 +114,13 @@ pub struct Views {
     pub(crate) polls: Memo<DeviceKey, PollView>,
     pub(crate) statuses: Memo<DeviceKey, DeviceStatus>,
     pub(crate) frugal: Memo<DeviceKey, Option<FrugalNode>>,
+    /// A tenant's assignments as resolution reads them (every status the views miss needs them).
+    assignments: Memo<i64, Arc<Vec<LoadedAssignment>>>,
+    /// Credentials known to name no device: a device unknown by one credential is looked up by
+    /// another (an LwM2M endpoint name, then the device id) without a round trip each time.
+    unknown_credentials: Memo<CredentialKey, ()>,
+    /// A device's LwM2M PSK identity, or none (a device with one registers over DTLS only).
+    psk_identities: Memo<DeviceKey, Option<String>>,
     seen: Mutex<HashMap<DeviceKey, Millis>>,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -160,6 +177,9 @@ impl Views {
             polls: Memo::new(),
             statuses: Memo::new(),
             frugal: Memo::new(),
+            assignments: Memo::new(),
+            unknown_credentials: Memo::bounded(UNKNOWN_CAPACITY),
+            psk_identities: Memo::new(),
             seen: Mutex::new(HashMap::new()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -268,6 +288,45 @@ impl Views {
         let key = (tenant, artifact.key.0);
         self.artifacts
             .put(key, artifact.clone(), ticket, || self.unchanged(ticket));
+    }
+
+    /// A tenant's assignments (changed only by writes that invalidate everything).
+    pub(super) fn assignments(&self, tenant: i64) -> Option<Arc<Vec<LoadedAssignment>>> {
+        self.counted(self.assignments.get(&tenant, self.epoch()))
+    }
+    pub(super) fn put_assignments(
+        &self,
+        tenant: i64,
+        found: &Arc<Vec<LoadedAssignment>>,
+        t: &Ticket,
+    ) {
+        self.assignments
+            .put(tenant, found.clone(), t, || self.unchanged(t));
+    }
+    /// Whether `credential` is known to name no device (credentials are added and removed only by
+    /// writes that invalidate everything). Counted only when it answers.
+    pub(crate) fn credential_unknown(&self, credential: &CredentialKey) -> bool {
+        let unknown = self.live()
+            && self
+                .unknown_credentials
+                .get(credential, self.epoch())
+                .is_some();
+        if unknown {
+            self.hits.fetch_add(1, SeqCst);
+        }
+        unknown
+    }
+    pub(crate) fn put_unknown_credential(&self, credential: CredentialKey, ticket: &Ticket) {
+        self.unknown_credentials
+            .put(credential, (), ticket, || self.unchanged(ticket));
+    }
+    /// A device's PSK identity (set only by writes that invalidate everything).
+    pub(crate) fn psk_identity(&self, device: DeviceKey) -> Option<Option<String>> {
+        self.counted(self.psk_identities.get(&device, self.epoch()))
+    }
+    pub(crate) fn put_psk_identity(&self, d: DeviceKey, identity: &Option<String>, t: &Ticket) {
+        self.psk_identities
+            .put(d, identity.clone(), t, || self.unchanged(t));
     }
 
     /// A device found by (tenant, id).

@@ -118,6 +118,59 @@ pub async fn idle_reads_come_from_memory_and_every_write_is_seen(
     let status = store.device_status(tenant.key, &id).await.unwrap().unwrap();
     assert!(status.active.is_none());
 
+    // Negative answers are kept too, and a write that gives them a value is seen: a credential
+    // that names no device (until a device is created with it), a device without a PSK (until
+    // it is given one).
+    for _ in 0..2 {
+        let unknown = store
+            .device_by_credential_in(tenant.key, CredentialKind::Lwm2mEndpoint, "ep-2")
+            .await
+            .unwrap();
+        assert!(unknown.is_none());
+        assert_eq!(store.lwm2m_psk_identity(device.key).await.unwrap(), None);
+    }
+    let (_, misses) = store.views().hit_counts();
+    store
+        .device_by_credential_in(tenant.key, CredentialKind::Lwm2mEndpoint, "ep-2")
+        .await
+        .unwrap();
+    store.lwm2m_psk_identity(device.key).await.unwrap();
+    assert_eq!(
+        store.views().hit_counts().1,
+        misses,
+        "a negative answer went to the database again"
+    );
+    let second = NewDevice {
+        id: DeviceId::parse("d2").unwrap(),
+        ..new.clone()
+    };
+    let endpoint = NewCredential {
+        kind: CredentialKind::Lwm2mEndpoint,
+        secret_hash: "ep-2".into(),
+        gateway: false,
+    };
+    let d2 = store
+        .create_device(tenant.key, &second, &[endpoint])
+        .await
+        .unwrap();
+    let found = store
+        .device_by_credential_in(tenant.key, CredentialKind::Lwm2mEndpoint, "ep-2")
+        .await
+        .unwrap();
+    assert_eq!(found.map(|d| d.key), Some(d2.key));
+    store
+        .set_lwm2m_psk(device.key, Some(("psk-d1", "00ff")))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .lwm2m_psk_identity(device.key)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("psk-d1")
+    );
+
     // last_seen: the first sighting is written at once, later ones within a flush.
     store.touch_device(device.key).await.unwrap();
     let other = reopen.open().await;
