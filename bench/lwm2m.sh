@@ -37,6 +37,7 @@ wait "$gen" || true
 echo "| measurement | result |"
 echo "|---|---|"
 printf "| %d clients registering at once | %s |\n" "$n" "$(sed -n 's/^registered .* = //p' "$work/load.out")"
+printf "| … and each one's Device object read by the server (3 reads), from the first Register | %s |\n" "$(sed -n 's/^device objects read .* in //p' "$work/load.out")"
 printf "| tenant-wide assignment → all %d observed (/5/0/3, /5/0/5) and given a Package URI | %s |\n" "$n" "$(sed -n 's/^observed and told .* in //p' "$work/load.out")"
 printf "| server RSS before → holding them | %.1f MB → %.1f MB |\n" "$(echo "$before/1024" | bc -l)" "$(echo "$after/1024" | bc -l)"
 printf "| RSS per registered, observing client | %.1f KB |\n" "$(echo "($after-$before)/$n" | bc -l)"

@@ -360,6 +360,7 @@ pub async fn run(
         let socket = tokio::net::UdpSocket::bind(lwm2m)
             .await
             .with_context(|| format!("listening for LwM2M on {lwm2m}"))?;
+        crate::transport::udp_receive_buffer(&socket);
         println!("updraft lwm2m on {}", socket.local_addr()?);
         tokio::spawn(node.clone().serve_lwm2m(socket));
     }
@@ -367,6 +368,7 @@ pub async fn run(
         let socket = tokio::net::UdpSocket::bind(dtls)
             .await
             .with_context(|| format!("listening for LwM2M over DTLS on {dtls}"))?;
+        crate::transport::udp_receive_buffer(&socket);
         println!("updraft lwm2m-dtls on {}", socket.local_addr()?);
         tokio::spawn(node.clone().serve_lwm2m_dtls(socket));
     }
@@ -389,6 +391,7 @@ pub async fn run(
         let socket = tokio::net::UdpSocket::bind(coap)
             .await
             .with_context(|| format!("listening for CoAP on {coap}"))?;
+        crate::transport::udp_receive_buffer(&socket);
         println!("updraft coap on {}", socket.local_addr()?);
         tokio::spawn(node.clone().serve_coap(socket));
     }

@@ -3,9 +3,18 @@
 
 use super::*;
 
-/// Requests (and notifications) handled at once, over both listeners; beyond that a request is
-/// dropped and its client retransmits.
-pub(super) const MAX_IN_FLIGHT: usize = 512;
+/// Requests (and notifications) handled at once, over both listeners, counted in permits of
+/// [`PERMIT_BYTES`] of datagram (a small request takes one): beyond that a request is dropped
+/// and its client retransmits. Thousands of small registrations arriving together are all in
+/// hand at once (waiting for a retransmission costs a client seconds), while what requests hold
+/// stays bounded (4 MiB of payload and the tasks' state) whatever their size.
+pub(super) const MAX_IN_FLIGHT: usize = 4096;
+const PERMIT_BYTES: usize = 1024;
+
+/// The permits a datagram of `len` bytes takes.
+fn weight(len: usize) -> u32 {
+    u32::try_from(1 + len / PERMIT_BYTES).unwrap_or(u32::MAX)
+}
 
 /// Answers registrations and routes answers to our requests, until the socket fails.
 pub async fn serve(socket: UdpSocket, state: Ctx) {
@@ -61,7 +70,8 @@ pub(super) async fn datagram(state: &Ctx, link: Link, bytes: &[u8], recent: &Arc
             }
             // Requests are answered concurrently (a registration waits on the store), at most
             // MAX_IN_FLIGHT at once: beyond that the request is forgotten, to be retransmitted.
-            let Ok(permit) = lwm2m.in_flight.clone().try_acquire_owned() else {
+            let weight = weight(bytes.len());
+            let Ok(permit) = lwm2m.in_flight.clone().try_acquire_many_owned(weight) else {
                 if confirmable {
                     recent.lock().unwrap_or_else(|e| e.into_inner()).forget(key);
                 }
@@ -248,8 +258,8 @@ pub(super) async fn register(
         Err(err) => return Err((ResponseType::InternalServerError, err.message)),
     };
     // A device with a PSK registers over DTLS only, and over DTLS only as the device whose
-    // identity it used. Whether it has one is the store's answer, not a cache's: when the store
-    // cannot say, the registration is refused.
+    // identity it used. Whether it has one is the store's answer (its views follow every write
+    // of a PSK, on every replica): when the store cannot say, the registration is refused.
     let allowed = if link.secure {
         state.lwm2m.dtls_device(link.peer) == Some(device.key)
     } else {
