@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Actions initiated by one statement at most (their keys are spelled out in it).
+const INITIATE_BATCH: usize = 500;
+
 #[async_trait]
 impl Actions for SqlStore {
     async fn device_status(
@@ -213,41 +216,68 @@ impl Actions for SqlStore {
         w.nothing_cached();
         let mut tx = self.write.begin().await?;
         let now = now_millis();
-        let mut done = Vec::with_capacity(actions.len());
-        for action in actions {
-            let changed = sqlx::query("UPDATE actions SET state = 'INITIATED', updated_at = $1 WHERE id = $2 AND state = 'QUEUED' RETURNING device_pk")
-                .bind(now)
-                .bind(action.0)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(changed) = changed else {
+        let mut moved_all: HashSet<ActionKey> = HashSet::with_capacity(actions.len());
+        // A few statements per batch instead of three per action: the notification queue
+        // initiates a whole campaign's first round in one call, and every device waits for it.
+        for batch in actions.chunks(INITIATE_BATCH) {
+            let keys: Vec<i64> = batch.iter().map(|a| a.0).collect();
+            let list = keys
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let changed = sqlx::query(&format!(
+                "UPDATE actions SET state = 'INITIATED', updated_at = $1 \
+                 WHERE id IN ({list}) AND state = 'QUEUED' RETURNING id, device_pk, rollout_group_id"
+            ))
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            if changed.is_empty() {
                 continue;
-            };
-            w.device(DeviceKey(changed.try_get("device_pk")?));
-            count_move(
-                &mut tx,
-                *action,
-                Some(UpdateState::Queued),
-                UpdateState::Initiated,
-            )
+            }
+            let mut moved: Vec<i64> = Vec::with_capacity(changed.len());
+            let mut per_group: BTreeMap<i64, i64> = BTreeMap::new();
+            for row in &changed {
+                moved.push(row.try_get("id")?);
+                w.device(DeviceKey(row.try_get("device_pk")?));
+                if let Some(group) = row.try_get::<Option<i64>, _>("rollout_group_id")? {
+                    *per_group.entry(group).or_default() += 1;
+                }
+            }
+            for (group, n) in per_group {
+                sqlx::query(
+                    "UPDATE rollout_groups SET n_initiated = n_initiated + $1, \
+                     n_queued = n_queued - $1 WHERE id = $2",
+                )
+                .bind(n)
+                .bind(group)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let moved_list = moved
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            sqlx::query(&format!(
+                "INSERT INTO action_events (action_id, at, from_state, to_state, source, detail, \
+                 refused) SELECT id, $1, 'QUEUED', 'INITIATED', $2, 'the device was told', 0 \
+                 FROM actions WHERE id IN ({moved_list}) ORDER BY id"
+            ))
+            .bind(now)
+            .bind(source)
+            .execute(&mut *tx)
             .await?;
-            insert_event(
-                &mut tx,
-                Event {
-                    action: *action,
-                    from: Some(UpdateState::Queued),
-                    to: UpdateState::Initiated,
-                    source,
-                    detail: "the device was told",
-                    refused: false,
-                    progress: None,
-                },
-            )
-            .await?;
-            done.push(*action);
+            moved_all.extend(moved.into_iter().map(ActionKey));
         }
         tx.commit().await?;
-        Ok(done)
+        // In the order asked, each once.
+        Ok(actions
+            .iter()
+            .filter(|a| moved_all.remove(a))
+            .copied()
+            .collect())
     }
 
     async fn poll_view(&self, device: DeviceKey) -> StoreResult<PollView> {

@@ -24,7 +24,7 @@ mod views;
 
 pub use self::cluster::Lease;
 use self::dynamic::join_dynamic;
-use self::membership::{Member, count_in_group, count_move, load_memberships};
+use self::membership::{Member, count_move, load_memberships};
 use self::new_device::insert_device;
 use self::reconcile::*;
 use self::select::*;

@@ -271,6 +271,7 @@ pub(super) async fn reconcile_in(
         );
     }
 
+    let mut queued: Vec<NewAction<'_>> = Vec::new();
     for row in &devices {
         let target = DeviceTarget {
             device: DeviceKey(row.try_get("id")?),
@@ -359,38 +360,96 @@ pub(super) async fn reconcile_in(
                 .map(|m| m.group),
             _ => None,
         });
-        let now = now_millis();
-        let row = sqlx::query(
-            "INSERT INTO actions (tenant_id, device_pk, artifact_id, artifact_title, artifact_version, kind, \
-             state, created_at, updated_at, rollout_group_id) VALUES ($1, $2, $3, $4, $5, $6, 'QUEUED', $7, $7, $8) RETURNING id",
-        )
-        .bind(tenant.0)
-        .bind(target.device.0)
-        .bind(next.0)
-        .bind(title)
-        .bind(version)
-        .bind(kind.as_str())
-        .bind(now)
-        .bind(group)
-        .fetch_one(&mut *conn)
-        .await?;
-        let action = ActionKey(row.try_get("id")?);
-        if let Some(group) = group {
-            count_in_group(conn, group, None, UpdateState::Queued).await?;
+        queued.push(NewAction {
+            device: target.device.0,
+            artifact: next.0,
+            title,
+            version,
+            kind,
+            group,
+        });
+    }
+    insert_queued(conn, tenant, &queued, source).await
+}
+
+/// An action reconciliation queues.
+struct NewAction<'a> {
+    device: i64,
+    artifact: i64,
+    title: &'a str,
+    version: &'a str,
+    kind: ArtifactKind,
+    group: Option<i64>,
+}
+
+/// Actions queued by one statement at most (six parameters each).
+const QUEUE_BATCH: usize = 1_000;
+
+/// Inserts the QUEUED actions with their history events and group counts, a batch to a
+/// statement: an assignment to a whole fleet costs a few statements per thousand devices.
+async fn insert_queued(
+    conn: &mut AnyConnection,
+    tenant: TenantKey,
+    queued: &[NewAction<'_>],
+    source: &str,
+) -> StoreResult<()> {
+    let now = now_millis();
+    for batch in queued.chunks(QUEUE_BATCH) {
+        let rows: Vec<String> = (0..batch.len())
+            .map(|i| {
+                let p = 3 + 6 * i;
+                format!(
+                    "($1, ${}, ${}, ${}, ${}, ${}, 'QUEUED', $2, $2, ${})",
+                    p,
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO actions (tenant_id, device_pk, artifact_id, artifact_title, artifact_version, \
+             kind, state, created_at, updated_at, rollout_group_id) VALUES {} RETURNING id",
+            rows.join(", ")
+        );
+        let mut insert = sqlx::query(&sql).bind(tenant.0).bind(now);
+        for a in batch {
+            insert = insert
+                .bind(a.device)
+                .bind(a.artifact)
+                .bind(a.title)
+                .bind(a.version)
+                .bind(a.kind.as_str())
+                .bind(a.group);
         }
-        insert_event(
-            conn,
-            Event {
-                action,
-                from: None,
-                to: UpdateState::Queued,
-                source,
-                detail: &format!("{title}@{version} desired"),
-                refused: false,
-                progress: None,
-            },
-        )
+        let inserted = insert.fetch_all(&mut *conn).await?;
+        let ids: Vec<String> = inserted
+            .iter()
+            .map(|row| row.try_get::<i64, _>("id").map(|id| id.to_string()))
+            .collect::<Result<_, _>>()?;
+        sqlx::query(&format!(
+            "INSERT INTO action_events (action_id, at, to_state, source, detail, refused) \
+             SELECT id, $1, 'QUEUED', $2, artifact_title || '@' || artifact_version || ' desired', 0 \
+             FROM actions WHERE id IN ({}) ORDER BY id",
+            ids.join(",")
+        ))
+        .bind(now)
+        .bind(source)
+        .execute(&mut *conn)
         .await?;
+        let mut per_group: BTreeMap<i64, i64> = BTreeMap::new();
+        for group in batch.iter().filter_map(|a| a.group) {
+            *per_group.entry(group).or_default() += 1;
+        }
+        for (group, n) in per_group {
+            sqlx::query("UPDATE rollout_groups SET n_queued = n_queued + $1 WHERE id = $2")
+                .bind(n)
+                .bind(group)
+                .execute(&mut *conn)
+                .await?;
+        }
     }
     Ok(())
 }
