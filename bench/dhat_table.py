@@ -1,0 +1,39 @@
+# A dhat heap profile as a table (for bench/heap.sh and bench/mqtt-heap.sh): the heap's peak and
+# the ten allocation sites that held the most of it at that moment.
+# Usage: python3 bench/dhat_table.py DHAT_JSON TITLE PEAK_RSS_MB
+import json, sys
+profile, title, rss = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
+frames = profile["ftbl"]
+def strip(name):
+    # Generic arguments out, so that a frame reads as its path: a<b<c>>::d -> a::d.
+    out, depth = [], 0
+    for ch in name:
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth = max(depth - 1, 0)
+        elif depth == 0:
+            out.append(ch)
+    return "".join(out)
+# Frames of the allocator and of std's containers: the site is the first frame after them.
+SKIP_FILES = ("dhat-", "alloc/src/", "src/raw_vec/", "src/vec/", "src/boxed", "src/sync",
+              "src/rc.rs", "bytes_mut.rs", "hashbrown-", "src/string.rs", "src/slice.rs",
+              "src/collections/", "src/alloc.rs", "src/fmt/", "src/str/")
+def site(pp):
+    # "function (file:line)" of the first frame past the allocator and std's containers.
+    for i in pp["fs"]:
+        frame = frames[i].split(": ", 1)[-1]
+        name, _, where = frame.partition(" (")
+        where = where.rstrip(")")
+        if not any(skip in where for skip in SKIP_FILES):
+            return f"{strip(name)} ({where.rsplit(':', 1)[0]})"[:110]
+    return "?"
+peak = sum(pp.get("gb", 0) for pp in profile["pps"])
+print(f"| {title} | bytes at the heap's peak | share |")
+print("|---|---|---|")
+print(f"| **the heap at its peak** (server peak RSS {rss} MB, with dhat's own bookkeeping) | {peak / 1e6:.1f} MB | 100 % |")
+by_site = {}
+for pp in profile["pps"]:
+    by_site[site(pp)] = by_site.get(site(pp), 0) + pp.get("gb", 0)
+for name, size in sorted(by_site.items(), key=lambda kv: -kv[1])[:10]:
+    print(f"| `{name}` | {size / 1e6:.1f} MB | {100 * size / max(peak, 1):.0f} % |")
