@@ -1,8 +1,12 @@
 # A dhat heap profile as a table (for bench/heap.sh and bench/mqtt-heap.sh): the heap's peak and
 # the ten allocation sites that held the most of it at that moment.
-# Usage: python3 bench/dhat_table.py DHAT_JSON TITLE PEAK_RSS_MB
+# Usage: python3 bench/dhat_table.py DHAT_JSON TITLE PEAK_RSS_MB [peak|end]
+# (`end`: the heap when the profile was written instead of at its peak)
 import json, sys
 profile, title, rss = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
+when = sys.argv[4] if len(sys.argv) > 4 else "peak"
+field = {"peak": "gb", "end": "eb"}[when]
+moment = {"peak": "at the heap's peak", "end": "held when profiled"}[when]
 frames = profile["ftbl"]
 def strip(name):
     # Generic arguments out, so that a frame reads as its path: a<b<c>>::d -> a::d.
@@ -28,12 +32,13 @@ def site(pp):
         if not any(skip in where for skip in SKIP_FILES):
             return f"{strip(name)} ({where.rsplit(':', 1)[0]})"[:110]
     return "?"
-peak = sum(pp.get("gb", 0) for pp in profile["pps"])
-print(f"| {title} | bytes at the heap's peak | share |")
+peak = sum(pp.get(field, 0) for pp in profile["pps"])
+print(f"| {title} | bytes {moment} | share |")
 print("|---|---|---|")
-print(f"| **the heap at its peak** (server peak RSS {rss} MB, with dhat's own bookkeeping) | {peak / 1e6:.1f} MB | 100 % |")
+heap = {"peak": "the heap at its peak", "end": "the heap when profiled"}[when]
+print(f"| **{heap}** (server peak RSS {rss} MB, with dhat's own bookkeeping) | {peak / 1e6:.1f} MB | 100 % |")
 by_site = {}
 for pp in profile["pps"]:
-    by_site[site(pp)] = by_site.get(site(pp), 0) + pp.get("gb", 0)
+    by_site[site(pp)] = by_site.get(site(pp), 0) + pp.get(field, 0)
 for name, size in sorted(by_site.items(), key=lambda kv: -kv[1])[:10]:
     print(f"| `{name}` | {size / 1e6:.1f} MB | {100 * size / max(peak, 1):.0f} % |")

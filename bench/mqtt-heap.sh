@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # What an idle MQTT connection holds: a dhat heap profile of the server (`examples/heap_serve.rs`
 # with `--mqtt`) while the load generator holds N idle MQTT 3.1.1 connections of one device (as
-# bench/mqtt.sh does; every one answers a PINGREQ before the profile is taken), stopped with
-# SIGTERM while they are held. Prints the heap's peak, the allocation sites that held the most of
-# it, and the heap per connection.
+# bench/mqtt.sh does; every one answers a PINGREQ before the profile is taken), written on SIGUSR1
+# while they are held: the heap at that moment (not its peak, which is their connecting), the
+# allocation sites that hold the most of it, and the heap per connection.
 # Usage: bench/mqtt-heap.sh [CONNECTIONS]   (default 5000; dhat slows the server down)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,15 +28,22 @@ gen=$!; pids+=("$gen")
 exec 3> "$work/hold"
 wait_for "$work/idle.out" "^held" "$gen" 600
 rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$server/status")
+kill -USR1 "$server"
+tries=0
+until [ -s "$work/dhat-heap.json" ] && python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$work/dhat-heap.json" 2>/dev/null; do
+  kill -0 "$server" 2>/dev/null || { echo "the server ended before writing its profile" >&2; exit 1; }
+  tries=$((tries + 1)); [ "$tries" -lt 1200 ] || { echo "no dhat-heap.json after 60 s" >&2; exit 1; }
+  sleep 0.05
+done
+grep -q "^held" "$work/idle.out"
 kill -TERM "$server"
 exec 3>&-
 wait "$gen" 2>/dev/null || true
 wait "$server" 2>/dev/null || true
-[ -s "$work/dhat-heap.json" ] || { echo "no dhat-heap.json: the server did not exit cleanly" >&2; exit 1; }
-python3 bench/dhat_table.py "$work/dhat-heap.json" "$n idle MQTT connections of one device" "$rss"
+python3 bench/dhat_table.py "$work/dhat-heap.json" "$n idle MQTT connections of one device" "$rss" end
 python3 - "$work/dhat-heap.json" "$n" <<'PY'
 import json, sys
 profile, n = json.load(open(sys.argv[1])), int(sys.argv[2])
-peak = sum(pp.get("gb", 0) for pp in profile["pps"])
-print(f"| **heap per idle connection** (the peak over {n}, the server's own start-up included) | {peak / n / 1e3:.1f} KB | |")
+held = sum(pp.get("eb", 0) for pp in profile["pps"])
+print(f"| **heap per idle connection** (the heap when profiled over {n}, the server's own included) | {held / n / 1e3:.2f} KB | |")
 PY

@@ -3,7 +3,8 @@
 //! serve` prints it) and, at SIGTERM, writes `dhat-heap.json` — the heap's peak and the allocation
 //! sites that held it — into the working directory. The profiler lives in this example only.
 //! `heap_serve DATA_DIR --mqtt N` also listens for MQTT on loopback, with room for N connections
-//! of one device (`bench/mqtt-heap.sh`: what an idle connection holds).
+//! of one device (`bench/mqtt-heap.sh`: what an idle connection holds); SIGUSR1 writes the profile
+//! at once, the heap at that moment in its "at the end" figures, and the server goes on.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -48,6 +49,21 @@ async fn main() {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
         signal.recv().await;
     };
-    updraft_server::run(config, terminate).await.unwrap();
-    drop(profiler);
+    // SIGUSR1 ends the profile while the server goes on serving: the profile's "at the end"
+    // figures are then the heap at that moment (what idle connections hold, without the peak of
+    // their connecting).
+    let mut snapshot =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).unwrap();
+    let server = updraft_server::run(config, terminate);
+    tokio::pin!(server);
+    tokio::select! {
+        _ = snapshot.recv() => {
+            drop(profiler);
+            server.await.unwrap();
+        }
+        ended = &mut server => {
+            ended.unwrap();
+            drop(profiler);
+        }
+    }
 }
