@@ -22,7 +22,9 @@ def strip(name):
 # Frames of the allocator and of std's containers: the site is the first frame after them.
 SKIP_FILES = ("dhat-", "alloc/src/", "src/raw_vec/", "src/vec/", "src/boxed", "src/sync",
               "src/rc.rs", "bytes_mut.rs", "hashbrown-", "src/string.rs", "src/slice.rs",
-              "src/collections/", "src/alloc.rs", "src/fmt/", "src/str/")
+              "src/collections/", "src/alloc.rs", "src/fmt/", "src/str/",
+              # the profiled binary's `#[global_allocator]` (its `__rust_alloc` frame)
+              "examples/heap_serve.rs")
 def site(pp):
     # "function (file:line)" of the first frame past the allocator and std's containers.
     for i in pp["fs"]:

@@ -16,10 +16,10 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 
 use self::codec::{CodecError, Inbound, Outbound};
-pub use self::session::{DeviceStream, Session, Sessions, topic_matches};
+pub use self::session::{DeviceStream, PushQueue, Session, Sessions, topic_matches};
 use crate::kernel::auth::{self, Login, LoginKind};
 use crate::kernel::error::ApiResult;
 use crate::kernel::state::AppState;
@@ -292,13 +292,15 @@ impl Endpoint {
             stream.flush().await?;
             return Err(ConnectionError::Protocol("not authorized"));
         };
-        let (tx, mut rx) = mpsc::channel(16);
+        let pushes = Arc::new(PushQueue::default());
         // A device's newest connection wins: beyond its cap, the oldest are closed (a device
         // that rebooted does not wait for its half-open connection to time out). The session is
         // registered before its CONNACK goes out, so "newest" is the order devices see.
-        let (id, taken_over) =
-            self.sessions
-                .add(&login.device, tx, limits.max_connections_per_device);
+        let (id, taken_over) = self.sessions.add(
+            &login.device,
+            pushes.clone(),
+            limits.max_connections_per_device,
+        );
         let accepted = async {
             codec::write(version, &Outbound::ConnAck { accepted: true }, &mut out)?;
             stream.write_all(&out).await?;
@@ -322,7 +324,7 @@ impl Endpoint {
             subscriptions: Vec::new(),
         };
         let result = tokio::select! {
-            result = self.run(&mut session, id, &mut buf, &mut rx, idle_limit(keep_alive)) => result,
+            result = self.run(&mut session, id, &mut buf, &pushes, idle_limit(keep_alive)) => result,
             () = taken_over.cancelled() => Err(ConnectionError::Protocol("a newer connection of the device took over")),
         };
         self.sessions.remove(session.login.device.key, id);
@@ -334,7 +336,7 @@ impl Endpoint {
         session: &mut Session,
         id: u64,
         buf: &mut BytesMut,
-        rx: &mut mpsc::Receiver<Outbound>,
+        pushes: &PushQueue,
         idle_limit: Duration,
     ) -> Result<(), ConnectionError> {
         loop {
@@ -350,7 +352,7 @@ impl Endpoint {
                         return Ok(());
                     }
                 }
-                Some(packet) = rx.recv() => {
+                packet = pushes.next() => {
                     let deliver = match &packet {
                         Outbound::Publish { topic, .. } => session.subscribed(topic),
                         _ => true,
