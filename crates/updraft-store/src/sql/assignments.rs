@@ -56,6 +56,8 @@ impl Assignments for SqlStore {
         }
         let now = now_millis();
         let (device, project, profile) = scope_columns(scope);
+        // Two assignments to one scope must not both find it free.
+        lock_for_reconcile(&mut tx, self.dialect, tenant, Only::Scope(scope)).await?;
         sqlx::query(
             "DELETE FROM assignments WHERE tenant_id = $1 AND scope_key = $2 AND kind = $3",
         )

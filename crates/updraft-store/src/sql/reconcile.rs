@@ -149,6 +149,43 @@ pub(super) enum Only<'a> {
     Devices(&'a [i64]),
 }
 
+/// PostgreSQL: what keeps two writers from both queueing an action for one device. One
+/// device's reconciliation (a report that ended an action, a new or moved device) holds the
+/// tenant's lock shared and the device's exclusively, so different devices reconcile at once;
+/// any wider one (an assignment, a rollout's group) holds the tenant's lock exclusively. Both
+/// are held to commit, and both take the tenant's lock first. A writer that changes what
+/// reconciliation reads (an assignment) takes it before its first write. SQLite: nothing, its one
+/// writer is alone.
+pub(super) async fn lock_for_reconcile(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    tenant: TenantKey,
+    only: Only<'_>,
+) -> StoreResult<()> {
+    if dialect != Dialect::Postgres {
+        return Ok(());
+    }
+    match only {
+        Only::Scope(Scope::Device(device)) => {
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock_shared(7345002, CAST($1 AS INTEGER)), \
+                 pg_advisory_xact_lock(7345003, CAST($2 % 2147483647 AS INTEGER))",
+            )
+            .bind(tenant.0)
+            .bind(device.0)
+            .execute(&mut *conn)
+            .await?;
+        }
+        _ => {
+            sqlx::query("SELECT pg_advisory_xact_lock(7345002, CAST($1 AS INTEGER))")
+                .bind(tenant.0)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 /// Brings the active action of every device `only` covers (every device of the tenant when
 /// `None`) in line with what the device should run.
 pub(super) async fn reconcile(
@@ -175,13 +212,7 @@ pub(super) async fn reconcile_in(
     if let Only::Devices([]) = only {
         return Ok(());
     }
-    if dialect == Dialect::Postgres {
-        // One reconciliation per tenant at a time, so two writers cannot both queue an action.
-        sqlx::query("SELECT pg_advisory_xact_lock(7345002, CAST($1 AS INTEGER))")
-            .bind(tenant.0)
-            .execute(&mut *conn)
-            .await?;
-    }
+    lock_for_reconcile(conn, dialect, tenant, only).await?;
     let assignments = load_assignments(conn, tenant).await?;
     // For one device, look at that device's rows only (bound, so the statement is prepared
     // once): a report must not cost a scan of the whole tenant's history. A list of devices is

@@ -87,6 +87,7 @@ backends!(
     placing_a_device_elsewhere_changes_what_it_should_run,
     frugal_keys_enroll_a_bounded_number_of_nodes_in_their_tenant,
     reports_racing_a_supersede_never_leave_a_final_state,
+    reconciliations_racing_on_one_device_keep_one_active_action,
     credentials_are_unique_per_tenant_and_ambiguous_ones_open_nothing,
     tenants_projects_and_devices_are_found_by_key_and_name,
     the_queue_lists_queued_actions_and_initiates_each_once,
