@@ -7,6 +7,7 @@
 use sqlx::{Any, Connection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::membership::count_in_group;
 use super::views::Writing;
 use super::*;
 
@@ -187,8 +188,14 @@ pub(super) async fn apply_report(
         source,
     } = job;
     let (tenant, key, report, source) = (*tenant, *key, report, source.as_str());
+    // The action, with what the writes below need to know of it: its rollout group (whose
+    // counters move with it) and the protocol its device last reported over.
+    let columns = ACTION_SELECT
+        .strip_prefix("SELECT ")
+        .unwrap_or(ACTION_SELECT);
     let row = sqlx::query(&format!(
-        "{ACTION_SELECT} WHERE a.tenant_id = $1 AND a.id = $2"
+        "SELECT a.rollout_group_id, d.protocol AS device_protocol, {columns} \
+         WHERE a.tenant_id = $1 AND a.id = $2"
     ))
     .bind(tenant.0)
     .bind(key.0)
@@ -196,6 +203,8 @@ pub(super) async fn apply_report(
     .await?
     .ok_or(StoreError::NotFound { what: "action" })?;
     let action = action_from(&row)?;
+    let group: Option<i64> = row.try_get("rollout_group_id")?;
+    let device_protocol: Option<String> = row.try_get("device_protocol")?;
     let device = action.device;
     let target = report.target();
     let (progress, detail) = match report {
@@ -232,6 +241,7 @@ pub(super) async fn apply_report(
     };
     // Progress survives reports that carry none, until the action ends.
     let kept = progress.or(action.progress).filter(|_| !next.is_final());
+    let now = now_millis();
     let moved = sqlx::query(
             "UPDATE actions SET state = $1, progress_done = $2, progress_total = $3, failure_code = $4, \
              failure_reason = $5, updated_at = $6 WHERE id = $7 AND state = $8",
@@ -241,7 +251,7 @@ pub(super) async fn apply_report(
         .bind(kept.map(|p| to_i64(p.total)))
         .bind(failure_code)
         .bind(failure_reason)
-        .bind(now_millis())
+        .bind(now)
         .bind(key.0)
         .bind(action.state.as_str())
         .execute(&mut *tx)
@@ -250,7 +260,9 @@ pub(super) async fn apply_report(
         // Another writer moved it since it was read: read it again.
         return Ok(None);
     }
-    count_move(&mut *tx, key, Some(action.state), next).await?;
+    if let Some(group) = group {
+        count_in_group(&mut *tx, group, Some(action.state), next).await?;
+    }
     insert_event(
         &mut *tx,
         Event {
@@ -266,7 +278,7 @@ pub(super) async fn apply_report(
     .await?;
     // A device's own report says which protocol it speaks (`server`, `user:…`, `rollout:…`
     // are not devices); written only when it changed.
-    if source != "server" && !source.contains(':') {
+    if source != "server" && !source.contains(':') && device_protocol.as_deref() != Some(source) {
         sqlx::query(
             "UPDATE devices SET protocol = $1 WHERE id = $2 \
                  AND (protocol IS NULL OR protocol <> $1)",
@@ -299,10 +311,20 @@ pub(super) async fn apply_report(
         )
         .await?;
     }
-    let row = sqlx::query(&format!("{ACTION_SELECT} WHERE a.id = $1"))
-        .bind(key.0)
-        .fetch_one(&mut *tx)
-        .await?;
-    let updated = action_from(&row)?;
+    // What the row now holds, from what was written (reconciliation leaves a final action as
+    // it is, and nothing else changes this one while the compare-and-set holds its row).
+    let updated = Action {
+        state: next,
+        progress: kept,
+        failure: match report {
+            Report::Failed(failure) => Some(Failed {
+                code: failure.code,
+                reason: failure.reason.clone(),
+            }),
+            _ => None,
+        },
+        updated_at: now,
+        ..action
+    };
     Ok(Some((ReportOutcome::Applied(updated), device)))
 }

@@ -369,12 +369,38 @@ pub async fn device_reports_walk_the_state_machine_with_history(store: &SqlStore
         reached(UpdateState::Verified),
         Report::Succeeded,
     ];
+    // What a report answers is what the store then holds.
+    let applied_as_stored = |outcome: ReportOutcome| async move {
+        let ReportOutcome::Applied(applied) = outcome else {
+            panic!("{outcome:?}");
+        };
+        let stored = store.action(f.tenant.key, applied.key).await.unwrap();
+        assert_eq!(Some(&applied), stored.as_ref());
+    };
     for report in &steps {
         let outcome = store
             .report(f.tenant.key, action.key, report, "ddi")
             .await
             .unwrap();
-        assert!(matches!(outcome, ReportOutcome::Applied(_)), "{outcome:?}");
+        applied_as_stored(outcome).await;
+    }
+    device(store, &f, "e", None, None).await;
+    let failing = active(store, &f, "e").await.unwrap();
+    for report in [
+        Report::Reached {
+            state: UpdateState::Downloading,
+            progress: Some(Progress { done: 1, total: 4 }),
+        },
+        Report::Failed(Failure {
+            code: FailureCode::from_text("download_failed"),
+            reason: "cut".into(),
+        }),
+    ] {
+        let outcome = store
+            .report(f.tenant.key, failing.key, &report, "ddi")
+            .await
+            .unwrap();
+        applied_as_stored(outcome).await;
     }
     let done = store
         .action(f.tenant.key, action.key)
