@@ -211,7 +211,7 @@ impl Actions for SqlStore {
     }
 
     async fn initiate(&self, actions: &[ActionKey], source: &str) -> StoreResult<Vec<ActionKey>> {
-        // Each initiation changes its own device's views only (rolled back on error: none).
+        // Each initiation changes its own device's actions only (rolled back on error: none).
         let mut w = self.views.writing();
         w.nothing_cached();
         let mut tx = self.write.begin().await?;
@@ -240,7 +240,7 @@ impl Actions for SqlStore {
             let mut per_group: BTreeMap<i64, i64> = BTreeMap::new();
             for row in &changed {
                 moved.push(row.try_get("id")?);
-                w.device(DeviceKey(row.try_get("device_pk")?));
+                w.actions_of(DeviceKey(row.try_get("device_pk")?));
                 if let Some(group) = row.try_get::<Option<i64>, _>("rollout_group_id")? {
                     *per_group.entry(group).or_default() += 1;
                 }
@@ -337,7 +337,7 @@ impl Actions for SqlStore {
         let Some(done) = done else {
             return Ok(false);
         };
-        w.device(DeviceKey(done.try_get("device_pk")?));
+        w.actions_of(DeviceKey(done.try_get("device_pk")?));
         let detail = if accepted {
             "the device confirmed the cancellation"
         } else {

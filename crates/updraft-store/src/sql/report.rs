@@ -79,7 +79,7 @@ impl SqlStore {
             match apply_report(&mut tx, self.dialect, job).await {
                 Ok(Some((outcome, device))) => {
                     tx.commit().await?;
-                    w.device(device);
+                    touched(&mut w, &outcome, device);
                     return Ok(outcome);
                 }
                 Ok(None) => {
@@ -160,7 +160,7 @@ async fn apply_in_savepoint(
         match apply_report(&mut savepoint, dialect, job).await {
             Ok(Some((outcome, device))) => {
                 savepoint.commit().await?;
-                w.device(device);
+                touched(w, &outcome, device);
                 return Ok(outcome);
             }
             Ok(None) => savepoint.rollback().await?,
@@ -171,6 +171,15 @@ async fn apply_in_savepoint(
         }
     }
     Err(busy(job.key))
+}
+
+/// What a report touched of the views: the device itself only when it ended UPDATED (what the
+/// device runs changed, and reconciliation ran); else only its actions.
+fn touched(w: &mut Writing<'_>, outcome: &ReportOutcome, device: DeviceKey) {
+    match outcome {
+        ReportOutcome::Applied(action) if action.state == UpdateState::Updated => w.device(device),
+        _ => w.actions_of(device),
+    }
 }
 
 /// One attempt at a report inside the caller's transaction (or savepoint): the outcome and the

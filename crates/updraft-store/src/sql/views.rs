@@ -403,6 +403,14 @@ impl Views {
         self.frugal.remove(&device);
     }
 
+    /// Forget what one device's actions make of its views: everything but the device itself.
+    fn invalidate_actions_of(&self, device: DeviceKey) {
+        self.shards[shard(device)].fetch_add(1, SeqCst);
+        self.polls.remove(&device);
+        self.statuses.remove(&device);
+        self.frugal.remove(&device);
+    }
+
     /// Forget everything.
     pub fn invalidate_all(&self) {
         self.global.fetch_add(1, SeqCst);
@@ -486,7 +494,8 @@ pub(crate) async fn write_seen(
 
 enum Scope {
     All,
-    Devices(Vec<DeviceKey>),
+    /// These devices: each whole (`true`) or only what its actions make of its views (`false`).
+    Devices(Vec<(DeviceKey, bool)>),
     Nothing,
 }
 
@@ -501,9 +510,19 @@ pub(crate) struct Writing<'a> {
 impl Writing<'_> {
     /// The write touched only this device's rows (may be called for several devices).
     pub(crate) fn device(&mut self, device: DeviceKey) {
+        self.touch(device, true);
+    }
+
+    /// The write touched only this device's actions (a report that did not end in UPDATED):
+    /// the device's own row, which its check-ins look up, stays in memory.
+    pub(crate) fn actions_of(&mut self, device: DeviceKey) {
+        self.touch(device, false);
+    }
+
+    fn touch(&mut self, device: DeviceKey, whole: bool) {
         match &mut self.scope {
-            Scope::Devices(devices) => devices.push(device),
-            Scope::All | Scope::Nothing => self.scope = Scope::Devices(vec![device]),
+            Scope::Devices(devices) => devices.push((device, whole)),
+            Scope::All | Scope::Nothing => self.scope = Scope::Devices(vec![(device, whole)]),
         }
     }
 
@@ -521,9 +540,14 @@ impl Drop for Writing<'_> {
                 self.views.publish(None);
             }
             Scope::Devices(devices) => {
-                for device in devices {
-                    self.views.invalidate_device(*device);
-                    self.views.publish(Some(*device));
+                for &(device, whole) in devices {
+                    if whole {
+                        self.views.invalidate_device(device);
+                    } else {
+                        self.views.invalidate_actions_of(device);
+                    }
+                    // Other processes forget the whole device: more than needed, never less.
+                    self.views.publish(Some(device));
                 }
             }
             Scope::Nothing => {}

@@ -118,6 +118,42 @@ pub async fn idle_reads_come_from_memory_and_every_write_is_seen(
     let status = store.device_status(tenant.key, &id).await.unwrap().unwrap();
     assert!(status.active.is_none());
 
+    // A report that does not end UPDATED leaves the device itself in memory (a check-in looks it
+    // up without a round trip) and is seen in its poll view; one that ends UPDATED is seen in
+    // what the device runs.
+    let v3 = release(store, &tenant, "4").await;
+    store
+        .assign(tenant.key, Scope::Tenant, v3.key, "test")
+        .await
+        .unwrap();
+    let third = store.poll_view(device.key).await.unwrap().active.unwrap();
+    let by_credential =
+        || store.device_by_credential_in(tenant.key, CredentialKind::AccessToken, "hash-d1");
+    by_credential().await.unwrap().unwrap();
+    let downloading = Report::Reached {
+        state: UpdateState::Downloading,
+        progress: None,
+    };
+    store
+        .report(tenant.key, third.key, &downloading, "ddi")
+        .await
+        .unwrap();
+    let (_, misses) = store.views().hit_counts();
+    by_credential().await.unwrap().unwrap();
+    assert_eq!(
+        store.views().hit_counts().1,
+        misses,
+        "the device was read again after a report that left it as it was"
+    );
+    let view = store.poll_view(device.key).await.unwrap();
+    assert_eq!(view.active.unwrap().state, UpdateState::Downloading);
+    store
+        .report(tenant.key, third.key, &Report::Succeeded, "ddi")
+        .await
+        .unwrap();
+    let runs = by_credential().await.unwrap().unwrap().firmware.unwrap();
+    assert_eq!(runs.version, "4");
+
     // Negative answers are kept too, and a write that gives them a value is seen: a credential
     // that names no device (until a device is created with it), a device without a PSK (until
     // it is given one).
