@@ -3,6 +3,7 @@
 # image from its MQTT stream in CBOR blocks (128 KiB per GetStream request), next to the same N
 # devices downloading it through hawkBit DDI over HTTP, in the same run.
 # Usage: bench/aws.sh [DEVICES] [IMAGE_KB] [BLOCK]   (default 1000 256 4096)
+# PROFILE=1 prints a perf profile of the server over both phases (bench/lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -25,7 +26,9 @@ head -c $((kb * 1024)) /dev/urandom > "$work/image.bin"
 # A stand-in signature: devices check it, the server only passes it on (no profile certificate).
 module=$(curl -sf -X POST -T "$work/image.bin" -H "Authorization: Bearer $admin" -H 'Content-Type: application/octet-stream' \
   "$url/api/v1/artifacts?title=ota&version=1&filename=image.bin&signature=c3RhbmQtaW4%3D" | sed -n 's/^{"id":\([0-9]*\).*/\1/p')
+profile_start "$server"
 line=$("$bin/examples/device_load" aws "$mqtt" "$url" "$admin" "$n" "$block" ota@1 "$module" image.bin)
+profile_report "AWS stream and DDI download, $n devices"
 rss=$(ps -o rss= -p "$server" | tr -d ' ')
 aws=$(sed -n 's/.*= \([0-9.]*\) MB\/s; ddi.*/\1/p' <<<"$line")
 ddi=$(sed -n 's/.*ddi: .* = \([0-9.]*\) MB\/s$/\1/p' <<<"$line")

@@ -8,6 +8,8 @@
 # assigned to the profile, downloaded in `v2/fw/request/…/chunk/…` chunks.
 # Exits non-zero unless every device ends UPDATED.
 # Usage: bench/campaign.sh [DEVICES] [POLL_SECONDS] [PACE]   (default 10000 5, no paced run)
+# ROWS=REGEX runs only the rows whose key (`sqlite-ddi`, `sqlite-thingsboard`, `sqlite-paced`,
+# `postgresql-…`) matches; PROFILE=1 prints a perf profile of the server for each row (bench/lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -27,6 +29,8 @@ trap cleanup EXIT
 
 campaign() { # name database-url-or-empty [pace] [protocol]
   local name=$1 db=$2 pace=${3:-} protocol=${4:-ddi} data="$work/data-$1${3:+-paced}-${4:-ddi}"
+  local key="$1-${4:-ddi}"; [ -n "$pace" ] && key="$1-paced"
+  [[ "$key" =~ ${ROWS:-.} ]] || return 0
   local extra=(); [ -n "$db" ] && extra=(--database-url "$db")
   "$bin/updraft" serve --data-dir "$data" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --coap off --lwm2m off \
     --max-connections $((n + 1000)) "${extra[@]}" > "$work/serve-$name.out" 2>/dev/null &
@@ -38,6 +42,7 @@ campaign() { # name database-url-or-empty [pace] [protocol]
   head -c 1000000 /dev/urandom > "$work/fw.bin"
   "$bin/updraft" artifact upload "$work/fw.bin" --title camp --version 1 > /dev/null
   local summary
+  profile_start "$server"
   if [ -n "$pace" ]; then
     "$bin/updraft" sim --devices "$n" --create-only > /dev/null
     "$bin/updraft" rollout create camp --artifact camp@1 --filter 'id==sim-*' --max-downloads "$pace" > /dev/null
@@ -49,6 +54,7 @@ campaign() { # name database-url-or-empty [pace] [protocol]
   else
     summary=$("$bin/updraft" sim --devices "$n" --poll "$poll" --assign camp@1 --until-done --timeout 1800 --json)
   fi
+  profile_report "$name"
   local ticks; ticks=$(getconf CLK_TCK)
   local cpu; cpu=$(awk -v t="$ticks" '{printf "%.1f", ($14 + $15) / t}' "/proc/$server/stat")
   local rss; rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$server/status")

@@ -41,3 +41,29 @@ stop_pg() {
     as_pg "$pgbin/pg_ctl" -D "$1/pg/data" -m immediate stop >/dev/null 2>&1 || true
   fi
 }
+
+# With PROFILE=1 in the environment, a script that calls `profile_start PID` and later
+# `profile_report` samples that process with perf (software clock, call graphs, as bench/profile.sh
+# does) over what it runs in between, and prints the hottest symbols and the shares of user,
+# kernel and each library in the samples. Without PROFILE both do nothing.
+profile_start() {
+  [ -n "${PROFILE:-}" ] || return 0
+  command -v perf >/dev/null 2>&1 || { echo "PROFILE=1 needs perf (Debian: linux-perf)" >&2; exit 1; }
+  profile_data=$(mktemp /tmp/updraft-perf-XXXXXX)
+  perf record -F 499 -g -o "$profile_data" -p "$1" > /dev/null 2> "$profile_data.err" &
+  profile_pid=$!
+  sleep 0.5
+}
+profile_report() { # [TITLE]
+  [ -n "${PROFILE:-}" ] || return 0
+  kill -INT "$profile_pid" 2>/dev/null || true
+  wait "$profile_pid" 2>/dev/null || true
+  {
+    echo "profile: ${1:-server}"
+    echo "by library (share of samples):"
+    perf report -i "$profile_data" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -8
+    echo "hottest symbols:"
+    perf report -i "$profile_data" --no-children --sort dso,symbol --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -30
+  } >&2
+  rm -f "$profile_data" "$profile_data.err"
+}

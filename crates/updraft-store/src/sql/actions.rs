@@ -12,22 +12,29 @@ impl Actions for SqlStore {
         tenant: TenantKey,
         id: &DeviceId,
     ) -> StoreResult<Option<DeviceStatus>> {
-        if let Some(status) = self.views.status(&(tenant.0, id.as_str().to_owned())) {
+        let key = (tenant.0, id.as_str().to_owned());
+        if let Some(status) = self.views.status(&key) {
             return Ok(Some(status));
         }
         let ticket = self.views.ticket();
         let mut conn = self.read.acquire().await?;
-        let Some(row) = sqlx::query(&format!(
-            "{DEVICE_SELECT} WHERE d.tenant_id = $1 AND d.device_id = $2"
-        ))
-        .bind(tenant.0)
-        .bind(id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?
-        else {
-            return Ok(None);
+        // The device itself is often still in memory: its own reports keep it there.
+        let device = match self.views.device_by_id(&key) {
+            Some(device) => device,
+            None => {
+                let Some(row) = sqlx::query(&format!(
+                    "{DEVICE_SELECT} WHERE d.tenant_id = $1 AND d.device_id = $2"
+                ))
+                .bind(tenant.0)
+                .bind(id.as_str())
+                .fetch_optional(&mut *conn)
+                .await?
+                else {
+                    return Ok(None);
+                };
+                device_from(&row)?
+            }
         };
-        let device = device_from(&row)?;
         let assignments = match self.views.assignments(tenant.0) {
             Some(assignments) => assignments,
             None => {
