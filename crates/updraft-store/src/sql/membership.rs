@@ -68,7 +68,7 @@ pub(super) fn counter(state: UpdateState) -> String {
     format!("n_{}", state.as_str().to_ascii_lowercase())
 }
 
-fn move_clause(from: Option<UpdateState>, to: UpdateState) -> String {
+pub(super) fn move_clause(from: Option<UpdateState>, to: UpdateState) -> String {
     let to = counter(to);
     match from {
         Some(from) => {
@@ -79,13 +79,17 @@ fn move_clause(from: Option<UpdateState>, to: UpdateState) -> String {
     }
 }
 
-/// Counts an action of group `group` moving from `from` (`None`: new) to `to`.
+/// Counts an action of group `group` moving from `from` (`None`: new) to `to` (nothing when it
+/// stays where it was).
 pub(super) async fn count_in_group(
     conn: &mut AnyConnection,
     group: i64,
     from: Option<UpdateState>,
     to: UpdateState,
 ) -> StoreResult<()> {
+    if from == Some(to) {
+        return Ok(());
+    }
     sqlx::query(&format!(
         "UPDATE rollout_groups SET {} WHERE id = $1",
         move_clause(from, to)

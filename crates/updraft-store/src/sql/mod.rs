@@ -16,6 +16,7 @@ mod overview;
 mod protocol_state;
 mod reconcile;
 mod report;
+mod report_fast;
 mod rollouts;
 mod scan;
 mod select;

@@ -2,12 +2,14 @@
 //! applies the reports arriving together in one transaction (each in its own savepoint), so that
 //! ten thousand devices reporting at once cost a few hundred commits and fsyncs instead of ten
 //! thousand — every report is still durable before its caller hears it was recorded.
-//! (PostgreSQL commits concurrent transactions together by itself; there each report is its own.)
+//! (PostgreSQL commits concurrent transactions together by itself; there each report is its own,
+//! most of them one statement: `report_fast.rs`.)
 
 use sqlx::{Any, Connection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::membership::count_in_group;
+use super::report_fast::{Fast, report_in_one_statement};
 use super::views::Writing;
 use super::*;
 
@@ -75,6 +77,23 @@ impl SqlStore {
     async fn report_alone(&self, job: &ReportJob) -> StoreResult<ReportOutcome> {
         for _ in 0..MAX_REPORT_ATTEMPTS {
             let mut w = self.views.writing();
+            if self.dialect == Dialect::Postgres {
+                match report_in_one_statement(&self.write, job).await {
+                    Ok(Fast::Done(outcome, device)) => {
+                        touched(&mut w, &outcome, device);
+                        return Ok(*outcome);
+                    }
+                    Ok(Fast::Moved) => {
+                        w.nothing_cached();
+                        continue;
+                    }
+                    Ok(Fast::Slow) => {}
+                    Err(err) => {
+                        w.nothing_cached();
+                        return Err(err);
+                    }
+                }
+            }
             let mut tx = self.write.begin().await?;
             match apply_report(&mut tx, self.dialect, job).await {
                 Ok(Some((outcome, device))) => {
@@ -182,23 +201,70 @@ fn touched(w: &mut Writing<'_>, outcome: &ReportOutcome, device: DeviceKey) {
     }
 }
 
-/// One attempt at a report inside the caller's transaction (or savepoint): the outcome and the
-/// device it concerns, or `None` when the action moved between reading and writing (the caller
-/// rolls back and tries again).
-pub(super) async fn apply_report(
-    tx: &mut AnyConnection,
-    dialect: Dialect,
-    job: &ReportJob,
-) -> StoreResult<Option<(ReportOutcome, DeviceKey)>> {
-    let ReportJob {
-        tenant,
-        key,
-        report,
-        source,
-    } = job;
-    let (tenant, key, report, source) = (*tenant, *key, report, source.as_str());
-    // The action, with what the writes below need to know of it: its rollout group (whose
-    // counters move with it) and the protocol its device last reported over.
+/// A report read against the action's state: what it moves the action to.
+pub(super) struct Planned<'r> {
+    pub(super) next: UpdateState,
+    /// The progress the action keeps: the report's, else the one it had, until it ends.
+    pub(super) kept: Option<Progress>,
+    /// The report's own progress, for the history.
+    pub(super) progress: Option<Progress>,
+    pub(super) detail: String,
+    /// Failure code and reason, for a failure.
+    pub(super) failure: Option<(&'r str, &'r str)>,
+}
+
+/// What `report` does to `action`, or why it is refused.
+pub(super) fn plan<'r>(action: &Action, report: &'r Report) -> Result<Planned<'r>, String> {
+    let (progress, detail) = match report {
+        Report::Reached { progress, .. } => (*progress, String::new()),
+        Report::Failed(failure) => (
+            None,
+            format!("{}: {}", failure.code.as_str(), failure.reason),
+        ),
+        Report::Succeeded | Report::Canceled => (None, String::new()),
+    };
+    let next = transition(action.state, report).map_err(|refusal| refusal.to_string())?;
+    Ok(Planned {
+        next,
+        kept: progress.or(action.progress).filter(|_| !next.is_final()),
+        progress,
+        detail,
+        failure: match report {
+            Report::Failed(failure) => Some((failure.code.as_str(), failure.reason.as_str())),
+            _ => None,
+        },
+    })
+}
+
+/// The action as its row holds it once `planned` was written at `now`.
+pub(super) fn applied(
+    action: Action,
+    planned: &Planned<'_>,
+    report: &Report,
+    now: Millis,
+) -> Action {
+    Action {
+        state: planned.next,
+        progress: planned.kept,
+        failure: match report {
+            Report::Failed(failure) => Some(Failed {
+                code: failure.code,
+                reason: failure.reason.clone(),
+            }),
+            _ => None,
+        },
+        updated_at: now,
+        ..action
+    }
+}
+
+/// The action a report is about, with what its writes need to know: its rollout group (whose
+/// counters move with it) and the protocol its device last reported over.
+pub(super) async fn read_for_report(
+    conn: &mut AnyConnection,
+    tenant: TenantKey,
+    key: ActionKey,
+) -> StoreResult<(Action, Option<i64>, Option<String>)> {
     let columns = ACTION_SELECT
         .strip_prefix("SELECT ")
         .unwrap_or(ACTION_SELECT);
@@ -208,58 +274,66 @@ pub(super) async fn apply_report(
     ))
     .bind(tenant.0)
     .bind(key.0)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut *conn)
     .await?
     .ok_or(StoreError::NotFound { what: "action" })?;
-    let action = action_from(&row)?;
-    let group: Option<i64> = row.try_get("rollout_group_id")?;
-    let device_protocol: Option<String> = row.try_get("device_protocol")?;
+    Ok((
+        action_from(&row)?,
+        row.try_get("rollout_group_id")?,
+        row.try_get("device_protocol")?,
+    ))
+}
+
+/// Whether a report from `source` records the protocol its device speaks (`server`, `user:…`,
+/// `rollout:…` are not devices), which the device's row says is `known` now.
+pub(super) fn writes_protocol(source: &str, known: Option<&str>) -> bool {
+    source != "server" && !source.contains(':') && known != Some(source)
+}
+
+/// One attempt at a report inside the caller's transaction (or savepoint): the outcome and the
+/// device it concerns, or `None` when the action moved between reading and writing (the caller
+/// rolls back and tries again).
+pub(super) async fn apply_report(
+    tx: &mut AnyConnection,
+    dialect: Dialect,
+    job: &ReportJob,
+) -> StoreResult<Option<(ReportOutcome, DeviceKey)>> {
+    let (tenant, key, report, source) = (job.tenant, job.key, &job.report, job.source.as_str());
+    let (action, group, device_protocol) = read_for_report(tx, tenant, key).await?;
     let device = action.device;
-    let target = report.target();
-    let (progress, detail) = match report {
-        Report::Reached { progress, .. } => (*progress, String::new()),
-        Report::Failed(failure) => (
-            None,
-            format!("{}: {}", failure.code.as_str(), failure.reason),
-        ),
-        Report::Succeeded | Report::Canceled => (None, String::new()),
-    };
-    let next = match transition(action.state, report) {
-        Ok(next) => next,
-        Err(refusal) => {
-            let reason = refusal.to_string();
+    let planned = match plan(&action, report) {
+        Ok(planned) => planned,
+        Err(reason) => {
             insert_event(
                 &mut *tx,
                 Event {
                     action: key,
                     from: Some(action.state),
-                    to: target,
+                    to: report.target(),
                     source,
                     detail: &reason,
                     refused: true,
-                    progress,
+                    progress: match report {
+                        Report::Reached { progress, .. } => *progress,
+                        _ => None,
+                    },
                 },
             )
             .await?;
             return Ok(Some((ReportOutcome::Refused { action, reason }, device)));
         }
     };
-    let (failure_code, failure_reason) = match report {
-        Report::Failed(failure) => (Some(failure.code.as_str()), Some(failure.reason.as_str())),
-        _ => (None, None),
-    };
-    // Progress survives reports that carry none, until the action ends.
-    let kept = progress.or(action.progress).filter(|_| !next.is_final());
+    let next = planned.next;
     let now = now_millis();
     let moved = sqlx::query(
             "UPDATE actions SET state = $1, progress_done = $2, progress_total = $3, failure_code = $4, \
              failure_reason = $5, updated_at = $6 WHERE id = $7 AND state = $8",
         )
         .bind(next.as_str())
-        .bind(kept.map(|p| to_i64(p.done)))
-        .bind(kept.map(|p| to_i64(p.total)))
-        .bind(failure_code)
-        .bind(failure_reason)
+        .bind(planned.kept.map(|p| to_i64(p.done)))
+        .bind(planned.kept.map(|p| to_i64(p.total)))
+        .bind(planned.failure.map(|f| f.0))
+        .bind(planned.failure.map(|f| f.1))
         .bind(now)
         .bind(key.0)
         .bind(action.state.as_str())
@@ -279,15 +353,13 @@ pub(super) async fn apply_report(
             from: Some(action.state),
             to: next,
             source,
-            detail: &detail,
+            detail: &planned.detail,
             refused: false,
-            progress,
+            progress: planned.progress,
         },
     )
     .await?;
-    // A device's own report says which protocol it speaks (`server`, `user:…`, `rollout:…`
-    // are not devices); written only when it changed.
-    if source != "server" && !source.contains(':') && device_protocol.as_deref() != Some(source) {
+    if writes_protocol(source, device_protocol.as_deref()) {
         sqlx::query(
             "UPDATE devices SET protocol = $1 WHERE id = $2 \
                  AND (protocol IS NULL OR protocol <> $1)",
@@ -322,18 +394,6 @@ pub(super) async fn apply_report(
     }
     // What the row now holds, from what was written (reconciliation leaves a final action as
     // it is, and nothing else changes this one while the compare-and-set holds its row).
-    let updated = Action {
-        state: next,
-        progress: kept,
-        failure: match report {
-            Report::Failed(failure) => Some(Failed {
-                code: failure.code,
-                reason: failure.reason.clone(),
-            }),
-            _ => None,
-        },
-        updated_at: now,
-        ..action
-    };
+    let updated = applied(action, &planned, report, now);
     Ok(Some((ReportOutcome::Applied(updated), device)))
 }

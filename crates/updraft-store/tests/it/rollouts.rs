@@ -145,6 +145,20 @@ pub async fn rollouts_count_actions_in_their_groups_and_survive_a_restart(
     }
     assert!(active_of(&reopened, &tenant, 4).await.is_none());
     reopened.initiate(&keys[..2], "test").await.unwrap();
+    // Progress within a state leaves the counts as they are.
+    for done in [1, 2] {
+        let downloading = Report::Reached {
+            state: UpdateState::Downloading,
+            progress: Some(updraft_core::Progress { done, total: 3 }),
+        };
+        reopened
+            .report(tenant.key, keys[0], &downloading, "test")
+            .await
+            .unwrap();
+    }
+    let groups = reopened.rollout_groups(rollout.key).await.unwrap();
+    assert_eq!(groups[0].count(UpdateState::Downloading), 1);
+    assert_eq!(groups[0].count(UpdateState::Initiated), 1);
     reopened
         .report(tenant.key, keys[0], &Report::Succeeded, "test")
         .await
