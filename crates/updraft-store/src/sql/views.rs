@@ -32,13 +32,16 @@ const CAPACITY: usize = 250_000;
 /// Entries the map of unknown credentials holds at most: a hostile network chooses them, so they
 /// are bounded tighter than what the store itself names.
 const UNKNOWN_CAPACITY: usize = 65_536;
-/// Per-device invalidation counters; a read refuses to fill when its device's shard moved.
-const SHARDS: usize = 64;
+/// Devices are invalidated by shard: a read refuses to fill when its device's shard was
+/// invalidated after it started. Many shards, so that a fleet's reports (each invalidating its
+/// device's shard) rarely refuse another device's fill.
+const SHARDS: usize = 4096;
 
-/// The counters a read saw before it went to the database.
+/// What a read saw before it went to the database: the global epoch and the sequence number of
+/// the last device invalidation.
 pub(crate) struct Ticket {
     global: u64,
-    shards: [u64; SHARDS],
+    seq: u64,
 }
 
 pub(crate) struct Memo<K, V> {
@@ -105,7 +108,10 @@ pub(crate) type CredentialKey = (Option<i64>, &'static str, String);
 /// The in-memory views of one store (shared by its clones).
 pub struct Views {
     global: AtomicU64,
-    shards: [AtomicU64; SHARDS],
+    /// Device invalidations so far.
+    seq: AtomicU64,
+    /// Per shard, the `seq` of its last invalidation.
+    shards: Box<[AtomicU64]>,
     pub(crate) tenants: Memo<String, Tenant>,
     pub(crate) ids: Memo<IdKey, DeviceKey>,
     pub(crate) credentials: Memo<CredentialKey, DeviceKey>,
@@ -168,7 +174,8 @@ impl Views {
             heard_notify: tokio::sync::Notify::new(),
             news: tokio::sync::broadcast::channel(1024).0,
             global: AtomicU64::new(0),
-            shards: std::array::from_fn(|_| AtomicU64::new(0)),
+            seq: AtomicU64::new(0),
+            shards: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             tenants: Memo::new(),
             ids: Memo::new(),
             credentials: Memo::new(),
@@ -190,7 +197,7 @@ impl Views {
     pub(crate) fn ticket(&self) -> Ticket {
         Ticket {
             global: self.global.load(SeqCst),
-            shards: std::array::from_fn(|i| self.shards[i].load(SeqCst)),
+            seq: self.seq.load(SeqCst),
         }
     }
 
@@ -247,9 +254,17 @@ impl Views {
         }
     }
 
+    /// Whether no invalidation that could concern `device` happened since `ticket` was taken.
+    /// (An invalidation whose number the ticket already saw came after its write committed, so
+    /// before the read the ticket guards.)
     fn device_unchanged(&self, ticket: &Ticket, device: DeviceKey) -> bool {
-        let i = shard(device);
-        self.unchanged(ticket) && self.shards[i].load(SeqCst) == ticket.shards[i]
+        self.unchanged(ticket) && self.shards[shard(device)].load(SeqCst) <= ticket.seq
+    }
+
+    /// Numbers an invalidation of `device`'s shard (before its entries are removed).
+    fn invalidate_shard(&self, device: DeviceKey) {
+        let seq = self.seq.fetch_add(1, SeqCst) + 1;
+        self.shards[shard(device)].fetch_max(seq, SeqCst);
     }
 
     fn epoch(&self) -> u64 {
@@ -396,7 +411,7 @@ impl Views {
     /// Forget everything one device's views hold (its lookup keys stay: they change only with
     /// writes that invalidate everything).
     pub fn invalidate_device(&self, device: DeviceKey) {
-        self.shards[shard(device)].fetch_add(1, SeqCst);
+        self.invalidate_shard(device);
         self.devices.remove(&device);
         self.polls.remove(&device);
         self.statuses.remove(&device);
@@ -405,7 +420,7 @@ impl Views {
 
     /// Forget what one device's actions make of its views: everything but the device itself.
     fn invalidate_actions_of(&self, device: DeviceKey) {
-        self.shards[shard(device)].fetch_add(1, SeqCst);
+        self.invalidate_shard(device);
         self.polls.remove(&device);
         self.statuses.remove(&device);
         self.frugal.remove(&device);
@@ -557,6 +572,39 @@ impl Drop for Writing<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A fill is refused when its device's shard was invalidated after the read began, and only
+    /// then: another shard's invalidation, or one the read began after, lets it in.
+    #[test]
+    fn a_fill_is_refused_only_after_its_own_shard_moved() {
+        let views = Views::new(false);
+        let device = DeviceKey(7);
+        let same_shard = DeviceKey(7 + SHARDS as i64);
+        let other_shard = DeviceKey(8);
+        let view = PollView::default();
+
+        let ticket = views.ticket();
+        views.invalidate_device(same_shard);
+        views.put_poll(device, &view, &ticket);
+        assert_eq!(views.poll(device), None, "a read older than the invalidation filled");
+
+        let ticket = views.ticket();
+        views.invalidate_device(other_shard);
+        views.invalidate_actions_of(other_shard);
+        views.put_poll(device, &view, &ticket);
+        assert_eq!(views.poll(device), Some(view.clone()));
+
+        let ticket = views.ticket();
+        views.invalidate_actions_of(device);
+        assert_eq!(views.poll(device), None, "the invalidation kept the entry");
+        views.put_poll(device, &view, &ticket);
+        assert_eq!(views.poll(device), None, "a read older than the invalidation filled");
+        let ticket = views.ticket();
+        views.put_poll(device, &view, &ticket);
+        assert_eq!(views.poll(device), Some(view));
+    }
+
     /// The module's rule, checked: every method of the SQL store that reaches the write pool
     /// holds a `Writing` guard (taken in its first lines, so it lives until the method returns).
     #[test]
