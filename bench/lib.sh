@@ -61,9 +61,11 @@ profile_report() { # [TITLE]
   {
     echo "profile: ${1:-server}"
     echo "by library (share of samples):"
-    perf report -i "$profile_data" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -8
+    { perf report -i "$profile_data" --no-children --sort dso --stdio 2>/dev/null || true; } \
+      | grep -E '^ +[0-9]' | sed 's/ *$//' | head -8 || true
     echo "hottest symbols:"
-    perf report -i "$profile_data" --no-children --sort dso,symbol --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -30
+    { perf report -i "$profile_data" --no-children --sort dso,symbol --stdio 2>/dev/null || true; } \
+      | grep -E '^ +[0-9]' | sed 's/ *-  *- *$//; s/ *$//' | head -30 || true
   } >&2
   rm -f "$profile_data" "$profile_data.err"
 }

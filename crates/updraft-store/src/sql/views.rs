@@ -587,7 +587,11 @@ mod tests {
         let ticket = views.ticket();
         views.invalidate_device(same_shard);
         views.put_poll(device, &view, &ticket);
-        assert_eq!(views.poll(device), None, "a read older than the invalidation filled");
+        assert_eq!(
+            views.poll(device),
+            None,
+            "a read older than the invalidation filled"
+        );
 
         let ticket = views.ticket();
         views.invalidate_device(other_shard);
@@ -599,7 +603,11 @@ mod tests {
         views.invalidate_actions_of(device);
         assert_eq!(views.poll(device), None, "the invalidation kept the entry");
         views.put_poll(device, &view, &ticket);
-        assert_eq!(views.poll(device), None, "a read older than the invalidation filled");
+        assert_eq!(
+            views.poll(device),
+            None,
+            "a read older than the invalidation filled"
+        );
         let ticket = views.ticket();
         views.put_poll(device, &view, &ticket);
         assert_eq!(views.poll(device), Some(view));
