@@ -228,11 +228,7 @@ impl Actions for SqlStore {
         // initiates a whole campaign's first round in one call, and every device waits for it.
         for batch in actions.chunks(INITIATE_BATCH) {
             let keys: Vec<i64> = batch.iter().map(|a| a.0).collect();
-            let list = keys
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
+            let list = key_list(&keys);
             let changed = sqlx::query(&format!(
                 "UPDATE actions SET state = 'INITIATED', updated_at = $1 \
                  WHERE id IN ({list}) AND state = 'QUEUED' RETURNING id, device_pk, rollout_group_id"
@@ -262,11 +258,7 @@ impl Actions for SqlStore {
                 .execute(&mut *tx)
                 .await?;
             }
-            let moved_list = moved
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
+            let moved_list = key_list(&moved);
             sqlx::query(&format!(
                 "INSERT INTO action_events (action_id, at, from_state, to_state, source, detail, \
                  refused) SELECT id, $1, 'QUEUED', 'INITIATED', $2, 'the device was told', 0 \

@@ -425,13 +425,12 @@ impl Fleet for SqlStore {
     ) -> StoreResult<HashMap<DeviceKey, DeviceSummary>> {
         let mut out = HashMap::with_capacity(devices.len());
         for chunk in devices.chunks(MAX_SUMMARIES) {
-            let keys: Vec<String> = chunk.iter().map(|d| d.0.to_string()).collect();
-            // Keys are integers, written into the statement as such.
+            let keys: Vec<i64> = chunk.iter().map(|d| d.0).collect();
             let rows = sqlx::query(&format!(
                 "SELECT d.id, d.protocol, (SELECT a.state FROM actions a WHERE a.device_pk = d.id \
                  ORDER BY a.id DESC LIMIT 1) AS latest FROM devices d \
                  WHERE d.tenant_id = $1 AND d.id IN ({})",
-                keys.join(",")
+                key_list(&keys)
             ))
             .bind(tenant.0)
             .fetch_all(&self.read)

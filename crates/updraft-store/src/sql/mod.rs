@@ -242,6 +242,12 @@ fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+/// Row keys spelled out for `IN (…)`: integers only, so written into the statement as such.
+fn key_list(keys: &[i64]) -> String {
+    let list: Vec<String> = keys.iter().map(i64::to_string).collect();
+    list.join(",")
+}
+
 fn progress_of(done: Option<i64>, total: Option<i64>) -> Option<Progress> {
     match (done, total) {
         (Some(done), Some(total)) => Some(Progress {

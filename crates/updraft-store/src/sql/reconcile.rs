@@ -223,10 +223,7 @@ pub(super) async fn reconcile_in(
     };
     let device_filter = match only {
         Only::Scope(Scope::Device(_)) => " AND device_pk = $2".to_owned(),
-        Only::Devices(keys) => {
-            let list: Vec<String> = keys.iter().map(i64::to_string).collect();
-            format!(" AND device_pk IN ({})", list.join(","))
-        }
+        Only::Devices(keys) => format!(" AND device_pk IN ({})", key_list(keys)),
         Only::Scope(_) => String::new(),
     };
     // Devices named by key are found by key (`+` keeps the planner off the tenant's index,
@@ -456,15 +453,15 @@ async fn insert_queued(
                 .bind(a.group);
         }
         let inserted = insert.fetch_all(&mut *conn).await?;
-        let ids: Vec<String> = inserted
+        let ids: Vec<i64> = inserted
             .iter()
-            .map(|row| row.try_get::<i64, _>("id").map(|id| id.to_string()))
+            .map(|row| row.try_get::<i64, _>("id"))
             .collect::<Result<_, _>>()?;
         sqlx::query(&format!(
             "INSERT INTO action_events (action_id, at, to_state, source, detail, refused) \
              SELECT id, $1, 'QUEUED', $2, artifact_title || '@' || artifact_version || ' desired', 0 \
              FROM actions WHERE id IN ({}) ORDER BY id",
-            ids.join(",")
+            key_list(&ids)
         ))
         .bind(now)
         .bind(source)

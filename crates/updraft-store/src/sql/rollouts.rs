@@ -82,11 +82,6 @@ fn group_from(row: &AnyRow) -> StoreResult<RolloutGroup> {
     })
 }
 
-fn key_list(keys: &[i64]) -> String {
-    let list: Vec<String> = keys.iter().map(i64::to_string).collect();
-    list.join(",")
-}
-
 /// Members are activated (and withdrawn) this many to a transaction.
 const MEMBER_BATCH: usize = 500;
 /// Members are written this many to a statement when a rollout is created.
