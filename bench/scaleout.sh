@@ -31,6 +31,11 @@ haproxy=$(command -v haproxy || echo /usr/sbin/haproxy)
 work=$(mktemp -d); chmod 755 "$work"
 pids=()
 cleanup() {
+  local status=$?
+  # A failed run shows what the servers logged, not only the client's error.
+  if [ "$status" -ne 0 ]; then
+    for log in "$work"/serve-*.err; do [ -s "$log" ] && { echo "== $log" >&2; tail -20 "$log" >&2; }; done
+  fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -f "$work/haproxy.pid" ] && kill "$(cat "$work/haproxy.pid")" 2>/dev/null || true
   stop_pg "$work"
@@ -63,7 +68,7 @@ serve() { # name blobs database-url → sets url mqtt pid
   [ -n "$blobs" ] && extra+=(--blobs "$blobs")
   "$bin/updraft" serve --data-dir "$work/data-$name" --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --coap off \
     --lwm2m off --max-connections $((n + 1000)) --max-upload-bytes $(( (size + 10) * 1000000 )) \
-    "${extra[@]}" > "$work/serve-$name.out" 2>/dev/null &
+    "${extra[@]}" > "$work/serve-$name.out" 2> "$work/serve-$name.err" &
   pid=$!; pids+=("$pid")
   wait_for "$work/serve-$name.out" "listening on" "$pid"
   url=$(sed -n 's/^updraft listening on //p' "$work/serve-$name.out")
