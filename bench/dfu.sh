@@ -3,6 +3,7 @@
 # Status → Write exchanges (packed CBOR over HTTP) at two MTUs, next to the same N devices
 # downloading it through hawkBit DDI, in the same run.
 # Usage: bench/dfu.sh [DEVICES] [IMAGE_KB]   (default 1000 32)
+# PROFILE=1 prints a perf profile of the server for each MTU's run (bench/lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -25,7 +26,9 @@ module=$(curl -sf -X POST -T "$work/image.bin" -H "Authorization: Bearer $admin"
 echo "| $n devices at once, $kb KiB image | Drogue DFU | hawkBit DDI download |"
 echo "|---|---|---|"
 for mtu in 512 4096; do
+  profile_start "$server"
   line=$("$bin/examples/device_load" dfu "$url" "$admin" "$n" "$mtu" dfu@1 "$module" image.bin)
+  profile_report "DFU and DDI download, MTU $mtu"
   dfu=$(sed -n 's/.*= \([0-9.]*\) MB\/s; ddi.*/\1/p' <<<"$line")
   ddi=$(sed -n 's/.*ddi: .* = \([0-9.]*\) MB\/s$/\1/p' <<<"$line")
   echo "| MTU $mtu | $dfu MB/s | $ddi MB/s |"
