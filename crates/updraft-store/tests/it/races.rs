@@ -10,6 +10,24 @@ use updraft_store::*;
 use crate::Reopen;
 use crate::coverage::release;
 
+/// A device in no project or profile, with no credential.
+async fn bare_device(store: &SqlStore, tenant: &Tenant, id: &str) -> Device {
+    store
+        .create_device(
+            tenant.key,
+            &NewDevice {
+                id: DeviceId::parse(id).unwrap(),
+                project: None,
+                profile: None,
+                tags: vec![],
+                attributes: BTreeMap::new(),
+            },
+            &[],
+        )
+        .await
+        .unwrap()
+}
+
 pub async fn reports_racing_a_supersede_never_leave_a_final_state(store: &SqlStore, _: &Reopen) {
     let tenant = store
         .create_tenant(&Name::parse("race").unwrap())
@@ -18,20 +36,7 @@ pub async fn reports_racing_a_supersede_never_leave_a_final_state(store: &SqlSto
     let v1 = release(store, &tenant, "1").await;
     let v2 = release(store, &tenant, "2").await;
     for round in 0..5 {
-        let device = store
-            .create_device(
-                tenant.key,
-                &NewDevice {
-                    id: DeviceId::parse(&format!("d{round}")).unwrap(),
-                    project: None,
-                    profile: None,
-                    tags: vec![],
-                    attributes: BTreeMap::new(),
-                },
-                &[],
-            )
-            .await
-            .unwrap();
+        let device = bare_device(store, &tenant, &format!("d{round}")).await;
         store
             .assign(tenant.key, Scope::Device(device.key), v1.key, "u")
             .await
@@ -125,20 +130,7 @@ pub async fn reconciliations_racing_on_one_device_keep_one_active_action(
     }
     let mut devices = Vec::new();
     for n in 0..8 {
-        let device = store
-            .create_device(
-                tenant.key,
-                &NewDevice {
-                    id: DeviceId::parse(&format!("p{n}")).unwrap(),
-                    project: None,
-                    profile: None,
-                    tags: vec![],
-                    attributes: BTreeMap::new(),
-                },
-                &[],
-            )
-            .await
-            .unwrap();
+        let device = bare_device(store, &tenant, &format!("p{n}")).await;
         devices.push(device);
     }
     let mut tasks = Vec::new();
